@@ -1,0 +1,125 @@
+"""What every algorithm is: a Config dataclass, an ``update(batch) -> dict`` and a state_dict.
+
+An algorithm owns its critics, target networks, temperature and optimisers, and exposes its deployable ``policy``.
+The runner never branches on an algorithm's name: everything that differs between algorithms and matters to the
+runner is a field of ``AlgoConfig`` (batch size, UTD ratio, warm-up, offline fraction) or a method here.
+
+Metric names: ``critic/...``, ``actor/...``, ``alpha/...``, using the seeds' names where they apply (q_mean, q_std,
+td_error, td_target_mean, value_loss, v_mean, temperature, entropy, target_entropy, bc_loss, actor_q, actor_lam,
+iql_weights_mean/max, iql_advantage_mean, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from rlft.data.batch import ChunkBatch
+from rlft.policies.base import Policy
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Which actor to build and how big (shared by every algorithm)."""
+
+    kind: str = "gaussian"
+    """'gaussian' (tanh-squashed diagonal Gaussian MLP over the flattened chunk) or 'flow' (flow matching)."""
+    hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden layer widths of the MLP (Gaussian actor, or the flow MLP velocity net)."""
+    layernorm: bool = True
+    """LayerNorm after each hidden layer."""
+    log_std_min: float = -5.0
+    """Gaussian: lower clamp of the log standard deviation."""
+    log_std_max: float = 2.0
+    """Gaussian: upper clamp of the log standard deviation."""
+    velocity_net: str = "mlp"
+    """Flow: velocity network, 'mlp' or 'unet' (1D temporal U-Net with FiLM conditioning on the observation)."""
+    flow_steps: int = 10
+    """Flow: Euler integration steps of the sampler (t=0 noise -> t=1 action)."""
+    unet_dims: tuple[int, ...] = (64, 128, 256)
+    """Flow U-Net: channel widths per resolution level ((256, 512, 1024) is the seeds' ~6M-parameter size)."""
+    unet_kernel_size: int = 5
+    """Flow U-Net: temporal convolution kernel size."""
+    time_embed_dim: int = 64
+    """Flow: sinusoidal time-embedding width."""
+
+
+@dataclasses.dataclass
+class AlgoConfig:
+    """Fields the runner reads; every algorithm's Config subclasses this and documents its own fields."""
+
+    batch_size: int = 256
+    """Minibatch size per gradient update."""
+    utd_ratio: int = 1
+    """Online: gradient updates per environment (macro-)step."""
+    warmup_steps: int = 0
+    """Online: environment steps collected (with the current policy's exploration) before updates start."""
+    offline_ratio: float = 0.0
+    """Online: fraction of each batch drawn from the offline dataset (RLPD uses 0.5); 0 = online data only."""
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    """The actor to build when no pretrained policy is given."""
+
+
+class Algorithm:
+    """Base class. Subclasses set ``Config`` and ``name`` and implement ``update``.
+
+    Construction: ``Algo(cfg, obs_dim, action_dim, act_horizon, policy=None, device='cpu')`` -- ``policy`` is a
+    pretrained policy to start from (from an earlier stage); otherwise one is built from ``cfg.policy``.
+    """
+
+    Config: ClassVar[type[AlgoConfig]] = AlgoConfig
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        cfg: AlgoConfig,
+        obs_dim: int,
+        action_dim: int,
+        act_horizon: int,
+        policy: Policy | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        from rlft.policies import build_policy
+
+        self.cfg = cfg
+        self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
+        self.device = torch.device(device)
+        self.policy: Policy = (policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)).to(
+            self.device
+        )
+        self.num_updates = 0
+
+    def update(self, batch: ChunkBatch) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def explore(self, obs_raw: Any) -> torch.Tensor:
+        """Online data collection: the raw env action chunk(s) to execute (stochastic by default)."""
+        return self.policy.act(obs_raw, deterministic=False)
+
+    # ---- persistence: every nn.Module / optimizer attribute plus counters ----
+    def _modules_and_optims(self) -> dict[str, Any]:
+        out = {}
+        for k, v in vars(self).items():
+            if isinstance(v, (torch.nn.Module, torch.optim.Optimizer)):
+                out[k] = v
+            elif isinstance(v, torch.Tensor) and v.requires_grad:
+                out[k] = v
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        sd: dict[str, Any] = {"num_updates": self.num_updates}
+        for k, v in self._modules_and_optims().items():
+            sd[k] = v.detach().clone() if isinstance(v, torch.Tensor) else v.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.num_updates = int(sd["num_updates"])
+        for k, v in self._modules_and_optims().items():
+            if isinstance(v, torch.Tensor):
+                with torch.no_grad():
+                    v.copy_(sd[k])
+            else:
+                v.load_state_dict(sd[k])

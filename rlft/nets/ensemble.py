@@ -1,0 +1,110 @@
+"""Critic ensembles Q_i(s, a_chunk), i = 1..N, with two interchangeable implementations.
+
+* ``impl='loop'``: N separate MLPs evaluated in a Python loop.
+* ``impl='batched'``: the N MLPs' weights stacked as [N, in, out] and evaluated with one ``baddbmm`` per layer.
+
+Which is faster depends on the device: on a 2-core CPU at batch 256 the loop measured faster than ``vmap`` and about
+equal to the batched form; on a GPU the batched form wins. ``impl='auto'`` picks 'batched' on CUDA, 'loop' on CPU.
+Both give identical outputs for identical weights (tested), and both expose ``forward(obs, action) -> [N, B]``.
+The action chunk [B, H, A] is flattened to [B, H*A].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rlft.nets.mlp import MLP
+
+
+class _BatchedLinear(nn.Module):
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # same init as nn.Linear
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, B, in]
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class _BatchedLayerNorm(nn.Module):
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, dim))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, (self.dim,)) * self.weight + self.bias
+
+
+class _BatchedMLP(nn.Module):
+    def __init__(self, n: int, in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, layernorm: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden_dims:
+            layers.append(_BatchedLinear(n, d, h))
+            if layernorm:
+                layers.append(_BatchedLayerNorm(n, h))
+            layers.append(nn.ReLU())
+            d = h
+        layers.append(_BatchedLinear(n, d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CriticEnsemble(nn.Module):
+    """N critics over (obs, flattened action chunk). ``forward`` returns [N, B]."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_critics: int = 2,
+        hidden_dims: tuple[int, ...] = (256, 256, 256),
+        layernorm: bool = True,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if impl == "auto":
+            impl = "batched" if torch.cuda.is_available() else "loop"
+        if impl not in ("loop", "batched"):
+            raise ValueError(f"critic impl must be 'loop', 'batched' or 'auto', got {impl!r}")
+        self.impl, self.num_critics = impl, num_critics
+        in_dim = obs_dim + action_dim
+        if impl == "loop":
+            self.critics = nn.ModuleList([MLP(in_dim, hidden_dims, 1, layernorm) for _ in range(num_critics)])
+        else:
+            self.batched = _BatchedMLP(num_critics, in_dim, hidden_dims, 1, layernorm)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action.reshape(action.shape[0], -1)], dim=-1)
+        if self.impl == "loop":
+            return torch.stack([c(x).squeeze(-1) for c in self.critics], 0)
+        return self.batched(x.unsqueeze(0).expand(self.num_critics, -1, -1)).squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    """V(s): MLP obs -> scalar. ``forward`` returns [B]."""
+
+    def __init__(self, obs_dim: int, hidden_dims: tuple[int, ...] = (256, 256, 256), layernorm: bool = True):
+        super().__init__()
+        self.net = MLP(obs_dim, hidden_dims, 1, layernorm)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging: target <- (1 - tau) * target + tau * source."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)

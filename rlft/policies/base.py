@@ -1,0 +1,130 @@
+"""The deployable artifact: a policy over action chunks, saved with its normalisation statistics.
+
+Two APIs:
+
+* **Deployment** (``act``): raw env observations in, raw env actions out, shape [B, H, A] (one chunk per obs). Used by
+  evaluation, online collection and anything outside training.
+* **Training** (normalised space, used by algorithms): ``sample(obs_n, noise=None, deterministic=False)`` returns a
+  normalised chunk in [-1, 1]; ``bc_loss(obs_n, action_n, valid_mask, weights=None)`` returns ``(loss, info)`` -- a
+  (weighted) negative log-likelihood for the Gaussian policy, a (weighted) flow-matching loss for the flow policy.
+  Algorithms such as BC, IQL and AWR only use ``bc_loss`` and so work with any policy; SAC additionally needs
+  ``rsample_log_prob`` which only stochastic policies with a tractable density implement.
+
+Saving: ``save(path)`` writes ``path`` (safetensors weights + metadata with the class and constructor kwargs);
+``rlft.policies.load_policy(path)`` rebuilds it. Checkpoints therefore need no config to be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlft.data.normalize import Normalizer
+from rlft.errors import CheckpointError
+
+POLICY_CLASSES: dict[str, type["Policy"]] = {}
+
+
+def register_policy(cls):
+    POLICY_CLASSES[cls.__name__] = cls
+    return cls
+
+
+class Policy(nn.Module):
+    """Base class. Subclasses implement ``sample`` and ``bc_loss`` and store constructor kwargs in ``self.kwargs``."""
+
+    #: whether ``rsample_log_prob``/``log_prob`` exist (reparameterised density, needed by SAC-style actor losses)
+    has_log_prob: bool = False
+
+    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int, **kwargs: Any):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.action_dim = action_dim
+        self.act_horizon = act_horizon
+        self.kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, act_horizon=act_horizon, **kwargs)
+        self.normalizer = Normalizer(obs_dim, action_dim)
+
+    # ---- training API (normalised space) ----
+    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bc_loss(
+        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def rsample_log_prob(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no tractable log-probability (use a Gaussian policy)")
+
+    @property
+    def chunk_shape(self) -> tuple[int, int]:
+        return (self.act_horizon, self.action_dim)
+
+    # ---- deployment API (raw env space) ----
+    @torch.no_grad()
+    def act(self, obs, noise: torch.Tensor | None = None, deterministic: bool = True) -> torch.Tensor:
+        """Raw obs [B, O] (or [O]) -> raw env action chunk [B, H, A] (or [H, A])."""
+        device = self.normalizer.obs_mean.device
+        obs_t = torch.as_tensor(np.asarray(obs) if not torch.is_tensor(obs) else obs, dtype=torch.float32, device=device)
+        single = obs_t.ndim == 1
+        if single:
+            obs_t = obs_t[None]
+            if noise is not None and noise.ndim == 2:
+                noise = noise[None]
+        if obs_t.shape[-1] != self.obs_dim:
+            raise CheckpointError(
+                f"policy expects observations of dim {self.obs_dim}, got {obs_t.shape[-1]} (policy/env mismatch)"
+            )
+        a = self.sample(self.normalizer.normalize_obs(obs_t), noise=noise, deterministic=deterministic)
+        a = self.normalizer.unnormalize_action(a.clamp(-1.0, 1.0))
+        return a[0] if single else a
+
+    # ---- persistence ----
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        from rlft.utils import atomic_path
+
+        meta = {"class": type(self).__name__, "kwargs": json.dumps(self.kwargs), "extra": json.dumps(extra or {})}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
+
+
+def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> Policy:
+    """Rebuild a policy saved with ``Policy.save``; a missing/corrupt file raises CheckpointError naming it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import rlft.policies  # noqa: F401  (registers the classes)
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"policy checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path), device=str(map_location))
+    except Exception as e:  # safetensors raises several types on corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors policy checkpoint ({e})") from None
+    if meta.get("class") not in POLICY_CLASSES:
+        raise CheckpointError(f"{path}: unknown policy class {meta.get('class')!r}; known: {sorted(POLICY_CLASSES)}")
+    policy = POLICY_CLASSES[meta["class"]](**json.loads(meta["kwargs"]))
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match {meta['class']}({meta['kwargs']}): {e}") from None
+    return policy.to(map_location)
+
+
+def policy_extra(path: str | Path) -> dict:
+    """The ``extra`` metadata dict saved with a policy (env id, stage, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("extra", "{}"))
