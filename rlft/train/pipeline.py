@@ -1,0 +1,185 @@
+"""``rlft pipeline``: collect -> bc -> offline RL -> online RL, each stage starting from the previous stage's policy.
+
+The pipeline YAML names the stage configs (ordinary ``rlft train`` YAMLs) and what they share::
+
+    env: {env_id: cube-single-singletask-v0, act_horizon: 5}
+    collect: {mode: demos, num_episodes: 30, action_noise: 0.3}
+    stages:
+      - {name: bc, config: bc.yaml}
+      - {name: offline, config: offline_iql.yaml}
+      - {name: online, config: online_sac.yaml, overrides: {steps: 30000}}
+
+For every stage the pipeline sets ``env``, ``run.seed``, ``run.out_dir``/``run.name`` (inside the pipeline's run
+directory), ``dataset`` (the collected file) and ``init_policy`` (the previous stage's ``policy_<handoff>``); the
+stage's ``overrides`` are merged into its YAML before strict parsing. The result is a table of success after each
+stage, also written to ``results.md`` and ``pipeline_summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from rlft.collect import CollectConfig, run_collect
+from rlft.config import read_yaml, save_yaml, to_dict
+from rlft.errors import ConfigError
+from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
+from rlft.train.runner import run_train
+from rlft.utils import atomic_write_text
+
+console = Console()
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """One stage of the pipeline."""
+
+    name: str
+    """Stage name (also the sub-directory of the pipeline run)."""
+    config: str
+    """Path of the stage's ``rlft train`` YAML (relative paths are resolved against the pipeline YAML's folder)."""
+    overrides: dict = dataclasses.field(default_factory=dict)
+    """Nested fields merged into the stage YAML before it is parsed, e.g. ``{steps: 1000, algo_cfg: {beta: 3}}``."""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """The whole job: expert data, then the training stages in order."""
+
+    stages: list[StageSpec]
+    """Training stages, in order; each starts from the previous stage's policy."""
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    """Environment and chunking, shared by every stage and by collection."""
+    collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
+    """Expert-data collection (skipped when ``dataset`` is set)."""
+    dataset: Optional[str] = None
+    """Use this existing dataset file instead of collecting one."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Evaluation settings applied to every stage (episodes, seeds, workers)."""
+    policy_kind: Optional[str] = None
+    """Override ``algo_cfg.policy.kind`` ('gaussian' or 'flow') of the first stage (later stages inherit it)."""
+    handoff: Literal["final", "best"] = "final"
+    """Which policy of a stage the next stage starts from: its final one, or its best by eval success_once."""
+    budget_scale: float = 1.0
+    """Multiply every stage's ``steps`` (and eval.every) by this (e.g. 0.01 for a smoke run)."""
+    seed: int = 0
+    """Seed for collection and every stage."""
+    out_dir: str = "runs"
+    """Parent folder of the pipeline's run directory."""
+    name: Optional[str] = None
+    """Run directory name (default: pipeline-<env>-s<seed>-<timestamp>)."""
+    threads: int = 1
+    """torch threads for every stage."""
+    quiet: bool = False
+    """Suppress progress bars."""
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    from rlft.config import from_dict
+
+    path = Path(path)
+    cfg = from_dict(PipelineConfig, read_yaml(path), str(path))
+    for st in cfg.stages:  # resolve stage config paths against the pipeline file's folder
+        p = Path(st.config)
+        if not p.is_absolute() and not p.exists():
+            st.config = str(path.parent / p)
+    return cfg
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    t0 = time.time()
+    name = cfg.name or f"pipeline-{cfg.env.env_id}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "pipeline_summary.json").exists():
+        raise ConfigError(f"name: {run_dir} already holds a finished pipeline; choose another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "pipeline.yaml")
+    # parse every stage config up front so a typo fails before minutes of collection
+    stage_dicts = []
+    for st in cfg.stages:
+        d = _deep_merge(read_yaml(st.config), st.overrides)
+        train_config_from_dict(d, st.config)
+        stage_dicts.append(d)
+
+    rows: list[dict] = []
+    if cfg.dataset:
+        dataset = cfg.dataset
+    else:
+        col = dataclasses.replace(cfg.collect, env_id=cfg.env.env_id, seed=cfg.seed,
+                                  out=str(run_dir / "data" / "dataset.h5"))
+        tc = time.time()
+        dataset = str(run_collect(col))
+        rows.append({"stage": "collect", "algo": f"oracle ({col.mode})", "wall_s": time.time() - tc})
+
+    init_policy: str | None = None
+    for st, d in zip(cfg.stages, stage_dicts):
+        d = _deep_merge(d, {
+            "env": to_dict(cfg.env),
+            "eval": _deep_merge(to_dict(cfg.eval), {"every": int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)}),
+            "dataset": dataset,
+            "init_policy": init_policy,
+            "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
+        })
+        d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
+        if init_policy is None and cfg.policy_kind is not None:
+            d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
+        tcfg = train_config_from_dict(d, st.config)
+        console.rule(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)")
+        summary = run_train(tcfg, quiet=cfg.quiet)
+        ev = summary["final"]
+        rows.append({"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps,
+                     "success_once": ev["eval/success_once"], "success_at_end": ev["eval/success_at_end"],
+                     "return": ev["eval/return"], "best_success_once": summary["best_success_once"],
+                     "wall_s": summary["wall_s"], "run_dir": summary["run_dir"]})
+        init_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
+
+    result = {"run_dir": str(run_dir), "env_id": cfg.env.env_id, "seed": cfg.seed, "dataset": dataset,
+              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy}
+    atomic_write_text(run_dir / "pipeline_summary.json", json.dumps(result, indent=2))
+    atomic_write_text(run_dir / "results.md", results_markdown(result))
+    print_results(result)
+    return result
+
+
+def results_markdown(result: dict) -> str:
+    lines = [f"# rlft pipeline: {result['env_id']} (seed {result['seed']})", "",
+             "| stage | algo | success_once | success_at_end | return | wall (s) |", "|---|---|---|---|---|---|"]
+    for r in result["stages"]:
+        if "success_once" in r:
+            lines.append(f"| {r['stage']} | {r['algo']} | {r['success_once']:.2f} | {r['success_at_end']:.2f} | "
+                         f"{r['return']:.1f} | {r['wall_s']:.0f} |")
+        else:
+            lines.append(f"| {r['stage']} | {r['algo']} | | | | {r['wall_s']:.0f} |")
+    lines += ["", f"Total wall time: {result['wall_s']:.0f} s. Run directory: `{result['run_dir']}`", ""]
+    return "\n".join(lines)
+
+
+def print_results(result: dict) -> None:
+    t = Table(title=f"rlft pipeline - {result['env_id']} (seed {result['seed']})")
+    for c in ("stage", "algo", "success_once", "success_at_end", "return", "wall (s)"):
+        t.add_column(c, justify="right" if c not in ("stage", "algo") else "left")
+    for r in result["stages"]:
+        if "success_once" in r:
+            t.add_row(r["stage"], r["algo"], f"{r['success_once']:.2f}", f"{r['success_at_end']:.2f}",
+                      f"{r['return']:.1f}", f"{r['wall_s']:.0f}")
+        else:
+            t.add_row(r["stage"], r["algo"], "", "", "", f"{r['wall_s']:.0f}")
+    console.print(t)
+    console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{result['run_dir']}[/bold]")

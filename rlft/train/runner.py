@@ -1,0 +1,297 @@
+"""``rlft train``: one stage, offline (gradient steps on a dataset) or online (env interaction + replay).
+
+The loop is the same for every algorithm: it reads ``AlgoConfig`` fields (batch_size, utd_ratio, warmup_steps,
+offline_ratio) and calls ``algo.update(batch)`` / ``algo.explore(obs)``. Outputs in the run directory:
+
+* ``config.yaml`` (resolved config), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``summary.json`` (final numbers);
+* ``checkpoints/policy_final.safetensors``, ``policy_best.safetensors`` (best ``eval/success_once``),
+  ``state.pt`` (full resumable state: algorithm incl. optimisers, step, RNG, replay buffer).
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from rlft.algos import get_algorithm
+from rlft.config import save_yaml, to_dict
+from rlft.data.dataset import ChunkDataset
+from rlft.data.h5io import load_dataset
+from rlft.data.mixer import MixedSampler
+from rlft.data.replay import ReplayBuffer
+from rlft.envs import env_info, make_env
+from rlft.envs.wrappers import ChunkExecutor
+from rlft.errors import CheckpointError, ConfigError, TrainingError
+from rlft.policies import build_policy, load_policy
+from rlft.train.config import TrainConfig
+from rlft.train.evaluate import Evaluator, evaluate_policy
+from rlft.train.logger import Logger, MetricAverager
+from rlft.utils import atomic_path, atomic_write_text, resolve_device, seed_everything, set_threads
+
+console = Console()
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    name = cfg.run.name or f"{cfg.algo}-{cfg.env.env_id}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.run.out_dir) / name
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+    for k, v in metrics.items():
+        if not math.isfinite(v):
+            raise TrainingError(f"metric '{k}' became {v} at step {step}; training diverged (lower the learning "
+                                f"rate or check the data)")
+
+
+def _check_policy_matches(policy, obs_dim: int, action_dim: int, act_horizon: int, source: str) -> None:
+    got = (policy.obs_dim, policy.action_dim, policy.act_horizon)
+    want = (obs_dim, action_dim, act_horizon)
+    if got != want:
+        raise CheckpointError(
+            f"{source}: policy has (obs_dim, action_dim, act_horizon) = {got} but the env/config needs {want}"
+        )
+
+
+class Trainer:
+    """Builds everything a stage needs from a TrainConfig, then ``run()``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False):
+        self.cfg = cfg
+        self.quiet = quiet
+        set_threads(cfg.run.threads)
+        self.gen = seed_everything(cfg.run.seed)
+        self.device = resolve_device(cfg.run.device)
+        self.run_dir = Path(run_dir) if run_dir else _run_dir(cfg)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if cfg.mode == "offline" and not cfg.dataset:
+            raise ConfigError("dataset: an offline stage needs a dataset file")
+        algo_cls = get_algorithm(cfg.algo)
+        ac = cfg.algo_cfg
+        if cfg.mode == "online" and ac.offline_ratio > 0 and not cfg.dataset:
+            raise ConfigError(f"dataset: algo_cfg.offline_ratio={ac.offline_ratio} needs an offline dataset file")
+
+        # environment dims
+        env_kw = {} if cfg.env.max_episode_steps is None else {"max_episode_steps": cfg.env.max_episode_steps}
+        probe = make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **env_kw)
+        info = env_info(probe)
+        probe.close()
+        self.obs_dim, self.action_dim, H = info["obs_dim"], info["action_dim"], cfg.env.act_horizon
+        self.env_kw = env_kw
+
+        # policy (pretrained or fresh) and data sharing its normaliser
+        episodes = None
+        if cfg.dataset:
+            episodes, _ = load_dataset(cfg.dataset)
+        if cfg.init_policy:
+            policy = load_policy(cfg.init_policy)
+            _check_policy_matches(policy, self.obs_dim, self.action_dim, H, cfg.init_policy)
+        else:
+            policy = build_policy(ac.policy, self.obs_dim, self.action_dim, H)
+        self.dataset = None
+        if episodes is not None:
+            ds = ChunkDataset(episodes, act_horizon=H, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
+                              normalizer=policy.normalizer if cfg.init_policy else None)
+            if ds.obs_dim != self.obs_dim or ds.action_dim != self.action_dim:
+                raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({ds.obs_dim}, {ds.action_dim}) do not "
+                                  f"match env {cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
+            if not cfg.init_policy:
+                policy.normalizer.load_state_dict(ds.normalizer.state_dict())
+                ds.normalizer = policy.normalizer
+            self.dataset = ds
+        elif not cfg.init_policy:
+            low, high = info["action_low"], info["action_high"]
+            policy.normalizer.set_stats(np.zeros(self.obs_dim), np.ones(self.obs_dim), low, high)
+        self.algo = algo_cls(ac, self.obs_dim, self.action_dim, H, policy=policy, device=self.device)
+        self.policy = self.algo.policy
+        self.step = 0
+        self.best = -1.0
+        self.replay: ReplayBuffer | None = None
+        if cfg.mode == "online":
+            self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, H, self.action_dim, self.policy.normalizer,
+                                       device=self.device)
+        self.evaluator: Evaluator | None = None
+
+    # ---------------- persistence ----------------
+    def _extra(self, tag: str) -> dict:
+        return {"env_id": self.cfg.env.env_id, "algo": self.cfg.algo, "stage_step": self.step, "tag": tag,
+                "obs_horizon": self.cfg.env.obs_horizon, "gamma": self.cfg.env.gamma}
+
+    def save_state(self) -> None:
+        state = {"algo": self.algo.state_dict(), "step": self.step, "best": self.best,
+                 "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(), "np_rng": np.random.get_state()}
+        if self.replay is not None:
+            state["replay"] = self.replay.state_dict()
+        with atomic_path(self.ckpt_dir / "state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self) -> None:
+        path = self.ckpt_dir / "state.pt"
+        if not path.is_file():
+            raise CheckpointError(f"run.resume: no checkpoint to resume at {path}")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+        self.algo.load_state_dict(state["algo"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        torch.set_rng_state(state["torch_rng"])
+        self.gen.set_state(state["gen"])
+        np.random.set_state(state["np_rng"])
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+    # ---------------- evaluation ----------------
+    def evaluate(self) -> dict[str, float]:
+        e = self.cfg.eval
+        if self.evaluator is None and e.num_workers <= 1:
+            self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.act_horizon, self.cfg.env.gamma,
+                                       self.cfg.env.obs_horizon, self.cfg.env.max_episode_steps,
+                                       n_parallel=min(10, e.num_episodes))
+        t0 = time.time()
+        summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, self.cfg.env.act_horizon, e.num_episodes,
+                                     e.seed, self.cfg.env.gamma, self.cfg.env.obs_horizon,
+                                     self.cfg.env.max_episode_steps, e.deterministic, e.num_workers, self.evaluator)
+        summary["time/eval_s"] = time.time() - t0
+        if summary["eval/success_once"] > self.best:
+            self.best = summary["eval/success_once"]
+            self.policy.save(self.ckpt_dir / "policy_best.safetensors", self._extra("best"))
+        summary["eval/best_success_once"] = self.best
+        return summary
+
+    def _print(self, msg: str) -> None:
+        if not self.quiet:
+            console.print(msg)
+
+    # ---------------- loops ----------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        if cfg.run.resume:
+            self.load_state()
+        elif (self.run_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"run.name: run directory {self.run_dir} already holds a run; pick another name or "
+                              f"pass --run.resume")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.run_dir / "config.yaml")
+        self.logger = Logger(self.run_dir, cfg.run.tensorboard, cfg.run.track, cfg.run.wandb_project,
+                             self.run_dir.name, to_dict(cfg))
+        t0 = time.time()
+        try:
+            last_eval = self._online() if cfg.mode == "online" else self._offline()
+            if last_eval is None or cfg.eval.every == 0 or self.step % cfg.eval.every != 0:
+                last_eval = self.evaluate()
+                self.logger.log(self.step, last_eval)
+        finally:
+            self.logger.close()
+        self.policy.save(self.ckpt_dir / "policy_final.safetensors", self._extra("final"))
+        if not (self.ckpt_dir / "policy_best.safetensors").exists():
+            self.policy.save(self.ckpt_dir / "policy_best.safetensors", self._extra("best"))
+        self.save_state()
+        summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "mode": cfg.mode, "steps": self.step,
+                   "wall_s": time.time() - t0, "final": last_eval, "best_success_once": self.best}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.evaluator is not None:
+            self.evaluator.close()
+        return summary
+
+    def _progress(self, total: int, desc: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=console, disable=self.quiet, transient=False)
+
+    def _maybe_eval_and_ckpt(self, prev_step: int, avg: MetricAverager, extra_log: dict) -> dict | None:
+        cfg, out = self.cfg, None
+        crossed = lambda every: every > 0 and (self.step // every) > (prev_step // every)  # noqa: E731
+        if crossed(cfg.run.log_every):
+            m = avg.pop()
+            m.update(extra_log)
+            self.logger.log(self.step, m)
+        if crossed(cfg.eval.every):
+            out = self.evaluate()
+            self.logger.log(self.step, out)
+            self._print(f"[{cfg.algo}] step {self.step}: success_once {out['eval/success_once']:.2f} "
+                        f"success_at_end {out['eval/success_at_end']:.2f} return {out['eval/return']:.1f}")
+        if crossed(cfg.run.checkpoint_every):
+            self.save_state()
+        return out
+
+    def _offline(self) -> dict | None:
+        cfg, ac = self.cfg, self.cfg.algo_cfg
+        avg, last_eval = MetricAverager(), None
+        t_last, n_last = time.time(), self.step
+        with self._progress(cfg.steps, f"{cfg.algo} offline") as prog:
+            task = prog.add_task("train", total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                batch = self.dataset.sample(ac.batch_size, self.gen).to(self.device)
+                metrics = self.algo.update(batch)
+                _check_finite(metrics, self.step)
+                avg.add(metrics)
+                prev, self.step = self.step, self.step + 1
+                extra = {}
+                if cfg.run.log_every and self.step % cfg.run.log_every == 0:
+                    now = time.time()
+                    extra["time/updates_per_s"] = (self.step - n_last) / max(now - t_last, 1e-9)
+                    t_last, n_last = now, self.step
+                ev = self._maybe_eval_and_ckpt(prev, avg, extra)
+                last_eval = ev or last_eval
+                if self.step % 100 == 0 or self.step == cfg.steps:
+                    prog.update(task, completed=self.step, info=f"best {self.best:.2f}" if self.best >= 0 else "")
+        return last_eval
+
+    def _online(self) -> dict | None:
+        cfg, ac = self.cfg, self.cfg.algo_cfg
+        env = ChunkExecutor(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
+                            cfg.env.act_horizon, cfg.env.gamma)
+        sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
+        avg, last_eval = MetricAverager(), None
+        episode = 0
+        obs, _ = env.reset(seed=cfg.run.seed * 1_000_003 + self.step)
+        ep_ret, ep_success, ep_len = 0.0, False, 0
+        recent: list[tuple[float, float]] = []
+        t_start, updates = time.time(), 0
+        with self._progress(cfg.steps, f"{cfg.algo} online") as prog:
+            task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                chunk = self.algo.explore(obs).cpu()
+                next_obs, R, term, trunc, info = env.step(chunk.numpy())
+                self.replay.add(np.asarray(obs)[None], chunk[None].numpy(), np.array([R]), np.asarray(next_obs)[None],
+                                np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]))
+                prev, self.step = self.step, self.step + int(info["k"])
+                ep_ret += float(np.sum(info["env_rewards"]))
+                ep_success = ep_success or bool(info["success"])
+                ep_len += int(info["k"])
+                if term or trunc:
+                    recent = (recent + [(float(ep_success), ep_ret)])[-20:]
+                    episode += 1
+                    obs, _ = env.reset(seed=cfg.run.seed * 1_000_003 + self.step)
+                    ep_ret, ep_success, ep_len = 0.0, False, 0
+                else:
+                    obs = next_obs
+                if self.step >= ac.warmup_steps and len(self.replay) > 0:
+                    for _ in range(ac.utd_ratio):
+                        metrics = self.algo.update(sampler.sample(ac.batch_size, self.gen).to(self.device))
+                        _check_finite(metrics, self.step)
+                        avg.add(metrics)
+                        updates += 1
+                extra = {"train/episodes": float(episode), "time/updates": float(updates),
+                         "time/env_steps_per_s": self.step / max(time.time() - t_start, 1e-9)}
+                if recent:
+                    extra["train/episode_success"] = float(np.mean([r[0] for r in recent]))
+                    extra["train/episode_return"] = float(np.mean([r[1] for r in recent]))
+                ev = self._maybe_eval_and_ckpt(prev, avg, extra)
+                last_eval = ev or last_eval
+                prog.update(task, completed=min(self.step, cfg.steps),
+                            info=f"ep {episode} succ(20) {extra.get('train/episode_success', 0):.2f}")
+        env.close()
+        return last_eval
+
+
+def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> dict:
+    return Trainer(cfg, run_dir, quiet).run()
