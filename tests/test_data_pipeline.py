@@ -67,7 +67,8 @@ def _np(batch: ChunkBatch) -> dict[str, np.ndarray]:
 
 
 def test_chunks_truncated_and_terminal_ends_h2():
-    ds = ChunkDataset([episode_truncated(), episode_terminal()], act_horizon=2, gamma=0.5, normalizer=identity_normalizer())
+    eps = [episode_truncated(), episode_terminal()]
+    ds = ChunkDataset(eps, act_horizon=2, gamma=0.5, normalizer=identity_normalizer())
     assert len(ds) == 5 and ds.obs_dim == 2 and ds.action_dim == 1 and ds.act_horizon == 2
     b = _np(ds.all_starts())
     # starts: (A,0) (A,1) (A,2) (B,0) (B,1)
@@ -78,7 +79,8 @@ def test_chunks_truncated_and_terminal_ends_h2():
     np.testing.assert_allclose(b["obs"], [[0, 0], [1, 10], [2, 20], [100, 0], [101, 1]])
     np.testing.assert_allclose(b["next_obs"], [[2, 20], [3, 30], [3, 30], [102, 2], [102, 2]])
     # padding repeats the last valid action (and is masked)
-    np.testing.assert_allclose(b["action"][..., 0], [[0.1, 0.2], [0.2, 0.3], [0.3, 0.3], [-0.1, -0.2], [-0.2, -0.2]], atol=1e-6)
+    expected_actions = [[0.1, 0.2], [0.2, 0.3], [0.3, 0.3], [-0.1, -0.2], [-0.2, -0.2]]
+    np.testing.assert_allclose(b["action"][..., 0], expected_actions, atol=1e-6)
     np.testing.assert_array_equal(ds.k.numpy(), [2, 2, 1, 2, 1])
     # TD convention: truncated end bootstraps with gamma^k, terminal end does not bootstrap
     np.testing.assert_allclose(ds.all_starts().bootstrap.numpy(), [0.25, 0.25, 0.5, 0, 0])
@@ -223,14 +225,16 @@ def test_sampling_speed():
     for _ in range(n):
         ds.sample(256, g)
     ms = (time.perf_counter() - t0) / n * 1e3
-    assert ms < 3.0, f"sampling took {ms:.3f} ms per batch of 256 (target < 0.3 ms on an idle core)"
+    # target < 0.3 ms on an idle core (measured ~0.1 ms); the bound is loose for busy CI machines
+    assert ms < 3.0, f"sampling took {ms:.3f} ms per batch of 256"
 
 
 # ---------------- replay buffer ----------------
 
 
 def _rb(capacity=3, normalizer=None) -> ReplayBuffer:
-    return ReplayBuffer(capacity, obs_dim=2, act_horizon=2, action_dim=1, normalizer=normalizer or identity_normalizer())
+    nz = identity_normalizer() if normalizer is None else normalizer
+    return ReplayBuffer(capacity, obs_dim=2, act_horizon=2, action_dim=1, normalizer=nz)
 
 
 def _add(rb: ReplayBuffer, ids: list[int], k=None):

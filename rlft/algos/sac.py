@@ -1,0 +1,226 @@
+"""Soft Actor-Critic over action chunks, with RLPD's choices (Ball et al., 2023) as defaults.
+
+One update:
+
+* critic:      ``L_Q = sum_i E[(Q_i(s, a) - y)^2]``,
+               ``y = r + bootstrap * (min_{i in I} Qtarget_i(s', a') - alpha * log pi(a'|s'))``, ``a' ~ pi(s')``,
+               ``I`` a random subset of ``critic_subset`` of the ``num_critics`` target critics (RLPD: 2 of 10; with
+               ``critic_subset == num_critics`` it is the plain min of SAC). ``bootstrap = gamma^k (1 - terminated)``
+               carries the chunk discount (``ChunkBatch.bootstrap``); gamma is therefore not a field here.
+* actor:       ``L_pi = E[alpha * log pi(a|s) - mean_i Q_i(s, a)] + bc_coef * bc_loss(s, a_data)``, ``a ~ pi(s)``
+               reparameterised (only the policy's parameters receive this gradient).
+* temperature: ``L_alpha = -log_alpha * E[log pi(a|s) + H_target]`` (alpha rises while the entropy is below target).
+
+The subset ``I`` is drawn with the algorithm's own ``torch.Generator`` (seeded from torch's global RNG at
+construction and saved in ``state_dict``), so runs are reproducible. Policy samples use torch's global RNG.
+
+Target entropy. SAC's usual ``-dim(A)`` is ``-56`` for an 8x7 chunk; the seed that used it saw the temperature
+explode when fine-tuning: a BC-pretrained tanh-Gaussian is much narrower than one nat below a unit Gaussian per
+dimension (small learned stds, and gripper dimensions saturated near +-1 lose ~2|u| nats each through the tanh
+Jacobian), so its entropy sits far below ``-56`` and alpha grows without bound until the entropy bonus swamps Q and
+destroys the pretrained behaviour. The default rule (``target_entropy=None``) is therefore
+
+    H_target = min(target_entropy_per_dim * H * A,  entropy of the starting policy)      [nats per chunk]
+
+with ``target_entropy_per_dim = -0.5`` (the value QC/FQL's chunked RLPD uses from scratch). The second term is
+measured once, on the first update's batch (mean of -log pi over 256 states), when ``target_entropy_from_policy``:
+a fresh, wide policy gets the ``-0.5 * dim`` rule, a pretrained narrow one keeps (at most) its own entropy -- alpha is
+then free to fall but is never asked to blow the policy up. The value used is logged as ``alpha/target_entropy``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from rlft.algos import register
+from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.losses import (
+    metrics_to_floats,
+    prefixed,
+    sac_actor_loss,
+    sac_critic_target,
+    td_loss,
+    temperature_loss,
+)
+from rlft.data.batch import ChunkBatch
+from rlft.errors import ConfigError
+from rlft.nets.ensemble import CriticEnsemble, soft_update
+
+
+@dataclasses.dataclass
+class SACConfig(AlgoConfig):
+    """SAC / RLPD for online fine-tuning."""
+
+    utd_ratio: int = 4
+    """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU a 10-critic update
+    costs milliseconds (see scripts/bench_updates.py), so 4 keeps wall-clock time per environment step moderate."""
+    warmup_steps: int = 1000
+    """Online: environment macro-steps collected before updates start (the offline half of each batch is there
+    from the start, so a short warm-up suffices)."""
+    offline_ratio: float = 0.5
+    """Online: fraction of each batch drawn from the offline dataset (RLPD's symmetric sampling: 0.5)."""
+    num_critics: int = 10
+    """Number of Q networks in the ensemble (RLPD: 10; SAC: 2)."""
+    critic_subset: int = 2
+    """Size of the random subset of target critics whose minimum forms the TD target (RLPD: 2; = num_critics gives
+    SAC's plain min over all critics)."""
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each Q network."""
+    critic_layernorm: bool = True
+    """LayerNorm after each hidden layer of the Q networks (RLPD's key stabiliser with offline data)."""
+    critic_impl: str = "auto"
+    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the policy."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the Q ensemble."""
+    temperature_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    tau: float = 0.005
+    """Polyak rate of the target critics (updated after every critic step)."""
+    init_temperature: float = 0.1
+    """Initial alpha. Lower than RLPD's 1.0 from-scratch value: the log-density of a chunk sums H*A dimensions, so
+    alpha * log pi is already large relative to Q at 0.1 when starting from a pretrained policy."""
+    learn_temperature: bool = True
+    """Tune alpha towards the target entropy (False: alpha stays at init_temperature)."""
+    target_entropy: float | None = None
+    """Explicit target entropy in nats per chunk; None = the rule in the module docstring."""
+    target_entropy_per_dim: float = -0.5
+    """Auto rule: target entropy per flattened chunk dimension (target = this * H * A, capped by the starting
+    policy's entropy when target_entropy_from_policy)."""
+    target_entropy_from_policy: bool = True
+    """Auto rule: cap the target at the starting policy's entropy, measured on the first update's batch."""
+    backup_entropy: bool = True
+    """Include -alpha * log pi(a'|s') in the TD target (soft backup); False gives a plain min-Q backup."""
+    actor_update_every: int = 1
+    """Update the actor and the temperature on every k-th update only (critic every update; RLPD-style delay)."""
+    bc_coef: float = 0.0
+    """Weight of an added policy.bc_loss on the batch's (s, a) in the actor loss (0 = off). Applied to the whole
+    batch: with offline_ratio > 0 that is the offline half plus the online rows (the policy's own past actions)."""
+
+    def __post_init__(self) -> None:
+        if self.num_critics < 1:
+            raise ConfigError(f"sac.num_critics must be >= 1, got {self.num_critics}")
+        if not 1 <= self.critic_subset <= self.num_critics:
+            raise ConfigError(
+                f"sac.critic_subset must be in [1, num_critics={self.num_critics}], got {self.critic_subset}"
+            )
+        if self.critic_impl not in ("auto", "loop", "batched"):
+            raise ConfigError(f"sac.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
+        if self.init_temperature <= 0:
+            raise ConfigError(f"sac.init_temperature must be > 0, got {self.init_temperature}")
+        if self.actor_update_every < 1:
+            raise ConfigError(f"sac.actor_update_every must be >= 1, got {self.actor_update_every}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"sac.tau must be in (0, 1], got {self.tau}")
+
+
+@register
+class SAC(Algorithm):
+    """SAC / RLPD: critic ensemble with random-subset min targets, tanh-Gaussian actor, learned temperature."""
+
+    Config: ClassVar[type[AlgoConfig]] = SACConfig
+    name: ClassVar[str] = "sac"
+    supported_policies: ClassVar[tuple[str, ...]] = ("gaussian",)
+
+    def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
+        super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
+        self.cfg: SACConfig = cfg
+        if not getattr(self.policy, "has_log_prob", False):
+            raise ConfigError(
+                f"sac: the policy ({type(self.policy).__name__}) has no tractable log-probability, which SAC's "
+                "entropy terms need; use policy.kind: gaussian (a flow policy can be fine-tuned with DSRL, which runs "
+                "SAC on its noise space)"
+            )
+        self.critic = CriticEnsemble(
+            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
+            cfg.critic_impl,
+        ).to(self.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
+        self.actor_params = list(self.policy.parameters())
+        self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        self.target_entropy: float | None = cfg.target_entropy  # resolved on the first update when None
+
+    # ---- target entropy rule (see module docstring) ----
+    def _resolve_target_entropy(self, log_prob: torch.Tensor) -> float:
+        if self.target_entropy is None:
+            value = self.cfg.target_entropy_per_dim * self.act_horizon * self.action_dim
+            if self.cfg.target_entropy_from_policy:
+                value = min(value, float(-log_prob.detach().mean()))
+            self.target_entropy = value
+        return self.target_entropy
+
+    def _subset(self) -> torch.Tensor | None:
+        n, k = self.cfg.num_critics, self.cfg.critic_subset
+        if k == n:
+            return None
+        return torch.randperm(n, generator=self.generator, device=self.device)[:k]
+
+    def update(self, batch: ChunkBatch) -> dict[str, float]:
+        cfg = self.cfg
+        alpha = self.log_alpha.detach().exp()
+        metrics: dict[str, object] = {}
+
+        # ---- critic ----
+        with torch.no_grad():
+            next_action, next_log_prob = self.policy.rsample_log_prob(batch.next_obs)
+            next_q = self.target_critic(batch.next_obs, next_action)
+            y = sac_critic_target(
+                next_q, next_log_prob, batch.reward, batch.bootstrap, alpha if cfg.backup_entropy else 0.0,
+                self._subset(),
+            )
+        q = self.critic(batch.obs, batch.action)
+        critic_loss, critic_info = td_loss(q, y)
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        metrics.update(prefixed("critic", critic_info))
+
+        # ---- actor and temperature (every actor_update_every updates) ----
+        if self.num_updates % cfg.actor_update_every == 0:
+            action, log_prob = self.policy.rsample_log_prob(batch.obs)
+            q_pi = self.critic(batch.obs, action)
+            actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
+            if cfg.bc_coef > 0:
+                bc, bc_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+                actor_loss = actor_loss + cfg.bc_coef * bc
+                metrics["actor/bc_loss"] = bc.detach()
+                actor_info["actor_loss"] = actor_loss.detach()
+            self.actor_optim.zero_grad(set_to_none=True)
+            actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
+            self.actor_optim.step()
+            metrics.update(prefixed("actor", actor_info))
+
+            target_entropy = self._resolve_target_entropy(log_prob)
+            temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, target_entropy)
+            if cfg.learn_temperature:
+                self.temperature_optim.zero_grad(set_to_none=True)
+                temp_loss.backward()
+                self.temperature_optim.step()
+            metrics.update(prefixed("alpha", temp_info))
+
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    # ---- persistence: add the subset generator and the resolved target entropy ----
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["generator"] = self.generator.get_state()
+        sd["target_entropy"] = self.target_entropy
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        super().load_state_dict(sd)
+        self.generator.set_state(sd["generator"])
+        self.target_entropy = sd["target_entropy"]

@@ -1,0 +1,72 @@
+"""The one batch type every algorithm consumes.
+
+A ``ChunkBatch`` holds B *macro transitions*: from ``obs`` an action chunk of H steps was executed open loop (or would
+have been, for padded dataset chunks), k <= H steps were actually taken before the chunk or the episode ended, and
+
+* ``reward``     = sum_{i<k} gamma^i r_i                (discounted reward inside the chunk)
+* ``discount``   = gamma^k                              (bootstrap factor for the value at ``next_obs``)
+* ``terminated`` = 1 if the episode terminated inside the chunk (no bootstrap); time-limit truncation is NOT
+  termination: we bootstrap through it.
+* ``valid_mask`` [B, H] = 1 for the k executed steps, 0 for padding past the episode's end (padded actions never
+  enter a BC loss).
+
+TD target convention (pinned here, used by every critic): ``y = reward + discount * (1 - terminated) * V(next_obs)``
+-- see ``ChunkBatch.bootstrap``.
+
+Observations and actions are already *normalised* (see ``rlft.data.normalize``): obs by dataset mean/std, actions
+scaled to [-1, 1]. ``obs`` is [B, obs_dim] where obs_dim already includes any observation history (flattened).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class ChunkBatch:
+    obs: torch.Tensor  # [B, O]
+    action: torch.Tensor  # [B, H, A]
+    reward: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, O]
+    terminated: torch.Tensor  # [B] float 0/1
+    discount: torch.Tensor  # [B] gamma^k
+    valid_mask: torch.Tensor  # [B, H] float 0/1
+
+    @property
+    def batch_size(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def bootstrap(self) -> torch.Tensor:
+        """Multiplier of the next-state value in the TD target: gamma^k * (1 - terminated)."""
+        return self.discount * (1.0 - self.terminated)
+
+    def to(self, device: torch.device | str) -> "ChunkBatch":
+        return ChunkBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def cat(batches: list["ChunkBatch"]) -> "ChunkBatch":
+        return ChunkBatch(
+            **{f.name: torch.cat([getattr(b, f.name) for b in batches], 0) for f in dataclasses.fields(ChunkBatch)}
+        )
+
+    @staticmethod
+    def random(
+        batch_size: int, obs_dim: int, act_horizon: int, action_dim: int, gamma: float = 0.99, generator=None
+    ) -> "ChunkBatch":
+        """A random but well-formed batch (for contract tests and throughput benchmarks)."""
+        g = generator
+        B, H = batch_size, act_horizon
+        k = torch.randint(1, H + 1, (B,), generator=g)
+        mask = (torch.arange(H)[None, :] < k[:, None]).float()
+        return ChunkBatch(
+            obs=torch.randn(B, obs_dim, generator=g),
+            action=torch.rand(B, H, action_dim, generator=g) * 1.8 - 0.9,
+            reward=-torch.rand(B, generator=g) * H,
+            next_obs=torch.randn(B, obs_dim, generator=g),
+            terminated=(torch.rand(B, generator=g) < 0.1).float(),
+            discount=gamma ** k.float(),
+            valid_mask=mask,
+        )

@@ -1,0 +1,299 @@
+"""Offline chunk sampling: a list of ``Episode`` -> uniformly sampled ``ChunkBatch`` es.
+
+Every transition index t of every episode (t in [0, T-1]) is a valid chunk start. For a start t in an episode of T
+transitions and action horizon H:
+
+* ``k``          = min(H, T - t, steps up to and including the first terminal step at or after t)
+                   (in valid data only the last transition can be terminal, so this is min(H, T - t))
+* ``action``     = a[t : t+H], past the k executed steps padded with the last valid action a[t+k-1]
+* ``valid_mask`` = [i < k for i in range(H)]
+* ``reward``     = sum_{i<k} gamma^i r[t+i]
+* ``next_obs``   = o[t+k]
+* ``discount``   = gamma^k
+* ``terminated`` = terminated[t+k-1]  (= any(terminated[t:t+k]), since a chunk stops at a terminal step)
+
+A chunk cut short by the episode's end (k < H) without termination is a time-limit/data cut: it bootstraps from
+o[T] with gamma^k. With an observation history of ``obs_horizon`` To > 1, ``obs`` is [o_{t-To+1}, ..., o_t]
+flattened (oldest first), with indices < 0 replaced by o_0; ``next_obs`` is the same window ending at t+k.
+
+Everything is precomputed once into flat tensors (index tables into the concatenated, already normalised
+observation/action arrays); ``sample`` is a handful of vectorised ``index_select`` calls.
+Observations and actions are normalised at construction with ``ChunkDataset.normalizer`` (built from the dataset's
+statistics unless one is given, e.g. the policy's), so changing that normaliser's statistics afterwards does not
+re-normalise the stored arrays.
+
+This module knows nothing about environments or algorithms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from rlft.data.batch import ChunkBatch
+from rlft.data.episodes import Episode
+from rlft.data.normalize import Normalizer
+from rlft.errors import ConfigError, DatasetError
+
+
+def randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``size`` uniform indices in [0, high) drawn with ``generator`` (on its device) and moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(high, (size,), generator=generator, device=gen_device).to(device)
+
+
+@dataclasses.dataclass
+class DatasetStats:
+    """Statistics of a set of episodes (per *single* observation dimension; use ``tile`` for a history)."""
+
+    obs_mean: np.ndarray  # [O] float32
+    obs_std: np.ndarray  # [O] float32 (population std; the Normalizer adds eps)
+    act_low: np.ndarray  # [A] float32
+    act_high: np.ndarray  # [A] float32
+    num_episodes: int
+    num_transitions: int
+    success_rate: float  # fraction of episodes with success at any step
+    mean_return: float  # mean undiscounted episode return
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.obs_mean.shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.act_low.shape[0])
+
+    @staticmethod
+    def from_episodes(
+        episodes: Sequence[Episode], act_low: np.ndarray | None = None, act_high: np.ndarray | None = None
+    ) -> "DatasetStats":
+        """Compute the statistics of ``episodes``.
+
+        Observation mean/std are over every observation row (o_0..o_T of each episode). The action range is the
+        env's box when ``act_low``/``act_high`` are given (recommended when it is known), otherwise the per-dimension
+        min/max of the data; a dimension whose data range is (near) zero is widened to +-1 around its value so the
+        action map stays invertible.
+        """
+        episodes = [e for e in episodes if len(e) > 0]
+        if not episodes:
+            raise DatasetError("dataset has no episodes with at least one transition")
+        obs = np.concatenate([np.asarray(e.obs, dtype=np.float64) for e in episodes], 0)
+        acts = np.concatenate([np.asarray(e.actions, dtype=np.float64) for e in episodes], 0)
+        if act_low is None or act_high is None:
+            lo, hi = acts.min(0), acts.max(0)
+            flat = (hi - lo) < 1e-6
+            lo = np.where(flat, lo - 1.0, lo)
+            hi = np.where(flat, hi + 1.0, hi)
+        else:
+            lo = np.broadcast_to(np.asarray(act_low, dtype=np.float64), acts.shape[1:])
+            hi = np.broadcast_to(np.asarray(act_high, dtype=np.float64), acts.shape[1:])
+            if np.any(hi <= lo):
+                raise DatasetError(f"action bounds: high must exceed low in every dimension (low={lo}, high={hi})")
+        return DatasetStats(
+            obs_mean=obs.mean(0).astype(np.float32),
+            obs_std=obs.std(0).astype(np.float32),
+            act_low=lo.astype(np.float32),
+            act_high=hi.astype(np.float32),
+            num_episodes=len(episodes),
+            num_transitions=int(acts.shape[0]),
+            success_rate=float(np.mean([e.success_once for e in episodes])),
+            mean_return=float(np.mean([float(np.sum(e.rewards, dtype=np.float64)) for e in episodes])),
+        )
+
+    def tile(self, obs_horizon: int) -> "DatasetStats":
+        """Statistics of the flattened history [o_{t-To+1}, ..., o_t]: obs mean/std repeated ``obs_horizon`` times."""
+        if obs_horizon < 1:
+            raise ConfigError(f"obs_horizon must be >= 1, got {obs_horizon}")
+        return dataclasses.replace(
+            self, obs_mean=np.tile(self.obs_mean, obs_horizon), obs_std=np.tile(self.obs_std, obs_horizon)
+        )
+
+    def normalizer(self, obs_horizon: int = 1, eps: float = 1e-2) -> Normalizer:
+        """A ``Normalizer`` for observations with ``obs_horizon`` frames of history."""
+        s = self.tile(obs_horizon)
+        n = Normalizer(s.obs_dim, s.action_dim, eps=eps)
+        return n.set_stats(s.obs_mean, s.obs_std, s.act_low, s.act_high)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly view (lists and numbers)."""
+        return {
+            f.name: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+
+class ChunkDataset:
+    """Precomputed chunk transitions of a list of episodes; ``sample`` draws starts uniformly.
+
+    Args:
+        episodes: the episodes (``Episode.validate`` is called on each; empty episodes are skipped).
+        act_horizon: H, the action-chunk length.
+        gamma: per-step discount (chunk discount is gamma^k).
+        obs_horizon: number of stacked observations To (1 = no history).
+        normalizer: a ``Normalizer`` over To*O observation dims and A action dims; built from ``stats`` if None.
+        device: where the precomputed tensors live (batches come out on it).
+        act_low / act_high: the env's action box, used for the action statistics when no normalizer is given.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        act_horizon: int,
+        gamma: float,
+        obs_horizon: int = 1,
+        normalizer: Normalizer | None = None,
+        device: str | torch.device = "cpu",
+        act_low: np.ndarray | None = None,
+        act_high: np.ndarray | None = None,
+    ):
+        if act_horizon < 1:
+            raise ConfigError(f"act_horizon must be >= 1, got {act_horizon}")
+        if obs_horizon < 1:
+            raise ConfigError(f"obs_horizon must be >= 1, got {obs_horizon}")
+        if not 0.0 < gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {gamma}")
+        for i, e in enumerate(episodes):
+            e.validate(f"episode {i}")
+        eps = [e for e in episodes if len(e) > 0]
+        if not eps:
+            raise DatasetError("dataset has no episodes with at least one transition")
+        O, A = eps[0].obs.shape[1], eps[0].actions.shape[1]
+        for i, e in enumerate(episodes):
+            if len(e) > 0 and (e.obs.shape[1] != O or e.actions.shape[1] != A):
+                raise DatasetError(
+                    f"episode {i}: obs/action dims {e.obs.shape[1]}/{e.actions.shape[1]} differ from the first "
+                    f"episode's {O}/{A}"
+                )
+        H, To = int(act_horizon), int(obs_horizon)
+        self._H, self._To, self._O, self._A = H, To, O, A
+        self.gamma = float(gamma)
+        self.device = torch.device(device)
+        self.stats = DatasetStats.from_episodes(eps, act_low=act_low, act_high=act_high)
+        if normalizer is None:
+            normalizer = self.stats.normalizer(To)
+        elif tuple(normalizer.obs_mean.shape) != (To * O,) or tuple(normalizer.act_low.shape) != (A,):
+            raise DatasetError(
+                f"normalizer is for obs_dim={normalizer.obs_mean.shape[0]}, action_dim={normalizer.act_low.shape[0]} "
+                f"but the dataset has obs_dim={To * O} (obs_horizon {To} x {O}) and action_dim={A}"
+            )
+        self.normalizer = normalizer
+
+        # ---- flat arrays and per-start index tables (numpy, vectorised over all starts) ----
+        lengths = np.array([len(e) for e in eps], dtype=np.int64)
+        N = int(lengths.sum())
+        ep = np.repeat(np.arange(len(eps)), lengths)  # episode of each start
+        s = np.arange(N)  # global transition index of each start
+        t = s - (np.cumsum(lengths) - lengths)[ep]  # time index within its episode
+        obs_base = (np.cumsum(lengths + 1) - (lengths + 1))[ep]  # row of o_0 of its episode in the flat obs
+
+        rew = np.concatenate([np.asarray(e.rewards, dtype=np.float64) for e in eps])
+        term = np.concatenate([np.asarray(e.terminated, dtype=bool) for e in eps])
+        stop = term | (t == lengths[ep] - 1)  # a chunk ends at a terminal step or the episode's last step
+        next_stop = np.minimum.accumulate(np.where(stop, s, N)[::-1])[::-1]
+        k = np.minimum(H, next_stop - s + 1)
+
+        i = np.arange(H)
+        valid = i[None, :] < k[:, None]  # [N, H]
+        rew_pad = np.concatenate([rew, np.zeros(H)])
+        chunk_rew = np.sum(np.where(valid, rew_pad[s[:, None] + i[None, :]], 0.0) * self.gamma ** i[None, :], 1)
+        act_idx = s[:, None] + np.minimum(i[None, :], k[:, None] - 1)  # pad with the last valid action
+        back = np.arange(To - 1, -1, -1)[None, :]  # To-1, ..., 0 (oldest first)
+        obs_idx = obs_base[:, None] + np.maximum(t[:, None] - back, 0)
+        next_obs_idx = obs_base[:, None] + np.maximum((t + k)[:, None] - back, 0)
+
+        obs_flat = np.concatenate([np.asarray(e.obs, dtype=np.float32) for e in eps])
+        act_flat = np.concatenate([np.asarray(e.actions, dtype=np.float32) for e in eps])
+        dev = self.device
+        with torch.no_grad():
+            nz = self.normalizer
+            mean, std = nz.obs_mean.detach().cpu(), nz.obs_std.detach().cpu()
+            lo, hi = nz.act_low.detach().cpu(), nz.act_high.detach().cpu()
+            if To > 1 and not (torch.equal(mean, mean[:O].repeat(To)) and torch.equal(std, std[:O].repeat(To))):
+                raise DatasetError(
+                    "normalizer: obs statistics must be the single-frame statistics tiled obs_horizon times "
+                    "(DatasetStats.tile)"
+                )
+            # same maps as Normalizer.normalize_obs / normalize_action, applied once to the flat arrays
+            self._obs = ((torch.from_numpy(obs_flat) - mean[:O]) / (std[:O] + nz.eps)).to(dev)  # [M, O]
+            self._act = (2.0 * (torch.from_numpy(act_flat) - lo) / (hi - lo) - 1.0).to(dev)  # [N, A]
+        self._act_idx = torch.from_numpy(act_idx.reshape(-1)).to(dev)  # [N*H]
+        self._obs_idx = torch.from_numpy(obs_idx.reshape(-1)).to(dev)  # [N*To]
+        self._next_obs_idx = torch.from_numpy(next_obs_idx.reshape(-1)).to(dev)  # [N*To]
+        # reward, discount, terminated packed in one table: one gather per batch
+        scal = np.stack([chunk_rew, self.gamma ** k.astype(np.float64), term[s + k - 1].astype(np.float64)], 1)
+        self._scalars = torch.from_numpy(scal.astype(np.float32)).to(dev)  # [N, 3]
+        self._mask = torch.from_numpy(valid.astype(np.float32)).to(dev)  # [N, H]
+        self.k = torch.from_numpy(k).to(dev)  # [N] steps executed per start
+        self.episode_index = ep  # numpy [N]: episode of each start (diagnostics, splits)
+        self.start_t = t  # numpy [N]: time index of each start
+        self._N = N
+
+    # ---- properties ----
+    @property
+    def obs_dim(self) -> int:
+        """Flattened observation dim (includes the history): obs_horizon * single-frame dim."""
+        return self._To * self._O
+
+    @property
+    def action_dim(self) -> int:
+        return self._A
+
+    @property
+    def act_horizon(self) -> int:
+        return self._H
+
+    @property
+    def obs_horizon(self) -> int:
+        return self._To
+
+    def __len__(self) -> int:
+        """Number of chunk starts (= number of transitions)."""
+        return self._N
+
+    # ---- sampling ----
+    def get(self, idx: torch.Tensor) -> ChunkBatch:
+        """The chunks starting at global transition indices ``idx`` (long tensor [B] on ``self.device``)."""
+        B, H, To, O = idx.shape[0], self._H, self._To, self._O
+        if To == 1:
+            obs = self._obs.index_select(0, self._obs_idx.index_select(0, idx))
+            next_obs = self._obs.index_select(0, self._next_obs_idx.index_select(0, idx))
+        else:
+            rows = (idx[:, None] * To + torch.arange(To, device=idx.device)).reshape(-1)
+            obs = self._obs.index_select(0, self._obs_idx.index_select(0, rows)).reshape(B, To * O)
+            next_obs = self._obs.index_select(0, self._next_obs_idx.index_select(0, rows)).reshape(B, To * O)
+        arows = (idx[:, None] * H + torch.arange(H, device=idx.device)).reshape(-1)
+        action = self._act.index_select(0, self._act_idx.index_select(0, arows)).reshape(B, H, self._A)
+        sc = self._scalars.index_select(0, idx)
+        return ChunkBatch(
+            obs=obs,
+            action=action,
+            reward=sc[:, 0],
+            next_obs=next_obs,
+            terminated=sc[:, 2],
+            discount=sc[:, 1],
+            valid_mask=self._mask.index_select(0, idx),
+        )
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
+        """``batch_size`` chunks with starts drawn uniformly (with replacement) over all transitions."""
+        return self.get(randint(self._N, batch_size, generator, self.device))
+
+    def all_starts(self) -> ChunkBatch:
+        """Every chunk, in order of (episode, t) -- for validation losses on small datasets."""
+        return self.get(torch.arange(self._N, device=self.device))
+
+    def iter_batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[ChunkBatch]:
+        """One pass over all starts in batches (the last may be smaller); shuffled with ``generator`` if asked."""
+        if shuffle:
+            gen_device = generator.device if generator is not None else self.device
+            order = torch.randperm(self._N, generator=generator, device=gen_device).to(self.device)
+        else:
+            order = torch.arange(self._N, device=self.device)
+        for a in range(0, self._N, batch_size):
+            yield self.get(order[a : a + batch_size])

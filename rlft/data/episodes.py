@@ -1,0 +1,61 @@
+"""In-memory episodes: the common currency between dataset readers/writers, collection and chunk sampling.
+
+An ``Episode`` of T transitions holds (all numpy):
+
+* ``obs``        [T+1, O] float32 -- o_0 .. o_T (the last is the observation after the last action)
+* ``actions``    [T, A]   float32 -- raw env actions
+* ``rewards``    [T]      float32
+* ``terminated`` [T]      bool    -- true only on a transition after which the MDP ended (no bootstrap)
+* ``truncated``  [T]      bool    -- time-limit / data-collection cut (bootstrap through it)
+* ``success``    [T]      bool    -- the env's ``info['success']`` at that step
+
+This is ManiSkill's trajectory layout (``obs`` has one more row than ``actions``), so one reader serves our files,
+ManiSkill's demos and (after conversion) OGBench's npz datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rlft.errors import DatasetError
+
+EPISODE_KEYS = ("obs", "actions", "rewards", "terminated", "truncated", "success")
+
+
+@dataclasses.dataclass
+class Episode:
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    success: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    def validate(self, where: str) -> "Episode":
+        """Check shapes, dtypes and finiteness; raise DatasetError naming ``where`` (file/group) and the key."""
+        T = len(self)
+        if self.actions.ndim != 2:
+            raise DatasetError(f"{where}/actions: expected shape [T, action_dim], got {self.actions.shape}")
+        if self.obs.ndim != 2 or self.obs.shape[0] != T + 1:
+            raise DatasetError(f"{where}/obs: expected shape [T+1={T + 1}, obs_dim], got {self.obs.shape}")
+        for k in ("rewards", "terminated", "truncated", "success"):
+            v = getattr(self, k)
+            if v.shape != (T,):
+                raise DatasetError(f"{where}/{k}: expected shape [T={T}], got {v.shape}")
+        for k in ("obs", "actions", "rewards"):
+            v = getattr(self, k)
+            if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+                raise DatasetError(f"{where}/{k}: expected a real numeric dtype, got {v.dtype}")
+            if not np.all(np.isfinite(v)):
+                bad = np.argwhere(~np.isfinite(v))[0].tolist()
+                raise DatasetError(f"{where}/{k}: contains NaN/inf (first at index {bad})")
+        return self
+
+    @property
+    def success_once(self) -> bool:
+        return bool(self.success.any())

@@ -1,0 +1,151 @@
+"""Online replay buffer of *macro transitions* (one executed action chunk each), as produced by a chunk executor.
+
+Each entry is (obs, chunk, reward, next_obs, terminated, discount, k) with the meaning of ``ChunkBatch``: from ``obs``
+the chunk [H, A] was executed open loop for k <= H steps (fewer if the episode ended inside the chunk),
+``reward = sum_{i<k} gamma^i r_i``, ``discount = gamma^k``, ``terminated`` only for a true MDP end (never for a time
+limit). Entries are stored *raw* (env units) in preallocated tensors (a ring buffer) and normalised when sampled with
+the given ``Normalizer`` -- the offline dataset's, so offline and online data share one set of statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlft.data.batch import ChunkBatch
+from rlft.data.dataset import randint
+from rlft.data.normalize import Normalizer
+from rlft.errors import CheckpointError, ConfigError, TrainingError
+
+_FIELDS = ("obs", "chunk", "reward", "next_obs", "terminated", "discount", "k")
+
+
+class ReplayBuffer:
+    """Ring buffer of ``capacity`` macro transitions; ``add`` is batched (one row per vector-env sub-env)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_dim: int,
+        act_horizon: int,
+        action_dim: int,
+        normalizer: Normalizer,
+        device: str | torch.device = "cpu",
+    ):
+        if capacity < 1:
+            raise ConfigError(f"replay capacity must be >= 1, got {capacity}")
+        if tuple(normalizer.obs_mean.shape) != (obs_dim,) or tuple(normalizer.act_low.shape) != (action_dim,):
+            raise ConfigError(
+                f"replay buffer: normalizer is for obs_dim={normalizer.obs_mean.shape[0]}, "
+                f"action_dim={normalizer.act_low.shape[0]} but the buffer has obs_dim={obs_dim}, "
+                f"action_dim={action_dim}"
+            )
+        self.capacity = int(capacity)
+        self.obs_dim, self.act_horizon, self.action_dim = int(obs_dim), int(act_horizon), int(action_dim)
+        self.normalizer = normalizer
+        self.device = torch.device(device)
+        C, O, H, A, dev = self.capacity, self.obs_dim, self.act_horizon, self.action_dim, self.device
+        self.obs = torch.zeros(C, O, device=dev)
+        self.chunk = torch.zeros(C, H, A, device=dev)
+        self.reward = torch.zeros(C, device=dev)
+        self.next_obs = torch.zeros(C, O, device=dev)
+        self.terminated = torch.zeros(C, device=dev)
+        self.discount = torch.zeros(C, device=dev)
+        self.k = torch.zeros(C, dtype=torch.long, device=dev)
+        self._arange_h = torch.arange(H, device=dev)
+        self.ptr = 0  # next slot to write
+        self.size = 0
+        self.num_added = 0  # total ever added (including overwritten entries)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _as(self, name: str, x, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+        t = torch.as_tensor(x if torch.is_tensor(x) else np.asarray(x), device=self.device)
+        t = t.to(dtype)
+        if tuple(t.shape) != shape:
+            raise TrainingError(f"replay buffer add: {name} has shape {tuple(t.shape)}, expected {shape}")
+        return t
+
+    @torch.no_grad()
+    def add(self, obs_raw, chunk_raw, reward, next_obs_raw, terminated, discount, k) -> None:
+        """Add N macro transitions: obs [N,O], chunk [N,H,A], reward/terminated/discount/k [N] (numpy or torch)."""
+        N = int(np.shape(reward)[0]) if not torch.is_tensor(reward) else int(reward.shape[0])
+        if N == 0:
+            return
+        O, H, A = self.obs_dim, self.act_horizon, self.action_dim
+        vals = {
+            "obs": self._as("obs", obs_raw, (N, O)),
+            "chunk": self._as("chunk", chunk_raw, (N, H, A)),
+            "reward": self._as("reward", reward, (N,)),
+            "next_obs": self._as("next_obs", next_obs_raw, (N, O)),
+            "terminated": self._as("terminated", terminated, (N,)),
+            "discount": self._as("discount", discount, (N,)),
+            "k": self._as("k", k, (N,), torch.long),
+        }
+        if self.device.type == "cpu":  # a cheap check here; on accelerators it would force a sync per add
+            for name in ("obs", "chunk", "reward", "next_obs", "discount"):
+                if not torch.isfinite(vals[name]).all():
+                    raise TrainingError(f"replay buffer add: {name} contains NaN/inf")
+            if ((vals["k"] < 1) | (vals["k"] > H)).any():
+                raise TrainingError(f"replay buffer add: k must be in [1, {H}], got {vals['k'].tolist()}")
+        if N > self.capacity:  # only the newest `capacity` survive
+            vals = {n: v[N - self.capacity :] for n, v in vals.items()}
+            self.num_added += N - self.capacity
+            N = self.capacity
+        idx = (self.ptr + torch.arange(N, device=self.device)) % self.capacity
+        for name, v in vals.items():
+            getattr(self, name).index_copy_(0, idx, v)
+        self.ptr = (self.ptr + N) % self.capacity
+        self.size = min(self.size + N, self.capacity)
+        self.num_added += N
+
+    @torch.no_grad()
+    def get(self, idx: torch.Tensor) -> ChunkBatch:
+        """Normalised ``ChunkBatch`` of the entries at slots ``idx``."""
+        nz = self.normalizer
+        k = self.k.index_select(0, idx)
+        return ChunkBatch(
+            obs=nz.normalize_obs(self.obs.index_select(0, idx)),
+            action=nz.normalize_action(self.chunk.index_select(0, idx)),
+            reward=self.reward.index_select(0, idx),
+            next_obs=nz.normalize_obs(self.next_obs.index_select(0, idx)),
+            terminated=self.terminated.index_select(0, idx),
+            discount=self.discount.index_select(0, idx),
+            valid_mask=(self._arange_h[None, :] < k[:, None]).float(),
+        )
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
+        """``batch_size`` entries drawn uniformly (with replacement) from what is stored."""
+        if self.size == 0:
+            raise TrainingError("replay buffer is empty: collect online data before sampling")
+        return self.get(randint(self.size, batch_size, generator, self.device))
+
+    def _chronological(self) -> torch.Tensor:
+        """Slots of the stored entries, oldest first."""
+        start = (self.ptr - self.size) % self.capacity
+        return (start + torch.arange(self.size, device=self.device)) % self.capacity
+
+    def state_dict(self) -> dict:
+        """Stored entries (raw, oldest first) as numpy arrays, plus counters; loadable into any capacity."""
+        order = self._chronological()
+        out = {name: getattr(self, name).index_select(0, order).cpu().numpy() for name in _FIELDS}
+        out["num_added"] = np.array(self.num_added, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from ``state_dict`` (a smaller capacity keeps the newest entries)."""
+        missing = [n for n in (*_FIELDS, "num_added") if n not in state]
+        if missing:
+            raise CheckpointError(f"replay buffer state lacks {missing}")
+        O, H, A = self.obs_dim, self.act_horizon, self.action_dim
+        n = int(np.shape(state["reward"])[0])
+        expect = {"obs": (n, O), "chunk": (n, H, A), "next_obs": (n, O)}
+        for name, shape in expect.items():
+            if tuple(np.shape(state[name])) != shape:
+                raise CheckpointError(
+                    f"replay buffer state: {name} has shape {tuple(np.shape(state[name]))}, expected {shape}"
+                )
+        self.ptr = self.size = 0
+        self.add(*(state[name] for name in _FIELDS))
+        self.num_added = int(state["num_added"])

@@ -1,0 +1,124 @@
+"""Environments: ``make_env(env_id)`` dispatches on the id's *family*; wrappers; expert sources.
+
+A family is a small record (name, id matcher, constructor, id lister) in ``ENV_FAMILIES``. Callers never branch on the
+simulator: adding ManiSkill later means one ``register_env_family(EnvFamily("maniskill", ...))`` call.
+
+``make_env`` returns a gymnasium env whose observations are flat float32 vectors (``ObsHistory``; with
+``obs_horizon > 1`` the last To observations are stacked) and whose actions are in [-1, 1] (true for OGBench).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+
+from rlft.envs import ogbench_env
+from rlft.envs.wrappers import ChunkExecutor, ObsHistory
+from rlft.errors import EnvError
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvFamily:
+    name: str
+    matches: Callable[[str], bool]  # does this family own the id?
+    make: Callable[..., gymnasium.Env]  # (env_id, **kwargs) -> env (no rlft wrappers)
+    known_ids: Callable[[], list[str]]  # for "did you mean" messages
+    example: str  # one id shown in error messages
+
+
+ENV_FAMILIES: list[EnvFamily] = [
+    EnvFamily(
+        name="ogbench",
+        matches=ogbench_env.is_ogbench_id,
+        make=ogbench_env.make_ogbench_env,
+        known_ids=lambda: [i for i in ogbench_env.ogbench_ids() if not i.startswith("visual-")],
+        example="cube-double-singletask-v0",
+    ),
+]
+
+
+def register_env_family(family: EnvFamily) -> None:
+    """Add (or replace, by name) an environment family."""
+    ENV_FAMILIES[:] = [f for f in ENV_FAMILIES if f.name != family.name] + [family]
+
+
+def env_family(env_id: str) -> EnvFamily:
+    """The family owning ``env_id``; ``EnvError`` naming the id, close matches and the known families otherwise."""
+    for fam in ENV_FAMILIES:
+        if fam.matches(env_id):
+            return fam
+    known: list[str] = []
+    for fam in ENV_FAMILIES:
+        known.extend(fam.known_ids())
+    close = ogbench_env.close_ids(env_id, known)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    fams = "; ".join(f"{f.name} (e.g. '{f.example}')" for f in ENV_FAMILIES)
+    raise EnvError(f"unknown environment id '{env_id}'.{hint} Known families: {fams}.")
+
+
+def make_env(env_id: str, seed: int | None = None, obs_horizon: int = 1, **kwargs: Any) -> gymnasium.Env:
+    """Create ``env_id`` (no downloads), wrapped for rlft.
+
+    Args:
+        env_id: e.g. ``cube-single-singletask-v0``, ``cube-double-singletask-task3-v0``, any OGBench state id.
+        seed: if given, the env is reset once with this seed (and its action space seeded), so later plain
+            ``reset()`` calls continue a deterministic stream.
+        obs_horizon: number of stacked observations (To); the observation is flat [To * obs_dim].
+        **kwargs: passed to the simulator's constructor (e.g. ``max_episode_steps=50``, ``mode='data_collection'``).
+    """
+    fam = env_family(env_id)
+    env = fam.make(env_id, **kwargs)
+    env = ObsHistory(env, obs_horizon)
+    if seed is not None:
+        env.reset(seed=int(seed))
+        env.action_space.seed(int(seed))
+    return env
+
+
+def find_max_episode_steps(env: gymnasium.Env) -> int | None:
+    """The time limit of the first ``TimeLimit`` wrapper in the chain (None if there is none)."""
+    e: Any = env
+    while isinstance(e, gymnasium.Wrapper):
+        if isinstance(e, gymnasium.wrappers.TimeLimit):
+            return int(e._max_episode_steps)
+        e = e.env
+    spec = getattr(env.unwrapped, "spec", None)
+    return None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps)
+
+
+def env_info(env: gymnasium.Env) -> dict[str, Any]:
+    """obs_dim, action_dim, action low/high (lists), max_episode_steps, env_id (and obs_horizon if stacked)."""
+    obs_space, act_space = env.observation_space, env.action_space
+    spec = env.unwrapped.spec
+    info: dict[str, Any] = {
+        "env_id": spec.id if spec is not None else type(env.unwrapped).__name__,
+        "obs_dim": int(np.prod(obs_space.shape)),
+        "action_dim": int(act_space.shape[-1]),
+        "action_low": np.asarray(act_space.low, np.float64).reshape(-1, act_space.shape[-1])[0].tolist(),
+        "action_high": np.asarray(act_space.high, np.float64).reshape(-1, act_space.shape[-1])[0].tolist(),
+        "max_episode_steps": find_max_episode_steps(env),
+    }
+    e: Any = env
+    while isinstance(e, gymnasium.Wrapper):
+        if isinstance(e, ObsHistory):
+            info["obs_horizon"] = e.obs_horizon
+        if isinstance(e, ChunkExecutor):
+            info["act_horizon"] = e.act_horizon
+        e = e.env
+    return info
+
+
+__all__ = [
+    "ENV_FAMILIES",
+    "ChunkExecutor",
+    "EnvFamily",
+    "ObsHistory",
+    "env_family",
+    "env_info",
+    "find_max_episode_steps",
+    "make_env",
+    "register_env_family",
+]
