@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
+from rlft.algos.base import PolicyConfig
 from rlft.errors import CheckpointError, ConfigError
 from rlft.nets.unet1d import SinusoidalTimeEmbedding, TemporalUNet1D
 from rlft.policies import build_policy, load_policy
@@ -271,8 +272,6 @@ def test_act_shapes_and_units(kind):
 
 
 def test_build_policy_from_config_and_errors():
-    from rlft.algos.base import PolicyConfig  # imported here: rlft.algos loads every algorithm module
-
     assert isinstance(build_policy(PolicyConfig(kind="gaussian", hidden_dims=(8,)), O, A, H), GaussianPolicy)
     flow = build_policy(PolicyConfig(kind="flow", velocity_net="unet", unet_dims=(8, 16), time_embed_dim=8), O, A, H)
     assert isinstance(flow, FlowPolicy) and flow.sample(torch.randn(2, O)).shape == (2, H, A)
@@ -285,21 +284,30 @@ def test_build_policy_from_config_and_errors():
 
 
 # ---------------------------------------------------------------- BC sanity: each policy fits a tiny dataset
+# kind -> (policy kwargs, Adam lr, steps); the U-Net is overhead-bound on CPU (~20 ms/step even when tiny)
+OVERFIT = {
+    "gaussian": (dict(hidden_dims=(128, 128)), 1e-3, 500),
+    "flow-mlp": (dict(hidden_dims=(128, 128)), 3e-3, 300),
+    "flow-unet": (dict(unet_dims=(16, 32)), 1e-2, 200),
+}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_bc_overfits_tiny_dataset(kind):
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(64, O, generator=g)
-    # a smooth obs -> chunk map inside (-1, 1)
+    # a smooth obs -> chunk map inside (-1, 1); predicting the data mean would give mse ~ 0.26
     W = torch.randn(O, H * A, generator=g) / math.sqrt(O)
     act = (0.8 * torch.tanh(obs @ W)).reshape(64, H, A)
     mask = torch.ones(64, H)
-    pol = make(kind, hidden_dims=(128, 128)) if kind != "flow-unet" else make(kind, unet_dims=(32, 64))
-    opt = torch.optim.Adam(pol.parameters(), lr=3e-3)
-    for _ in range(300):
+    kwargs, lr, steps = OVERFIT[kind]
+    pol = make(kind, **kwargs)
+    opt = torch.optim.Adam(pol.parameters(), lr=lr)
+    for _ in range(steps):
         loss, _ = pol.bc_loss(obs, act, mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         mse = (pol.sample(obs, deterministic=True) - act).pow(2).mean().item()
-    assert mse < 0.01, (kind, mse, act.pow(2).mean().item())
+    assert mse < 0.02, (kind, mse, act.pow(2).mean().item())

@@ -47,7 +47,9 @@ class BC(Algorithm):
     def __init__(self, cfg: BCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: BCConfig = cfg
-        self.actor_optim = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.actor_optim = torch.optim.AdamW(
+            self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)

@@ -95,9 +95,9 @@ class IQL(Algorithm):
         ).to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = ValueNet(obs_dim, hidden, cfg.critic_layernorm).to(self.device)
-        self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)
+        self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg

@@ -11,8 +11,11 @@ One update:
                reparameterised (only the policy's parameters receive this gradient).
 * temperature: ``L_alpha = -log_alpha * E[log pi(a|s) + H_target]`` (alpha rises while the entropy is below target).
 
-The subset ``I`` is drawn with the algorithm's own ``torch.Generator`` (seeded from torch's global RNG at
-construction and saved in ``state_dict``), so runs are reproducible. Policy samples use torch's global RNG.
+The critic steps on every update; the actor and temperature on every ``actor_update_every``-th (default: once per
+``utd_ratio`` updates, i.e. once per environment macro-step, as RLPD). Only the ``critic_subset`` sampled target
+critics are evaluated for the target (2 forwards instead of 10). The subset ``I`` is drawn with the algorithm's own
+CPU ``torch.Generator`` (seeded from torch's global RNG at construction and saved in ``state_dict``), so runs are
+reproducible. Policy samples use torch's global RNG.
 
 Target entropy. SAC's usual ``-dim(A)`` is ``-56`` for an 8x7 chunk; the seed that used it saw the temperature
 explode when fine-tuning: a BC-pretrained tanh-Gaussian is much narrower than one nat below a unit Gaussian per
@@ -97,8 +100,9 @@ class SACConfig(AlgoConfig):
     """Auto rule: cap the target at the starting policy's entropy, measured on the first update's batch."""
     backup_entropy: bool = True
     """Include -alpha * log pi(a'|s') in the TD target (soft backup); False gives a plain min-Q backup."""
-    actor_update_every: int = 1
-    """Update the actor and the temperature on every k-th update only (critic every update; RLPD-style delay)."""
+    actor_update_every: int | None = None
+    """Update the actor and the temperature on every k-th update only (the critic on every update). None = utd_ratio:
+    one actor step per environment macro-step, as RLPD does after its utd_ratio critic steps."""
     bc_coef: float = 0.0
     """Weight of an added policy.bc_loss on the batch's (s, a) in the actor loss (0 = off). Applied to the whole
     batch: with offline_ratio > 0 that is the offline half plus the online rows (the policy's own past actions)."""
@@ -114,7 +118,7 @@ class SACConfig(AlgoConfig):
             raise ConfigError(f"sac.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
         if self.init_temperature <= 0:
             raise ConfigError(f"sac.init_temperature must be > 0, got {self.init_temperature}")
-        if self.actor_update_every < 1:
+        if self.actor_update_every is not None and self.actor_update_every < 1:
             raise ConfigError(f"sac.actor_update_every must be >= 1, got {self.actor_update_every}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"sac.tau must be in (0, 1], got {self.tau}")
@@ -144,12 +148,13 @@ class SAC(Algorithm):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())
-        self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr)
-        self.generator = torch.Generator(device=self.device)
+        self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
+        self.generator = torch.Generator()  # on the CPU: the subset indices are host-side (no device sync)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         self.target_entropy: float | None = cfg.target_entropy  # resolved on the first update when None
+        self.actor_update_every = cfg.actor_update_every or max(1, cfg.utd_ratio)
 
     # ---- target entropy rule (see module docstring) ----
     def _resolve_target_entropy(self, log_prob: torch.Tensor) -> float:
@@ -164,7 +169,7 @@ class SAC(Algorithm):
         n, k = self.cfg.num_critics, self.cfg.critic_subset
         if k == n:
             return None
-        return torch.randperm(n, generator=self.generator, device=self.device)[:k]
+        return torch.randperm(n, generator=self.generator)[:k]
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
@@ -174,10 +179,10 @@ class SAC(Algorithm):
         # ---- critic ----
         with torch.no_grad():
             next_action, next_log_prob = self.policy.rsample_log_prob(batch.next_obs)
-            next_q = self.target_critic(batch.next_obs, next_action)
+            # evaluate only the sampled subset of target critics: [k, B] (k = critic_subset)
+            next_q = self.target_critic(batch.next_obs, next_action, members=self._subset())
             y = sac_critic_target(
-                next_q, next_log_prob, batch.reward, batch.bootstrap, alpha if cfg.backup_entropy else 0.0,
-                self._subset(),
+                next_q, next_log_prob, batch.reward, batch.bootstrap, alpha if cfg.backup_entropy else 0.0
             )
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
@@ -188,7 +193,7 @@ class SAC(Algorithm):
         metrics.update(prefixed("critic", critic_info))
 
         # ---- actor and temperature (every actor_update_every updates) ----
-        if self.num_updates % cfg.actor_update_every == 0:
+        if self.num_updates % self.actor_update_every == 0:
             action, log_prob = self.policy.rsample_log_prob(batch.obs)
             q_pi = self.critic(batch.obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)

@@ -33,20 +33,17 @@ OBS_PER_CUBE = 9
 QPOS_OBJ_START = 14
 QPOS_PER_CUBE = 7
 
-_warnings_silenced = False
-
-
 def _import_ogbench() -> None:
-    """Register OGBench's ids with gymnasium and silence its harmless per-call Box-precision warning."""
-    global _warnings_silenced
+    """Register OGBench's ids with gymnasium and silence its harmless Box-precision warning.
+
+    CubeEnv.action_space builds a float32 Box from float64 bounds on every access (gymnasium warns); the filter is
+    (re)installed on every call because test runners reset warning filters between tests.
+    """
     try:
         import ogbench  # noqa: F401  (registers the envs)
     except ImportError as e:  # pragma: no cover - ogbench is a hard dependency
         raise EnvError(f"OGBench is not installed ({e}); `pip install ogbench`") from e
-    if not _warnings_silenced:
-        # CubeEnv.action_space builds a float32 Box from float64 bounds on every access -> one warning per process.
-        warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered.*")
-        _warnings_silenced = True
+    warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered.*")
 
 
 def ogbench_ids() -> list[str]:

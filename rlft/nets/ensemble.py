@@ -28,8 +28,10 @@ class _BatchedLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, B, in]
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:  # x [N, B, in]
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias.index_select(0, members), x, self.weight.index_select(0, members))
 
 
 class _BatchedLayerNorm(nn.Module):
@@ -39,8 +41,9 @@ class _BatchedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, 1, dim))
         self.dim = dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.layer_norm(x, (self.dim,)) * self.weight + self.bias
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        w, b = (self.weight, self.bias) if members is None else (self.weight.index_select(0, members), self.bias.index_select(0, members))
+        return nn.functional.layer_norm(x, (self.dim,)) * w + b
 
 
 class _BatchedMLP(nn.Module):
@@ -57,8 +60,10 @@ class _BatchedMLP(nn.Module):
         layers.append(_BatchedLinear(n, d, out_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x, members) if isinstance(layer, (_BatchedLinear, _BatchedLayerNorm)) else layer(x)
+        return x
 
 
 class CriticEnsemble(nn.Module):
@@ -85,11 +90,17 @@ class CriticEnsemble(nn.Module):
         else:
             self.batched = _BatchedMLP(num_critics, in_dim, hidden_dims, 1, layernorm)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """-> [N, B]; with ``members`` (a 1-D CPU long tensor of member indices) only those critics are evaluated,
+        in that order -> [len(members), B] (RLPD's random-subset target costs 2 forwards instead of N)."""
         x = torch.cat([obs, action.reshape(action.shape[0], -1)], dim=-1)
         if self.impl == "loop":
-            return torch.stack([c(x).squeeze(-1) for c in self.critics], 0)
-        return self.batched(x.unsqueeze(0).expand(self.num_critics, -1, -1)).squeeze(-1)
+            critics = self.critics if members is None else [self.critics[i] for i in members.tolist()]
+            return torch.stack([c(x).squeeze(-1) for c in critics], 0)
+        if members is not None:
+            members = members.to(x.device, non_blocking=True)
+        n = self.num_critics if members is None else members.numel()
+        return self.batched(x.unsqueeze(0).expand(n, -1, -1), members).squeeze(-1)
 
 
 class ValueNet(nn.Module):
@@ -105,6 +116,5 @@ class ValueNet(nn.Module):
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: target <- (1 - tau) * target + tau * source."""
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
+    with torch.no_grad():  # one fused multi-tensor op (a per-tensor loop cost ~7x more on CPU for 10 critics)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -96,11 +96,13 @@ class Trainer:
             policy = build_policy(ac.policy, self.obs_dim, self.action_dim, H)
         self.dataset = None
         if episodes is not None:
+            o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
+            if (o, a) != (self.obs_dim, self.action_dim):
+                raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
+                                  f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
             ds = ChunkDataset(episodes, act_horizon=H, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
-                              normalizer=policy.normalizer if cfg.init_policy else None)
-            if ds.obs_dim != self.obs_dim or ds.action_dim != self.action_dim:
-                raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({ds.obs_dim}, {ds.action_dim}) do not "
-                                  f"match env {cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
+                              normalizer=policy.normalizer if cfg.init_policy else None, device=self.device,
+                              act_low=info["action_low"], act_high=info["action_high"])
             if not cfg.init_policy:
                 policy.normalizer.load_state_dict(ds.normalizer.state_dict())
                 ds.normalizer = policy.normalizer

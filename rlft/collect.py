@@ -1,0 +1,267 @@
+"""Expert-data collection: ``run_collect(CollectConfig) -> Path`` (also ``python -m rlft.collect --help``).
+
+Episodes are collected by a pool of worker processes (one env per process). Episode ``i`` is a pure function of
+``(seed, i)`` (its env-reset seed, oracle RNG and noise all derive from ``SeedSequence([seed, i])``), so the dataset
+does not depend on the number of workers. In ``demos`` mode with ``only_success`` the first ``num_episodes``
+successful attempts *in index order* are kept. The dataset is written atomically (``rlft.data.h5io``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+
+from rlft.data.episodes import Episode
+from rlft.errors import ConfigError, RlftError
+
+DEMO_DEFAULT_NOISE = 0.1
+PLAY_DEFAULT_NOISE = 0.1
+PLAY_DEFAULT_STEPS = 1000
+
+
+@dataclasses.dataclass
+class CollectConfig:
+    env_id: str = "cube-single-singletask-v0"
+    """Singletask environment id (OGBench cube domains: cube-single/double/triple/quadruple[-taskN])."""
+    mode: Literal["demos", "play"] = "demos"
+    """'demos': task demonstrations in the task env (Markov oracle). 'play': OGBench-style task-agnostic play data
+    (random targets, data-collection mode) relabelled with the task's reward."""
+    num_episodes: int = 100
+    """Number of episodes to write (for demos with only_success: number of successful episodes)."""
+    action_noise: float | None = None
+    """demos: std of i.i.d. Gaussian action noise (default 0.1). play: noise level of the oracle (default 0.1; Plan
+    oracle: its smoothed plan noise; Markov oracle: per-episode xi ~ U(0, noise), step noise xi*[1,1,1,3,10])."""
+    oracle: Literal["auto", "markov", "plan"] = "auto"
+    """Which OGBench oracle: auto = markov for demos, plan for play (OGBench's 'play'; 'markov' gives its 'noisy')."""
+    noise_smoothing: float = 0.5
+    """Gaussian smoothing (in steps) of the Plan oracle's noise."""
+    p_stack_range: tuple[float, float] | None = None
+    """play: per-episode stacking probability ~ U(lo, hi); None = OGBench's range for the cube count
+    (single 0, double (0, 0.25), triple (0.05, 0.35), more (0.1, 0.5))."""
+    max_episode_steps: int | None = None
+    """Time limit in transitions; None = env default for demos, 1000 for play (= OGBench's 1001-row episodes, whose
+    last row has no next observation)."""
+    seed: int = 0
+    """Base seed; episode i uses SeedSequence([seed, i])."""
+    num_workers: int | None = None
+    """Worker processes (None = os.cpu_count()); 1 runs in this process. Results do not depend on it."""
+    out: str | None = None
+    """Output .h5 path (a .json sidecar is written next to it); None = data/<env_id>-<mode>-<num_episodes>.h5."""
+    only_success: bool = True
+    """demos: keep only successful episodes (attempts stop after max_attempts_factor * num_episodes + 10)."""
+    max_attempts_factor: float = 3.0
+    """demos with only_success: give up after this many attempts per requested episode."""
+    progress: bool = True
+    """Show a progress bar and print a summary."""
+
+
+@dataclasses.dataclass
+class _Resolved:
+    env_id: str
+    mode: str
+    oracle: str
+    action_noise: float
+    noise_smoothing: float
+    p_stack_range: tuple[float, float] | None
+    max_episode_steps: int | None
+    seed: int
+
+
+def _resolve(cfg: CollectConfig) -> _Resolved:
+    if cfg.mode not in ("demos", "play"):
+        raise ConfigError(f"collect.mode: {cfg.mode!r} is not one of ['demos', 'play']")
+    if cfg.oracle not in ("auto", "markov", "plan"):
+        raise ConfigError(f"collect.oracle: {cfg.oracle!r} is not one of ['auto', 'markov', 'plan']")
+    if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:
+        raise ConfigError(f"collect.num_episodes: must be a positive integer, got {cfg.num_episodes!r}")
+    noise = cfg.action_noise
+    if noise is None:
+        noise = DEMO_DEFAULT_NOISE if cfg.mode == "demos" else PLAY_DEFAULT_NOISE
+    if not noise >= 0:
+        raise ConfigError(f"collect.action_noise: must be >= 0, got {noise!r}")
+    if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
+        raise ConfigError(f"collect.max_episode_steps: must be >= 1 or null, got {cfg.max_episode_steps!r}")
+    if cfg.num_workers is not None and cfg.num_workers < 1:
+        raise ConfigError(f"collect.num_workers: must be >= 1 or null, got {cfg.num_workers!r}")
+    if cfg.p_stack_range is not None:
+        lo, hi = cfg.p_stack_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"collect.p_stack_range: need 0 <= lo <= hi <= 1, got {cfg.p_stack_range!r}")
+    oracle = cfg.oracle if cfg.oracle != "auto" else ("markov" if cfg.mode == "demos" else "plan")
+    steps = cfg.max_episode_steps
+    if steps is None and cfg.mode == "play":
+        steps = PLAY_DEFAULT_STEPS
+    return _Resolved(cfg.env_id, cfg.mode, oracle, float(noise), float(cfg.noise_smoothing),
+                     tuple(cfg.p_stack_range) if cfg.p_stack_range is not None else None, steps, int(cfg.seed))
+
+
+def _env_kwargs(r: _Resolved) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if r.mode == "play":
+        kw.update(mode="data_collection", terminate_at_goal=False)
+    if r.max_episode_steps is not None:
+        kw["max_episode_steps"] = r.max_episode_steps
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+_W: dict[str, Any] = {}
+
+
+def _worker_init(r: _Resolved) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from rlft.envs import make_env
+    from rlft.envs.oracles import make_oracle
+
+    env = make_env(r.env_id, **_env_kwargs(r))
+    _W.update(r=r, env=env, oracle=make_oracle(env, r.oracle, noise=r.action_noise,
+                                               noise_smoothing=r.noise_smoothing))
+
+
+def episode_seed(seed: int, index: int) -> tuple[int, np.random.Generator]:
+    """The env-reset seed and the RNG of episode ``index`` under base ``seed`` (independent of worker count)."""
+    ss = np.random.SeedSequence([int(seed), int(index)])
+    env_seed = int(ss.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
+    return env_seed, np.random.default_rng(ss.spawn(1)[0])
+
+
+def _worker_run(index: int) -> tuple[int, int, Episode, float]:
+    from rlft.envs.oracles import collect_demo_episode, collect_play_episode
+
+    r: _Resolved = _W["r"]
+    env_seed, rng = episode_seed(r.seed, index)
+    t0 = time.perf_counter()
+    if r.mode == "demos":
+        ep = collect_demo_episode(_W["env"], _W["oracle"], rng, action_noise=r.action_noise, seed=env_seed)
+    else:
+        ep = collect_play_episode(_W["env"], _W["oracle"], rng, oracle_kind=r.oracle, action_noise=r.action_noise,
+                                  p_stack_range=r.p_stack_range, seed=env_seed)
+    return index, env_seed, ep, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
+    if n_workers == 1:
+        _worker_init(r)
+        try:
+            for i in indices:
+                yield _worker_run(i)
+        finally:
+            _W["env"].close()
+            _W.clear()
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(n_workers, initializer=_worker_init, initargs=(r,)) as pool:
+        yield from pool.imap(_worker_run, indices, chunksize=1)
+        # leaving the block terminates the pool (also when the consumer stops early)
+
+
+def run_collect(cfg: CollectConfig) -> Path:
+    """Collect ``cfg.num_episodes`` episodes and write them to ``cfg.out`` (h5 + json sidecar); return the path."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from rlft.data.h5io import write_episodes
+    from rlft.envs import env_info, make_env
+    from rlft.envs.ogbench_env import task_goal_xyzs
+
+    r = _resolve(cfg)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = Path(cfg.out) if cfg.out else Path("data") / f"{r.env_id}-{r.mode}-{cfg.num_episodes}.h5"
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    # validate the id / task before starting workers (EnvError names the id)
+    probe = make_env(r.env_id, **_env_kwargs(r))
+    try:
+        task_goal_xyzs(probe)
+        info = env_info(probe)
+    finally:
+        probe.close()
+
+    n_workers = cfg.num_workers or os.cpu_count() or 1
+    keep_failures = r.mode == "play" or not cfg.only_success
+    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
+    n_workers = max(1, min(n_workers, max_attempts))
+
+    console = Console(stderr=True, quiet=not cfg.progress)
+    kept: dict[int, tuple[int, Episode]] = {}
+    attempts: dict[int, bool] = {}
+    steps = 0
+    ep_seconds = 0.0
+    t0 = time.time()
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not cfg.progress) as progress:
+        task = progress.add_task(f"collect {r.mode} {r.env_id}", total=cfg.num_episodes, stats="")
+        with contextlib.closing(_results(r, n_workers, iter(range(max_attempts)))) as stream:
+            for index, seed, ep, secs in stream:
+                attempts[index] = ep.success_once
+                steps += len(ep)
+                ep_seconds += secs
+                if keep_failures or ep.success_once:
+                    kept[index] = (seed, ep)
+                # results arrive in index order (imap), so "first N successes by index" is worker-count independent
+                n_ok = sum(attempts.values())
+                progress.update(task, completed=min(len(kept), cfg.num_episodes),
+                                stats=f"success {n_ok}/{len(attempts)}  {steps / max(ep_seconds, 1e-9):.0f} steps/s/worker")
+                if len(kept) >= cfg.num_episodes:
+                    break
+    elapsed = time.time() - t0
+    if not kept:
+        raise RlftError(f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
+                        f"(action_noise={r.action_noise}); lower the noise or set only_success=false")
+    order = sorted(kept)[: cfg.num_episodes]
+    episodes = [kept[i][1] for i in order]
+    if len(episodes) < cfg.num_episodes:
+        console.print(f"[yellow]warning:[/] only {len(episodes)} successful episodes in {len(attempts)} attempts "
+                      f"(asked for {cfg.num_episodes}); writing those")
+
+    env_kwargs = {"control_mode": "ee_delta_pose", **_env_kwargs(r)}
+    info = {**info, "env_kwargs": env_kwargs}
+    source = {
+        "collector": "rlft.collect", "mode": r.mode, "oracle": r.oracle, "action_noise": r.action_noise,
+        "noise_smoothing": r.noise_smoothing if r.oracle == "plan" else None,
+        "p_stack_range": list(r.p_stack_range) if r.p_stack_range is not None else "ogbench_default",
+        "seed": r.seed, "num_attempts": len(attempts), "only_success": not keep_failures,
+        "max_episode_steps": r.max_episode_steps,
+        "reward": "singletask reward of the state before each action ('pre')",
+    }
+    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
+    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
+
+    n_tr = sum(len(e) for e in episodes)
+    succ = float(np.mean([e.success_once for e in episodes]))
+    succ_end = float(np.mean([bool(e.success[-1]) for e in episodes]))
+    attempt_rate = float(np.mean(list(attempts.values())))
+    console.print(
+        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, "
+        f"success {succ:.2f} (at end {succ_end:.2f}; attempts {len(attempts)}, attempt success {attempt_rate:.2f}), "
+        f"mean length {n_tr / len(episodes):.1f}, {elapsed:.1f}s wall with {n_workers} worker(s), "
+        f"{steps / max(ep_seconds, 1e-9):.0f} env steps/s per worker"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    import tyro
+
+    cfg = tyro.cli(CollectConfig, args=argv, description=__doc__)
+    try:
+        run_collect(cfg)
+    except RlftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Episode datasets in ManiSkill's trajectory layout (HDF5 + JSON sidecar), and ``load_dataset`` for any format.
+
+File layout (``<name>.h5``), one group per episode, as ManiSkill writes it::
+
+    traj_0/obs         [T+1, O] float32   (a *group* here means dict observations: refused, state obs are required)
+    traj_0/actions     [T, A]   float32
+    traj_0/rewards     [T]      float32
+    traj_0/terminated  [T]      bool
+    traj_0/truncated   [T]      bool
+    traj_0/success     [T]      bool
+    traj_1/...
+
+Sidecar ``<name>.json`` (ManiSkill's keys, plus ours)::
+
+    {"env_info": {"env_id", "max_episode_steps", "env_kwargs": {..., "control_mode"}, ...},
+     "episodes": [{"episode_id", "episode_seed", "reset_kwargs": {"seed"}, "control_mode", "elapsed_steps",
+                   "success", "success_at_end"}],
+     "source": {"mode", "action_noise", ..., "rlft_version"}, "write_id": "<uuid>"}
+
+The h5 file's root attributes hold ``env_info``, ``source`` (JSON strings) and the same ``write_id``, so our files are
+self-describing even without the sidecar. Writes are atomic: both files go to temporaries, the sidecar is renamed into
+place first and the h5 last; a reader only trusts a sidecar whose ``write_id`` matches the h5 (a run killed between the
+two renames leaves the old h5 or none, never a torn one).
+
+Older/other ManiSkill files: ``success`` may live at ``info/success``; files with ``dones`` but no
+``terminated``/``truncated`` map ``dones`` to ``terminated`` and mark the last step truncated when it is not done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+import rlft
+from rlft.data.episodes import Episode
+from rlft.errors import DatasetError
+from rlft.utils import atomic_path
+
+FORMAT_VERSION = 1
+_TRAJ_RE = re.compile(r"^traj_(\d+)$")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``data/x.h5`` -> ``data/x.json`` (ManiSkill's convention)."""
+    return Path(path).with_suffix(".json")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_episodes(
+    path: str | os.PathLike,
+    episodes: Sequence[Episode],
+    env_info: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    episode_info: Sequence[dict[str, Any]] | None = None,
+) -> Path:
+    """Write ``episodes`` to ``path`` (h5) and its JSON sidecar, atomically. Returns ``path``.
+
+    Args:
+        env_info: at least ``env_id`` and ``max_episode_steps``; ``env_kwargs`` (with ``control_mode``) is added if
+            missing; any other keys (obs_dim, action_dim, ...) are kept.
+        extra: provenance stored under ``source`` (mode, noise, oracle, seed, ...); ``rlft_version`` is added.
+        episode_info: optional per-episode dicts (e.g. ``{"episode_seed": 7}``) merged into the sidecar entries.
+    """
+    path = Path(path)
+    if not episodes:
+        raise DatasetError(f"{path}: refusing to write a dataset with no episodes")
+    if episode_info is not None and len(episode_info) != len(episodes):
+        raise DatasetError(f"{path}: episode_info has {len(episode_info)} entries for {len(episodes)} episodes")
+    for i, ep in enumerate(episodes):
+        ep.validate(f"{path}:episode {i}")
+    env_meta = dict(_jsonable(env_info))
+    env_meta.setdefault("env_id", None)
+    env_meta.setdefault("max_episode_steps", None)
+    env_meta.setdefault("env_kwargs", {})
+    env_meta["env_kwargs"].setdefault("obs_mode", "state")
+    env_meta["env_kwargs"].setdefault("control_mode", env_meta.get("control_mode"))
+    source = dict(_jsonable(extra or {}))
+    source.setdefault("rlft_version", rlft.__version__)
+    write_id = uuid.uuid4().hex
+    entries = []
+    for i, ep in enumerate(episodes):
+        e: dict[str, Any] = {
+            "episode_id": i,
+            "control_mode": env_meta["env_kwargs"]["control_mode"],
+            "elapsed_steps": len(ep),
+            "success": bool(ep.success.any()),
+            "success_at_end": bool(ep.success[-1]) if len(ep) else False,
+        }
+        if episode_info is not None:
+            e.update(_jsonable(dict(episode_info[i])))
+            if "episode_seed" in e:
+                e.setdefault("reset_kwargs", {"seed": e["episode_seed"]})
+        entries.append(e)
+    meta = {"env_info": env_meta, "episodes": entries, "source": source, "write_id": write_id,
+            "format_version": FORMAT_VERSION}
+
+    with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_json:
+        with h5py.File(tmp_h5, "w") as f:
+            f.attrs["env_info"] = json.dumps(env_meta)
+            f.attrs["source"] = json.dumps(source)
+            f.attrs["write_id"] = write_id
+            f.attrs["format_version"] = FORMAT_VERSION
+            for i, ep in enumerate(episodes):
+                g = f.create_group(f"traj_{i}")
+                g.create_dataset("obs", data=np.asarray(ep.obs, np.float32))
+                g.create_dataset("actions", data=np.asarray(ep.actions, np.float32))
+                g.create_dataset("rewards", data=np.asarray(ep.rewards, np.float32))
+                g.create_dataset("terminated", data=np.asarray(ep.terminated, bool))
+                g.create_dataset("truncated", data=np.asarray(ep.truncated, bool))
+                g.create_dataset("success", data=np.asarray(ep.success, bool))
+                if episode_info is not None and "episode_seed" in episode_info[i]:
+                    g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
+        tmp_json.write_text(json.dumps(meta, indent=1))
+        # leaving the inner context renames the sidecar, then the outer one renames the h5 (the commit point)
+    return path
+
+
+def _read_array(g: h5py.Group, key: str, where: str, kind: str) -> np.ndarray:
+    """Read ``g[key]`` as numpy; ``kind``: 'float' (real numbers) or 'bool' (bool or integer/float 0/1)."""
+    node = g[key]
+    if isinstance(node, h5py.Group):
+        if key == "obs":
+            raise DatasetError(
+                f"{where}/obs is a group of dict observations ({', '.join(list(node.keys())[:6])}); rlft needs flat "
+                "state observations (for ManiSkill: replay with `-o state`)"
+            )
+        raise DatasetError(f"{where}/{key}: expected a dataset, found a group")
+    arr = node[()]
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(f"{where}/{key}: expected a numeric/bool dtype, got {arr.dtype}")
+    if kind == "bool":
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise DatasetError(f"{where}/{key}: contains NaN/inf")
+        return arr.astype(bool)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+        raise DatasetError(f"{where}/{key}: contains NaN/inf (first at index {bad})")
+    return arr.astype(np.float32)
+
+
+def _read_group(g: h5py.Group, where: str) -> Episode:
+    keys = set(g.keys())
+
+    def need(key: str) -> None:
+        if key not in keys:
+            raise DatasetError(f"{where}: missing key '{key}' (found: {sorted(keys)})")
+
+    for k in ("obs", "actions", "rewards"):
+        need(k)
+    obs = _read_array(g, "obs", where, "float")
+    actions = _read_array(g, "actions", where, "float")
+    rewards = _read_array(g, "rewards", where, "float")
+    T = actions.shape[0] if actions.ndim >= 1 else 0
+    if "terminated" in keys and "truncated" in keys:
+        terminated = _read_array(g, "terminated", where, "bool")
+        truncated = _read_array(g, "truncated", where, "bool")
+    elif "dones" in keys:  # older ManiSkill: dones = task-ended flags; a final step that is not done is a time limit
+        terminated = _read_array(g, "dones", where, "bool")
+        truncated = np.zeros_like(terminated)
+        if terminated.ndim == 1 and len(terminated) and not terminated[-1]:
+            truncated[-1] = True
+    else:
+        missing = [k for k in ("terminated", "truncated") if k not in keys]
+        raise DatasetError(f"{where}: missing key '{missing[0]}' (and no 'dones'); found: {sorted(keys)}")
+    if "success" in keys:
+        success = _read_array(g, "success", where, "bool")
+    elif "info" in keys and isinstance(g["info"], h5py.Group) and "success" in g["info"]:
+        success = _read_array(g["info"], "success", f"{where}/info", "bool")
+    else:
+        raise DatasetError(f"{where}: missing key 'success' (nor 'info/success'); found: {sorted(keys)}")
+    ep = Episode(obs=obs, actions=actions, rewards=rewards, terminated=terminated, truncated=truncated,
+                 success=success)
+    if T == 0:
+        raise DatasetError(f"{where}/actions: episode has no transitions")
+    return ep.validate(where)
+
+
+def _meta_from_h5(f: h5py.File) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for k in ("env_info", "source"):
+        if k in f.attrs:
+            try:
+                meta[k] = json.loads(f.attrs[k])
+            except (TypeError, ValueError):
+                pass
+    if "write_id" in f.attrs:
+        meta["write_id"] = str(f.attrs["write_id"])
+    return meta
+
+
+def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any]]:
+    """Read all ``traj_*`` groups (in index order) of an h5 trajectory file; return (episodes, meta).
+
+    ``meta`` is the JSON sidecar (ManiSkill's or ours) when present and consistent with the h5, else what the h5's own
+    attributes hold (plus an ``episodes`` list rebuilt from the data); ``meta['path']`` is the file read.
+    Every problem (missing/corrupt file, missing key, wrong shape/dtype, NaN) raises ``DatasetError`` naming the file,
+    the group and the key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset file not found")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected an .h5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+    with f:
+        names = sorted((int(m.group(1)), k) for k in f.keys() if (m := _TRAJ_RE.match(k)))
+        if not names:
+            raise DatasetError(f"{path}: no 'traj_<i>' groups found (keys: {sorted(f.keys())[:10]})")
+        episodes = []
+        for _, name in names:
+            node = f[name]
+            if not isinstance(node, h5py.Group):
+                raise DatasetError(f"{path}:{name}: expected a group, found a dataset")
+            try:
+                episodes.append(_read_group(node, f"{path}:{name}"))
+            except DatasetError:
+                raise
+            except (OSError, KeyError, ValueError) as e:
+                raise DatasetError(f"{path}:{name}: unreadable ({e})") from e
+        h5_meta = _meta_from_h5(f)
+        seeds = [f[name].attrs.get("episode_seed") for _, name in names]
+
+    meta: dict[str, Any] | None = None
+    side = sidecar_path(path)
+    if side.exists():
+        try:
+            side_meta = json.loads(side.read_text())
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{side}: sidecar JSON is unreadable ({e})") from e
+        stale = "write_id" in h5_meta and side_meta.get("write_id") != h5_meta["write_id"]
+        if not stale:
+            meta = side_meta
+    if meta is None:
+        meta = dict(h5_meta)
+        meta["episodes"] = [
+            {"episode_id": i, "elapsed_steps": len(ep), "success": bool(ep.success.any()),
+             **({"episode_seed": int(s)} if s is not None else {})}
+            for i, (ep, s) in enumerate(zip(episodes, seeds))
+        ]
+    meta["path"] = str(path)
+    return episodes, meta
+
+
+def load_dataset(path: str | os.PathLike, **kwargs: Any) -> tuple[list[Episode], dict[str, Any]]:
+    """Read a dataset by extension: ``.h5``/``.hdf5`` -> ``read_episodes``; ``.npz`` -> OGBench npz reader
+    (``kwargs`` such as ``reward_fn`` go to ``rlft.data.ogbench_npz.read_ogbench_npz``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        if kwargs:
+            raise DatasetError(f"{path}: options {sorted(kwargs)} only apply to .npz datasets")
+        return read_episodes(path)
+    if suffix == ".npz":
+        from rlft.data.ogbench_npz import read_ogbench_npz
+
+        return read_ogbench_npz(path, **kwargs)
+    raise DatasetError(f"{path}: unknown dataset format '{suffix or '(no extension)'}'; expected .h5, .hdf5 or .npz")

@@ -1,0 +1,139 @@
+"""The contract every registered algorithm keeps (iterates ``rlft.algos.ALGORITHMS``, so new ones are covered).
+
+For each algorithm x each policy kind it declares in ``supported_policies``:
+* one ``update`` on a random ``ChunkBatch`` changes the parameters behind every optimiser (policy, critics, ...) and
+  returns finite float metrics named ``critic/...``, ``actor/...`` or ``alpha/...``;
+* two instances built and updated under the same seed give identical metrics and parameters;
+* ``state_dict`` survives ``torch.save``/``torch.load`` (weights_only) into a differently initialised instance, after
+  which both give identical results on the next update;
+* a policy kind it does not support is refused with ``ConfigError`` at construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+
+import pytest
+import torch
+
+from rlft.algos import ALGORITHMS
+from rlft.algos.base import PolicyConfig
+from rlft.data.batch import ChunkBatch
+from rlft.errors import ConfigError
+
+OBS, ACT, H, B = 6, 3, 4, 32
+POLICY_KINDS = ("gaussian", "flow")
+METRIC_NAME = re.compile(r"^(critic|actor|alpha)/\w+$")
+
+
+def _supported(cls) -> tuple[str, ...]:
+    return tuple(getattr(cls, "supported_policies", POLICY_KINDS))
+
+
+CASES = [(name, kind) for name, cls in sorted(ALGORITHMS.items()) for kind in _supported(cls)]
+UNSUPPORTED = [(name, kind) for name, cls in sorted(ALGORITHMS.items()) for kind in POLICY_KINDS if kind not in _supported(cls)]
+
+
+def small_config(cls, kind: str):
+    """The algorithm's default Config with every ``*hidden_dims`` field shrunk (fast) and the given policy kind."""
+    cfg = cls.Config()
+    small = {f.name: (32, 32) for f in dataclasses.fields(cfg) if f.name.endswith("hidden_dims")}
+    policy = PolicyConfig(kind=kind, hidden_dims=(32, 32), flow_steps=3, unet_dims=(8, 16), time_embed_dim=8)
+    return dataclasses.replace(cfg, policy=policy, **small)
+
+
+def make(name: str, kind: str, seed: int):
+    torch.manual_seed(seed)
+    cls = ALGORITHMS[name]
+    return cls(small_config(cls, kind), OBS, ACT, H)
+
+
+def batch(seed: int) -> ChunkBatch:
+    return ChunkBatch.random(B, OBS, H, ACT, generator=torch.Generator().manual_seed(seed))
+
+
+def update(algo, b: ChunkBatch, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)  # policy sampling / flow noise use torch's global RNG
+    return algo.update(b)
+
+
+def optimisers(algo) -> dict[str, torch.optim.Optimizer]:
+    return {k: v for k, v in vars(algo).items() if isinstance(v, torch.optim.Optimizer)}
+
+
+def snapshot(algo) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in vars(algo).items():
+        if isinstance(v, torch.nn.Module):
+            out.update({f"{k}.{n}": t.detach().clone() for n, t in v.state_dict().items()})
+        elif isinstance(v, torch.Tensor):
+            out[k] = v.detach().clone()
+    return out
+
+
+def assert_same_params(a, b) -> None:
+    sa, sb = snapshot(a), snapshot(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"parameter {k} differs"
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_update_changes_params_and_returns_named_finite_metrics(name, kind):
+    algo = make(name, kind, seed=0)
+    policy_before = [p.detach().clone() for p in algo.policy.parameters()]
+    optims = optimisers(algo)
+    assert optims, f"{name}: no optimiser attributes"
+    before = {k: [p.detach().clone() for g in o.param_groups for p in g["params"]] for k, o in optims.items()}
+
+    metrics = update(algo, batch(1), seed=100)
+
+    assert metrics, f"{name}: update returned no metrics"
+    for k, v in metrics.items():
+        assert METRIC_NAME.match(k), f"{name}: metric {k!r} is not named critic/..., actor/... or alpha/..."
+        assert type(v) is float and math.isfinite(v), f"{name}: metric {k} = {v!r}"
+    for k, o in optims.items():
+        after = [p.detach() for g in o.param_groups for p in g["params"]]
+        assert any(not torch.equal(a, b) for a, b in zip(before[k], after)), f"{name}: {k} changed no parameter"
+    trained_policy = any(p is q for o in optims.values() for g in o.param_groups for p in g["params"]
+                         for q in algo.policy.parameters())
+    if trained_policy:
+        assert any(not torch.equal(a, b.detach()) for a, b in zip(policy_before, algo.policy.parameters()))
+    if hasattr(algo, "critic"):
+        assert any(k.startswith("critic/") for k in metrics)
+    assert algo.num_updates == 1
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_update_is_deterministic_under_seed(name, kind):
+    a, b = make(name, kind, seed=0), make(name, kind, seed=0)
+    for step in range(2):
+        bt = batch(10 + step)
+        assert update(a, bt, seed=step) == update(b, bt, seed=step)
+    assert_same_params(a, b)
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_state_dict_round_trip(name, kind):
+    a = make(name, kind, seed=0)
+    update(a, batch(1), seed=1)  # non-trivial optimiser state, counters, target nets
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    c = make(name, kind, seed=123)  # different initial weights
+    c.load_state_dict(torch.load(buf, weights_only=True))
+    assert c.num_updates == a.num_updates
+    assert_same_params(a, c)
+    for step in range(2):
+        bt = batch(20 + step)
+        assert update(a, bt, seed=50 + step) == update(c, bt, seed=50 + step)
+    assert_same_params(a, c)
+
+
+@pytest.mark.parametrize("name, kind", UNSUPPORTED)
+def test_unsupported_policy_kind_is_refused(name, kind):
+    with pytest.raises(ConfigError):
+        make(name, kind, seed=0)

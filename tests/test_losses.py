@@ -1,0 +1,148 @@
+"""Hand-computed checks of the shared loss functions (rlft/algos/losses.py) on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlft.algos.losses import (
+    expectile_loss,
+    iql_critic_target,
+    iql_value_loss,
+    iql_weights,
+    metrics_to_floats,
+    prefixed,
+    sac_actor_loss,
+    sac_critic_target,
+    td_loss,
+    temperature_loss,
+)
+from rlft.data.batch import ChunkBatch
+
+T = torch.tensor
+
+
+def test_expectile_loss_weighs_positive_residuals_by_tau():
+    # u = +2 -> 0.7 * 4 = 2.8 ; u = -1 -> 0.3 * 1 = 0.3 ; mean = 1.55
+    assert expectile_loss(T([2.0, -1.0]), 0.7).item() == pytest.approx(1.55)
+    # only negative residuals: weight 1 - tau
+    assert expectile_loss(T([-2.0]), 0.9).item() == pytest.approx(0.1 * 4.0)
+    # tau = 0.5 is half the MSE
+    d = T([1.0, -3.0, 0.5])
+    assert expectile_loss(d, 0.5).item() == pytest.approx(0.5 * d.square().mean().item())
+
+
+def test_expectile_regression_converges_to_upper_expectile():
+    # minimising over a scalar v: for tau > 0.5 the optimum lies above the mean of the samples
+    q = T([0.0, 1.0, 2.0, 10.0])
+    v = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([v], lr=0.2)
+    for _ in range(500):
+        opt.zero_grad()
+        expectile_loss(q - v, 0.9).backward()
+        opt.step()
+    # first-order condition: 0.9 * sum_{q>v}(q - v) = 0.1 * sum_{q<v}(v - q); with v in (2, 10):
+    # 0.9 (10 - v) = 0.1 (3v - 3)  ->  9 - 0.9 v = 0.3 v - 0.3  ->  v = 9.3 / 1.2 = 7.75
+    assert v.item() == pytest.approx(7.75, abs=1e-3)
+
+
+def test_iql_value_loss_info():
+    loss, info = iql_value_loss(T([1.0, 0.0]), T([0.0, 1.0]), 0.7)  # diffs +1, -1 -> (0.7 + 0.3) / 2
+    assert loss.item() == pytest.approx(0.5)
+    assert info["value_loss"].item() == pytest.approx(0.5)
+    assert info["v_mean"].item() == pytest.approx(0.5)
+
+
+def test_iql_weights_exp_and_clip():
+    w = iql_weights(T([0.0, 1.0, -1.0, 10.0, 1e6]), beta=1.0, max_weight=100.0)
+    assert w.tolist() == pytest.approx([1.0, math.e, math.exp(-1.0), 100.0, 100.0])
+    assert torch.isfinite(w).all()
+    assert iql_weights(T([0.5]), beta=3.0, max_weight=100.0).item() == pytest.approx(math.exp(1.5))
+
+
+def test_td_loss_sums_members_and_reports_stats():
+    q = T([[1.0, 2.0], [3.0, 0.0]], requires_grad=True)  # N=2, B=2
+    y = T([2.0, 1.0])
+    loss, info = td_loss(q, y)
+    # member 0: ((1-2)^2 + (2-1)^2)/2 = 1 ; member 1: ((3-2)^2 + (0-1)^2)/2 = 1 ; sum = 2
+    assert loss.item() == pytest.approx(2.0)
+    assert info["q_mean"].item() == pytest.approx(1.5)
+    assert info["q_std"].item() == pytest.approx(1.0)  # population std of (1,3) = 1 and of (2,0) = 1
+    assert info["td_error"].item() == pytest.approx(1.0)
+    assert info["td_target_mean"].item() == pytest.approx(1.5)
+    loss.backward()
+    assert q.grad.flatten().tolist() == pytest.approx([-1.0, 1.0, 1.0, -1.0])  # 2 (q - y) / B
+
+
+def test_sac_critic_target_subset_min_entropy_and_bootstrap():
+    next_q = T([[1.0, 5.0], [3.0, 2.0], [0.0, 7.0]])  # N=3, B=2
+    logp = T([2.0, -2.0])
+    reward = T([1.0, -1.0])
+    # chunk of k=2 steps, gamma=0.9 -> discount 0.81; second transition terminated -> no bootstrap
+    batch = ChunkBatch(
+        obs=torch.zeros(2, 1), action=torch.zeros(2, 2, 1), reward=reward, next_obs=torch.zeros(2, 1),
+        terminated=T([0.0, 1.0]), discount=T([0.81, 0.81]), valid_mask=torch.ones(2, 2),
+    )
+    assert batch.bootstrap.tolist() == pytest.approx([0.81, 0.0])
+    # subset {0, 1}: min = [1, 2]; soft value = min - 0.5 * logp = [0, 3]
+    y = sac_critic_target(next_q, logp, reward, batch.bootstrap, 0.5, T([0, 1]))
+    assert y.tolist() == pytest.approx([1.0 + 0.81 * 0.0, -1.0])
+    # subset {1, 2}: min = [0, 2]; soft = [-1, 3]; y0 = 1 - 0.81
+    y = sac_critic_target(next_q, logp, reward, T([0.81, 0.5]), 0.5, T([2, 1]))
+    assert y.tolist() == pytest.approx([1.0 - 0.81, -1.0 + 0.5 * 3.0])
+    # no subset = min over all members [0, 2]; alpha = 0 drops the entropy term
+    y = sac_critic_target(next_q, logp, reward, T([1.0, 1.0]), 0.0, None)
+    assert y.tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_sac_actor_loss_uses_mean_over_members():
+    q_pi = T([[1.0, 2.0], [3.0, 4.0]])  # mean over members = [2, 3]
+    logp = T([1.0, -1.0])
+    loss, info = sac_actor_loss(q_pi, logp, 0.5)
+    # mean(0.5 * [1, -1] - [2, 3]) = mean([-1.5, -3.5]) = -2.5
+    assert loss.item() == pytest.approx(-2.5)
+    assert info["actor_q"].item() == pytest.approx(2.5)
+    assert info["entropy"].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("entropy, target, alpha_should", [(-10.0, -5.0, "rise"), (0.0, -5.0, "fall")])
+def test_temperature_loss_sign(entropy, target, alpha_should):
+    log_alpha = torch.zeros((), requires_grad=True)
+    logp = torch.full((4,), -entropy)
+    loss, info = temperature_loss(log_alpha, logp, target)
+    # L = -log_alpha * (logp + target): value at log_alpha = 0 is 0; gradient = -(mean logp + target)
+    assert loss.item() == pytest.approx(0.0)
+    loss.backward()
+    assert log_alpha.grad.item() == pytest.approx(entropy - target)
+    opt = torch.optim.SGD([log_alpha], lr=0.1)
+    opt.step()
+    assert (log_alpha.item() > 0) == (alpha_should == "rise")
+    assert info["temperature"].item() == pytest.approx(1.0)
+    assert info["target_entropy"].item() == pytest.approx(target)
+
+
+def test_chunk_discount_convention_in_iql_target():
+    # a 3-step chunk with rewards r0, r1, r2 = -1, -1, 0 and gamma 0.9 stored as the discounted sum and gamma^3
+    g = 0.9
+    reward = T([-1.0 + g * -1.0 + g**2 * 0.0, -1.0])
+    discount = T([g**3, g**1])  # second chunk was cut short after k=1 step by a time-limit truncation
+    batch = ChunkBatch(
+        obs=torch.zeros(2, 1), action=torch.zeros(2, 3, 1), reward=reward, next_obs=torch.zeros(2, 1),
+        terminated=T([0.0, 0.0]), discount=discount, valid_mask=T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+    )
+    next_v = T([-5.0, -5.0])
+    y = iql_critic_target(batch.reward, batch.bootstrap, next_v)
+    assert y.tolist() == pytest.approx([-1.9 + 0.729 * -5.0, -1.0 + 0.9 * -5.0])  # truncation still bootstraps
+    batch.terminated = T([1.0, 0.0])
+    y = iql_critic_target(batch.reward, batch.bootstrap, next_v)
+    assert y[0].item() == pytest.approx(-1.9)  # termination: no bootstrap
+
+
+def test_metric_helpers():
+    m = prefixed("critic", {"q_mean": T(1.5), "alpha/x": 2.0})
+    assert set(m) == {"critic/q_mean", "alpha/x"}
+    out = metrics_to_floats({"a": T(1.0), "b": 2, "c": T(3.0, dtype=torch.float64)})
+    assert out == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert all(type(v) is float for v in out.values())
