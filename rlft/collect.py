@@ -209,9 +209,9 @@ def run_collect(cfg: CollectConfig) -> Path:
                 if keep_failures or ep.success_once:
                     kept[index] = (seed, ep)
                 # results arrive in index order (imap), so "first N successes by index" is worker-count independent
-                n_ok = sum(attempts.values())
-                progress.update(task, completed=min(len(kept), cfg.num_episodes),
-                                stats=f"success {n_ok}/{len(attempts)}  {steps / max(ep_seconds, 1e-9):.0f} steps/s/worker")
+                rate = steps / max(ep_seconds, 1e-9)
+                stats = f"success {sum(attempts.values())}/{len(attempts)}  {rate:.0f} steps/s/worker"
+                progress.update(task, completed=min(len(kept), cfg.num_episodes), stats=stats)
                 if len(kept) >= cfg.num_episodes:
                     break
     elapsed = time.time() - t0

@@ -4,7 +4,8 @@
 
 Setting (matches cube-single with 5-step chunks): obs 28, action 5, chunks H = 1 and H = 5, batch 256, networks
 (256, 256, 256) with LayerNorm; SAC with 10 critics and a random 2-of-10 target min (RLPD), IQL with 2 critics + V.
-Each row: ``--repeats`` timings of ``--updates`` consecutive updates (after warm-up), reported as the median
+SAC runs with its default config (actor and temperature stepped on every 4th update = once per utd_ratio, as
+RLPD) and with the actor on every update. Each row: ``--repeats`` timings of ``--updates`` consecutive updates (after warm-up), reported as the median
 updates/s and ms/update. Batches are generated beforehand, so only the update is timed. Prints a markdown table.
 """
 
@@ -29,12 +30,12 @@ from rlft.utils import resolve_device, set_threads  # noqa: E402
 OBS, ACT, BATCH, HIDDEN = 28, 5, 256, (256, 256, 256)
 
 
-def build(algo: str, impl: str, horizon: int, policy_kind: str, device: torch.device):
+def build(algo: str, impl: str, horizon: int, policy_kind: str, device: torch.device, **overrides):
     torch.manual_seed(0)
     cls = ALGORITHMS[algo]
     cfg = dataclasses.replace(
         cls.Config(), critic_impl=impl, critic_hidden_dims=HIDDEN, batch_size=BATCH,
-        policy=PolicyConfig(kind=policy_kind, hidden_dims=HIDDEN),
+        policy=PolicyConfig(kind=policy_kind, hidden_dims=HIDDEN), **overrides,
     )
     return cls(cfg, OBS, ACT, horizon, device=device)
 
@@ -77,12 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     device = resolve_device(args.device)
     rows = []
-    for algo, kind in (("sac", "gaussian"), ("iql", "gaussian"), ("iql", "flow")):
+    # (algo, policy kind, config overrides, note); SAC's default steps the actor once per utd_ratio (4) updates
+    setups = (
+        ("sac", "gaussian", {}, "actor every 4th update (default)"),
+        ("sac", "gaussian", {"actor_update_every": 1}, "actor every update"),
+        ("iql", "gaussian", {}, ""),
+        ("iql", "flow", {}, ""),
+    )
+    for algo, kind, overrides, note in setups:
         for horizon in (1, 5):
             for impl in ("loop", "batched", "batched+compile"):
-                if impl == "batched+compile" and (args.no_compile or algo != "sac"):
+                if impl == "batched+compile" and (args.no_compile or algo != "sac" or overrides):
                     continue
-                alg = build(algo, impl.split("+")[0], horizon, kind, device)
+                alg = build(algo, impl.split("+")[0], horizon, kind, device, **overrides)
                 if impl.endswith("compile"):
                     alg.critic.compile()
                     alg.target_critic.compile()
@@ -92,17 +100,17 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{algo}/{impl} H={horizon}: failed: {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 critics = alg.cfg.num_critics
-                rows.append((algo, kind, critics, f"{horizon}x{ACT}", impl, rate, 1000.0 / rate, warm_s))
+                rows.append((algo, kind, critics, f"{horizon}x{ACT}", impl, note, rate, 1000.0 / rate, warm_s))
                 print(f"  {algo} {kind} H={horizon} {impl}: {rate:.1f} updates/s", file=sys.stderr, flush=True)
 
     print(
         f"\nupdates/s, median of {args.repeats} x {args.updates} updates; device {device}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} thread(s); batch {BATCH}, obs {OBS}, MLPs {HIDDEN} + LayerNorm\n"
     )
-    print("| algo | policy | critics | chunk | critic impl | updates/s | ms/update | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for algo, kind, n, chunk, impl, rate, ms, warm_s in rows:
-        print(f"| {algo} | {kind} | {n} | {chunk} | {impl} | {rate:.1f} | {ms:.2f} | {warm_s:.1f} |")
+    print("| algo | policy | critics | chunk | critic impl | note | updates/s | ms/update | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for algo, kind, n, chunk, impl, note, rate, ms, warm_s in rows:
+        print(f"| {algo} | {kind} | {n} | {chunk} | {impl} | {note} | {rate:.1f} | {ms:.2f} | {warm_s:.1f} |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from rlft.algos.losses import (
 )
 from rlft.data.batch import ChunkBatch
 
+torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
 T = torch.tensor
 
 
@@ -38,8 +39,8 @@ def test_expectile_regression_converges_to_upper_expectile():
     # minimising over a scalar v: for tau > 0.5 the optimum lies above the mean of the samples
     q = T([0.0, 1.0, 2.0, 10.0])
     v = torch.zeros((), requires_grad=True)
-    opt = torch.optim.SGD([v], lr=0.2)
-    for _ in range(500):
+    opt = torch.optim.SGD([v], lr=0.5)
+    for _ in range(150):
         opt.zero_grad()
         expectile_loss(q - v, 0.9).backward()
         opt.step()
@@ -146,3 +147,94 @@ def test_metric_helpers():
     out = metrics_to_floats({"a": T(1.0), "b": 2, "c": T(3.0, dtype=torch.float64)})
     assert out == {"a": 1.0, "b": 2.0, "c": 3.0}
     assert all(type(v) is float for v in out.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the same losses inside their algorithms, on tiny problems with a known answer
+# ---------------------------------------------------------------------------------------------------------------
+def _bandit_batch(n: int, good: float, gen: torch.Generator, obs_dim: int = 3, horizon: int = 2) -> ChunkBatch:
+    """One-step problem: reward = -sum (a - good)^2 over the chunk, always terminated (y = r)."""
+    action = torch.rand(n, horizon, 1, generator=gen) * 1.8 - 0.9
+    return ChunkBatch(
+        obs=torch.randn(n, obs_dim, generator=gen), action=action, reward=-(action - good).square().sum((1, 2)),
+        next_obs=torch.randn(n, obs_dim, generator=gen), terminated=torch.ones(n), discount=torch.full((n,), 0.99),
+        valid_mask=torch.ones(n, horizon),
+    )
+
+
+def _small(cls, **kw):
+    from rlft.algos.base import PolicyConfig
+
+    cfg = cls.Config(policy=PolicyConfig(hidden_dims=(32, 32)), critic_hidden_dims=(32, 32), **kw)
+    return cls(cfg, 3, 1, 2)
+
+
+def test_sac_finds_the_bandit_optimum():
+    from rlft.algos import ALGORITHMS
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    sac = _small(ALGORITHMS["sac"], num_critics=4, critic_subset=2, actor_update_every=1, critic_lr=3e-3, actor_lr=3e-3)
+    for _ in range(300):
+        m = sac.update(_bandit_batch(128, 0.5, gen))
+    a = sac.policy.sample(torch.randn(256, 3, generator=gen))  # the policy starts near a = 0
+    assert abs(a.mean().item() - 0.5) < 0.2, a.mean().item()  # (a tiny critic after 300 steps: not exact)
+    assert m["critic/td_error"] < 0.2
+
+
+def test_iql_prefers_the_better_dataset_action():
+    # data: half the chunks take a = +0.5 (reward 0), half a = -0.5 (reward -1); BC would average them to ~0
+    from rlft.algos import ALGORITHMS
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    iql = _small(ALGORITHMS["iql"], expectile=0.7, beta=3.0, critic_lr=3e-3, value_lr=3e-3, actor_lr=3e-3)
+    for _ in range(300):
+        b = _bandit_batch(128, 0.5, gen)
+        b.action = torch.where(torch.rand(128, 1, 1, generator=gen) < 0.5, 0.5, -0.5).expand(-1, 2, 1).contiguous()
+        b.reward = -(b.action - 0.5).abs().mean((1, 2))
+        m = iql.update(b)
+    a = iql.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
+    assert a.mean().item() > 0.3, a.mean().item()
+    assert m["critic/v_mean"] > -0.5  # the 0.7-expectile lies above the mean Q (-0.5)
+    assert m["actor/iql_weights_max"] > 1.0  # positive advantages exist (the good action)
+
+
+@pytest.mark.parametrize("impl", ["loop", "batched"])
+def test_critic_subset_forward_equals_indexing_the_full_ensemble(impl):
+    from rlft.nets.ensemble import CriticEnsemble
+
+    torch.manual_seed(0)
+    critic = CriticEnsemble(4, 6, num_critics=5, hidden_dims=(16, 16), layernorm=True, impl=impl)
+    obs, act = torch.randn(7, 4), torch.randn(7, 3, 2)
+    idx = T([3, 1])
+    full = critic(obs, act)
+    assert full.shape == (5, 7)
+    torch.testing.assert_close(critic(obs, act, members=idx), full[idx])
+    # and the pure target function's own subset indexing agrees with evaluating only the subset
+    logp, r, boot = torch.randn(7), torch.randn(7), torch.rand(7)
+    torch.testing.assert_close(
+        sac_critic_target(full, logp, r, boot, 0.2, idx), sac_critic_target(full[idx], logp, r, boot, 0.2)
+    )
+
+
+def test_sac_target_entropy_rule():
+    from rlft.algos import ALGORITHMS
+
+    sac_cls = ALGORITHMS["sac"]
+    dim = 2 * 1  # act_horizon 2 x action_dim 1 in _small
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    m = _small(sac_cls, target_entropy_from_policy=False).update(_bandit_batch(64, 0.5, gen))
+    assert m["alpha/target_entropy"] == pytest.approx(-0.5 * dim)
+    m = _small(sac_cls, target_entropy_per_dim=-2.0, target_entropy_from_policy=False).update(_bandit_batch(64, 0.5, gen))
+    assert m["alpha/target_entropy"] == pytest.approx(-2.0 * dim)
+    m = _small(sac_cls, target_entropy=-7.5).update(_bandit_batch(64, 0.5, gen))
+    assert m["alpha/target_entropy"] == pytest.approx(-7.5)
+    # default: capped by the starting policy's entropy, measured on the first update's batch
+    sac = _small(sac_cls, target_entropy_per_dim=10.0)  # a cap no policy reaches -> the policy's entropy is used
+    m = sac.update(_bandit_batch(64, 0.5, gen))
+    assert m["alpha/target_entropy"] == pytest.approx(m["actor/entropy"], rel=1e-5)
+    assert sac.target_entropy == pytest.approx(m["actor/entropy"], rel=1e-5)  # fixed from then on
+    m2 = sac.update(_bandit_batch(64, 0.5, gen))
+    assert m2.get("alpha/target_entropy", sac.target_entropy) == pytest.approx(m["alpha/target_entropy"])

@@ -3,8 +3,8 @@
 Environments are created with no download: ``import ogbench`` registers every id with gymnasium, then
 ``gymnasium.make(id, **kwargs)`` builds it (``ogbench.make_env_and_datasets`` would try to download datasets).
 
-Singletask semantics (OGBench 1.2.2, ``success_timing='pre'``): success, reward and ``terminated`` of step t are computed
-from the state *before* action t. For cube tasks ``reward = (#cubes within 0.04 m of their task goal) - #cubes`` and
+Singletask semantics (OGBench 1.2.2, ``success_timing='pre'``): success, reward and ``terminated`` of step t are
+computed from the state *before* action t. For cube tasks ``reward = (#cubes within 0.04 m of their task goal) - #cubes`` and
 success = all cubes at their goal. The helpers below recompute exactly that from ``qpos`` (as OGBench's
 ``relabel_dataset`` does) or from the state observation, so play data collected with random targets (or OGBench's own
 npz files) can be labelled with the *task* reward.

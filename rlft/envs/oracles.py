@@ -145,6 +145,8 @@ class TaskTargetSelector:
         reached = self.block is not None and np.linalg.norm(pos[self.block] - self.target) <= self.tol
         if self.block is None or (reached and gripper_open):
             choice = self._choose(pos)
+            if choice is None and self.block is None:  # every cube already at its goal: hold cube 0 there
+                choice = (0, self.goals[0].copy())
             if choice is not None and (self.block is None or choice[0] != self.block or
                                        not np.allclose(choice[1], self.target)):
                 self.block, self.target = choice
