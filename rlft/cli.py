@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[argv[0]](argv[1:])
     except RlftError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -35,7 +35,9 @@ def _supported(cls) -> tuple[str, ...]:
 
 
 CASES = [(name, kind) for name, cls in sorted(ALGORITHMS.items()) for kind in _supported(cls)]
-UNSUPPORTED = [(name, kind) for name, cls in sorted(ALGORITHMS.items()) for kind in POLICY_KINDS if kind not in _supported(cls)]
+UNSUPPORTED = [
+    (name, kind) for name, cls in sorted(ALGORITHMS.items()) for kind in POLICY_KINDS if kind not in _supported(cls)
+]
 
 
 def small_config(cls, kind: str):

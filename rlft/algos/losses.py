@@ -106,7 +106,9 @@ def sac_critic_target(
     return reward + bootstrap * soft_v
 
 
-def sac_actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor | float) -> tuple[torch.Tensor, Info]:
+def sac_actor_loss(
+    q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor | float
+) -> tuple[torch.Tensor, Info]:
     """SAC actor loss ``L_pi = mean_b (alpha * log pi(a_b|s_b) - mean_i Q_i(s_b, a_b))``, ``a_b ~ pi(.|s_b)`` (rsample).
 
     ``q_pi`` [N, B] (the mean over members, as RLPD, not the min); ``log_prob`` [B]; ``alpha`` detached.
@@ -152,6 +154,7 @@ def metrics_to_floats(metrics: Mapping[str, object]) -> dict[str, float]:
     keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
     out = {k: float(v) for k, v in metrics.items() if not torch.is_tensor(v)}  # type: ignore[arg-type]
     if keys:
-        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).cpu().tolist()  # type: ignore[union-attr]
+        stacked = torch.stack([metrics[k].detach().float().reshape(()) for k in keys])  # type: ignore[union-attr]
+        values = stacked.cpu().tolist()
         out.update(zip(keys, values))
     return {k: out[k] for k in metrics}

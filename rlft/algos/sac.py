@@ -17,18 +17,19 @@ critics are evaluated for the target (2 forwards instead of 10). The subset ``I`
 CPU ``torch.Generator`` (seeded from torch's global RNG at construction and saved in ``state_dict``), so runs are
 reproducible. Policy samples use torch's global RNG.
 
-Target entropy. SAC's usual ``-dim(A)`` is ``-56`` for an 8x7 chunk; the seed that used it saw the temperature
-explode when fine-tuning: a BC-pretrained tanh-Gaussian is much narrower than one nat below a unit Gaussian per
-dimension (small learned stds, and gripper dimensions saturated near +-1 lose ~2|u| nats each through the tanh
-Jacobian), so its entropy sits far below ``-56`` and alpha grows without bound until the entropy bonus swamps Q and
-destroys the pretrained behaviour. The default rule (``target_entropy=None``) is therefore
+Target entropy. SAC's usual ``-dim(A)`` is ``-56`` for an 8x7 chunk, and a seed that used it saw the temperature
+explode when fine-tuning. The mechanism, as we read it: a BC-pretrained tanh-Gaussian is much narrower than that
+target asks (small learned stds; gripper dimensions saturated near +-1 lose ~2|u| nats each through the tanh
+Jacobian), so its entropy sits far below ``-56``, and alpha grows until the entropy bonus swamps Q and destroys the
+pretrained behaviour. The default rule (``target_entropy=None``) is therefore
 
     H_target = min(target_entropy_per_dim * H * A,  entropy of the starting policy)      [nats per chunk]
 
-with ``target_entropy_per_dim = -0.5`` (the value QC/FQL's chunked RLPD uses from scratch). The second term is
-measured once, on the first update's batch (mean of -log pi over 256 states), when ``target_entropy_from_policy``:
-a fresh, wide policy gets the ``-0.5 * dim`` rule, a pretrained narrow one keeps (at most) its own entropy -- alpha is
-then free to fall but is never asked to blow the policy up. The value used is logged as ``alpha/target_entropy``.
+with ``target_entropy_per_dim = -0.5`` (the multiplier QC/FQL's chunked RLPD uses from scratch). The second term is
+measured once, on the first update's batch (mean of -log pi over the batch's states), when
+``target_entropy_from_policy``: no policy is ever asked to be more random than it starts, so alpha can fall but does
+not run away at the start of fine-tuning; a wide policy still gets at most ``-0.5 * dim``. The value used is fixed
+from then on, saved in ``state_dict`` and logged as ``alpha/target_entropy``. Set ``target_entropy`` to override.
 """
 
 from __future__ import annotations

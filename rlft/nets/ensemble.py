@@ -42,7 +42,9 @@ class _BatchedLayerNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        w, b = (self.weight, self.bias) if members is None else (self.weight.index_select(0, members), self.bias.index_select(0, members))
+        w, b = self.weight, self.bias
+        if members is not None:
+            w, b = w.index_select(0, members), b.index_select(0, members)
         return nn.functional.layer_norm(x, (self.dim,)) * w + b
 
 
