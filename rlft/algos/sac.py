@@ -61,11 +61,12 @@ class SACConfig(AlgoConfig):
     """SAC / RLPD for online fine-tuning."""
 
     utd_ratio: int = 4
-    """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU a 10-critic update
-    costs milliseconds (see scripts/bench_updates.py), so 4 keeps wall-clock time per environment step moderate."""
+    """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU one 10-critic
+    update takes ~40 ms (critic only) to ~75 ms (with the actor step; scripts/bench_updates.py), so 4 keeps the time
+    per macro-step at ~0.2 s."""
     warmup_steps: int = 1000
-    """Online: environment macro-steps collected before updates start (the offline half of each batch is there
-    from the start, so a short warm-up suffices)."""
+    """Online: environment steps collected before updates start (the offline half of each batch is there from the
+    start, so a short warm-up suffices)."""
     offline_ratio: float = 0.5
     """Online: fraction of each batch drawn from the offline dataset (RLPD's symmetric sampling: 0.5)."""
     num_critics: int = 10
@@ -199,7 +200,7 @@ class SAC(Algorithm):
             q_pi = self.critic(batch.obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
             if cfg.bc_coef > 0:
-                bc, bc_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+                bc, _ = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
                 actor_loss = actor_loss + cfg.bc_coef * bc
                 metrics["actor/bc_loss"] = bc.detach()
                 actor_info["actor_loss"] = actor_loss.detach()
