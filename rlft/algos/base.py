@@ -34,6 +34,10 @@ class PolicyConfig:
     """Gaussian: lower clamp of the log standard deviation."""
     log_std_max: float = 2.0
     """Gaussian: upper clamp of the log standard deviation."""
+    atanh_eps: float = 1e-2
+    """Gaussian: data actions are clipped to +-(1 - atanh_eps) before atanh in the log-likelihood. Actions exactly
+    at the box edge (OGBench's oracle saturates the gripper and often the position command) otherwise dominate the
+    NLL: on 30 noisy cube-single demos, 1e-6 gave BC action MSE 0.18 and 0.40 success, 1e-2 gave 0.09 and 0.50."""
     velocity_net: str = "mlp"
     """Flow: velocity network, 'mlp' or 'unet' (1D temporal U-Net with FiLM conditioning on the observation)."""
     flow_steps: int = 10
@@ -115,6 +119,27 @@ class Algorithm:
         for k, v in self._modules_and_optims().items():
             sd[k] = v.detach().clone() if isinstance(v, torch.Tensor) else v.state_dict()
         return sd
+
+    def load_pretrained(self, sd: dict[str, Any]) -> list[str]:
+        """Warm-start networks from another algorithm's ``state_dict`` (e.g. the offline stage's critics).
+
+        Every ``nn.Module`` attribute other than the policy whose name is also in ``sd`` is loaded when the shapes
+        match; critic ensembles of a different size are filled by cycling the pretrained members
+        (``CriticEnsemble.load_cycled``). Optimiser states are not carried over. Returns the loaded names.
+        """
+        from rlft.nets.ensemble import CriticEnsemble
+
+        loaded = []
+        for k, v in vars(self).items():
+            if k == "policy" or not isinstance(v, torch.nn.Module) or k not in sd:
+                continue
+            try:
+                v.load_state_dict(sd[k])
+            except RuntimeError:
+                if not (isinstance(v, CriticEnsemble) and v.load_cycled(sd[k])):
+                    continue
+            loaded.append(k)
+        return loaded
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.num_updates = int(sd["num_updates"])

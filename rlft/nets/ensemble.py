@@ -105,6 +105,32 @@ class CriticEnsemble(nn.Module):
         return self.batched(x.unsqueeze(0).expand(n, -1, -1), members).squeeze(-1)
 
 
+    def load_cycled(self, state: dict[str, torch.Tensor]) -> bool:
+        """Fill this ensemble from another ensemble's state_dict of the same architecture but M members: member i
+        takes pretrained member i mod M. Returns False if the layouts are incompatible (nothing is changed)."""
+        own = self.state_dict()
+        new = {}
+        if self.impl == "loop":
+            members = sorted({int(k.split(".")[1]) for k in state if k.startswith("critics.")})
+            if not members:
+                return False
+            for k, v in own.items():
+                _, i, rest = k.split(".", 2)
+                src = state.get(f"critics.{members[int(i) % len(members)]}.{rest}")
+                if src is None or src.shape != v.shape:
+                    return False
+                new[k] = src
+        else:
+            for k, v in own.items():
+                src = state.get(k)
+                if src is None or src.shape[1:] != v.shape[1:]:
+                    return False
+                idx = torch.arange(v.shape[0]) % src.shape[0]
+                new[k] = src[idx]
+        self.load_state_dict(new)
+        return True
+
+
 class ValueNet(nn.Module):
     """V(s): MLP obs -> scalar. ``forward`` returns [B]."""
 

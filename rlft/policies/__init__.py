@@ -14,7 +14,7 @@ def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy
     if cfg.kind == "gaussian":
         return GaussianPolicy(
             obs_dim, action_dim, act_horizon, hidden_dims=tuple(cfg.hidden_dims), layernorm=cfg.layernorm,
-            log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+            log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max, atanh_eps=cfg.atanh_eps,
         )
     if cfg.kind == "flow":
         return FlowPolicy(

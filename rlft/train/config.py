@@ -103,6 +103,9 @@ class TrainConfig(Generic[A]):
     """Dataset file (.h5 in ManiSkill's layout, or OGBench .npz); needed offline and for offline_ratio > 0 online."""
     init_policy: Optional[str] = None
     """Start from this saved policy (.safetensors), e.g. the previous stage's; None = a fresh policy."""
+    init_critic: Optional[str] = None
+    """Warm-start the algorithm's critics/value nets from a previous stage's training state (``checkpoints/state.pt``);
+    networks are matched by name and shape (see ``Algorithm.load_pretrained``)."""
     replay_capacity: int = 1_000_000
     """Online: replay buffer capacity in macro-steps."""
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)

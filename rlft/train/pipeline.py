@@ -47,6 +47,8 @@ class StageSpec:
     """Path of the stage's ``rlft train`` YAML (relative paths are resolved against the pipeline YAML's folder)."""
     overrides: dict = dataclasses.field(default_factory=dict)
     """Nested fields merged into the stage YAML before it is parsed, e.g. ``{steps: 1000, algo_cfg: {beta: 3}}``."""
+    inherit_critic: bool = False
+    """Warm-start this stage's critics from the previous stage's training state (``init_critic``)."""
 
 
 @dataclasses.dataclass
@@ -129,12 +131,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         rows.append({"stage": "collect", "algo": f"oracle ({col.mode})", "wall_s": time.time() - tc})
 
     init_policy: str | None = None
-    for st, d in zip(cfg.stages, stage_dicts):
+    prev_state: str | None = None
+    for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
+        if st.inherit_critic and i == 0:
+            raise ConfigError(f"stages[0].inherit_critic: the first stage ({st.name}) has no previous stage")
         d = _deep_merge(d, {
             "env": to_dict(cfg.env),
             "eval": _deep_merge(to_dict(cfg.eval), {"every": int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)}),
             "dataset": dataset,
             "init_policy": init_policy,
+            "init_critic": prev_state if st.inherit_critic else None,
             "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
         })
         d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
@@ -149,9 +155,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                      "return": ev["eval/return"], "best_success_once": summary["best_success_once"],
                      "wall_s": summary["wall_s"], "run_dir": summary["run_dir"]})
         init_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
+        prev_state = str(Path(summary["run_dir"]) / "checkpoints" / "state.pt")
 
+    import resource
+
+    peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
     result = {"run_dir": str(run_dir), "env_id": cfg.env.env_id, "seed": cfg.seed, "dataset": dataset,
-              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy}
+              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy, "peak_rss_mb": peak_mb}
     atomic_write_text(run_dir / "pipeline_summary.json", json.dumps(result, indent=2))
     atomic_write_text(run_dir / "results.md", results_markdown(result))
     print_results(result)

@@ -112,6 +112,8 @@ class Trainer:
             policy.normalizer.set_stats(np.zeros(self.obs_dim), np.ones(self.obs_dim), low, high)
         self.algo = algo_cls(ac, self.obs_dim, self.action_dim, H, policy=policy, device=self.device)
         self.policy = self.algo.policy
+        if cfg.init_critic:
+            self._warm_start(cfg.init_critic)
         self.step = 0
         self.best = -1.0
         self.replay: ReplayBuffer | None = None
@@ -119,6 +121,19 @@ class Trainer:
             self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, H, self.action_dim, self.policy.normalizer,
                                        device=self.device)
         self.evaluator: Evaluator | None = None
+
+    def _warm_start(self, path: str) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise CheckpointError(f"init_critic: training state not found: {p}")
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=False)["algo"]
+        except Exception as e:
+            raise CheckpointError(f"init_critic: {p} is not a readable training state ({e})") from None
+        loaded = self.algo.load_pretrained(state)
+        if not loaded:
+            raise CheckpointError(f"init_critic: no network in {p} matches {self.cfg.algo}'s networks by name/shape")
+        self._print(f"warm-started {', '.join(loaded)} from {p}")
 
     # ---------------- persistence ----------------
     def _extra(self, tag: str) -> dict:
