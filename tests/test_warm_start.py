@@ -1,0 +1,64 @@
+"""Warm-starting one algorithm's networks from another's state (the pipeline's critic hand-off)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlft.algos import get_algorithm
+from rlft.data.batch import ChunkBatch
+from rlft.nets.ensemble import CriticEnsemble
+
+O, A, H = 6, 2, 3
+
+
+def _algo(name, **cfg):
+    cls = get_algorithm(name)
+    torch.manual_seed(0)
+    return cls(cls.Config(**cfg), O, A, H)
+
+
+@pytest.mark.parametrize("impl", ["loop", "batched"])
+def test_load_cycled_fills_a_larger_ensemble_member_by_member(impl):
+    torch.manual_seed(0)
+    small = CriticEnsemble(O, H * A, num_critics=2, hidden_dims=(16,), impl=impl)
+    big = CriticEnsemble(O, H * A, num_critics=5, hidden_dims=(16,), impl=impl)
+    assert big.load_cycled(small.state_dict())
+    obs, act = torch.randn(4, O), torch.randn(4, H, A)
+    qs, qb = small(obs, act), big(obs, act)
+    for i in range(5):
+        torch.testing.assert_close(qb[i], qs[i % 2])
+    other = CriticEnsemble(O, H * A, num_critics=2, hidden_dims=(32,), impl=impl)
+    before = {k: v.clone() for k, v in big.state_dict().items()}
+    assert not big.load_cycled(other.state_dict())  # incompatible widths: nothing changes
+    assert all(torch.equal(before[k], v) for k, v in big.state_dict().items())
+
+
+def test_sac_warm_starts_critics_from_iql_but_not_the_policy():
+    iql = _algo("iql", critic_hidden_dims=(32, 32))
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        iql.update(batch)
+    sac = _algo("sac", num_critics=4, critic_subset=2, critic_hidden_dims=(32, 32))
+    policy_before = {k: v.clone() for k, v in sac.policy.state_dict().items()}
+    loaded = sac.load_pretrained(iql.state_dict())
+    assert set(loaded) == {"critic", "target_critic"}
+    q_iql = iql.critic(batch.obs, batch.action)
+    q_sac = sac.critic(batch.obs, batch.action)
+    for i in range(4):
+        torch.testing.assert_close(q_sac[i], q_iql[i % 2])
+    assert all(torch.equal(policy_before[k], v) for k, v in sac.policy.state_dict().items())
+
+
+def test_sac_actor_warmup_freezes_actor_and_explore_scale_shrinks_noise():
+    sac = _algo("sac", num_critics=2, actor_warmup_updates=2, explore_noise_scale=0.0, actor_update_every=1)
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in sac.policy.state_dict().items()}
+    m = sac.update(batch)
+    assert "actor/actor_loss" not in m and "critic/critic_loss" in m
+    assert all(torch.equal(before[k], v) for k, v in sac.policy.state_dict().items())
+    sac.update(batch)
+    assert "actor/actor_loss" in sac.update(batch)
+    obs = torch.randn(O)
+    # scale 0 -> the tanh of the mean, i.e. the deterministic action
+    torch.testing.assert_close(sac.explore(obs), sac.policy.act(obs, deterministic=True))
