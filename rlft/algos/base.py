@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from rlft.data.batch import ChunkBatch
@@ -63,6 +64,9 @@ class AlgoConfig:
     """Online: environment steps collected (with the current policy's exploration) before updates start."""
     offline_ratio: float = 0.0
     """Online: fraction of each batch drawn from the offline dataset (RLPD uses 0.5); 0 = online data only."""
+    explore_noise_scale: float = 1.0
+    """Online exploration: the policy's sampling noise (Gaussian eps, or a flow policy's initial noise) is scaled by
+    this; 1 samples the policy as is, 0 acts deterministically (Gaussian mean / flow from zero noise)."""
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     """The actor to build when no pretrained policy is given."""
 
@@ -101,8 +105,14 @@ class Algorithm:
 
     @torch.no_grad()
     def explore(self, obs_raw: Any) -> torch.Tensor:
-        """Online data collection: the raw env action chunk(s) to execute (stochastic by default)."""
-        return self.policy.act(obs_raw, deterministic=False)
+        """Online data collection: the raw env action chunk(s) to execute, sampled with the policy's noise scaled by
+        ``cfg.explore_noise_scale``."""
+        scale = self.cfg.explore_noise_scale
+        if scale == 1.0:
+            return self.policy.act(obs_raw, deterministic=False)
+        batch = () if np.ndim(obs_raw) == 1 else (len(obs_raw),)
+        noise = torch.randn(*batch, *self.policy.chunk_shape, device=self.device) * scale
+        return self.policy.act(obs_raw, noise=noise, deterministic=False)
 
     # ---- persistence: every nn.Module / optimizer attribute plus counters ----
     def _modules_and_optims(self) -> dict[str, Any]:

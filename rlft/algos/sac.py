@@ -39,7 +39,6 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from rlft.algos import register
@@ -109,9 +108,6 @@ class SACConfig(AlgoConfig):
     actor_warmup_updates: int = 0
     """Critic-only updates at the start (the actor and temperature stay frozen while a fresh or warm-started critic
     adapts to the online data; without it a pretrained actor can be dragged by a random critic)."""
-    explore_noise_scale: float = 1.0
-    """Exploration: the Gaussian eps of the sampled action is scaled by this (1 = sample the policy as is; <1 explores
-    closer to the mean, useful when the pretrained policy's std encodes demo noise)."""
     bc_coef: float = 0.0
     """Weight of an added policy.bc_loss on the batch's (s, a) in the actor loss (0 = off). Applied to the whole
     batch: with offline_ratio > 0 that is the offline half plus the online rows (the policy's own past actions)."""
@@ -226,16 +222,6 @@ class SAC(Algorithm):
 
         self.num_updates += 1
         return metrics_to_floats(metrics)
-
-    @torch.no_grad()
-    def explore(self, obs_raw: Any) -> torch.Tensor:
-        """Sample the policy with its Gaussian eps scaled by ``explore_noise_scale``."""
-        if self.cfg.explore_noise_scale == 1.0:
-            return self.policy.act(obs_raw, deterministic=False)
-        single = np.ndim(obs_raw) == 1
-        shape = (self.act_horizon, self.action_dim) if single else (len(obs_raw), self.act_horizon, self.action_dim)
-        noise = torch.randn(shape, device=self.device) * self.cfg.explore_noise_scale
-        return self.policy.act(obs_raw, noise=noise, deterministic=False)
 
     # ---- persistence: add the subset generator and the resolved target entropy ----
     def state_dict(self) -> dict[str, Any]:
