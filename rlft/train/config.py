@@ -56,7 +56,10 @@ class EvalConfig:
     deterministic: bool = True
     """Use the policy's deterministic action (Gaussian mean / flow from zero noise)."""
     num_workers: int = 1
-    """Parallel evaluation processes (each runs its own env and a CPU copy of the policy)."""
+    """Parallel evaluation processes (each runs its own envs and a CPU copy of the policy)."""
+    parallel_envs: int = 4
+    """Episodes run in lock step per process, so the policy is queried in batches. Each OGBench env holds its MuJoCo
+    model (~190 MB measured), so this trades memory for batched inference."""
 
 
 @dataclasses.dataclass
@@ -106,7 +109,7 @@ class TrainConfig(Generic[A]):
     init_critic: Optional[str] = None
     """Warm-start the algorithm's critics/value nets from a previous stage's training state (``checkpoints/state.pt``);
     networks are matched by name and shape (see ``Algorithm.load_pretrained``)."""
-    replay_capacity: int = 1_000_000
+    replay_capacity: int = 200_000
     """Online: replay buffer capacity in macro-steps."""
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     """Environment and chunking."""

@@ -45,7 +45,7 @@ class Evaluator:
     """Holds ``n_parallel`` chunked envs and runs seeded evaluation episodes with a policy."""
 
     def __init__(self, env_id: str, act_horizon: int, gamma: float = 0.99, obs_horizon: int = 1,
-                 max_episode_steps: int | None = None, n_parallel: int = 10):
+                 max_episode_steps: int | None = None, n_parallel: int = 4):
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         self.envs = [
             ChunkExecutor(make_env(env_id, obs_horizon=obs_horizon, **kwargs), act_horizon, gamma)
@@ -103,7 +103,7 @@ def _worker(args):
 
 def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes: int, seed: int, gamma: float = 0.99,
                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
-                    num_workers: int = 1, evaluator: Evaluator | None = None) -> tuple[dict[str, float], list[EpisodeResult]]:
+                    num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4) -> tuple[dict[str, float], list[EpisodeResult]]:
     """Evaluate ``policy`` on episodes seeded ``seed .. seed+num_episodes-1``; returns (summary, per-episode)."""
     seeds = [seed + i for i in range(num_episodes)]
     was_training = policy.training
@@ -111,7 +111,7 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
     try:
         if num_workers <= 1:
             ev = evaluator or Evaluator(env_id, act_horizon, gamma, obs_horizon, max_episode_steps,
-                                        n_parallel=min(10, num_episodes))
+                                        n_parallel=min(parallel_envs, num_episodes))
             results = ev.run(policy, seeds, deterministic)
             if evaluator is None:
                 ev.close()
@@ -120,7 +120,7 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
             env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
                           max_episode_steps=max_episode_steps)
             shards = [seeds[w::num_workers] for w in range(num_workers)]
-            jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic, min(10, max(1, len(sh))))
+            jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic, min(parallel_envs, max(1, len(sh))))
                     for sh in shards if sh]
             with mp.get_context("spawn").Pool(len(jobs)) as pool:
                 results = sorted((r for part in pool.map(_worker, jobs) for r in part), key=lambda r: r.seed)

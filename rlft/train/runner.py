@@ -170,7 +170,7 @@ class Trainer:
         if self.evaluator is None and e.num_workers <= 1:
             self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.act_horizon, self.cfg.env.gamma,
                                        self.cfg.env.obs_horizon, self.cfg.env.max_episode_steps,
-                                       n_parallel=min(10, e.num_episodes))
+                                       n_parallel=min(e.parallel_envs, e.num_episodes))
         t0 = time.time()
         summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, self.cfg.env.act_horizon, e.num_episodes,
                                      e.seed, self.cfg.env.gamma, self.cfg.env.obs_horizon,
