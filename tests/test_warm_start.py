@@ -62,3 +62,12 @@ def test_sac_actor_warmup_freezes_actor_and_explore_scale_shrinks_noise():
     obs = torch.randn(O)
     # scale 0 -> the tanh of the mean, i.e. the deterministic action
     torch.testing.assert_close(sac.explore(obs), sac.policy.act(obs, deterministic=True))
+
+
+def test_sac_bc_anchor_uses_offline_rows_only():
+    sac = _algo("sac", num_critics=2, bc_coef=1.0, actor_update_every=1)
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(3))
+    batch.is_offline = torch.zeros(16)
+    assert sac.update(batch)["actor/bc_loss"] == 0.0
+    batch.is_offline = torch.ones(16)
+    assert sac.update(batch)["actor/bc_loss"] != 0.0

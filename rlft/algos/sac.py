@@ -109,8 +109,8 @@ class SACConfig(AlgoConfig):
     """Critic-only updates at the start (the actor and temperature stay frozen while a fresh or warm-started critic
     adapts to the online data; without it a pretrained actor can be dragged by a random critic)."""
     bc_coef: float = 0.0
-    """Weight of an added policy.bc_loss on the batch's (s, a) in the actor loss (0 = off). Applied to the whole
-    batch: with offline_ratio > 0 that is the offline half plus the online rows (the policy's own past actions)."""
+    """Weight of an added policy.bc_loss on the offline rows of the batch (``batch.is_offline``) in the actor loss
+    (0 = off): an anchor to the demonstrations that never imitates the policy's own exploratory actions."""
 
     def __post_init__(self) -> None:
         if self.num_critics < 1:
@@ -202,8 +202,9 @@ class SAC(Algorithm):
             action, log_prob = self.policy.rsample_log_prob(batch.obs)
             q_pi = self.critic(batch.obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
-            if cfg.bc_coef > 0:
-                bc, _ = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+            if cfg.bc_coef > 0:  # BC anchor on the offline rows only (never imitate the policy's own exploration)
+                bc, _ = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask,
+                                            weights=batch.is_offline / batch.is_offline.mean().clamp_min(1e-6))
                 actor_loss = actor_loss + cfg.bc_coef * bc
                 metrics["actor/bc_loss"] = bc.detach()
                 actor_info["actor_loss"] = actor_loss.detach()

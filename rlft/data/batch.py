@@ -9,6 +9,8 @@ have been, for padded dataset chunks), k <= H steps were actually taken before t
   termination: we bootstrap through it.
 * ``valid_mask`` [B, H] = 1 for the k executed steps, 0 for padding past the episode's end (padded actions never
   enter a BC loss).
+* ``is_offline`` [B] = 1 for rows drawn from the offline dataset (so a BC anchor can use only those), 0 for rows from
+  the online replay buffer.
 
 TD target convention (pinned here, used by every critic): ``y = reward + discount * (1 - terminated) * V(next_obs)``
 -- see ``ChunkBatch.bootstrap``.
@@ -33,6 +35,7 @@ class ChunkBatch:
     terminated: torch.Tensor  # [B] float 0/1
     discount: torch.Tensor  # [B] gamma^k
     valid_mask: torch.Tensor  # [B, H] float 0/1
+    is_offline: torch.Tensor  # [B] float 1 for rows from the offline dataset, 0 for online replay rows
 
     @property
     def batch_size(self) -> int:
@@ -69,4 +72,5 @@ class ChunkBatch:
             terminated=(torch.rand(B, generator=g) < 0.1).float(),
             discount=gamma ** k.float(),
             valid_mask=mask,
+            is_offline=torch.ones(B),
         )

@@ -276,6 +276,7 @@ class ChunkDataset:
             terminated=sc[:, 2],
             discount=sc[:, 1],
             valid_mask=self._mask.index_select(0, idx),
+            is_offline=torch.ones(idx.shape[0], device=idx.device),
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:

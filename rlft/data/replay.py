@@ -113,6 +113,7 @@ class ReplayBuffer:
             terminated=self.terminated.index_select(0, idx),
             discount=self.discount.index_select(0, idx),
             valid_mask=(self._arange_h[None, :] < k[:, None]).float(),
+            is_offline=torch.zeros(idx.shape[0], device=idx.device),
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
