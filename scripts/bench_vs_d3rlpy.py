@@ -1,7 +1,7 @@
 """Update throughput of rlft's SAC/RLPD and IQL next to d3rlpy's SAC and IQL, interleaved in one run.
 
-    python scripts/bench_vs_d3rlpy.py [--threads 1 2] [--rounds 7] [--updates 20] [--warmup 10] \
-        [--d3rlpy-python /tmp/d3venv/bin/python]
+    python scripts/bench_vs_d3rlpy.py [--threads 1 2] [--omp-wait-policy default passive] [--rounds 7] \
+        [--updates 20] [--max-seconds 10] [--warmup 10] [--d3rlpy-python /tmp/d3venv/bin/python]
 
 d3rlpy is NOT a dependency of rlft: it lives in its own virtual environment, whose interpreter is given by
 ``--d3rlpy-python``. Every measured setting runs in its own long-lived worker process (``--worker``, the same file)
@@ -17,7 +17,10 @@ ms/update, the ratio to d3rlpy's same algorithm at the same thread count, and th
 Setting: obs 28, action 5 (rlft: chunk 1x5), batch 256; every network (actor, critics, V) is an MLP
 (256, 256, 256) with LayerNorm (d3rlpy: ``VectorEncoderFactory(hidden_units=[256, 256, 256],
 use_layer_norm=True)`` for actor, critic and value encoders). Threads: ``torch.set_num_threads(N)`` and one
-inter-op thread in every worker (and OMP/MKL_NUM_THREADS=N in its environment).
+inter-op thread in every worker (and OMP/MKL_NUM_THREADS=N in its environment). With N > 1,
+``--omp-wait-policy`` also sets OMP_WAIT_POLICY (torch's CPU wheels use GNU OpenMP, which by default spins at every
+parallel region's barrier before sleeping: next to another busy process, 2 threads then run 10-100x slower than 1,
+with a bimodal spread that no number of rounds averages out; ``passive`` removes the collapse).
 
 What is timed. rlft: ``alg.update(batch)`` (critic step, actor + temperature step when due, Polyak update, metrics
 to floats). d3rlpy: ``algo.impl.update(torch_batch, grad_step)``, which is everything ``algo.update`` does except
@@ -235,11 +238,16 @@ def worker(spec: dict) -> None:
 # parent side
 # ------------------------------------------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, name: str, lib: str, algo: str, opts: dict, threads: int, warmup: int, python: str):
-        self.name, self.lib, self.algo, self.threads = name, lib, algo, threads
+    def __init__(
+        self, name: str, lib: str, algo: str, opts: dict, threads: int, warmup: int, python: str, wait: str = "default"
+    ):
+        self.name, self.lib, self.algo, self.threads, self.wait = name, lib, algo, threads, wait
         spec = {"lib": lib, "algo": algo, "opts": opts, "threads": threads, "warmup": warmup}
         self.err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty worker can never block on it
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+        env.pop("OMP_WAIT_POLICY", None)
+        if wait != "default":  # libgomp reads it when torch is imported, so it has to be in the environment
+            env["OMP_WAIT_POLICY"] = wait
         self.proc = subprocess.Popen(
             [python, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1, env=env,
@@ -247,6 +255,10 @@ class Worker:
         self.info: dict = {}
         self.rates: list[float] = []
         self.cpu_share: list[float] = []
+
+    @property
+    def label(self) -> str:
+        return f"{self.threads} thr" + ("" if self.wait == "default" else f", OMP_WAIT_POLICY={self.wait}")
 
     def stderr_tail(self) -> str:
         self.err.seek(0)
@@ -256,7 +268,7 @@ class Worker:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"worker '{self.name}' ({self.threads} thr) died:\n{self.stderr_tail()}")
+                raise RuntimeError(f"worker '{self.name}' ({self.label}) died:\n{self.stderr_tail()}")
             if line.startswith("ready "):
                 self.info = json.loads(line[6:])
                 return
@@ -266,7 +278,7 @@ class Worker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker '{self.name}' ({self.threads} thr) died:\n{self.stderr_tail()}")
+            raise RuntimeError(f"worker '{self.name}' ({self.label}) died:\n{self.stderr_tail()}")
         r = json.loads(line)
         self.rates.append(r["done"] / r["wall"])
         self.cpu_share.append(r["cpu"] / r["wall"])
@@ -287,6 +299,11 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts (default 1)")
+    p.add_argument(
+        "--omp-wait-policy", nargs="+", default=["default"], choices=["default", "passive", "active"],
+        help="OMP_WAIT_POLICY of the workers with more than 1 thread (several: one worker per value); 'default' "
+        "leaves it unset (libgomp spins before sleeping)",
+    )
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     p.add_argument("--updates", type=int, default=20, help="timed updates per worker per round")
     p.add_argument(
@@ -310,11 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     workers: list[Worker] = []
     try:
         for threads in args.threads:
-            for name, (lib, algo, opts) in setups.items():
-                python = sys.executable if lib == "rlft" else args.d3rlpy_python
-                workers.append(Worker(name, lib, algo, opts, threads, args.warmup, python))
-                workers[-1].wait_ready()  # build + warm up one at a time, so warm-ups do not compete
-                print(f"  ready: {name} ({threads} thr)", file=sys.stderr, flush=True)
+            for wait in args.omp_wait_policy if threads > 1 else ["default"]:
+                for name, (lib, algo, opts) in setups.items():
+                    python = sys.executable if lib == "rlft" else args.d3rlpy_python
+                    workers.append(Worker(name, lib, algo, opts, threads, args.warmup, python, wait))
+                    workers[-1].wait_ready()  # build + warm up one at a time, so warm-ups do not compete
+                    print(f"  ready: {name} ({workers[-1].label})", file=sys.stderr, flush=True)
         for r in range(args.rounds):
             order = workers[r % len(workers):] + workers[: r % len(workers)]
             for w in order:
@@ -327,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     load_end = _load()
     end = datetime.datetime.now().astimezone()
 
-    med = {(w.name, w.threads): statistics.median(w.rates) for w in workers}
+    med = {(w.name, w.threads, w.wait): statistics.median(w.rates) for w in workers}
     versions = {w.lib: w.info for w in workers}
     d3 = versions.get("d3rlpy", {})
     rl = versions.get("rlft", {})
@@ -341,16 +359,16 @@ def main(argv: list[str] | None = None) -> None:
         f"load at start: {load_start}\nload at end:   {load_end}\n"
     )
     print(
-        "| implementation | threads | updates/s (median) | ms/update | vs d3rlpy | min-max updates/s | cpu/wall "
+        "| implementation | threads (OMP_WAIT_POLICY) | updates/s (median) | ms/update | vs d3rlpy | min-max updates/s | cpu/wall "
         "| params actor+Q |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for w in workers:
-        rate = med[(w.name, w.threads)]
-        ref = med.get((f"d3rlpy {w.algo}", w.threads))
+        rate = med[(w.name, w.threads, w.wait)]
+        ref = med.get((f"d3rlpy {w.algo}", w.threads, w.wait))
         ratio = f"{rate / ref:.2f}x" if ref else "-"
         print(
-            f"| {w.name} | {w.threads} | {rate:.1f} | {1000.0 / rate:.1f} | {ratio} | "
+            f"| {w.name} | {w.threads}{'' if w.wait == 'default' else f' ({w.wait})'} | {rate:.1f} | {1000.0 / rate:.1f} | {ratio} | "
             f"{min(w.rates):.1f}-{max(w.rates):.1f} | {statistics.median(w.cpu_share):.2f} | "
             f"{w.info.get('params', 0) / 1e6:.2f}M |"
         )

@@ -80,6 +80,26 @@ def test_pipeline_smoke(tmp_path):
     assert Path(res["final_policy"]).is_file()
 
 
+def test_pipeline_merges_demos_and_play_sources(tmp_path):
+    root = Path(__file__).resolve().parent.parent / "configs"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        "env: {env_id: cube-single-singletask-v0, act_horizon: 5}\n"
+        "collect: {mode: demos, num_episodes: 2, num_workers: 1}\n"
+        "also_collect:\n  - {mode: play, num_episodes: 1, max_episode_steps: 60, num_workers: 1}\n"
+        "eval: {num_episodes: 2}\n"
+        f"stages:\n  - {{name: bc, config: {root / 'bc.yaml'}, overrides: {{steps: 5}}}}\n"
+    )
+    assert main(["pipeline", "--config", str(cfg), "--out-dir", str(tmp_path), "--name", "m", "--quiet"]) == 0
+    from rlft.data.h5io import read_episodes
+
+    res = json.loads((tmp_path / "m" / "pipeline_summary.json").read_text())
+    episodes, meta = read_episodes(res["dataset"])
+    assert [len(e) for e in episodes][-1] == 60 and len(episodes) == 3
+    assert [m["episodes"] for m in meta["source"]["merged_from"]] == [2, 1]
+    assert res["stages"][0]["algo"] == "oracle (2 demos + 1 play)"
+
+
 # ---------------- user errors: one clear message naming the thing at fault, exit code 2 ----------------
 
 def _err(capsys, argv) -> str:

@@ -61,6 +61,9 @@ class PipelineConfig:
     """Environment and chunking, shared by every stage and by collection."""
     collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
     """Expert-data collection (skipped when ``dataset`` is set)."""
+    also_collect: list[CollectConfig] = dataclasses.field(default_factory=list)
+    """More sources appended to the same dataset (e.g. OGBench-style play data next to task demos); each gets the
+    pipeline's env id and a seed offset."""
     dataset: Optional[str] = None
     """Use this existing dataset file instead of collecting one."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -124,11 +127,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if cfg.dataset:
         dataset = cfg.dataset
     else:
-        col = dataclasses.replace(cfg.collect, env_id=cfg.env.env_id, seed=cfg.seed,
-                                  out=str(run_dir / "data" / "dataset.h5"))
         tc = time.time()
-        dataset = str(run_collect(col))
-        rows.append({"stage": "collect", "algo": f"oracle ({col.mode})", "wall_s": time.time() - tc})
+        sources = [cfg.collect, *cfg.also_collect]
+        parts = [
+            run_collect(dataclasses.replace(c, env_id=cfg.env.env_id, seed=cfg.seed + 7919 * i,
+                                            out=str(run_dir / "data" / f"source{i}-{c.mode}.h5")))
+            for i, c in enumerate(sources)
+        ]
+        dataset = str(parts[0]) if len(parts) == 1 else str(merge_datasets(parts, run_dir / "data" / "dataset.h5"))
+        label = " + ".join(f"{c.num_episodes} {c.mode}" for c in sources)
+        rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
 
     init_policy: str | None = None
     prev_state: str | None = None
@@ -167,6 +175,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     atomic_write_text(run_dir / "results.md", results_markdown(result))
     print_results(result)
     return result
+
+
+def merge_datasets(paths: list[Path], out: Path) -> Path:
+    """Concatenate the episodes of several dataset files into ``out`` (atomically); the sidecar lists the sources."""
+    from rlft.data.h5io import read_episodes, write_episodes
+
+    episodes, metas, env_info = [], [], None
+    for p in paths:
+        eps, meta = read_episodes(p)
+        episodes += eps
+        env_info = env_info if env_info is not None else meta.get("env_info", {})
+        metas.append({"path": str(p), "episodes": len(eps), "source": meta.get("source")})
+    write_episodes(out, episodes, env_info, extra={"merged_from": metas})
+    return out
 
 
 def results_markdown(result: dict) -> str:
