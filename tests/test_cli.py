@@ -71,11 +71,12 @@ def test_resume_continues_to_more_steps(tmp_path, dataset):
 
 def test_pipeline_smoke(tmp_path):
     rc = main(["pipeline", "--config", "configs/pipeline.yaml", "--out-dir", str(tmp_path), "--name", "p",
-               "--budget-scale", "0.005", "--collect.num-episodes", "3", "--collect.num-workers", "1",
+               "--budget-scale", "0.005", "--collect.num-workers", "1",
                "--eval.num-episodes", "2", "--quiet"])
     assert rc == 0
     res = json.loads((tmp_path / "p" / "pipeline_summary.json").read_text())
     assert [r["stage"] for r in res["stages"]] == ["collect", "bc", "offline", "online"]
+    assert res["stages"][0]["algo"] == "oracle (1 demos + 1 play)"
     assert (tmp_path / "p" / "results.md").read_text().count("|") > 10
     assert Path(res["final_policy"]).is_file()
 

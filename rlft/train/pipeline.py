@@ -73,7 +73,8 @@ class PipelineConfig:
     handoff: Literal["final", "best"] = "final"
     """Which policy of a stage the next stage starts from: its final one, or its best by eval success_once."""
     budget_scale: float = 1.0
-    """Multiply every stage's ``steps`` (and eval.every) by this (e.g. 0.01 for a smoke run)."""
+    """Multiply every stage's ``steps`` (and eval.every) and every collection's ``num_episodes`` by this (at least 1
+    each), e.g. 0.01 for a smoke run."""
     seed: int = 0
     """Seed for collection and every stage."""
     out_dir: str = "runs"
@@ -128,12 +129,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         dataset = cfg.dataset
     else:
         tc = time.time()
-        sources = [cfg.collect, *cfg.also_collect]
-        parts = [
-            run_collect(dataclasses.replace(c, env_id=cfg.env.env_id, seed=cfg.seed + 7919 * i,
-                                            out=str(run_dir / "data" / f"source{i}-{c.mode}.h5")))
-            for i, c in enumerate(sources)
+        sources = [
+            dataclasses.replace(c, env_id=cfg.env.env_id, seed=cfg.seed + 7919 * i,
+                                num_episodes=max(1, round(c.num_episodes * cfg.budget_scale)),
+                                out=str(run_dir / "data" / f"source{i}-{c.mode}.h5"))
+            for i, c in enumerate([cfg.collect, *cfg.also_collect])
         ]
+        parts = [run_collect(c) for c in sources]
         dataset = str(parts[0]) if len(parts) == 1 else str(merge_datasets(parts, run_dir / "data" / "dataset.h5"))
         label = " + ".join(f"{c.num_episodes} {c.mode}" for c in sources)
         rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
