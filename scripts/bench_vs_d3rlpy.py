@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     load_start = _load()
     print(f"# {start:%Y-%m-%d %H:%M %Z}; load at start: {load_start}", file=sys.stderr, flush=True)
     setups = {k: v for k, v in SETUPS.items() if args.only is None or any(s in k for s in args.only)}
+    if any(lib == "d3rlpy" for lib, _, _ in setups.values()) and not Path(args.d3rlpy_python).exists():
+        sys.exit(
+            f"--d3rlpy-python {args.d3rlpy_python} does not exist: make a separate venv (python -m venv /tmp/d3venv && "
+            "/tmp/d3venv/bin/pip install d3rlpy), or pass --only rlft"
+        )
     workers: list[Worker] = []
     try:
         for threads in args.threads:
