@@ -80,6 +80,8 @@ class Algorithm:
 
     Config: ClassVar[type[AlgoConfig]] = AlgoConfig
     name: ClassVar[str] = "base"
+    #: policy kinds (PolicyConfig.kind) the algorithm can train; the contract test runs each
+    supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
 
     def __init__(
         self,

@@ -47,13 +47,6 @@ FORMAT_VERSION = 1
 _TRAJ_RE = re.compile(r"^traj_(\d+)$")
 
 
-def make_readable(path: str | os.PathLike) -> None:
-    """Give a temporary file (created 0600 by ``mkstemp``) the usual permissions, 0666 minus the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def sidecar_path(path: str | os.PathLike) -> Path:
     """``data/x.h5`` -> ``data/x.json`` (ManiSkill's convention)."""
     return Path(path).with_suffix(".json")
@@ -138,8 +131,6 @@ def write_episodes(
                 if episode_info is not None and "episode_seed" in episode_info[i]:
                     g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
         tmp_json.write_text(json.dumps(meta, indent=1))
-        make_readable(tmp_h5)
-        make_readable(tmp_json)
         # leaving the inner context renames the sidecar, then the outer one renames the h5 (the commit point)
     return path
 

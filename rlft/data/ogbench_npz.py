@@ -27,7 +27,6 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from rlft.data.episodes import Episode
-from rlft.data.h5io import make_readable
 from rlft.errors import DatasetError
 from rlft.utils import atomic_path
 
@@ -200,5 +199,4 @@ def write_ogbench_npz(
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        make_readable(tmp)
     return path
