@@ -217,7 +217,7 @@ class Trainer:
             self.evaluator.close()
         return summary
 
-    def _progress(self, total: int, desc: str):
+    def _progress(self, desc: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         return Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -243,7 +243,7 @@ class Trainer:
         cfg, ac = self.cfg, self.cfg.algo_cfg
         avg, last_eval = MetricAverager(), None
         t_last, n_last = time.time(), self.step
-        with self._progress(cfg.steps, f"{cfg.algo} offline") as prog:
+        with self._progress(f"{cfg.algo} offline") as prog:
             task = prog.add_task("train", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
                 batch = self.dataset.sample(ac.batch_size, self.gen).to(self.device)
@@ -273,7 +273,7 @@ class Trainer:
         ep_ret, ep_success, ep_len = 0.0, False, 0
         recent: list[tuple[float, float]] = []
         t_start, updates = time.time(), 0
-        with self._progress(cfg.steps, f"{cfg.algo} online") as prog:
+        with self._progress(f"{cfg.algo} online") as prog:
             task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
                 chunk = self.algo.explore(obs).cpu()
