@@ -69,8 +69,9 @@ def test_resume_continues_to_more_steps(tmp_path, dataset):
     assert state["step"] == 40 and state["algo"]["num_updates"] == 40
 
 
-def test_pipeline_smoke(tmp_path):
-    rc = main(["pipeline", "--config", "configs/pipeline.yaml", "--out-dir", str(tmp_path), "--name", "p",
+@pytest.mark.parametrize("config", ["configs/pipeline.yaml", "configs/pipeline_gaussian.yaml"])
+def test_pipeline_smoke(tmp_path, config):
+    rc = main(["pipeline", "--config", config, "--out-dir", str(tmp_path), "--name", "p",
                "--budget-scale", "0.005", "--collect.num-workers", "1",
                "--eval.num-episodes", "2", "--quiet"])
     assert rc == 0
