@@ -21,10 +21,13 @@ def get_algorithm(name: str) -> type[Algorithm]:
 
 
 def _load_builtin() -> None:
+    """Import every module of this package (each algorithm file registers itself with ``@register``)."""
     import importlib
+    import pkgutil
 
-    for mod in ("bc", "iql", "sac"):
-        importlib.import_module(f"rlft.algos.{mod}")
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base", "losses") and not info.name.startswith("_"):
+            importlib.import_module(f"rlft.algos.{info.name}")
 
 
 _load_builtin()
