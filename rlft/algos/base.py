@@ -70,12 +70,22 @@ class AlgoConfig:
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     """The actor to build when no pretrained policy is given."""
 
+    def data_horizon(self, act_horizon: int) -> int:
+        """Action steps per training chunk (``ChunkBatch.action`` is [B, data_horizon, A]); the runner builds its
+        offline ``ChunkDataset`` with this. Default: the policy's ``act_horizon``. An algorithm whose critic backs up
+        over longer chunks than the policy executes (DQC) returns more and slices the policy's first
+        ``act_horizon`` steps itself. Online replay holds executed chunks of ``act_horizon`` steps only, so the
+        runner refuses online mode when this differs from ``act_horizon``."""
+        return act_horizon
+
 
 class Algorithm:
     """Base class. Subclasses set ``Config`` and ``name`` and implement ``update``.
 
     Construction: ``Algo(cfg, obs_dim, action_dim, act_horizon, policy=None, device='cpu')`` -- ``policy`` is a
-    pretrained policy to start from (from an earlier stage); otherwise one is built from ``cfg.policy``.
+    pretrained policy to start from (from an earlier stage); otherwise one is built from ``cfg.policy``. A composite
+    policy that only particular algorithms can train (FQL's one-step policy, QC/DQC's best-of-N policy) names them in
+    its class attribute ``trainable_by``; any other algorithm refuses it here with ``ConfigError``.
     """
 
     Config: ClassVar[type[AlgoConfig]] = AlgoConfig
@@ -92,11 +102,18 @@ class Algorithm:
         policy: Policy | None = None,
         device: str | torch.device = "cpu",
     ):
+        from rlft.errors import ConfigError
         from rlft.policies import build_policy
 
         self.cfg = cfg
         self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
         self.device = torch.device(device)
+        allowed = getattr(policy, "trainable_by", None)  # composite artifacts name the algorithms that train them
+        if allowed is not None and self.name not in allowed:
+            raise ConfigError(
+                f"{self.name}: cannot start from a {type(policy).__name__} (the deployable artifact of "
+                f"{'/'.join(allowed)}); continue with {'/'.join(allowed)}, or start {self.name} from a plain policy"
+            )
         self.policy: Policy = (policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)).to(
             self.device
         )

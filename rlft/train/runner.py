@@ -84,6 +84,10 @@ class Trainer:
         probe.close()
         self.obs_dim, self.action_dim, H = info["obs_dim"], info["action_dim"], cfg.env.act_horizon
         self.env_kw = env_kw
+        data_h = ac.data_horizon(H)  # action steps per training chunk (> H for DQC's chunk critic)
+        if cfg.mode == "online" and data_h != H:
+            raise ConfigError(f"mode: {cfg.algo} trains on {data_h}-step chunks but online replay holds the executed "
+                              f"{H}-step chunks (env.act_horizon); run it in offline mode")
 
         # policy (pretrained or fresh) and data sharing its normaliser
         episodes = None
@@ -100,7 +104,7 @@ class Trainer:
             if (o, a) != (self.obs_dim, self.action_dim):
                 raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
                                   f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
-            ds = ChunkDataset(episodes, act_horizon=H, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
+            ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
                               normalizer=policy.normalizer if cfg.init_policy else None, device=self.device,
                               act_low=info["action_low"], act_high=info["action_high"])
             if not cfg.init_policy:
