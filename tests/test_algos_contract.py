@@ -54,8 +54,10 @@ def make(name: str, kind: str, seed: int):
     return cls(small_config(cls, kind), OBS, ACT, H)
 
 
-def batch(seed: int) -> ChunkBatch:
-    return ChunkBatch.random(B, OBS, H, ACT, generator=torch.Generator().manual_seed(seed))
+def batch(seed: int, algo) -> ChunkBatch:
+    """A random batch with the algorithm's data horizon (``AlgoConfig.data_horizon``: H unless, like DQC, the
+    algorithm trains on longer chunks than the policy executes)."""
+    return ChunkBatch.random(B, OBS, algo.cfg.data_horizon(H), ACT, generator=torch.Generator().manual_seed(seed))
 
 
 def update(algo, b: ChunkBatch, seed: int) -> dict[str, float]:
@@ -92,7 +94,7 @@ def test_update_changes_params_and_returns_named_finite_metrics(name, kind):
     assert optims, f"{name}: no optimiser attributes"
     before = {k: [p.detach().clone() for g in o.param_groups for p in g["params"]] for k, o in optims.items()}
 
-    metrics = update(algo, batch(1), seed=100)
+    metrics = update(algo, batch(1, algo), seed=100)
 
     assert metrics, f"{name}: update returned no metrics"
     for k, v in metrics.items():
@@ -114,7 +116,7 @@ def test_update_changes_params_and_returns_named_finite_metrics(name, kind):
 def test_update_is_deterministic_under_seed(name, kind):
     a, b = make(name, kind, seed=0), make(name, kind, seed=0)
     for step in range(2):
-        bt = batch(10 + step)
+        bt = batch(10 + step, a)
         assert update(a, bt, seed=step) == update(b, bt, seed=step)
     assert_same_params(a, b)
 
@@ -122,7 +124,7 @@ def test_update_is_deterministic_under_seed(name, kind):
 @pytest.mark.parametrize("name, kind", CASES)
 def test_state_dict_round_trip(name, kind):
     a = make(name, kind, seed=0)
-    update(a, batch(1), seed=1)  # non-trivial optimiser state, counters, target nets
+    update(a, batch(1, a), seed=1)  # non-trivial optimiser state, counters, target nets
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
@@ -131,7 +133,7 @@ def test_state_dict_round_trip(name, kind):
     assert c.num_updates == a.num_updates
     assert_same_params(a, c)
     for step in range(2):
-        bt = batch(20 + step)
+        bt = batch(20 + step, a)
         assert update(a, bt, seed=50 + step) == update(c, bt, seed=50 + step)
     assert_same_params(a, c)
 

@@ -27,5 +27,7 @@ def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy
 
 from rlft.policies import flow as _flow  # noqa: E402,F401  (register classes)
 from rlft.policies import gaussian as _gaussian  # noqa: E402,F401
+from rlft.policies import onestep as _onestep  # noqa: E402,F401  (FQL's one-step actor)
+from rlft.policies import best_of_n as _best_of_n  # noqa: E402,F401  (QC/DQC's best-of-N actor)
 
 __all__ = ["POLICY_CLASSES", "Policy", "build_policy", "load_policy", "register_policy"]
