@@ -1,0 +1,121 @@
+"""Hand-computed checks of the Gaussian-actor offline RL losses (AWAC, CQL, Cal-QL, TD3+BC, AWR, offline SAC) and of
+``mc_return`` (the Monte-Carlo return-to-go Cal-QL bounds with), on tiny tensors; plus tiny known-answer problems."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlft.algos import ALGORITHMS
+from rlft.algos.base import PolicyConfig
+from rlft.data.batch import ChunkBatch
+
+torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
+T = torch.tensor
+
+
+def _batch(n: int, obs_dim: int, horizon: int, gen: torch.Generator, action=None, reward=None) -> ChunkBatch:
+    """A terminated one-step batch (y = r): obs random, actions given or uniform in [-0.9, 0.9]."""
+    if action is None:
+        action = torch.rand(n, horizon, 1, generator=gen) * 1.8 - 0.9
+    return ChunkBatch(
+        obs=torch.randn(n, obs_dim, generator=gen), action=action,
+        reward=reward if reward is not None else torch.zeros(n), next_obs=torch.randn(n, obs_dim, generator=gen),
+        terminated=torch.ones(n), discount=torch.full((n,), 0.99), valid_mask=torch.ones(n, horizon),
+        is_offline=torch.ones(n),
+    )
+
+
+def _two_action_batch(n: int, gen: torch.Generator, obs_dim: int = 3, horizon: int = 2) -> ChunkBatch:
+    """Half the chunks take a = +0.5 (reward 0), half a = -0.5 (reward -1): BC averages them to ~0."""
+    a = torch.where(torch.rand(n, 1, 1, generator=gen) < 0.5, 0.5, -0.5).expand(-1, horizon, 1).contiguous()
+    return _batch(n, obs_dim, horizon, gen, action=a, reward=-(a - 0.5).abs().mean((1, 2)))
+
+
+def _small(name: str, kind: str = "gaussian", **kw):
+    cls = ALGORITHMS[name]
+    cfg = cls.Config(policy=PolicyConfig(kind=kind, hidden_dims=(32, 32), flow_steps=3), **kw)
+    for f in ("critic_hidden_dims", "value_hidden_dims"):
+        if hasattr(cfg, f):
+            setattr(cfg, f, (32, 32))
+    return cls(cfg, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TD3+BC
+# ---------------------------------------------------------------------------------------------------------------
+def test_td3bc_target_smoothing_clips_noise_then_action():
+    from rlft.algos.td3bc import smoothed_target_action
+
+    a = T([0.9, -0.2, 0.0])
+    # eps = clip(0.2 * [1, -5, 0.1], -0.5, 0.5) = [0.2, -0.5, 0.02]; then clip(a + eps, -1, 1)
+    out = smoothed_target_action(a, T([1.0, -5.0, 0.1]), noise_std=0.2, noise_clip=0.5)
+    assert out.tolist() == pytest.approx([1.0, -0.7, 0.02])
+
+
+def test_td3bc_masked_mse_ignores_padded_steps():
+    from rlft.algos.td3bc import masked_mse
+
+    pred = T([[[1.0], [5.0]], [[2.0], [0.0]]])  # B=2, H=2, A=1
+    mask = T([[1.0, 0.0], [1.0, 1.0]])
+    # sample 0: only step 0 counts -> 1^2 / 1 = 1 ; sample 1: (4 + 0) / 2 = 2 ; mean 1.5
+    assert masked_mse(pred, torch.zeros_like(pred), mask).item() == pytest.approx(1.5)
+
+
+def test_td3bc_actor_loss_lambda_and_gradient():
+    from rlft.algos.td3bc import td3bc_actor_loss
+
+    q = T([2.0, -4.0], requires_grad=True)
+    pi = T([[[0.5]], [[0.0]]], requires_grad=True)  # B=2, H=1, A=1
+    data = T([[[0.0]], [[1.0]]])
+    loss, info = td3bc_actor_loss(q, pi, data, torch.ones(2, 1), alpha=2.5)
+    lam = 2.5 / 3.0  # alpha / mean|Q| = 2.5 / ((2 + 4) / 2)
+    bc = (0.25 + 1.0) / 2
+    assert info["actor_lam"].item() == pytest.approx(lam)
+    assert info["bc_loss"].item() == pytest.approx(bc)
+    assert info["actor_q"].item() == pytest.approx(-1.0)
+    assert loss.item() == pytest.approx(-lam * -1.0 + bc)
+    loss.backward()
+    assert q.grad.tolist() == pytest.approx([-lam / 2, -lam / 2])  # lambda is a constant (detached)
+    assert pi.grad.flatten().tolist() == pytest.approx([2 * 0.5 / 2, 2 * -1.0 / 2])
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+def test_td3bc_deterministic_actor_is_differentiable(kind):
+    torch.manual_seed(0)
+    algo = _small("td3bc", kind)
+    a = algo.policy.sample(torch.randn(4, 3), deterministic=True)
+    a.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.policy.parameters())
+
+
+def test_td3bc_delays_actor_and_target_updates():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("td3bc", policy_delay=2)
+    m0 = algo.update(_batch(16, 3, 2, gen))  # update 0: critic + actor + targets
+    assert "actor/actor_lam" in m0 and "critic/critic_loss" in m0
+    targets = [p.clone() for p in algo.target_critic.parameters()]
+    actor = [p.clone() for p in algo.policy.parameters()]
+    m1 = algo.update(_batch(16, 3, 2, gen))  # update 1: critic only
+    assert not any(k.startswith("actor/") for k in m1)
+    assert all(torch.equal(a, b) for a, b in zip(targets, algo.target_critic.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(actor, algo.policy.parameters()))
+    m2 = algo.update(_batch(16, 3, 2, gen))
+    assert "actor/actor_lam" in m2
+    assert not all(torch.equal(a, b) for a, b in zip(targets, algo.target_critic.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+def test_td3bc_prefers_the_better_dataset_action(kind):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("td3bc", kind, alpha=10.0, policy_delay=1, critic_lr=3e-3, actor_lr=3e-3)
+    for _ in range(250):
+        m = algo.update(_two_action_batch(64, gen))
+    a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
+    assert a.mean().item() > 0.2, a.mean().item()  # BC alone gives ~0
+    assert m["actor/actor_lam"] > 0
