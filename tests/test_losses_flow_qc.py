@@ -14,6 +14,7 @@ from rlft.algos.fql import fql_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.policies import build_policy, load_policy
+from rlft.policies.best_of_n import BestOfNPolicy, aggregate_q, best_of_n
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import OneStepFlowPolicy
 
@@ -126,3 +127,102 @@ def test_fql_config_validation():
     with pytest.raises(ConfigError, match="alpha"):
         cls(alpha=-1.0)
     assert math.isfinite(cls().alpha)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# best-of-N (QC / DQC's deployable policy)
+# ---------------------------------------------------------------------------------------------------------------
+def test_best_of_n_and_aggregation_by_hand():
+    cands = torch.arange(2 * 3 * 1 * 1, dtype=torch.float32).reshape(2, 3, 1, 1)  # B = 2, N = 3
+    scores = T([[0.1, 0.9, 0.5], [2.0, -1.0, 2.0]])  # row 1: a tie -> the lowest index
+    chosen, idx = best_of_n(cands, scores)
+    assert idx.tolist() == [1, 0]
+    assert chosen.flatten().tolist() == [1.0, 3.0]
+    q = T([[1.0, -2.0], [3.0, 0.0]])  # [N=2, B=2]
+    assert aggregate_q(q, "mean").tolist() == [2.0, -1.0]
+    assert aggregate_q(q, "min").tolist() == [1.0, -2.0]
+    with pytest.raises(ConfigError):
+        aggregate_q(q, "max")
+
+
+class _QuadraticCritic(torch.nn.Module):
+    """Q_1(s, a) = -sum (a - 0.5)^2, Q_2 = Q_1 - 1: a known score, argmax at the chunk closest to 0.5."""
+
+    def forward(self, obs, action, members=None):
+        q1 = -(action.reshape(action.shape[0], -1) - 0.5).square().sum(-1)
+        return torch.stack([q1, q1 - 1.0])
+
+
+def test_best_of_n_policy_picks_the_highest_scoring_candidate_and_saves(tmp_path):
+    torch.manual_seed(0)
+    flow = build_policy(SMALL_POLICY, O, A, H)
+    p = BestOfNPolicy.from_flow(flow, num_critics=2, critic_hidden_dims=(8,), num_samples=6)
+    obs = torch.randn(4, O)
+    z = torch.randn(4, 6, H, A)
+    # the deployable sample is best_of_n over the flow's candidates scored by the critic ensemble
+    cands = p.candidates(obs, z)
+    for j in range(6):
+        assert torch.equal(cands[:, j], flow.sample(obs, noise=z[:, j]))
+    assert torch.equal(p.sample(obs, noise=z), best_of_n(cands, p.score(obs, cands))[0])
+    # with a known critic: the chosen chunk is the candidate closest to 0.5 (mean and min agree on the order)
+    p.critic = _QuadraticCritic()
+    chosen = p.sample(obs, noise=z)
+    dist = (cands - 0.5).square().sum((-1, -2))
+    assert torch.equal(chosen, cands[torch.arange(4), dist.argmin(1)])
+    # deterministic: the fixed candidate set, candidate 0 = the flow's own zero-noise chunk
+    assert p.eval_noise.shape == (6, H, A) and torch.all(p.eval_noise[0] == 0)
+    assert torch.equal(p.sample(obs, deterministic=True), p.sample(obs, noise=p.eval_noise.expand(4, -1, -1, -1)))
+    p.set_selection(1, "min")  # N = 1: the plain flow policy's deterministic action
+    assert torch.equal(p.sample(obs, deterministic=True), flow.sample(obs, deterministic=True))
+    # save / load (rlft eval's path) rebuilds the same selection
+    p2 = BestOfNPolicy.from_flow(flow, num_critics=2, critic_hidden_dims=(8,), num_samples=5, q_agg="min")
+    path = tmp_path / "bon.safetensors"
+    p2.save(path)
+    q = load_policy(path)
+    assert type(q) is BestOfNPolicy and (q.num_samples, q.q_agg) == (5, "min")
+    raw = torch.randn(3, O)
+    assert torch.equal(q.act(raw), p2.act(raw))
+    with pytest.raises(ValueError, match="B, N, H, A"):
+        p2.sample(obs, noise=torch.randn(4, H, A))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# QC
+# ---------------------------------------------------------------------------------------------------------------
+def test_qc_td_target_is_the_best_of_n_next_chunk_under_the_target_critic():
+    algo = _algo("qc", num_samples=4, q_agg="min")
+    pi = algo.policy
+    assert type(pi) is BestOfNPolicy and (pi.num_samples, pi.q_agg) == (4, "min")
+    with torch.no_grad():  # make the target critic differ from the critic used for scoring
+        for t in algo.target_critic.parameters():
+            t.add_(0.1 * torch.randn_like(t))
+    b = _batch(3)
+    torch.manual_seed(11)
+    z = torch.randn(b.batch_size, 4, H, A)  # the first draw of the update: the N candidates' noise at s'
+    with torch.no_grad():
+        cands = torch.stack([pi.flow.sample(b.next_obs, noise=z[:, j]) for j in range(4)], 1)
+        scores = pi.critic(b.next_obs.repeat_interleave(4, 0), cands.reshape(-1, H, A)).min(0).values.reshape(-1, 4)
+        a_next = cands[torch.arange(b.batch_size), scores.argmax(1)]
+        y = b.reward + b.bootstrap * algo.target_critic(b.next_obs, a_next).min(0).values
+    torch.manual_seed(11)
+    m = algo.update(b)
+    assert m["critic/td_target_mean"] == pytest.approx(y.mean().item(), abs=1e-6)
+    assert {"actor/bc_loss", "actor/actor_loss", "critic/q_mean", "critic/critic_loss"} <= set(m)
+
+
+def test_qc_hand_offs_and_exploration():
+    qc = _algo("qc", num_samples=3)
+    qc.update(_batch(4))
+    # offline QC -> online QC (and -> DQC) continue the same artifact, critic included
+    again = get_algorithm("qc")(get_algorithm("qc").Config(num_samples=5), O, A, H, policy=qc.policy)
+    assert again.policy is qc.policy and qc.policy.num_samples == 5
+    assert qc.policy.kwargs["num_samples"] == 5
+    for other in ("iql", "bc", "fql"):
+        with pytest.raises(ConfigError, match="qc/dqc"):
+            get_algorithm(other)(get_algorithm(other).Config(), O, A, H, policy=qc.policy)
+    # exploration: one chunk per observation, noise scale applies to every candidate
+    raw = torch.randn(O).numpy()
+    assert qc.explore(raw).shape == (H, A)
+    qc.cfg.explore_noise_scale = 0.0  # all candidates collapse to the zero-noise chunk
+    assert torch.allclose(qc.explore(raw), qc.policy.flow.act(raw, deterministic=True))
+    assert qc.explore(torch.randn(2, O).numpy()).shape == (2, H, A)
