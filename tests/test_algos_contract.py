@@ -26,7 +26,7 @@ from rlft.errors import ConfigError
 
 torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
 OBS, ACT, H, B = 6, 3, 4, 32
-POLICY_KINDS = ("gaussian", "flow")
+POLICY_KINDS = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
 METRIC_NAME = re.compile(r"^(critic|actor|alpha)/\w+$")
 
 

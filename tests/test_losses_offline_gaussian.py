@@ -119,3 +119,54 @@ def test_td3bc_prefers_the_better_dataset_action(kind):
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.2, a.mean().item()  # BC alone gives ~0
     assert m["actor/actor_lam"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AWR
+# ---------------------------------------------------------------------------------------------------------------
+def test_awr_return_target_td_and_mc_with_fallback():
+    from rlft.algos.awr import awr_return_target
+
+    reward, boot, next_v = T([1.0, 2.0]), T([0.5, 0.0]), T([4.0, 10.0])
+    mc = T([float("-inf"), 7.0])
+    assert awr_return_target(reward, boot, next_v, mc, "td").tolist() == pytest.approx([3.0, 2.0])
+    # 'mc': the Monte-Carlo return where known, the TD target where it is -inf (unknown)
+    assert awr_return_target(reward, boot, next_v, mc, "mc").tolist() == pytest.approx([3.0, 7.0])
+
+
+def test_awr_value_loss_and_weights():
+    from rlft.algos.awr import awr_value_loss, awr_weights
+
+    loss, info = awr_value_loss(T([1.0, 2.0]), T([3.0, 2.0]))  # ((1-3)^2 + 0) / 2
+    assert loss.item() == pytest.approx(2.0)
+    assert info["v_mean"].item() == pytest.approx(1.5) and info["td_target_mean"].item() == pytest.approx(2.5)
+    w, info = awr_weights(T([0.0, 1.0, 100.0, -1.0]), temperature=2.0, max_weight=20.0)
+    expect = [1.0, math.exp(0.5), 20.0, math.exp(-0.5)]
+    assert w.tolist() == pytest.approx(expect)
+    assert info["awr_weights_mean"].item() == pytest.approx(sum(expect) / 4)
+    assert info["awr_weights_max"].item() == pytest.approx(20.0)
+    assert info["awr_advantage_mean"].item() == pytest.approx(25.0)
+
+
+def test_awr_mc_value_target_regresses_on_mc_return():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("awr", value_target="mc", value_lr=3e-3)
+    for _ in range(150):
+        b = _batch(64, 3, 2, gen)
+        b.mc_return = torch.full((64,), -3.0)  # reward 0 and termination would give a TD target of 0
+        m = algo.update(b)
+    assert m["critic/v_mean"] == pytest.approx(-3.0, abs=0.3)
+    assert m["critic/td_target_mean"] == pytest.approx(-3.0)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+def test_awr_prefers_the_better_dataset_action(kind):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("awr", kind, temperature=0.2, value_lr=3e-3, actor_lr=3e-3)
+    for _ in range(250):
+        m = algo.update(_two_action_batch(64, gen))
+    a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
+    assert a.mean().item() > 0.3, a.mean().item()
+    assert m["actor/awr_weights_max"] > 1.0 > m["critic/v_mean"] > -1.0

@@ -26,7 +26,10 @@ class PolicyConfig:
     """Which actor to build and how big (shared by every algorithm)."""
 
     kind: str = "gaussian"
-    """'gaussian' (tanh-squashed diagonal Gaussian MLP over the flattened chunk) or 'flow' (flow matching)."""
+    """'gaussian' (tanh-squashed diagonal Gaussian MLP over the flattened chunk), 'flow' (flow matching), 'shortcut'
+    (shortcut model, Frans et al. 2024: flow matching + self-consistency, few-step sampling), 'consistency'
+    (consistency flow matching: one-step by default) or 'diffusion' (DDPM-trained, DDIM-sampled, Chi et al. 2023).
+    The velocity_net/hidden_dims/unet_*/time_embed_dim fields size the network of every kind but 'gaussian'."""
     hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden layer widths of the MLP (Gaussian actor, or the flow MLP velocity net)."""
     layernorm: bool = True
@@ -49,7 +52,34 @@ class PolicyConfig:
     unet_kernel_size: int = 5
     """Flow U-Net: temporal convolution kernel size."""
     time_embed_dim: int = 64
-    """Flow: sinusoidal time-embedding width."""
+    """Flow: sinusoidal time-embedding width (shortcut: also the width of the step-size embedding)."""
+    shortcut_steps: int = 4
+    """Shortcut: sampler steps, each of size 1/shortcut_steps; a power of two <= shortcut_max_steps (1 = one-step
+    generation)."""
+    shortcut_max_steps: int = 128
+    """Shortcut: M, the finest step 1/M (a power of two >= 2); step sizes 1, 1/2, ..., 1/M are trained (the paper's
+    128), the finest doubling as the flow velocity d = 0."""
+    shortcut_bootstrap_frac: float = 0.25
+    """Shortcut: fraction of each batch used for self-consistency targets (the rest get flow-matching targets), in
+    [0, 1); the paper uses a quarter."""
+    consistency_steps: int = 1
+    """Consistency: K, the segments of consistency training and the sampler's steps (1 = one-step generation)."""
+    consistency_delta: float = 0.025
+    """Consistency: gap between the time t and the target's adjacent time r = min(t + delta, segment end), in
+    (0, 1]; 0.025 ~ the 40 discretisation steps of CPQL's consistency training."""
+    consistency_coef: float = 1.0
+    """Consistency: weight of the consistency term (divided by the squared time gap, so it does not scale with
+    delta)."""
+    consistency_flow_coef: float = 1.0
+    """Consistency: weight of the added flow-matching term (0 = pure consistency training)."""
+    diffusion_train_steps: int = 100
+    """Diffusion: DDPM noise levels K used in training (Diffusion Policy: 100)."""
+    diffusion_inference_steps: int = 10
+    """Diffusion: DDIM sampler steps (<= diffusion_train_steps; Diffusion Policy's real-robot setting: 10)."""
+    diffusion_beta_schedule: str = "cosine"
+    """Diffusion: 'cosine' (squaredcos_cap_v2, Diffusion Policy's) or 'linear' (DDPM's, rescaled to K steps)."""
+    diffusion_clip_sample: bool = True
+    """Diffusion: clip the DDIM step's predicted clean chunk to [-1, 1] (Diffusion Policy's clip_sample)."""
 
 
 @dataclasses.dataclass
@@ -103,7 +133,7 @@ class Algorithm:
         device: str | torch.device = "cpu",
     ):
         from rlft.errors import ConfigError
-        from rlft.policies import build_policy
+        from rlft.policies import build_policy, policy_kind
 
         self.cfg = cfg
         self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
@@ -113,6 +143,11 @@ class Algorithm:
             raise ConfigError(
                 f"{self.name}: cannot start from a {type(policy).__name__} (the deployable artifact of "
                 f"{'/'.join(allowed)}); continue with {'/'.join(allowed)}, or start {self.name} from a plain policy"
+            )
+        kind = cfg.policy.kind if policy is None else policy_kind(policy)  # None: a class without a kind
+        if kind is not None and kind not in self.supported_policies:
+            raise ConfigError(
+                f"{self.name}: policy kind {kind!r} is not supported; supported: {', '.join(self.supported_policies)}"
             )
         self.policy: Policy = (policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)).to(
             self.device
