@@ -170,3 +170,53 @@ def test_awr_prefers_the_better_dataset_action(kind):
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.3, a.mean().item()
     assert m["actor/awr_weights_max"] > 1.0 > m["critic/v_mean"] > -1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AWAC
+# ---------------------------------------------------------------------------------------------------------------
+def test_awac_advantage_uses_min_over_critics_and_mean_over_samples():
+    from rlft.algos.awac import awac_advantage
+
+    q_data = T([[1.0, 5.0], [2.0, 3.0]])  # N=2, B=2 -> min [1, 3]
+    q_pi = T([[[0.0, 2.0], [4.0, 4.0]], [[1.0, 1.0], [2.0, 6.0]]])  # [N=2, B=2, M=2] -> min [[0, 1], [2, 4]]
+    # V = mean over samples of the min: [0.5, 3]; A = [1 - 0.5, 3 - 3]
+    assert awac_advantage(q_data, q_pi).tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_awac_weights_softmax_and_exp():
+    from rlft.algos.awac import awac_weights
+
+    adv = T([0.0, math.log(3.0)])
+    # softmax over the batch times B: exp([0, log 3]) / 4 * 2 = [0.5, 1.5]
+    w, info = awac_weights(adv, lam=1.0, max_weight=100.0, normalize="softmax")
+    assert w.tolist() == pytest.approx([0.5, 1.5])
+    assert info["awr_weights_mean"].item() == pytest.approx(1.0)
+    assert info["awr_advantage_mean"].item() == pytest.approx(math.log(3.0) / 2)
+    w, _ = awac_weights(adv, lam=1.0, max_weight=1.2, normalize="softmax")  # clipped after normalising
+    assert w.tolist() == pytest.approx([0.5, 1.2])
+    w, info = awac_weights(T([2.0, -2.0, 1e4]), lam=2.0, max_weight=10.0, normalize="exp")
+    assert w.tolist() == pytest.approx([math.e, math.exp(-1.0), 10.0])
+    assert info["awr_weights_max"].item() == pytest.approx(10.0)
+
+
+def test_awac_entropy_term_needs_a_gaussian():
+    from rlft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="entropy_coef"):
+        _small("awac", "flow", entropy_coef=0.1)
+    torch.manual_seed(0)
+    m = _small("awac", "gaussian", entropy_coef=0.1).update(_batch(16, 3, 2, torch.Generator().manual_seed(0)))
+    assert math.isfinite(m["critic/critic_loss"])
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+def test_awac_prefers_the_better_dataset_action(kind):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("awac", kind, lam=0.1, critic_lr=3e-3, actor_lr=3e-3)
+    for _ in range(250):
+        m = algo.update(_two_action_batch(64, gen))
+    a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
+    assert a.mean().item() > 0.3, a.mean().item()
+    assert m["actor/awr_weights_max"] > 1.0
