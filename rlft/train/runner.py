@@ -77,6 +77,11 @@ class Trainer:
         if cfg.mode == "online" and ac.offline_ratio > 0 and not cfg.dataset:
             raise ConfigError(f"dataset: algo_cfg.offline_ratio={ac.offline_ratio} needs an offline dataset file")
 
+        data_h = ac.data_horizon(cfg.env.act_horizon)  # action steps per training chunk (> H for DQC's chunk critic)
+        if cfg.mode == "online" and data_h != cfg.env.act_horizon:
+            raise ConfigError(f"mode: {cfg.algo} trains on {data_h}-step chunks but online replay holds the executed "
+                              f"{cfg.env.act_horizon}-step chunks (env.act_horizon); run it in offline mode")
+
         # environment dims
         env_kw = {} if cfg.env.max_episode_steps is None else {"max_episode_steps": cfg.env.max_episode_steps}
         probe = make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **env_kw)
@@ -84,10 +89,6 @@ class Trainer:
         probe.close()
         self.obs_dim, self.action_dim, H = info["obs_dim"], info["action_dim"], cfg.env.act_horizon
         self.env_kw = env_kw
-        data_h = ac.data_horizon(H)  # action steps per training chunk (> H for DQC's chunk critic)
-        if cfg.mode == "online" and data_h != H:
-            raise ConfigError(f"mode: {cfg.algo} trains on {data_h}-step chunks but online replay holds the executed "
-                              f"{H}-step chunks (env.act_horizon); run it in offline mode")
 
         # policy (pretrained or fresh) and data sharing its normaliser
         episodes = None
