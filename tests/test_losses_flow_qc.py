@@ -10,6 +10,7 @@ import torch
 
 from rlft.algos import get_algorithm
 from rlft.algos.base import PolicyConfig
+from rlft.algos.dqc import dqc_distill_loss, dqc_value_loss
 from rlft.algos.fql import fql_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -226,3 +227,87 @@ def test_qc_hand_offs_and_exploration():
     qc.cfg.explore_noise_scale = 0.0  # all candidates collapse to the zero-noise chunk
     assert torch.allclose(qc.explore(raw), qc.policy.flow.act(raw, deterministic=True))
     assert qc.explore(torch.randn(2, O).numpy()).shape == (2, H, A)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DQC
+# ---------------------------------------------------------------------------------------------------------------
+def test_dqc_distill_loss_by_hand():
+    q_chunk = T([[2.0, 0.0, 5.0], [1.0, 1.0, 5.0]])  # [N=2, B=3]
+    q_action = T([[1.0, 1.0, 0.0], [1.0, 3.0, 0.0]], requires_grad=True)
+    mask = T([1.0, 1.0, 0.0])  # the third row's policy chunk is padding: no loss
+    loss, info = dqc_distill_loss(q_action, q_chunk, kappa=0.8, row_mask=mask)
+    # residuals Q^c - Q^a: member 0: +1 (w .8), -1 (w .2) ; member 1: 0, -2 (w .2)
+    # member 0: (0.8 * 1 + 0.2 * 1) / 3 = 1/3 ; member 1: (0 + 0.2 * 4) / 3 = 0.8/3 ; sum = 1.8/3 = 0.6
+    assert loss.item() == pytest.approx(0.6)
+    assert info["distill_loss"].item() == pytest.approx(0.6)
+    assert info["action_q_mean"].item() == pytest.approx(1.0)
+    loss.backward()  # dL/dQ^a = -2 w u / B per member
+    assert q_action.grad.tolist() == [pytest.approx([-2 * 0.8 / 3, 2 * 0.2 / 3, 0.0]),
+                                      pytest.approx([0.0, 2 * 0.2 * 2 / 3, 0.0])]
+
+
+def test_dqc_value_loss_expectile_and_quantile_by_hand():
+    q = T([3.0, 0.0, 9.0])
+    v = T([1.0, 1.0, 0.0])
+    mask = T([1.0, 1.0, 0.0])
+    # u = +2 (w .9), -1 (w .1), masked
+    loss, info = dqc_value_loss(q, v, 0.9, mask, "expectile")
+    assert loss.item() == pytest.approx((0.9 * 4 + 0.1 * 1) / 3)
+    assert info["v_mean"].item() == pytest.approx(2.0 / 3)
+    loss_q, _ = dqc_value_loss(q, v, 0.9, mask, "quantile")
+    assert loss_q.item() == pytest.approx((0.9 * 2 + 0.1 * 1) / 3)
+    with pytest.raises(ConfigError):
+        dqc_value_loss(q, v, 0.9, mask, "huber")
+
+
+def test_dqc_update_uses_long_chunks_for_the_critic_and_the_first_h_actions_for_the_policy():
+    Hb = 7
+    algo = _algo("dqc", backup_horizon=Hb, num_samples=4, kappa_d=0.7)
+    assert algo.cfg.data_horizon(H) == Hb and type(algo.policy) is BestOfNPolicy
+    assert algo.policy.act_horizon == H and algo.policy.critic(torch.zeros(1, O), torch.zeros(1, H, A)).shape == (2, 1)
+    b = _batch(5, horizon=Hb, n=16)
+    with torch.no_grad():
+        y = b.reward + b.bootstrap * algo.value(b.next_obs)
+        qc_ = algo.chunk_critic(b.obs, b.action)
+        qa = algo.policy.critic(b.obs, b.action[:, :H])
+        want, _ = dqc_distill_loss(qa, qc_, 0.7, b.valid_mask[:, H - 1])
+    m = algo.update(b)
+    assert m["critic/td_target_mean"] == pytest.approx(y.mean().item(), abs=1e-6)
+    assert m["critic/distill_loss"] == pytest.approx(want.item(), rel=1e-5)
+    assert {"critic/value_loss", "critic/v_mean", "actor/bc_loss", "critic/q_mean"} <= set(m)
+    with pytest.raises(Exception, match="backup_horizon"):
+        algo.update(_batch(5, horizon=H))
+    with pytest.raises(ConfigError, match="backup_horizon"):
+        get_algorithm("dqc").Config(backup_horizon=2).data_horizon(H)
+
+
+def test_runner_builds_data_horizon_chunks_and_refuses_online_for_longer_ones(tmp_path):
+    import numpy as np
+
+    from rlft.data.episodes import Episode
+    from rlft.data.h5io import write_episodes
+    from rlft.train.config import train_config_from_dict
+    from rlft.train.runner import Trainer
+
+    rng = np.random.default_rng(0)
+    eps = []
+    for T_ in (12, 20):
+        term = np.zeros(T_, bool)
+        term[-1] = True
+        eps.append(Episode(obs=rng.normal(size=(T_ + 1, 28)).astype(np.float32),
+                           actions=rng.uniform(-1, 1, (T_, 5)).astype(np.float32), rewards=-np.ones(T_, np.float32),
+                           terminated=term, truncated=np.zeros(T_, bool), success=term.copy()))
+    data = write_episodes(tmp_path / "d.h5", eps, {"env_id": "cube-single-singletask-v0", "max_episode_steps": 200})
+    small = {"backup_horizon": 8, "critic_hidden_dims": [16], "num_samples": 2,
+             "policy": {"kind": "flow", "hidden_dims": [16], "flow_steps": 2, "time_embed_dim": 8}}
+    base = {"algo": "dqc", "dataset": str(data), "env": {"env_id": "cube-single-singletask-v0", "act_horizon": 3},
+            "algo_cfg": small, "run": {"out_dir": str(tmp_path)}}
+    tr = Trainer(train_config_from_dict(base, "test"), run_dir=tmp_path / "r", quiet=True)
+    assert tr.dataset.act_horizon == 8 and tr.policy.act_horizon == 3
+    bt = tr.dataset.sample(4, tr.gen)
+    assert bt.action.shape == (4, 8, 5)
+    assert tr.algo.update(bt)["critic/critic_loss"] >= 0
+    with pytest.raises(ConfigError, match="offline"):
+        Trainer(train_config_from_dict({**base, "mode": "online"}, "test"), run_dir=tmp_path / "o", quiet=True)
+    assert get_algorithm("iql").Config().data_horizon(3) == 3  # the default: the policy's act_horizon
