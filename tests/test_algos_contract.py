@@ -23,6 +23,7 @@ from rlft.algos import ALGORITHMS
 from rlft.algos.base import PolicyConfig
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
+from rlft.policies import build_policy
 
 torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
 OBS, ACT, H, B = 6, 3, 4, 32
@@ -51,7 +52,10 @@ def small_config(cls, kind: str):
 def make(name: str, kind: str, seed: int):
     torch.manual_seed(seed)
     cls = ALGORITHMS[name]
-    return cls(small_config(cls, kind), OBS, ACT, H)
+    extra = {}
+    if getattr(cls, "uses_base_policy", False):  # DSRL variants steer a frozen base policy: a small flow policy
+        extra["base_policy"] = build_policy(PolicyConfig(kind="flow", hidden_dims=(32, 32), flow_steps=3), OBS, ACT, H)
+    return cls(small_config(cls, kind), OBS, ACT, H, **extra)
 
 
 def batch(seed: int, algo) -> ChunkBatch:

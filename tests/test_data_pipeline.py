@@ -63,7 +63,7 @@ def identity_normalizer(obs_dim: int = 2, action_dim: int = 1) -> Normalizer:
 
 
 def _np(batch: ChunkBatch) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in vars(batch).items()}
+    return {k: v.numpy() for k, v in vars(batch).items() if v is not None}  # exec_action: None for dataset rows
 
 
 def test_chunks_truncated_and_terminal_ends_h2():

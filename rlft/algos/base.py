@@ -122,6 +122,11 @@ class Algorithm:
     name: ClassVar[str] = "base"
     #: policy kinds (PolicyConfig.kind) the algorithm can train; the contract test runs each
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
+    #: the algorithm steers a frozen base policy (DSRL variants): it is built with ``base_policy=`` (the runner passes
+    #: ``TrainConfig.base_policy``) and its ``policy`` acts in the base policy's noise space
+    uses_base_policy: ClassVar[bool] = False
+    #: the algorithm cannot start without pretrained critics (``TrainConfig.init_critic``), e.g. a frozen scoring critic
+    needs_pretrained_critic: ClassVar[bool] = False
 
     def __init__(
         self,

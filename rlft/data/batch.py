@@ -11,6 +11,9 @@ have been, for padded dataset chunks), k <= H steps were actually taken before t
   enter a BC loss).
 * ``is_offline`` [B] = 1 for rows drawn from the offline dataset (so a BC anchor can use only those), 0 for rows from
   the online replay buffer.
+* ``exec_action`` [B, H, A'] (optional, None by default): the env action chunk that was actually executed when
+  ``action`` is not one -- e.g. DSRL's latent noise chunk, decoded by a frozen policy into an env chunk. ``None``
+  means ``action`` itself is the executed chunk (``ChunkBatch.executed_action`` returns whichever applies).
 
 TD target convention (pinned here, used by every critic): ``y = reward + discount * (1 - terminated) * V(next_obs)``
 -- see ``ChunkBatch.bootstrap``.
@@ -36,6 +39,7 @@ class ChunkBatch:
     discount: torch.Tensor  # [B] gamma^k
     valid_mask: torch.Tensor  # [B, H] float 0/1
     is_offline: torch.Tensor  # [B] float 1 for rows from the offline dataset, 0 for online replay rows
+    exec_action: torch.Tensor | None = None  # [B, H, A'] executed env chunk when ``action`` is a latent; None otherwise
 
     @property
     def batch_size(self) -> int:
@@ -46,14 +50,29 @@ class ChunkBatch:
         """Multiplier of the next-state value in the TD target: gamma^k * (1 - terminated)."""
         return self.discount * (1.0 - self.terminated)
 
+    @property
+    def executed_action(self) -> torch.Tensor:
+        """The env action chunk that was executed: ``exec_action`` if set, else ``action``."""
+        return self.action if self.exec_action is None else self.exec_action
+
     def to(self, device: torch.device | str) -> "ChunkBatch":
-        return ChunkBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return ChunkBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                             for f in dataclasses.fields(self)})
 
     @staticmethod
     def cat(batches: list["ChunkBatch"]) -> "ChunkBatch":
-        return ChunkBatch(
-            **{f.name: torch.cat([getattr(b, f.name) for b in batches], 0) for f in dataclasses.fields(ChunkBatch)}
-        )
+        """Concatenate along the batch; if only some batches carry ``exec_action``, the others contribute their
+        ``action`` (which for them is the executed chunk)."""
+        out = {}
+        for f in dataclasses.fields(ChunkBatch):
+            if f.name == "exec_action":
+                if all(b.exec_action is None for b in batches):
+                    out[f.name] = None
+                else:
+                    out[f.name] = torch.cat([b.executed_action for b in batches], 0)
+            else:
+                out[f.name] = torch.cat([getattr(b, f.name) for b in batches], 0)
+        return ChunkBatch(**out)
 
     @staticmethod
     def random(

@@ -5,6 +5,10 @@ the chunk [H, A] was executed open loop for k <= H steps (fewer if the episode e
 ``reward = sum_{i<k} gamma^i r_i``, ``discount = gamma^k``, ``terminated`` only for a true MDP end (never for a time
 limit). Entries are stored *raw* (env units) in preallocated tensors (a ring buffer) and normalised when sampled with
 the given ``Normalizer`` -- the offline dataset's, so offline and online data share one set of statistics.
+
+Optionally (``exec_shape`` set) each entry also stores the env chunk that was actually executed when the stored
+``chunk`` is not one (DSRL: the chunk is latent noise, the executed chunk its decoding by a frozen policy); it is
+normalised with ``exec_normalizer`` and returned as ``ChunkBatch.exec_action``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class ReplayBuffer:
         action_dim: int,
         normalizer: Normalizer,
         device: str | torch.device = "cpu",
+        exec_shape: tuple[int, int] | None = None,
+        exec_normalizer: Normalizer | None = None,
     ):
         if capacity < 1:
             raise ConfigError(f"replay capacity must be >= 1, got {capacity}")
@@ -52,6 +58,11 @@ class ReplayBuffer:
         self.terminated = torch.zeros(C, device=dev)
         self.discount = torch.zeros(C, device=dev)
         self.k = torch.zeros(C, dtype=torch.long, device=dev)
+        if (exec_shape is None) != (exec_normalizer is None):
+            raise ConfigError("replay buffer: exec_shape and exec_normalizer go together")
+        self.exec_normalizer = exec_normalizer
+        self.exec_chunk = None if exec_shape is None else torch.zeros(C, *exec_shape, device=dev)
+        self._fields = _FIELDS + (("exec_chunk",) if exec_shape is not None else ())
         self._arange_h = torch.arange(H, device=dev)
         self.ptr = 0  # next slot to write
         self.size = 0
@@ -68,8 +79,9 @@ class ReplayBuffer:
         return t
 
     @torch.no_grad()
-    def add(self, obs_raw, chunk_raw, reward, next_obs_raw, terminated, discount, k) -> None:
-        """Add N macro transitions: obs [N,O], chunk [N,H,A], reward/terminated/discount/k [N] (numpy or torch)."""
+    def add(self, obs_raw, chunk_raw, reward, next_obs_raw, terminated, discount, k, exec_chunk=None) -> None:
+        """Add N macro transitions: obs [N,O], chunk [N,H,A], reward/terminated/discount/k [N] (numpy or torch);
+        ``exec_chunk`` [N, *exec_shape] the executed env chunks, required iff the buffer was built with exec_shape."""
         N = int(np.shape(reward)[0]) if not torch.is_tensor(reward) else int(reward.shape[0])
         if N == 0:
             return
@@ -83,8 +95,12 @@ class ReplayBuffer:
             "discount": self._as("discount", discount, (N,)),
             "k": self._as("k", k, (N,), torch.long),
         }
+        if (exec_chunk is None) != (self.exec_chunk is None):
+            raise TrainingError("replay buffer add: exec_chunk must be given iff the buffer stores executed chunks")
+        if exec_chunk is not None:
+            vals["exec_chunk"] = self._as("exec_chunk", exec_chunk, (N, *self.exec_chunk.shape[1:]))
         if self.device.type == "cpu":  # a cheap check here; on accelerators it would force a sync per add
-            for name in ("obs", "chunk", "reward", "next_obs", "discount"):
+            for name in ("obs", "chunk", "reward", "next_obs", "discount", *self._fields[len(_FIELDS):]):
                 if not torch.isfinite(vals[name]).all():
                     raise TrainingError(f"replay buffer add: {name} contains NaN/inf")
             if ((vals["k"] < 1) | (vals["k"] > H)).any():
@@ -114,6 +130,8 @@ class ReplayBuffer:
             discount=self.discount.index_select(0, idx),
             valid_mask=(self._arange_h[None, :] < k[:, None]).float(),
             is_offline=torch.zeros(idx.shape[0], device=idx.device),
+            exec_action=None if self.exec_chunk is None
+            else self.exec_normalizer.normalize_action(self.exec_chunk.index_select(0, idx)),
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
@@ -130,13 +148,13 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         """Stored entries (raw, oldest first) as numpy arrays, plus counters; loadable into any capacity."""
         order = self._chronological()
-        out = {name: getattr(self, name).index_select(0, order).cpu().numpy() for name in _FIELDS}
+        out = {name: getattr(self, name).index_select(0, order).cpu().numpy() for name in self._fields}
         out["num_added"] = np.array(self.num_added, dtype=np.int64)
         return out
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from ``state_dict`` (a smaller capacity keeps the newest entries)."""
-        missing = [n for n in (*_FIELDS, "num_added") if n not in state]
+        missing = [n for n in (*self._fields, "num_added") if n not in state]
         if missing:
             raise CheckpointError(f"replay buffer state lacks {missing}")
         O, H, A = self.obs_dim, self.act_horizon, self.action_dim
@@ -148,5 +166,5 @@ class ReplayBuffer:
                     f"replay buffer state: {name} has shape {tuple(np.shape(state[name]))}, expected {shape}"
                 )
         self.ptr = self.size = 0
-        self.add(*(state[name] for name in _FIELDS))
+        self.add(*(state[name] for name in _FIELDS), exec_chunk=state.get("exec_chunk") if self.exec_chunk is not None else None)
         self.num_added = int(state["num_added"])

@@ -109,6 +109,13 @@ class TrainConfig(Generic[A]):
     init_critic: Optional[str] = None
     """Warm-start the algorithm's critics/value nets from a previous stage's training state (``checkpoints/state.pt``);
     networks are matched by name and shape (see ``Algorithm.load_pretrained``)."""
+    base_policy: Optional[str] = None
+    """A frozen policy (.safetensors, e.g. a flow BC policy) to steer through its start noise (DSRL): when set, the
+    env's action is that policy's latent noise chunk, decoded by it and executed as one macro-step
+    (``rlft.envs.noise_action``); the algorithm's actor acts in that noise space and the saved policy is the composite
+    ``SteeredFlowPolicy``. An ``init_policy`` that is already a steered policy brings its own base policy."""
+    action_magnitude: float = 1.5
+    """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
     """Online: replay buffer capacity in macro-steps."""
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)

@@ -27,9 +27,11 @@ from rlft.data.h5io import load_dataset
 from rlft.data.mixer import MixedSampler
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
+from rlft.envs.noise_action import NoiseActionWrapper, noise_shape_of
 from rlft.envs.wrappers import ChunkExecutor
 from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
+from rlft.policies.steered import SteeredFlowPolicy, split_steered
 from rlft.train.config import TrainConfig
 from rlft.train.evaluate import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
@@ -91,14 +93,40 @@ class Trainer:
         self.env_kw = env_kw
 
         # policy (pretrained or fresh) and data sharing its normaliser
-        episodes = None
-        if cfg.dataset:
-            episodes, _ = load_dataset(cfg.dataset)
+        base, policy = None, None
         if cfg.init_policy:
             policy = load_policy(cfg.init_policy)
             _check_policy_matches(policy, self.obs_dim, self.action_dim, H, cfg.init_policy)
-        else:
+            base, policy = split_steered(policy)  # a steered (DSRL) policy brings its frozen base policy
+        if cfg.base_policy:
+            if policy is not None and base is None:
+                raise ConfigError("init_policy: with base_policy set, init_policy must be a steered policy (its latent "
+                                  "actor is continued) or unset")
+            base = load_policy(cfg.base_policy, map_location=self.device)
+            _check_policy_matches(base, self.obs_dim, self.action_dim, H, cfg.base_policy)
+        # the actor's action space: env chunks, or the frozen base policy's latent noise (DSRL)
+        act_h, act_dim = (H, self.action_dim) if base is None else noise_shape_of(base)
+        if base is not None:
+            base.to(self.device).requires_grad_(False).eval()
+            if (cfg.mode == "offline" or ac.offline_ratio > 0) and not algo_cls.uses_base_policy:
+                raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
+                                  f"learn from it in the noise space; run it online with offline_ratio 0")
+            m = np.full(act_dim, cfg.action_magnitude)
+            if policy is None:  # a fresh latent actor: the base policy's obs statistics, the noise box as its range
+                policy = build_policy(ac.policy, self.obs_dim, act_dim, act_h)
+                nz = base.normalizer
+                policy.normalizer.set_stats(nz.obs_mean.cpu().numpy(), nz.obs_std.cpu().numpy(), -m, m)
+            else:
+                _check_policy_matches(policy, self.obs_dim, act_dim, act_h, f"{cfg.init_policy} (latent actor)")
+                if not np.allclose(policy.normalizer.act_high.cpu().numpy(), m):
+                    raise ConfigError(f"action_magnitude: {cfg.action_magnitude} differs from the latent actor's noise "
+                                      f"bound {policy.normalizer.act_high.tolist()} in {cfg.init_policy}")
+        elif policy is None:
             policy = build_policy(ac.policy, self.obs_dim, self.action_dim, H)
+        stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
+        episodes = None
+        if cfg.dataset:
+            episodes, _ = load_dataset(cfg.dataset)
         self.dataset = None
         if episodes is not None:
             o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
@@ -106,25 +134,36 @@ class Trainer:
                 raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
                                   f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
             ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
-                              normalizer=policy.normalizer if cfg.init_policy else None, device=self.device,
+                              normalizer=stats_from.normalizer if stats_from is not None else None, device=self.device,
                               act_low=info["action_low"], act_high=info["action_high"])
-            if not cfg.init_policy:
+            if stats_from is None:
                 policy.normalizer.load_state_dict(ds.normalizer.state_dict())
                 ds.normalizer = policy.normalizer
             self.dataset = ds
-        elif not cfg.init_policy:
+        elif stats_from is None:
             low, high = info["action_low"], info["action_high"]
             policy.normalizer.set_stats(np.zeros(self.obs_dim), np.ones(self.obs_dim), low, high)
-        self.algo = algo_cls(ac, self.obs_dim, self.action_dim, H, policy=policy, device=self.device)
-        self.policy = self.algo.policy
+        if algo_cls.uses_base_policy and base is None:
+            raise ConfigError(f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy "
+                              f"to a steered policy)")
+        if algo_cls.needs_pretrained_critic and not cfg.init_critic:
+            raise ConfigError(f"init_critic: {cfg.algo} needs pretrained critics (a previous stage's "
+                              f"checkpoints/state.pt)")
+        algo_kw = {"base_policy": base} if algo_cls.uses_base_policy else {}
+        self.algo = algo_cls(ac, self.obs_dim, act_dim, act_h, policy=policy, device=self.device, **algo_kw)
+        self.base_policy = base
+        # the deployable artifact: the composite (frozen base + trained latent actor) when steering a base policy
+        self.policy = self.algo.policy if base is None else SteeredFlowPolicy.compose(base, self.algo.policy)
         if cfg.init_critic:
             self._warm_start(cfg.init_critic)
         self.step = 0
         self.best = -1.0
         self.replay: ReplayBuffer | None = None
         if cfg.mode == "online":
-            self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, H, self.action_dim, self.policy.normalizer,
-                                       device=self.device)
+            self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, act_h, act_dim, self.algo.policy.normalizer,
+                                       device=self.device,  # steering: also the decoded env chunk of each latent
+                                       exec_shape=None if base is None else (H, self.action_dim),
+                                       exec_normalizer=None if base is None else base.normalizer)
         self.evaluator: Evaluator | None = None
 
     def _warm_start(self, path: str) -> None:
@@ -271,6 +310,8 @@ class Trainer:
         cfg, ac = self.cfg, self.cfg.algo_cfg
         env = ChunkExecutor(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
                             cfg.env.act_horizon, cfg.env.gamma)
+        if self.base_policy is not None:  # DSRL: the action is the base policy's latent noise chunk
+            env = NoiseActionWrapper(env, self.base_policy, cfg.action_magnitude)
         sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
         avg, last_eval = MetricAverager(), None
         episode = 0
@@ -283,8 +324,10 @@ class Trainer:
             while self.step < cfg.steps:
                 chunk = self.algo.explore(obs).cpu()
                 next_obs, R, term, trunc, info = env.step(chunk.numpy())
+                decoded = info.get("decoded_action")  # the executed env chunk when the action is latent noise
                 self.replay.add(np.asarray(obs)[None], chunk[None].numpy(), np.array([R]), np.asarray(next_obs)[None],
-                                np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]))
+                                np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]),
+                                exec_chunk=None if decoded is None else np.asarray(decoded)[None])
                 prev, self.step = self.step, self.step + int(info["k"])
                 ep_ret += float(np.sum(info["env_rewards"]))
                 ep_success = ep_success or bool(info["success"])
