@@ -2,7 +2,17 @@
 
 Policy kinds (``PolicyConfig.kind``) and their classes: 'gaussian' ``GaussianPolicy``, 'flow' ``FlowPolicy``,
 'shortcut' ``ShortcutFlowPolicy``, 'consistency' ``ConsistencyFlowPolicy``, 'diffusion' ``DiffusionPolicy``.
-All use the flow-time convention t = 0 noise, t = 1 action (each module documents its mapping).
+
+Every generative kind uses one time convention, t = 0 noise ``x0 ~ N(0, I)`` (the explicit ``noise`` argument of
+``sample``/``act``; zeros when deterministic), t = 1 the normalised action chunk; each module pins its mapping:
+
+* flow:        ``x_t = (1 - t) x0 + t x1``, velocity target ``x1 - x0``, Euler from t = 0 to 1;
+* shortcut:    the same path; ``s(x_t, t, d)`` is a velocity for a step of size d (d = 0: the flow velocity), the
+               sampler takes ``shortcut_steps`` steps of d = 1/shortcut_steps from t = 0;
+* consistency: the same path; ``f(x_t, t) = x_t + (e - t) v(x_t, t)`` maps a point to its segment's end e, so the
+               one-step action is ``f(x0, 0)`` (t = 0 -> 1);
+* diffusion:   DDPM noise level k (of K) is flow time ``t_k = 1 - (k + 1) / K``: the start ``x_T`` (noisiest level)
+               is t = 0 and the clean action (abar = 1) is t = 1; DDIM runs from t = 0 upwards.
 """
 
 from __future__ import annotations
