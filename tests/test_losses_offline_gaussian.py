@@ -220,3 +220,172 @@ def test_awac_prefers_the_better_dataset_action(kind):
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.3, a.mean().item()
     assert m["actor/awr_weights_max"] > 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CQL / Cal-QL
+# ---------------------------------------------------------------------------------------------------------------
+def _gap_inputs():
+    # N=1 critic, B=1 state, M=1 sample per proposal, D=2 chunk dims (uniform density 1/4)
+    return dict(q_rand=T([[[1.0]]]), q_pi=T([[[2.0]]]), q_next_pi=T([[[0.0]]]), log_prob_pi=T([[0.5]]),
+                log_prob_next_pi=T([[-1.0]]), q_data=T([[1.5]]), log_density_rand=-math.log(4.0))
+
+
+def test_cql_gap_importance_sampled_logsumexp():
+    from rlft.algos.cql import cql_gap
+
+    gap, info = cql_gap(**_gap_inputs())
+    # c = [1 + log 4, 0 - (-1), 2 - 0.5] = [1 + log 4, 1, 1.5]; gap = log(4e + e + e^1.5) - 1.5
+    lse = math.log(4 * math.e + math.e + math.exp(1.5))
+    assert gap.tolist() == pytest.approx([lse - 1.5])
+    assert info["cql_lse_mean"].item() == pytest.approx(lse)
+    assert info["cql_q_rand_mean"].item() == 1.0 and info["cql_q_pi_mean"].item() == 2.0
+    assert "calql_bound_rate" not in info
+    # temperature T: T * lse(c / T)
+    gap2, _ = cql_gap(**_gap_inputs(), temperature=2.0)
+    lse2 = 2.0 * math.log(math.exp((1 + math.log(4.0)) / 2) + math.exp(0.5) + math.exp(0.75))
+    assert gap2.item() == pytest.approx(lse2 - 1.5)
+
+
+def test_cql_gap_gradient_pushes_sampled_values_down_and_data_up():
+    from rlft.algos.cql import cql_gap
+
+    inp = _gap_inputs()
+    for k in ("q_rand", "q_pi", "q_next_pi", "q_data"):
+        inp[k] = inp[k].clone().requires_grad_(True)
+    gap, _ = cql_gap(**inp)
+    gap.sum().backward()
+    c = torch.tensor([1 + math.log(4.0), 1.0, 1.5])
+    p = torch.softmax(c, 0)  # d lse / d c
+    assert inp["q_rand"].grad.item() == pytest.approx(p[0].item())
+    assert inp["q_next_pi"].grad.item() == pytest.approx(p[1].item())
+    assert inp["q_pi"].grad.item() == pytest.approx(p[2].item())
+    assert inp["q_data"].grad.item() == pytest.approx(-1.0)
+
+
+def test_calql_bound_applies_to_policy_values_before_the_correction():
+    from rlft.algos.cql import cql_gap
+
+    gap, info = cql_gap(**_gap_inputs(), lower_bound=T([3.0]))
+    # q_pi 2 -> 3 and q_next 0 -> 3, the uniform sample is not bounded: c = [1 + log 4, 3 + 1, 3 - 0.5]
+    lse = math.log(4 * math.e + math.exp(4.0) + math.exp(2.5))
+    assert gap.item() == pytest.approx(lse - 1.5)
+    assert info["calql_bound_rate"].item() == pytest.approx(1.0)
+    assert info["cql_q_pi_mean"].item() == pytest.approx(2.0)  # logged before the bound
+    gap_half, info = cql_gap(**_gap_inputs(), lower_bound=T([1.0]))  # raises q_next (0) only
+    assert info["calql_bound_rate"].item() == pytest.approx(0.5)
+    assert gap_half.item() == pytest.approx(math.log(4 * math.e + math.exp(2.0) + math.exp(1.5)) - 1.5)
+    # an unknown reference value (-inf) is no bound at all
+    g_inf, _ = cql_gap(**_gap_inputs(), lower_bound=T([float("-inf")]))
+    assert g_inf.item() == pytest.approx(cql_gap(**_gap_inputs())[0].item())
+
+
+def test_cql_penalty_fixed_and_lagrange():
+    from rlft.algos.cql import cql_penalty
+
+    gap = T([1.0, 2.0])
+    pen, a_loss = cql_penalty(gap, cql_alpha=5.0)
+    assert pen.item() == pytest.approx(15.0) and a_loss is None
+    alpha_prime = T(2.0, requires_grad=True)
+    pen, a_loss = cql_penalty(gap, 5.0, alpha_prime, threshold=4.0)
+    # excess = 5 * [1, 2] - 4 = [1, 6]; penalty = 2 * (1 + 6); multiplier loss = -mean(2 * [1, 6])
+    assert pen.item() == pytest.approx(14.0)
+    assert a_loss.item() == pytest.approx(-7.0)
+    a_loss.backward()
+    assert alpha_prime.grad.item() == pytest.approx(-3.5)  # descent raises alpha' while the gap exceeds tau
+
+
+@pytest.mark.parametrize("threshold, should", [(1e3, "fall"), (-1e3, "rise")])
+def test_cql_lagrange_multiplier_direction(threshold, should):
+    torch.manual_seed(0)
+    algo = _small("cql", lagrange=True, lagrange_threshold=threshold, lagrange_lr=0.1)
+    before = algo.log_alpha_prime.item()
+    m = algo.update(_batch(16, 3, 2, torch.Generator().manual_seed(0)))
+    assert (algo.log_alpha_prime.item() > before) == (should == "rise")
+    assert m["critic/cql_alpha"] == pytest.approx(5.0)  # 5 * alpha' (alpha' = 1 before the step)
+    assert "critic/cql_alpha_loss" in m
+
+
+def test_calql_equals_cql_without_reference_values():
+    # rows with no Monte-Carlo return (-inf: online replay) leave Cal-QL exactly CQL
+    gen = torch.Generator().manual_seed(0)
+    b = _batch(16, 3, 2, gen)
+    assert torch.isinf(b.mc_return).all()  # the ChunkBatch default
+    out = {}
+    for name in ("cql", "calql"):
+        torch.manual_seed(0)
+        algo = _small(name)
+        torch.manual_seed(1)
+        out[name] = algo.update(b)
+    assert out["calql"].pop("critic/calql_bound_rate") == 0.0
+    assert out["calql"] == out["cql"]
+
+
+def test_cql_pushes_off_data_values_down_and_calql_bounds_the_push_at_the_mc_return():
+    # every data chunk is a = +0.5 with reward 0 and a terminal end (true Q = 0 on the data, MC return 0)
+    def run(name):
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        algo = _small(name, cql_alpha=5.0, cql_num_samples=4, critic_lr=3e-3, actor_lr=3e-3)
+        for _ in range(80):
+            b = _batch(32, 3, 2, gen, action=torch.full((32, 2, 1), 0.5))
+            b.mc_return = torch.zeros(32)
+            m = algo.update(b)
+        return algo, m
+
+    cql, m_cql = run("cql")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        q_data = cql.critic(obs, torch.full((64, 2, 1), 0.5)).mean()
+        q_rand = cql.critic(obs, torch.rand(64, 2, 1) * 2 - 1).mean()
+    assert q_rand < q_data - 0.5, (q_rand, q_data)  # pushed down off the data
+    _, m_calql = run("calql")
+    # Cal-QL: below the reference value 0 the bound stops the push-down, so the policy's values stay much higher
+    # (measured: about -0.8 vs -3.3 for CQL)
+    assert m_calql["critic/calql_bound_rate"] > 0.2
+    assert m_calql["critic/cql_q_pi_mean"] > m_cql["critic/cql_q_pi_mean"] + 1.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mc_return (ChunkDataset / ChunkBatch)
+# ---------------------------------------------------------------------------------------------------------------
+def test_discounted_return_to_go_by_hand():
+    from rlft.data.dataset import discounted_return_to_go
+
+    # episode A (time limit): r = [1, 2, 4], gamma 0.5 -> tail 4 / (1 - 0.5) = 8; G = [1 + .5*6, 2 + .5*8, 8]
+    # episode B (terminal):   r = [-1, 0]             -> G = [-1 + .5*0, 0]
+    r = np.array([1, 2, 4, -1, 0], float)
+    term = np.array([0, 0, 0, 0, 1], bool)
+    last = np.array([0, 0, 1, 0, 1], bool)
+    assert discounted_return_to_go(r, term, last, 0.5).tolist() == pytest.approx([4.0, 6.0, 8.0, -1.0, 0.0])
+    # a constant failure reward to the time limit gives r / (1 - gamma) everywhere (Cal-QL's sparse-failure value)
+    g = discounted_return_to_go(-np.ones(6), np.zeros(6, bool), np.eye(6, dtype=bool)[5], 0.9)
+    assert g.tolist() == pytest.approx([-10.0] * 6)
+    # gamma = 1: no tail (it would be infinite)
+    assert discounted_return_to_go(r, term, last, 1.0).tolist() == pytest.approx([7.0, 6.0, 4.0, -1.0, 0.0])
+
+
+def test_chunk_dataset_mc_return_and_batch_default():
+    from rlft.data.dataset import ChunkDataset
+    from rlft.data.episodes import Episode
+    from rlft.data.normalize import Normalizer
+
+    def ep(rewards, terminated):
+        n = len(rewards)
+        return Episode(obs=np.zeros((n + 1, 2), np.float32), actions=np.zeros((n, 1), np.float32),
+                       rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terminated, bool),
+                       truncated=np.asarray([False] * (n - 1) + [not terminated[-1]], bool), success=np.zeros(n, bool))
+
+    ds = ChunkDataset([ep([1, 2, 4], [0, 0, 0]), ep([-1, 0], [0, 1])], act_horizon=2, gamma=0.5,
+                      normalizer=Normalizer(2, 1, eps=0.0))
+    offline = ds.all_starts()
+    assert offline.mc_return.tolist() == pytest.approx([4.0, 6.0, 8.0, -1.0, 0.0])  # from each chunk's start
+    # a batch built without mc_return (e.g. online replay rows) has -inf: "unknown", no Cal-QL bound
+    online = ChunkBatch(obs=torch.zeros(2, 2), action=torch.zeros(2, 2, 1), reward=torch.zeros(2),
+                        next_obs=torch.zeros(2, 2), terminated=torch.zeros(2), discount=torch.ones(2),
+                        valid_mask=torch.ones(2, 2), is_offline=torch.zeros(2))
+    assert torch.isneginf(online.mc_return).all()
+    mixed = ChunkBatch.cat([offline, online]).to("cpu")
+    assert mixed.mc_return.shape == (7,) and torch.isneginf(mixed.mc_return[5:]).all()
+    rb = ChunkBatch.random(8, 3, 2, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(rb.mc_return).all()

@@ -11,6 +11,10 @@ have been, for padded dataset chunks), k <= H steps were actually taken before t
   enter a BC loss).
 * ``is_offline`` [B] = 1 for rows drawn from the offline dataset (so a BC anchor can use only those), 0 for rows from
   the online replay buffer.
+* ``mc_return`` [B] = Monte-Carlo discounted return-to-go from the chunk's start, sum_{i>=0} gamma^i r_{t+i} over the
+  rest of the episode (``ChunkDataset``: see ``discounted_return_to_go`` for episodes cut by a time limit); Cal-QL's
+  reference value. ``-inf`` where unknown (the default when not given, e.g. online replay rows), so a lower bound
+  ``max(Q, mc_return)`` is then no bound at all.
 * ``exec_action`` [B, H, A'] (optional, None by default): the env action chunk that was actually executed when
   ``action`` is not one -- e.g. DSRL's latent noise chunk, decoded by a frozen policy into an env chunk. ``None``
   means ``action`` itself is the executed chunk (``ChunkBatch.executed_action`` returns whichever applies).
@@ -40,6 +44,11 @@ class ChunkBatch:
     valid_mask: torch.Tensor  # [B, H] float 0/1
     is_offline: torch.Tensor  # [B] float 1 for rows from the offline dataset, 0 for online replay rows
     exec_action: torch.Tensor | None = None  # [B, H, A'] executed env chunk when ``action`` is a latent; None otherwise
+    mc_return: torch.Tensor | None = None  # [B] discounted return-to-go from the chunk start; None -> -inf (unknown)
+
+    def __post_init__(self) -> None:
+        if self.mc_return is None:
+            self.mc_return = torch.full_like(self.reward, float("-inf"))
 
     @property
     def batch_size(self) -> int:
@@ -92,4 +101,5 @@ class ChunkBatch:
             discount=gamma ** k.float(),
             valid_mask=mask,
             is_offline=torch.ones(B),
+            mc_return=-torch.rand(B, generator=g) * 50.0,  # drawn last: the other fields are as before
         )

@@ -11,6 +11,8 @@ transitions and action horizon H:
 * ``next_obs``   = o[t+k]
 * ``discount``   = gamma^k
 * ``terminated`` = terminated[t+k-1]  (= any(terminated[t:t+k]), since a chunk stops at a terminal step)
+* ``mc_return``  = the Monte-Carlo discounted return-to-go from t, sum_{i>=0} gamma^i r[t+i] to the episode's end
+                   (``discounted_return_to_go``; Cal-QL's reference value)
 
 A chunk cut short by the episode's end (k < H) without termination is a time-limit/data cut: it bootstraps from
 o[T] with gamma^k. With an observation history of ``obs_horizon`` To > 1, ``obs`` is [o_{t-To+1}, ..., o_t]
@@ -37,6 +39,37 @@ from rlft.data.batch import ChunkBatch
 from rlft.data.episodes import Episode
 from rlft.data.normalize import Normalizer
 from rlft.errors import ConfigError, DatasetError
+
+
+def discounted_return_to_go(
+    rewards: np.ndarray, terminated: np.ndarray, last: np.ndarray, gamma: float
+) -> np.ndarray:
+    """Monte-Carlo return-to-go of every transition of concatenated episodes: ``G_j = r_j + gamma * G_{j+1}``.
+
+    ``rewards``, ``terminated``, ``last`` [N] (``last`` marks each episode's final transition). The recursion stops
+    at a terminal transition (``G_j = r_j``). At the final transition of an episode that did *not* terminate (a time
+    limit or a data cut) the future is unknown; it is filled by assuming the last reward repeats forever,
+    ``G_j = r_j / (1 - gamma)`` (``r_j`` if gamma = 1). For an episode that keeps the failure reward to its time limit
+    this is exactly the value Cal-QL's reference code assigns to failed sparse-reward episodes (``r_neg / (1 -
+    gamma)``); without it the truncated sum would overstate the value of the states just before the time limit
+    (a 200-step OGBench failure would look like -39.5 instead of -100 at t = 150 with gamma = 0.99).
+
+    Vectorised as a log-depth scan over the flat arrays (O(N log T) work for episodes of at most T transitions).
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    stop = np.asarray(terminated, dtype=bool) | np.asarray(last, dtype=bool)
+    open_end = np.asarray(last, dtype=bool) & ~np.asarray(terminated, dtype=bool)
+    g = r.copy()
+    if gamma < 1.0:
+        g[open_end] = r[open_end] / (1.0 - gamma)
+    c = np.where(stop, 0.0, float(gamma))  # c_j: factor carrying G_{j+d} into G_j (0 across an episode end)
+    d = 1
+    while d < len(g) and c.any():  # after the pass with offset d, g_j sums 2d steps ahead and c_j = prod of 2d c's
+        g_new, c_new = g.copy(), np.zeros_like(c)
+        g_new[:-d] += c[:-d] * g[d:]
+        c_new[:-d] = c[:-d] * c[d:]
+        g, c, d = g_new, c_new, 2 * d
+    return g
 
 
 def randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -223,9 +256,12 @@ class ChunkDataset:
         self._act_idx = torch.from_numpy(act_idx.reshape(-1)).to(dev)  # [N*H]
         self._obs_idx = torch.from_numpy(obs_idx.reshape(-1)).to(dev)  # [N*To]
         self._next_obs_idx = torch.from_numpy(next_obs_idx.reshape(-1)).to(dev)  # [N*To]
-        # reward, discount, terminated packed in one table: one gather per batch
-        scal = np.stack([chunk_rew, self.gamma ** k.astype(np.float64), term[s + k - 1].astype(np.float64)], 1)
-        self._scalars = torch.from_numpy(scal.astype(np.float32)).to(dev)  # [N, 3]
+        # reward, discount, terminated, mc_return packed in one table: one gather per batch
+        mc_return = discounted_return_to_go(rew, term, t == lengths[ep] - 1, self.gamma)
+        scal = np.stack(
+            [chunk_rew, self.gamma ** k.astype(np.float64), term[s + k - 1].astype(np.float64), mc_return], 1
+        )
+        self._scalars = torch.from_numpy(scal.astype(np.float32)).to(dev)  # [N, 4]
         self._mask = torch.from_numpy(valid.astype(np.float32)).to(dev)  # [N, H]
         self.k = torch.from_numpy(k).to(dev)  # [N] steps executed per start
         self.episode_index = ep  # numpy [N]: episode of each start (diagnostics, splits)
@@ -277,6 +313,7 @@ class ChunkDataset:
             discount=sc[:, 1],
             valid_mask=self._mask.index_select(0, idx),
             is_offline=torch.ones(idx.shape[0], device=idx.device),
+            mc_return=sc[:, 3],
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
