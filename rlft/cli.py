@@ -25,6 +25,7 @@ USAGE = """usage: rlft {collect,train,eval,pipeline} [--config FILE.yaml] [--fie
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
   eval       evaluate a saved policy: success_once, success_at_end, return
   pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage
+  report     HTML report of run/pipeline directories: curves, videos, results table, diagnosis of failure modes
 
 Run 'rlft <command> --help' for every field of that command's config.
 """
@@ -165,6 +166,26 @@ def cmd_pipeline(args: list[str]) -> None:
 
 
 COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "pipeline": cmd_pipeline}
+
+
+def cmd_report(args: list[str]) -> None:
+    """``rlft report RUN_DIR [RUN_DIR ...] [--out DIR]`` (see rlft.report.build)."""
+    import argparse
+
+    from rlft.report.build import build_report, default_out_dir, print_report
+
+    ap = argparse.ArgumentParser(prog="rlft report", description="HTML report (metric pages, evaluation videos, "
+                                 "results table) and a diagnosis of known failure modes of one or several runs; a "
+                                 "pipeline directory is expanded into its stages.")
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of rlft train or rlft pipeline")
+    ap.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one directory, "
+                    "./rlft-report for several)")
+    ns = ap.parse_args(args)
+    res = build_report(ns.runs, ns.out if ns.out is not None else default_out_dir(ns.runs))
+    print_report(res)
+
+
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:
