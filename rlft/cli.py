@@ -19,13 +19,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # 10-100x slower (BENCHMARKS.md). Passive waiting removes the collapse; it must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-USAGE = """usage: rlft {collect,train,eval,pipeline} [--config FILE.yaml] [--field VALUE ...]
+USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report} [--config FILE.yaml] [--field VALUE ...]
 
   collect    run an expert (OGBench oracle) and write a dataset file (.h5, ManiSkill trajectory layout)
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
   eval       evaluate a saved policy: success_once, success_at_end, return
   pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage
+  sweep      one train config over a grid of overrides x seeds (parallel processes), then a results table
   report     HTML report of run/pipeline directories: curves, videos, results table, diagnosis of failure modes
+  dsrl-check DSRL debugging checklist on run directories' metrics (stage 1 Q check; stage 2 td/q/alpha/entropy)
 
 Run 'rlft <command> --help' for every field of that command's config.
 """
@@ -186,6 +188,33 @@ def cmd_report(args: list[str]) -> None:
 
 
 COMMANDS["report"] = cmd_report
+
+
+def cmd_dsrl_check(args: list[str]) -> None:
+    """``rlft dsrl-check RUN_DIR [RUN_DIR ...]`` (see rlft.train.dsrl_check); exit status 1 if an item fails."""
+    from rlft.train.dsrl_check import main as dsrl_check_main
+
+    if dsrl_check_main(args):
+        sys.exit(1)
+
+
+COMMANDS["dsrl-check"] = cmd_dsrl_check
+
+
+def cmd_sweep(args: list[str]) -> None:
+    """``rlft sweep --config SWEEP.yaml [--field VALUE ...]`` (see rlft.train.sweep)."""
+    from rlft.config import parse_cli
+    from rlft.errors import ConfigError
+    from rlft.train.sweep import SweepConfig, load_sweep_config, run_sweep
+
+    path, rest = _split_config(args)
+    if path is None and not any(a in ("-h", "--help") for a in rest):
+        raise ConfigError("rlft sweep needs --config SWEEP.yaml (e.g. configs/sweep_offline_sac_study.yaml)")
+    default = load_sweep_config(path) if path else SweepConfig(base="")
+    run_sweep(parse_cli(SweepConfig, default, rest, prog="rlft sweep"))
+
+
+COMMANDS["sweep"] = cmd_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,15 +129,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         dataset = cfg.dataset
     else:
         tc = time.time()
-        sources = [
-            dataclasses.replace(c, env_id=cfg.env.env_id, seed=cfg.seed + 7919 * i,
-                                num_episodes=max(1, round(c.num_episodes * cfg.budget_scale)),
-                                out=str(run_dir / "data" / f"source{i}-{c.mode}.h5"))
-            for i, c in enumerate([cfg.collect, *cfg.also_collect])
-        ]
-        parts = [run_collect(c) for c in sources]
-        dataset = str(parts[0]) if len(parts) == 1 else str(merge_datasets(parts, run_dir / "data" / "dataset.h5"))
-        label = " + ".join(f"{c.num_episodes} {c.mode}" for c in sources)
+        dataset, label = collect_dataset([cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed,
+                                         run_dir / "data", cfg.budget_scale)
         rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
 
     init_policy: str | None = None
@@ -177,6 +170,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     atomic_write_text(run_dir / "results.md", results_markdown(result))
     print_results(result)
     return result
+
+
+def collect_dataset(sources: list[CollectConfig], env_id: str, seed: int, data_dir: Path,
+                    budget_scale: float = 1.0) -> tuple[str, str]:
+    """Run every collection (``env_id`` and seed ``seed + 7919 i`` imposed, episodes scaled by ``budget_scale``) into
+    ``data_dir`` and merge them into one file. Returns ``(dataset path, label like '30 demos + 20 play')``."""
+    sources = [
+        dataclasses.replace(c, env_id=env_id, seed=seed + 7919 * i,
+                            num_episodes=max(1, round(c.num_episodes * budget_scale)),
+                            out=str(Path(data_dir) / f"source{i}-{c.mode}.h5"))
+        for i, c in enumerate(sources)
+    ]
+    parts = [run_collect(c) for c in sources]
+    dataset = str(parts[0]) if len(parts) == 1 else str(merge_datasets(parts, Path(data_dir) / "dataset.h5"))
+    return dataset, " + ".join(f"{c.num_episodes} {c.mode}" for c in sources)
 
 
 def merge_datasets(paths: list[Path], out: Path) -> Path:
