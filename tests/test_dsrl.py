@@ -390,3 +390,46 @@ def test_base_policy_misuse_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="base_policy"):  # a DSRL algorithm without a base policy
         Trainer(_stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_na", base_policy=None,
                        algo_cfg={"offline_ratio": 0.0}), quiet=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the debugging checklist (rlft dsrl-check): decisions on logged curves
+# ------------------------------------------------------------------------------------------------------------
+def _write_metrics(run_dir, rows, gamma=0.99):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run_dir / "config.yaml").write_text(f"env: {{gamma: {gamma}}}\n")
+
+
+def test_dsrl_check_stage1_compares_q_under_the_actor_and_the_prior(tmp_path):
+    from rlft.train.dsrl_check import dsrl_checklist
+
+    rows = [{"step": i, "actor/q_policy": -10.0 + i, "actor/q_prior": -8.0, "actor/eff_num": 20.0}
+            for i in range(10)]
+    # last 20% = 2 points: q_policy -2, -1 (mean -1.5) vs q_prior -8: pass
+    _write_metrics(tmp_path / "s1", rows)
+    (res,) = dsrl_checklist(tmp_path / "s1")
+    assert res.status == "PASS" and "gap +6.500" in res.evidence
+    rows = [{**r, "actor/q_policy": -9.0} for r in rows]
+    _write_metrics(tmp_path / "s1b", rows)
+    assert dsrl_checklist(tmp_path / "s1b")[0].status == "FAIL"
+
+
+def test_dsrl_check_stage2_items(tmp_path):
+    from rlft.train.dsrl_check import dsrl_checklist
+
+    n = 9
+    good = [{"step": i, "critic/td_error": 2.0 - 0.1 * i, "critic/q_mean": -50.0 + i, "alpha/temperature": 0.1,
+             "actor/entropy": 5.0 - 0.1 * i} for i in range(n)]
+    _write_metrics(tmp_path / "good", good)
+    res = {r.item: r.status for r in dsrl_checklist(tmp_path / "good")}
+    assert set(res.values()) == {"PASS"} and len(res) == 4
+    bad = [{**r, "critic/td_error": 1.0 + 0.1 * i, "critic/q_mean": -50.0 - 30 * i, "alpha/temperature": 0.1 * 2**i,
+            "actor/entropy": 5.0 - 100.0 * i} for i, r in enumerate(good)]
+    _write_metrics(tmp_path / "bad", bad)
+    res = {r.item: r for r in dsrl_checklist(tmp_path / "bad")}
+    assert all(r.status == "FAIL" for r in res.values())
+    # |q| bound: 1.5 * 1 / (1 - 0.99) = 150; q reaches -290
+    assert "bound 150" in res["q_mean rises without exploding"].evidence
+    _write_metrics(tmp_path / "short", good[:2])
+    assert {r.status for r in dsrl_checklist(tmp_path / "short")} == {"SKIP"}
