@@ -71,3 +71,12 @@ def test_sweep_cli_runs_grid_and_writes_results(tmp_path):
     mtime = (tmp_path / "sw" / "kind=flow,s0" / "summary.json").stat().st_mtime
     assert main(["sweep", "--config", str(p)]) == 0
     assert (tmp_path / "sw" / "kind=flow,s0" / "summary.json").stat().st_mtime == mtime
+
+
+def test_grid_over_base_configs_runs_each_algorithm_file():
+    cfg = SweepConfig(base=str(ROOT / "configs" / "bc.yaml"),
+                      grid={"base": ["offline_iql.yaml", "bc.yaml"], "steps": [7]}, seeds=[3])
+    runs = expand(cfg)
+    assert [r[0] for r in runs] == ["base=offline_iql,steps=7,s3", "base=bc,steps=7,s3"]
+    assert runs[0][3]["algo"] == "iql" and runs[1][3]["algo"] == "bc"
+    assert all(r[3]["steps"] == 7 and r[3]["run"]["seed"] == 3 for r in runs)

@@ -47,9 +47,11 @@ class SweepConfig:
     """A grid of ``rlft train`` runs over one base config."""
 
     base: str
-    """The base ``rlft train`` YAML (a relative path is resolved against the sweep YAML's folder)."""
+    """The base ``rlft train`` YAML (a relative path is resolved against the sweep YAML's folder); grid ``base``
+    values are resolved against this file's folder."""
     grid: dict = dataclasses.field(default_factory=dict)
-    """Dotted field name -> list of values, e.g. ``{algo_cfg.beta: [1, 3]}``; every combination is run."""
+    """Dotted field name -> list of values, e.g. ``{algo_cfg.beta: [1, 3]}``; every combination is run. The key
+    ``base`` varies the base config itself (a list of train YAMLs, e.g. one per algorithm)."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     """Seeds (``run.seed``); every grid point runs once per seed."""
     overrides: dict = dataclasses.field(default_factory=dict)
@@ -98,9 +100,16 @@ def set_dotted(d: dict, dotted: str, value: Any) -> dict:
     return out
 
 
+def _resolve(path: str, next_to: str) -> str:
+    """A grid ``base`` value: as given if it exists, else relative to the folder of the sweep's ``base``."""
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else Path(next_to).parent / p)
+
+
 def run_name(point: dict[str, Any], seed: int) -> str:
-    """``actor_loss_type=sac,kind=flow,s0``: the last component of each dotted name, then the seed."""
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
+    """``actor_loss_type=sac,kind=flow,s0``: the last component of each dotted name (a grid ``base`` by its file
+    stem), then the seed."""
+    parts = [f"{k.split('.')[-1]}={Path(str(v)).stem if k == 'base' else v}" for k, v in point.items()]
     return ",".join(parts + [f"s{seed}"]).replace("/", "_").replace(" ", "")
 
 
@@ -108,18 +117,20 @@ def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
     """Every run as ``(name, grid point, seed, resolved train-config dict)``; each dict is validated up front."""
     from rlft.train.pipeline import _deep_merge
 
-    base = _deep_merge(read_yaml(cfg.base), cfg.overrides)
     keys = list(cfg.grid)
     runs = []
     for values in itertools.product(*(cfg.grid[k] for k in keys)):
         point = dict(zip(keys, values))
+        base_path = _resolve(point["base"], cfg.base) if "base" in point else cfg.base
+        base = _deep_merge(read_yaml(base_path), cfg.overrides)
         for seed in cfg.seeds:
             d = base
             for k, v in point.items():
-                d = set_dotted(d, k, v)
+                if k != "base":
+                    d = set_dotted(d, k, v)
             d = set_dotted(d, "run.seed", seed)
             name = run_name(point, seed)
-            train_config_from_dict(d, f"{cfg.base} with {name}")  # a typo in the grid fails before any run
+            train_config_from_dict(d, f"{base_path} with {name}")  # a typo in the grid fails before any run
             runs.append((name, point, seed, d))
     return runs
 
