@@ -43,6 +43,8 @@ class Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.hooks: list = []
+        """Callables ``hook(step, metrics)`` run after each log line (e.g. the live diagnosis of rlft.report)."""
         self._wandb = None
         if track:
             try:
@@ -61,6 +63,8 @@ class Logger:
                 self._tb.add_scalar(k, float(v), int(step))
         if self._wandb is not None:
             self._wandb.log(dict(metrics), step=int(step))
+        for hook in self.hooks:
+            hook(int(step), metrics)
 
     def close(self) -> None:
         self._jsonl.close()

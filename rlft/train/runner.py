@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from rlft.algos import get_algorithm
 from rlft.config import save_yaml, to_dict
@@ -226,6 +227,22 @@ class Trainer:
         summary["eval/best_success_once"] = self.best
         return summary
 
+    def _live_diagnosis(self):
+        """Logger hook: a one-line warning (stderr) the first time each rlft.report.diagnose rule fires."""
+        from rlft.report.diagnose import LiveDiagnosis
+        from rlft.train.logger import read_metrics
+
+        ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
+               "act_horizon": self.cfg.env.act_horizon, "action_dim": self.action_dim, "gamma": self.cfg.env.gamma,
+               "init_policy": self.cfg.init_policy}
+        warn = Console(stderr=True, soft_wrap=True)
+
+        def warn_line(f) -> None:
+            warn.print(f"[yellow]warning[/yellow] {escape(f'[{self.cfg.algo}]')} {escape(f.one_line())} -- rlft report "
+                       f"{self.run_dir} explains", highlight=False)
+
+        return LiveDiagnosis(ctx, warn_line, history=read_metrics(self.run_dir) if self.cfg.run.resume else None)
+
     def _print(self, msg: str) -> None:
         if not self.quiet:
             console.print(msg)
@@ -242,6 +259,7 @@ class Trainer:
         save_yaml(cfg, self.run_dir / "config.yaml")
         self.logger = Logger(self.run_dir, cfg.run.tensorboard, cfg.run.track, cfg.run.wandb_project,
                              self.run_dir.name, to_dict(cfg))
+        self.logger.hooks.append(self._live_diagnosis())
         t0 = time.time()
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
