@@ -433,3 +433,69 @@ def test_dsrl_check_stage2_items(tmp_path):
     assert "bound 150" in res["q_mean rises without exploding"].evidence
     _write_metrics(tmp_path / "short", good[:2])
     assert {r.status for r in dsrl_checklist(tmp_path / "short")} == {"SKIP"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# on-policy DSRL (PPO with SMDP GAE)
+# ------------------------------------------------------------------------------------------------------------
+def test_episode_continues_by_hand():
+    from rlft.algos.dsrl_ppo import episode_continues
+
+    obs, nxt = T([[0.0], [1.0], [5.0], [6.0]]), T([[1.0], [2.0], [6.0], [7.0]])
+    # row 0 -> row 1 continues; row 1 ends (reset: next 2 != 5); row 2 -> row 3 continues; the last row is cut
+    assert episode_continues(obs, nxt, T([0.0, 0.0, 0.0, 1.0])).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert episode_continues(obs, nxt, T([0.0, 0.0, 1.0, 0.0])).tolist() == [1.0, 0.0, 0.0, 0.0]  # terminated
+
+
+def test_smdp_gae_by_hand():
+    from rlft.algos.dsrl_ppo import smdp_gae
+
+    r, v, v_next = T([1.0, 2.0, 3.0]), T([0.5, 1.0, 1.5]), T([1.0, 1.5, 2.0])
+    term, disc, cont = T([0.0, 0.0, 1.0]), T([0.9, 0.81, 0.9]), T([1.0, 0.0, 0.0])
+    adv, ret = smdp_gae(r, v, v_next, term, disc, cont, lam=0.5)
+    # delta = [1 + 0.9*1 - 0.5, 2 + 0.81*1.5 - 1, 3 - 1.5] = [1.4, 2.215, 1.5]
+    # A2 = 1.5 ; A1 = 2.215 (episode cut after row 1) ; A0 = 1.4 + 0.9 * 0.5 * 2.215 = 2.39675
+    torch.testing.assert_close(adv, T([2.39675, 2.215, 1.5]))
+    torch.testing.assert_close(ret, T([2.89675, 3.215, 3.0]))
+
+
+def test_ppo_clip_loss_by_hand():
+    from rlft.algos.dsrl_ppo import ppo_clip_loss
+
+    lp = torch.log(T([1.5, 0.5])).requires_grad_(True)
+    loss, info = ppo_clip_loss(lp, torch.zeros(2), T([1.0, -1.0]), clip=0.2)
+    # ratios 1.5, 0.5: min(1.5, 1.2) = 1.2 ; min(-0.5, -0.8) = -0.8 -> loss = -(1.2 - 0.8) / 2 = -0.2, both clipped
+    assert loss.item() == pytest.approx(-0.2)
+    assert info["clip_frac"].item() == 1.0
+    assert info["approx_kl"].item() == pytest.approx(((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5))) / 2)
+    loss.backward()
+    assert lp.grad.tolist() == pytest.approx([0.0, 0.0])
+    lp2 = torch.log(T([1.5, 0.5])).requires_grad_(True)
+    loss2, _ = ppo_clip_loss(lp2, torch.zeros(2), T([-1.0, 1.0]), clip=0.2)
+    # min(-1.5, -1.2) = -1.5 ; min(0.5, 0.8) = 0.5 -> loss = 0.5, unclipped: d/dlp = -r A / 2
+    assert loss2.item() == pytest.approx(0.5)
+    loss2.backward()
+    assert lp2.grad.tolist() == pytest.approx([0.75, -0.25])
+
+
+def test_dsrl_ppo_runs_on_policy_rollouts_in_the_noise_space(tmp_path):
+    from rlft.train.runner import Trainer
+
+    flow_policy().save(tmp_path / "base.safetensors")
+    cfg = _stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_ppo", steps=30,
+                 algo_cfg={"rollout_steps": 4, "update_epochs": 2, "minibatch_size": 2, "value_hidden_dims": [16],
+                           "policy": {"kind": "gaussian", "hidden_dims": [16]}})
+    tr = Trainer(cfg, quiet=True)
+    seen = []
+    update = tr.algo.update
+    tr.algo.update = lambda b: (seen.append(b), update(b))[1]
+    tr.run()
+    assert len(seen) == 30 // (4 * H)  # one update per 4 macro-steps of 3 env steps
+    first = seen[0]
+    assert first.batch_size == 4
+    # the rollout arrives in collection order: each row's next_obs is the following row's obs (no reset in 12 steps)
+    torch.testing.assert_close(first.next_obs[:-1], first.obs[1:])
+    assert first.exec_action is not None and len(tr.replay) < 4  # the rollout was discarded after its update
+    with pytest.raises(ConfigError, match="rollout_steps"):
+        Trainer(_stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_ppo", replay_capacity=2,
+                       algo_cfg={"rollout_steps": 4}), quiet=True)

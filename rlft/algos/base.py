@@ -94,6 +94,10 @@ class AlgoConfig:
     """Online: environment steps collected (with the current policy's exploration) before updates start."""
     offline_ratio: float = 0.0
     """Online: fraction of each batch drawn from the offline dataset (RLPD uses 0.5); 0 = online data only."""
+    rollout_steps: int = 0
+    """Online, on-policy algorithms (PPO): > 0 makes the loop collect this many macro-steps with the current policy,
+    call ``update`` once with all of them in collection order and discard them (utd_ratio/batch_size/warmup unused);
+    0 = off-policy (replay sampling)."""
     explore_noise_scale: float = 1.0
     """Online exploration: the policy's sampling noise (Gaussian eps, or a flow policy's initial noise) is scaled by
     this; 1 samples the policy as is, 0 acts deterministically (Gaussian mean / flow from zero noise)."""

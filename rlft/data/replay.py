@@ -140,6 +140,14 @@ class ReplayBuffer:
             raise TrainingError("replay buffer is empty: collect online data before sampling")
         return self.get(randint(self.size, batch_size, generator, self.device))
 
+    def ordered(self) -> ChunkBatch:
+        """Every stored entry, oldest first (an on-policy rollout in collection order)."""
+        return self.get(self._chronological())
+
+    def clear(self) -> None:
+        """Forget every entry (``num_added`` keeps counting)."""
+        self.ptr = self.size = 0
+
     def _chronological(self) -> torch.Tensor:
         """Slots of the stored entries, oldest first."""
         start = (self.ptr - self.size) % self.capacity

@@ -77,6 +77,9 @@ class Trainer:
             raise ConfigError("dataset: an offline stage needs a dataset file")
         algo_cls = get_algorithm(cfg.algo)
         ac = cfg.algo_cfg
+        if cfg.mode == "online" and ac.rollout_steps > 0 and (ac.offline_ratio > 0 or ac.rollout_steps > cfg.replay_capacity):
+            raise ConfigError(f"algo_cfg.rollout_steps: an on-policy rollout of {ac.rollout_steps} macro-steps needs "
+                              f"offline_ratio 0 and replay_capacity >= rollout_steps ({cfg.replay_capacity})")
         if cfg.mode == "online" and ac.offline_ratio > 0 and not cfg.dataset:
             raise ConfigError(f"dataset: algo_cfg.offline_ratio={ac.offline_ratio} needs an offline dataset file")
 
@@ -357,7 +360,14 @@ class Trainer:
                     ep_ret, ep_success, ep_len = 0.0, False, 0
                 else:
                     obs = next_obs
-                if self.step >= ac.warmup_steps and len(self.replay) > 0:
+                if ac.rollout_steps > 0:  # on-policy (PPO): one update per full rollout, which is then discarded
+                    if len(self.replay) >= ac.rollout_steps:
+                        metrics = self.algo.update(self.replay.ordered().to(self.device))
+                        _check_finite(metrics, self.step)
+                        avg.add(metrics)
+                        updates += 1
+                        self.replay.clear()
+                elif self.step >= ac.warmup_steps and len(self.replay) > 0:
                     for _ in range(ac.utd_ratio):
                         metrics = self.algo.update(sampler.sample(ac.batch_size, self.gen).to(self.device))
                         _check_finite(metrics, self.step)
