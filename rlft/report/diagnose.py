@@ -397,11 +397,16 @@ def lambda_collapse(m: Metrics, ctx: dict) -> list[Finding]:
         "the critic overestimates. Look at q_overestimation/q_unbounded; fix the critic, not alpha.")]
 
 
-def _weight_clip(ctx: dict) -> float | None:
-    """The configured upper clip of advantage weights (any algo_cfg field named ``*max_weight``)."""
+def _weight_clip(ctx: dict, weights_max_name: str) -> float | None:
+    """The configured upper clip of the advantage weights logged as ``weights_max_name``: the algo_cfg field
+    ``<family>_max_weight`` (``actor/awr_weights_max`` -> ``awr_max_weight``), else ``max_weight``."""
     acfg = ctx.get("algo_cfg") or {}
-    return next((float(v) for k, v in acfg.items() if k.endswith("max_weight") and isinstance(v, (int, float))
-                 and not isinstance(v, bool)), None)
+    family = weights_max_name.split("/")[-1][: -len("weights_max")]  # 'iql_', 'awr_', ''
+    for key in (f"{family}max_weight", "max_weight"):
+        v = acfg.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
 
 
 def _weight_pairs(m: Metrics) -> list[tuple[str, str, str | None]]:
@@ -429,7 +434,7 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
         if not math.isfinite(med) or med >= UNIFORM_WEIGHT_RATIO:
             continue
         step = int(s[half])
-        clip = _weight_clip(ctx)
+        clip = _weight_clip(ctx, mx)
         if clip is not None and float(np.median(vmean[half:])) >= 0.5 * clip:
             out.append(Finding(
                 "uniform_weights", "warning", step, mx, "advantage weights saturate at the clip: weighted BC = plain BC",
@@ -458,9 +463,9 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
 @rule("weight_outliers")
 def weight_outliers(m: Metrics, ctx: dict) -> list[Finding]:
     out = []
-    clip = _weight_clip(ctx)
     bs = (ctx.get("algo_cfg") or {}).get("batch_size")
     for mx, mean, _adv in _weight_pairs(m):
+        clip = _weight_clip(ctx, mx)
         s, vmax = m.series(mx)
         _, vmean = m.series(mean)
         n = len(vmax)

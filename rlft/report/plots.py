@@ -97,7 +97,8 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
     n = len(panels)
     ncols = min(COLUMNS, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 2.9 * nrows), squeeze=False)
+    extra = 0.8 + (0.22 * math.ceil(len(runs) / 4) if len(runs) > 1 else 0.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 2.6 * nrows + extra), squeeze=False)
     several = len(runs) > 1
     for k, (ptitle, names) in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
@@ -116,6 +117,11 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
                             rotation=90, va="top", ha="right")
         if names[0] in ("eval/success_once", "eval/success_at_end", "train/episode_success"):
             ax.set_ylim(-0.03, 1.03)
+        elif names[0].endswith("temperature"):  # alpha spans decades when it explodes or collapses
+            vals = np.concatenate([m.series(names[0])[1] for _, m in runs])
+            vals = vals[np.isfinite(vals)]
+            if len(vals) and vals.min() > 0 and vals.max() / vals.min() > 20:
+                ax.set_yscale("log")
         ax.set_title(ptitle, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -123,17 +129,19 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
             ax.legend(fontsize=7)
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
+    # fixed margins (no tight_layout / bbox_inches='tight': each costs a full extra layout pass per page)
+    head = 0.55 + (0.22 * math.ceil(len(runs) / 4) if several else 0.0)  # inches above the panels
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.45 / height + 0.02, top=1 - head / height, hspace=0.5,
+                        wspace=0.28)
     if several:
         handles = [plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label) for r, (label, _) in enumerate(runs)]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, 1.0))
-        fig.suptitle(title, fontsize=11, y=1.0 + 0.03 * math.ceil(len(runs) / 4))
-    else:
-        fig.suptitle(title, fontsize=11)
-    fig.supxlabel("step", fontsize=8)
-    fig.tight_layout()
+                   bbox_to_anchor=(0.5, 1 - 0.3 / height))
+    fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")
+    fig.supxlabel("step", fontsize=8, y=0.01)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
 
