@@ -60,6 +60,33 @@ class EvalConfig:
     parallel_envs: int = 4
     """Episodes run in lock step per process, so the policy is queried in batches. Each OGBench env holds its MuJoCo
     model (~190 MB measured), so this trades memory for batched inference."""
+    video_episodes: int = 0
+    """Save the first N episodes of every evaluation as mp4 (+ a PNG of the last frame) in <run>/videos/, named
+    step<step>_ep<k>_seed<seed>_<success|fail>.mp4 (offscreen MuJoCo rendering on the CPU, ~30 ms per frame here)."""
+    video_width: int = 320
+    """Video frame width in pixels (a multiple of 16 keeps ffmpeg from resizing)."""
+    video_height: int = 240
+    """Video frame height in pixels."""
+    video_frame_skip: int = 2
+    """Render every k-th env step (OGBench steps at 20 Hz: k=2 gives 10 fps in real time)."""
+
+    def __post_init__(self) -> None:
+        if self.video_episodes < 0:
+            raise ConfigError(f"eval.video_episodes must be >= 0, got {self.video_episodes}")
+        if self.video_width < 16 or self.video_height < 16:
+            raise ConfigError(f"eval.video_width/video_height must be >= 16, got {self.video_width}x"
+                              f"{self.video_height}")
+        if self.video_frame_skip < 1:
+            raise ConfigError(f"eval.video_frame_skip must be >= 1, got {self.video_frame_skip}")
+
+    def video_spec(self):
+        """The evaluation's ``VideoSpec`` (None when no video is asked for)."""
+        from rlft.train.evaluate import VideoSpec
+
+        if self.video_episodes <= 0:
+            return None
+        return VideoSpec(self.video_episodes, self.video_width, self.video_height, self.video_frame_skip,
+                         fps=20.0 / self.video_frame_skip)
 
 
 @dataclasses.dataclass

@@ -7,13 +7,22 @@
 Episodes run in lock step over ``n_parallel`` environments in one process so the policy is queried in batches
 (one forward for all live episodes per macro-step); ``num_workers > 1`` splits the seeds over processes.
 The set of episode seeds is fixed (``seed + i``), so evaluations of different checkpoints are paired.
+
+Videos: with ``video_episodes = N > 0`` the first N episodes (seeds ``seed .. seed+N-1``) are rendered offscreen
+(MuJoCo ``Renderer``; headless through EGL -- ``MUJOCO_GL=egl``, set by the CLI -- or OSMesa) and written as H.264
+mp4 files (imageio-ffmpeg's bundled ffmpeg) plus a PNG of the last frame (the report's poster image). Rendering is
+the costly part on a CPU (Mesa's software rasteriser): shadows, reflections and multisampling are switched off, which
+takes a 320x240 frame from ~250 ms to ~30 ms here, and only every ``video_frame_skip``-th env step is drawn. If
+offscreen rendering is unavailable the evaluation still runs and a warning says why there is no video.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 
@@ -41,30 +50,154 @@ def summarize(results: list[EpisodeResult]) -> dict[str, float]:
     }
 
 
+class FrameRecorder(gymnasium.Wrapper):
+    """Renders the wrapped MuJoCo env offscreen after reset and every ``frame_skip``-th step while recording.
+
+    Sits below ``ChunkExecutor`` so every inner step of a chunk can be drawn. Works with any env whose ``unwrapped``
+    exposes MuJoCo ``model``/``data`` (OGBench, gymnasium's MuJoCo envs); the camera is MuJoCo's default free camera
+    (what OGBench's own ``render()`` shows). Passive (no cost) while not recording.
+    """
+
+    def __init__(self, env: gymnasium.Env, width: int = 320, height: int = 240, frame_skip: int = 2):
+        super().__init__(env)
+        self.width, self.height, self.frame_skip = int(width), int(height), max(1, int(frame_skip))
+        self.frames: list[np.ndarray] | None = None
+        self._renderer = None
+        self._model = None
+        self._camera = None
+        self._t = 0
+
+    def start(self) -> None:
+        """Record from now on (call right after reset: the current state is the first frame)."""
+        self.frames, self._t = [], 0
+        self._capture()
+
+    def stop(self) -> list[np.ndarray]:
+        frames, self.frames = self.frames or [], None
+        return frames
+
+    def step(self, action):
+        out = self.env.step(action)
+        if self.frames is not None:
+            self._t += 1
+            if self._t % self.frame_skip == 0 or out[2] or out[3]:
+                self._capture()
+        return out
+
+    def _capture(self) -> None:
+        import mujoco
+
+        u = self.env.unwrapped
+        model, data = u.model, u.data
+        if self._renderer is None or self._model is not model:
+            if self._renderer is not None:
+                self._renderer.close()
+            vis = model.vis
+            vis.global_.offwidth = max(int(vis.global_.offwidth), self.width)
+            vis.global_.offheight = max(int(vis.global_.offheight), self.height)
+            vis.quality.offsamples = 0  # no multisampling (software rasteriser: ~2x faster)
+            self._renderer = mujoco.Renderer(model, self.height, self.width)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False  # shadows: ~5x slower on llvmpipe
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            self._camera = mujoco.MjvCamera()
+            mujoco.mjv_defaultFreeCamera(model, self._camera)
+            self._model = model
+        self._renderer.update_scene(data, self._camera)
+        self.frames.append(self._renderer.render().copy())
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
+    """Write RGB frames [H, W, 3] uint8 as an H.264 mp4 (yuv420p, plays in browsers), atomically."""
+    import imageio_ffmpeg
+
+    from rlft.utils import atomic_path
+
+    h, w = frames[0].shape[:2]
+    with atomic_path(path) as tmp:
+        gen = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                          quality=7, macro_block_size=16, ffmpeg_log_level="error",
+                                          output_params=["-f", "mp4", "-movflags", "+faststart"])
+        gen.send(None)
+        for f in frames:
+            gen.send(np.ascontiguousarray(f))
+        gen.close()
+    return Path(path)
+
+
+def write_png(path: str | Path, frame: np.ndarray) -> Path:
+    from PIL import Image
+
+    from rlft.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
+    return Path(path)
+
+
+@dataclasses.dataclass
+class VideoSpec:
+    """What to record: the first ``episodes`` seeds of an evaluation, rendered at ``width`` x ``height``."""
+
+    episodes: int = 0
+    width: int = 320
+    height: int = 240
+    frame_skip: int = 2
+    fps: float = 10.0
+
+
 class Evaluator:
     """Holds ``n_parallel`` chunked envs and runs seeded evaluation episodes with a policy."""
 
     def __init__(self, env_id: str, act_horizon: int, gamma: float = 0.99, obs_horizon: int = 1,
-                 max_episode_steps: int | None = None, n_parallel: int = 4):
+                 max_episode_steps: int | None = None, n_parallel: int = 4, video: VideoSpec | None = None):
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-        self.envs = [
-            ChunkExecutor(make_env(env_id, obs_horizon=obs_horizon, **kwargs), act_horizon, gamma)
-            for _ in range(n_parallel)
-        ]
+        self.recorders: list[FrameRecorder | None] = []
+        self.envs = []
+        for _ in range(n_parallel):
+            env = make_env(env_id, obs_horizon=obs_horizon, **kwargs)
+            rec = None
+            if video is not None and video.episodes > 0:
+                env = rec = FrameRecorder(env, video.width, video.height, video.frame_skip)
+            self.recorders.append(rec)
+            self.envs.append(ChunkExecutor(env, act_horizon, gamma))
+        self.videos: dict[int, list[np.ndarray]] = {}
+        """Frames of the episodes recorded by the last ``run`` (seed -> frames)."""
+        self.video_error: str | None = None
+        """Why recording failed (then the evaluation went on without video)."""
+
+    def _start_recording(self, i: int) -> bool:
+        try:
+            self.recorders[i].start()
+            return True
+        except Exception as e:  # no GL context (EGL/OSMesa missing): evaluate anyway, say why there is no video
+            self.recorders[i].frames = None
+            self.video_error = f"{type(e).__name__}: {e}"
+            return False
 
     @torch.no_grad()
-    def run(self, policy: Policy, seeds: list[int], deterministic: bool = True) -> list[EpisodeResult]:
+    def run(self, policy: Policy, seeds: list[int], deterministic: bool = True,
+            record_seeds: set[int] | frozenset[int] = frozenset()) -> list[EpisodeResult]:
         results: list[EpisodeResult] = []
         pending = list(seeds)
         n = len(self.envs)
         obs: list = [None] * n
         state: list = [None] * n  # per env: [seed, success_once, success_at_end, ret, length] or None (idle)
+        self.videos = {}
+        recording = [False] * n
         while pending or any(s is not None for s in state):
             for i in range(n):
                 if state[i] is None and pending:
                     s = pending.pop(0)
                     obs[i], _ = self.envs[i].reset(seed=s)
                     state[i] = [s, False, False, 0.0, 0]
+                    if s in record_seeds and self.recorders[i] is not None and self.video_error is None:
+                        recording[i] = self._start_recording(i)
             live = [i for i in range(n) if state[i] is not None]
             chunks = policy.act(np.stack([obs[i] for i in live]), deterministic=deterministic).cpu().numpy()
             for j, i in enumerate(live):
@@ -77,6 +210,9 @@ class Evaluator:
                 if term or trunc:
                     results.append(EpisodeResult(*st))
                     state[i] = None
+                    if recording[i]:
+                        self.videos[st[0]] = self.recorders[i].stop()
+                        recording[i] = False
         results.sort(key=lambda r: r.seed)
         return results
 
@@ -86,7 +222,7 @@ class Evaluator:
 
 
 def _worker(args):
-    cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel = args
+    cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel, record = args
     torch.set_num_threads(1)
     from rlft.policies.base import POLICY_CLASSES
     import rlft.policies  # noqa: F401
@@ -96,34 +232,81 @@ def _worker(args):
     policy.eval()
     ev = Evaluator(n_parallel=n_parallel, **env_kw)
     try:
-        return ev.run(policy, seeds, deterministic)
+        return ev.run(policy, seeds, deterministic, record), ev.videos, ev.video_error
     finally:
         ev.close()
 
 
+_VIDEO_HELP = ("install EGL + Mesa (apt-get install libegl1 libgl1-mesa-dri; MUJOCO_GL=egl) or OSMesa "
+               "(libosmesa6; MUJOCO_GL=osmesa)")
+
+
+def save_videos(videos: dict[int, list[np.ndarray]], results: list[EpisodeResult], video_dir: str | Path,
+                prefix: str = "", fps: float = 10.0) -> list[Path]:
+    """Write each recorded episode as ``<prefix>ep<k>_seed<seed>_<success|fail>.mp4`` plus a PNG of its last frame."""
+    by_seed = {r.seed: r for r in results}
+    out = []
+    for k, seed in enumerate(sorted(videos)):
+        frames = videos[seed]
+        if not frames:
+            continue
+        tag = "success" if by_seed[seed].success_once else "fail"
+        stem = f"{prefix}ep{k:02d}_seed{seed}_{tag}"
+        out.append(write_video(Path(video_dir) / f"{stem}.mp4", frames, fps))
+        write_png(Path(video_dir) / f"{stem}.png", frames[-1])
+    return out
+
+
 def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes: int, seed: int, gamma: float = 0.99,
                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
-                    num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4) -> tuple[dict[str, float], list[EpisodeResult]]:
-    """Evaluate ``policy`` on episodes seeded ``seed .. seed+num_episodes-1``; returns (summary, per-episode)."""
+                    num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4,
+                    video: VideoSpec | None = None, video_dir: str | Path | None = None,
+                    video_prefix: str = "") -> tuple[dict[str, float], list[EpisodeResult]]:
+    """Evaluate ``policy`` on episodes seeded ``seed .. seed+num_episodes-1``; returns (summary, per-episode).
+
+    With ``video.episodes > 0`` and a ``video_dir``, the first ``video.episodes`` episodes are written there as mp4
+    (``evaluator``, when given, must have been built with the same ``video`` spec)."""
     seeds = [seed + i for i in range(num_episodes)]
+    want_video = video is not None and video.episodes > 0 and video_dir is not None
+    record = frozenset(seeds[: video.episodes]) if want_video else frozenset()
+    videos: dict[int, list[np.ndarray]] = {}
+    errors: list[str] = []
     was_training = policy.training
     policy.eval()
     try:
         if num_workers <= 1:
             ev = evaluator or Evaluator(env_id, act_horizon, gamma, obs_horizon, max_episode_steps,
-                                        n_parallel=min(parallel_envs, num_episodes))
-            results = ev.run(policy, seeds, deterministic)
+                                        n_parallel=min(parallel_envs, num_episodes),
+                                        video=video if want_video else None)
+            results = ev.run(policy, seeds, deterministic, record)
+            videos = ev.videos
+            if ev.video_error and not getattr(ev, "_video_warned", False):  # say it once per Evaluator
+                errors, ev._video_warned = [ev.video_error], True
             if evaluator is None:
                 ev.close()
         else:
             state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
             env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
-                          max_episode_steps=max_episode_steps)
+                          max_episode_steps=max_episode_steps, video=video if want_video else None)
             shards = [seeds[w::num_workers] for w in range(num_workers)]
-            jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic, min(parallel_envs, max(1, len(sh))))
-                    for sh in shards if sh]
+            jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic,
+                     min(parallel_envs, max(1, len(sh))), record & set(sh)) for sh in shards if sh]
             with mp.get_context("spawn").Pool(len(jobs)) as pool:
-                results = sorted((r for part in pool.map(_worker, jobs) for r in part), key=lambda r: r.seed)
+                parts = pool.map(_worker, jobs)
+            results = sorted((r for part, _, _ in parts for r in part), key=lambda r: r.seed)
+            for _, vids, err in parts:
+                videos.update(vids)
+                errors += [err] if err else []
     finally:
         policy.train(was_training)
+    if want_video:
+        if videos:
+            save_videos(videos, results, video_dir, video_prefix, video.fps)
+        if errors:
+            from rich.console import Console
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning[/yellow] no evaluation video: offscreen rendering failed ({escape(errors[0])}); "
+                f"{_VIDEO_HELP}", highlight=False)
     return summarize(results), results

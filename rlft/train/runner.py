@@ -218,11 +218,13 @@ class Trainer:
         if self.evaluator is None and e.num_workers <= 1:
             self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.act_horizon, self.cfg.env.gamma,
                                        self.cfg.env.obs_horizon, self.cfg.env.max_episode_steps,
-                                       n_parallel=min(e.parallel_envs, e.num_episodes))
+                                       n_parallel=min(e.parallel_envs, e.num_episodes), video=e.video_spec())
         t0 = time.time()
         summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, self.cfg.env.act_horizon, e.num_episodes,
                                      e.seed, self.cfg.env.gamma, self.cfg.env.obs_horizon,
-                                     self.cfg.env.max_episode_steps, e.deterministic, e.num_workers, self.evaluator)
+                                     self.cfg.env.max_episode_steps, e.deterministic, e.num_workers, self.evaluator,
+                                     video=e.video_spec(), video_dir=self.run_dir / "videos",
+                                     video_prefix=f"step{self.step:07d}_")
         summary["time/eval_s"] = time.time() - t0
         if summary["eval/success_once"] > self.best:
             self.best = summary["eval/success_once"]
