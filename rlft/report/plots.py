@@ -132,8 +132,9 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
     # fixed margins (no tight_layout / bbox_inches='tight': each costs a full extra layout pass per page)
     head = 0.55 + (0.22 * math.ceil(len(runs) / 4) if several else 0.0)  # inches above the panels
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.45 / height + 0.02, top=1 - head / height, hspace=0.5,
-                        wspace=0.28)
+    width = fig.get_figwidth()
+    fig.subplots_adjust(left=0.65 / width, right=1 - 0.15 / width, bottom=0.45 / height + 0.02, top=1 - head / height,
+                        hspace=0.5, wspace=0.3)
     if several:
         handles = [plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label) for r, (label, _) in enumerate(runs)]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), fontsize=8,
