@@ -366,6 +366,9 @@ def test_dsrl_sac_runs_the_spine_sac_on_the_noise_env_and_saves_the_composite(tm
     base.save(tmp_path / "base.safetensors")
     tr = Trainer(_stage(tmp_path, tmp_path / "base.safetensors"), quiet=True)
     assert type(tr.algo).__name__ == "SAC" and tr.algo.policy.chunk_shape == (H, A)  # latent dims = noise dims
+    obs0 = torch.randn(3, O)
+    assert tr.algo.policy.act(obs0).abs().max() < 0.05  # a fresh latent actor starts at the prior's mode (w ~ 0)...
+    torch.testing.assert_close(tr.policy.act(obs0), base.act(obs0), atol=0.05, rtol=0)  # ...i.e. as the base policy
     summary = tr.run()
     assert summary["steps"] >= 45
     # replay: latent actions within the box, the decoded env chunks stored next to them

@@ -82,6 +82,17 @@ class SteeredFlowPolicy(Policy):
         return self.base.sample(obs_n, noise=self.latent_noise(obs_n, noise, deterministic))
 
 
+@torch.no_grad()
+def start_at_prior_mode(latent: Policy, scale: float = 1e-2) -> Policy:
+    """Shrink the latent actor's output layer by ``scale`` so a fresh actor's mean noise is ~0 -- the prior's mode,
+    i.e. the steered policy starts as the base policy's deterministic behaviour (its log-std head sits at the middle of
+    its range), as a reference DSRL implementation initialises its mean and log-std heads (1e-2 scale)."""
+    last = [m for m in latent.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    return latent
+
+
 def split_steered(policy: Policy) -> tuple[Policy | None, Policy]:
     """``(base, latent)`` of a steered policy; ``(None, policy)`` for any other policy."""
     if isinstance(policy, SteeredFlowPolicy):

@@ -12,7 +12,9 @@ Stage 2 (a run that logged ``critic/td_error`` and ``alpha/temperature`` -- DSRL
 
 1. td_error decreases: its mean over the last third of log points is below its mean over the first third;
 2. q_mean rises without exploding: last-third mean above first-third mean, and ``|q_mean| <= Q_SLACK * r_max /
-   (1 - gamma)`` at every log point (``r_max`` the per-step reward bound, ``--reward-bound``, 1 for cube-single);
+   (1 - gamma)`` at every log point (``r_max`` the per-step reward bound, ``--reward-bound``, 1 for cube-single).
+   With negative rewards (OGBench: -1 per step until success) a fresh critic first *falls* from ~0 to the return
+   scale, so a short run fails "rises" until the policy's returns improve;
 3. alpha does not explode: ``alpha/temperature`` stays below ``ALPHA_FACTOR`` times its first logged value;
 4. entropy does not collapse at once: over the first ``EARLY`` fraction of log points, ``actor/entropy`` stays above
    its first value minus ``ENTROPY_DROP_PER_DIM`` nats per latent dimension.

@@ -32,7 +32,7 @@ from rlft.envs.noise_action import NoiseActionWrapper, noise_shape_of
 from rlft.envs.wrappers import ChunkExecutor
 from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
-from rlft.policies.steered import SteeredFlowPolicy, split_steered
+from rlft.policies.steered import SteeredFlowPolicy, split_steered, start_at_prior_mode
 from rlft.train.config import TrainConfig
 from rlft.train.evaluate import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
@@ -116,8 +116,8 @@ class Trainer:
                 raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
                                   f"learn from it in the noise space; run it online with offline_ratio 0")
             m = np.full(act_dim, cfg.action_magnitude)
-            if policy is None:  # a fresh latent actor: the base policy's obs statistics, the noise box as its range
-                policy = build_policy(ac.policy, self.obs_dim, act_dim, act_h)
+            if policy is None:  # a fresh latent actor: the base policy's obs statistics, the noise box as its range,
+                policy = start_at_prior_mode(build_policy(ac.policy, self.obs_dim, act_dim, act_h))  # mean noise ~0
                 nz = base.normalizer
                 policy.normalizer.set_stats(nz.obs_mean.cpu().numpy(), nz.obs_std.cpu().numpy(), -m, m)
             else:
