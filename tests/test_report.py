@@ -164,3 +164,22 @@ def test_nonfinite_values_are_plotted_and_reported(tmp_path):
     res = build_report([run], tmp_path / "rep")
     check_html(res.index)
     assert res.findings[run.name][0].rule == "nonfinite" and res.findings[run.name][0].severity == "error"
+
+
+def test_sweep_directory_expands_into_runs_grouped_by_grid_point(tmp_path):
+    """An rlft sweep directory (<sweep>/<point>,s<seed>/ run dirs next to configs/, results.md): its runs, overlaid
+    and averaged per grid point across seeds."""
+    from rlft.report.build import _group_table, _groups
+
+    sweep = tmp_path / "sw"
+    for name in ("algo_cfg.beta=1,s0", "algo_cfg.beta=1,s1", "algo_cfg.beta=3,s0", "algo_cfg.beta=3,s1"):
+        shutil.copytree(DATA / "iql_demos_uniform_weights", sweep / name)
+    (sweep / "configs").mkdir()
+    (sweep / "results.md").write_text("# rlft sweep\n")
+    runs = expand_runs([sweep])
+    assert [r.group for r in runs] == ["sw/algo_cfg.beta=1"] * 2 + ["sw/algo_cfg.beta=3"] * 2
+    table = _group_table(_groups(runs))
+    assert table.count("<td>2</td>") == 2 and "&plusmn;" in table
+    (sweep / "algo_cfg.beta=3,s1").rename(sweep / "algo_cfg.beta=5,s1")  # one seed per point: one group, overlaid
+    (sweep / "algo_cfg.beta=1,s1").rename(sweep / "algo_cfg.beta=2,s1")
+    assert {r.group for r in expand_runs([sweep])} == {"sw"}

@@ -2,7 +2,10 @@
 
 A *run directory* (``rlft train``) holds ``config.yaml``, ``metrics.jsonl`` (one JSON object per log line: ``step``,
 ``time`` and metrics), ``summary.json`` (at the end), ``checkpoints/`` and optionally ``videos/``. A *pipeline
-directory* (``rlft pipeline``) holds ``pipeline.yaml``, ``pipeline_summary.json`` and one run directory per stage.
+directory* (``rlft pipeline``) holds ``pipeline.yaml``, ``pipeline_summary.json`` and one run directory per stage; it
+is expanded into its stages. Any other directory whose sub-directories are run directories (an ``rlft sweep``) is
+expanded into those runs, grouped by grid point (the run name without its ``,s<seed>`` suffix) when a point has
+several seeds.
 
 Everything a user can get wrong (a missing directory, no ``metrics.jsonl``, a corrupt line) raises ``ReportError``
 naming the file (and line).
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +255,14 @@ def load_run(path: str | Path, name: str | None = None, group: str = "runs", pip
     return run
 
 
+_SEED_SUFFIX = re.compile(r"(^|,)s\d+$")
+"""The seed part of an rlft sweep run name ('algo_cfg.beta=3,s1' -> grid point 'algo_cfg.beta=3')."""
+
+
+def _sub_runs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and (d / "metrics.jsonl").is_file())
+
+
 def is_pipeline_dir(p: Path) -> bool:
     return (p / "pipeline.yaml").is_file() or (p / "pipeline_summary.json").is_file()
 
@@ -285,6 +297,12 @@ def expand_runs(paths: list[str | Path]) -> list[RunData]:
                         run.start_success, run.start_source = float(start), f"stage {prev.group}"
                 runs.append(run)
                 prev = run
+        elif p.is_dir() and not (p / "metrics.jsonl").exists() and _sub_runs(p):
+            subs = _sub_runs(p)  # a directory of run directories, e.g. an rlft sweep: <sweep>/<point>,s<seed>
+            points = [_SEED_SUFFIX.sub("", d.name) or d.name for d in subs]
+            by_point = len(set(points)) < len(points)  # several seeds per grid point: overlay and average those
+            for d, pt in zip(subs, points):
+                runs.append(load_run(d, name=f"{p.name}/{d.name}", group=f"{p.name}/{pt}" if by_point else p.name))
         else:
             runs.append(load_run(p))
     names = [r.name for r in runs]
