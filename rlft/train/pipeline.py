@@ -11,8 +11,9 @@ The pipeline YAML names the stage configs (ordinary ``rlft train`` YAMLs) and wh
 
 For every stage the pipeline sets ``env``, ``run.seed``, ``run.out_dir``/``run.name`` (inside the pipeline's run
 directory), ``dataset`` (the collected file) and ``init_policy`` (the previous stage's ``policy_<handoff>``); the
-stage's ``overrides`` are merged into its YAML before strict parsing. The result is a table of success after each
-stage, also written to ``results.md`` and ``pipeline_summary.json``.
+stage's ``overrides`` are merged into its YAML before strict parsing. A stage with ``base_from_previous`` (DSRL's
+stage 1) gets the previous stage's policy as ``base_policy`` instead, and a fresh latent actor. The result is a table
+of success after each stage, also written to ``results.md`` and ``pipeline_summary.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class StageSpec:
     """Nested fields merged into the stage YAML before it is parsed, e.g. ``{steps: 1000, algo_cfg: {beta: 3}}``."""
     inherit_critic: bool = False
     """Warm-start this stage's critics from the previous stage's training state (``init_critic``)."""
+    base_from_previous: bool = False
+    """Steer the previous stage's policy instead of continuing it (DSRL): this stage's ``base_policy`` is the previous
+    stage's handed-off policy and it starts a fresh latent actor (no ``init_policy``)."""
 
 
 @dataclasses.dataclass
@@ -138,11 +142,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
         if st.inherit_critic and i == 0:
             raise ConfigError(f"stages[0].inherit_critic: the first stage ({st.name}) has no previous stage")
+        if st.base_from_previous and i == 0:
+            raise ConfigError(f"stages[0].base_from_previous: the first stage ({st.name}) has no previous stage")
         d = _deep_merge(d, {
             "env": to_dict(cfg.env),
             "eval": _deep_merge(to_dict(cfg.eval), {"every": int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)}),
             "dataset": dataset,
-            "init_policy": init_policy,
+            "init_policy": None if st.base_from_previous else init_policy,
+            **({"base_policy": init_policy} if st.base_from_previous else {}),
             "init_critic": prev_state if st.inherit_critic else None,
             "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
         })
