@@ -53,6 +53,7 @@ second quarter (the first quarter is left out: a fresh critic starting near 0 gr
 Q_GROWTH_ABS_MIN = 10.0
 """...reaches at least this magnitude, and is still growing over the last Q_GROWTH_LAST_LOGS log points."""
 Q_GROWTH_LAST_LOGS = 3
+"""Unbounded Q: the magnitude must have grown at each of this many last log points (not a one-off spike)."""
 LAMBDA_DROP_FACTOR = 0.1
 """TD3+BC lambda collapse: actor_lam falls to this fraction of its median over the first quarter of the run (seed
 001: 0.35 -> ~0.01)."""
@@ -328,7 +329,8 @@ def q_overestimation(m: Metrics, ctx: dict) -> list[Finding]:
                 st0, av0, q0 = rows[k - run + 1]
                 out.append(Finding(
                     "q_overestimation", "warning", st0, an, "the policy's actions are valued far above the data's",
-                    f"{an} {g(av0)} vs {qn} {g(q0)} at step {st0} (gap {g(av0 - q0)} = {g((av0 - q0) / max(abs(q0), 1))}"
+                    f"{an} {g(av0)} vs {qn} {g(q0)} at step {st0} (gap {g(av0 - q0)} = "
+                    f"{g((av0 - q0) / max(abs(q0), Q_SCALE_FLOOR))}"
                     f" x |q_mean|, threshold {ACTOR_Q_GAP_REL}); at step {st}: {g(av)} vs {g(qv_)}",
                     "Q of the actor's own chunks exceeds Q of the dataset chunks by a wide margin: the actor found "
                     "actions where the critic extrapolates upward (out-of-distribution overestimation; seed 001: "
@@ -437,7 +439,8 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
         clip = _weight_clip(ctx, mx)
         if clip is not None and float(np.median(vmean[half:])) >= 0.5 * clip:
             out.append(Finding(
-                "uniform_weights", "warning", step, mx, "advantage weights saturate at the clip: weighted BC = plain BC",
+                "uniform_weights", "warning", step, mx,
+                "advantage weights saturate at the clip: weighted BC = plain BC",
                 f"{mean} median {g(float(np.median(vmean[half:])))} and {mx} {g(vmax[-1])} with max_weight {g(clip)} "
                 f"over steps {s[half]}-{s[-1]}",
                 "exp(beta * A) exceeds the clip for most samples, so nearly every weight equals the clip and every "

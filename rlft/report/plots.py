@@ -136,7 +136,8 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
     fig.subplots_adjust(left=0.65 / width, right=1 - 0.15 / width, bottom=0.45 / height + 0.02, top=1 - head / height,
                         hspace=0.5, wspace=0.3)
     if several:
-        handles = [plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label) for r, (label, _) in enumerate(runs)]
+        handles = [plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label)
+                   for r, (label, _) in enumerate(runs)]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), fontsize=8,
                    bbox_to_anchor=(0.5, 1 - 0.3 / height))
     fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")

@@ -244,8 +244,16 @@ def load_run(path: str | Path, name: str | None = None, group: str = "runs", pip
         raise ReportError(f"{p}: not a directory (pass a run directory of rlft train or rlft pipeline)")
     records = read_metrics_file(p / "metrics.jsonl")
     config = _read_yaml(p / "config.yaml")
+    meta = _policy_meta(p)
+    if "action_dim" not in meta and config.get("dataset"):  # no checkpoint: the dataset's sidecar knows the dims
+        side = Path(str(config["dataset"])).with_suffix(".json")
+        try:
+            info = json.loads(side.read_text()).get("env_info", {}) if side.is_file() else {}
+        except (json.JSONDecodeError, OSError):
+            info = {}
+        meta.update({k: info[k] for k in ("obs_dim", "action_dim") if isinstance(info.get(k), int)})
     run = RunData(name=name or p.name, path=p, records=records, config=config,
-                  summary=_read_json(p / "summary.json"), policy_meta=_policy_meta(p), group=group, pipeline=pipeline)
+                  summary=_read_json(p / "summary.json"), policy_meta=meta, group=group, pipeline=pipeline)
     init = config.get("init_policy")
     if init:  # .../<run>/checkpoints/policy_x.safetensors -> that run's final success
         src = Path(str(init)).parent.parent
