@@ -183,8 +183,11 @@ def test_best_of_n_policy_picks_the_highest_scoring_candidate_and_saves(tmp_path
     assert type(q) is BestOfNPolicy and (q.num_samples, q.q_agg) == (5, "min")
     raw = torch.randn(3, O)
     assert torch.equal(q.act(raw), p2.act(raw))
+    # one start noise per chunk (a noise-space actor steering this policy): the flow's chunk, no selection
+    z1 = torch.randn(4, H, A)
+    assert torch.equal(p2.sample(obs, noise=z1), flow.sample(obs, noise=z1))
     with pytest.raises(ValueError, match="B, N, H, A"):
-        p2.sample(obs, noise=torch.randn(4, H, A))
+        p2.sample(obs, noise=torch.randn(4, 2, H + 1, A))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ name + constructor kwargs) and its ``sample(obs, noise=z)`` draws the candidates
 Noise and determinism:
 
 * ``noise`` [B, N, H, A] given: the N candidates' start noises (scaled exploration noise, tests);
+* ``noise`` [B, H, A] given: one start noise per chunk, decoded by the flow with no selection -- what a noise-space
+  actor needs (DSRL steering this policy as its frozen base steers its flow; the critic is then unused);
 * ``deterministic``: a fixed candidate set stored with the policy (buffer ``eval_noise`` [N, H, A], candidate 0 is
   all zeros -- the flow's own deterministic action -- and the rest fixed N(0, I) draws), so evaluation is a
   deterministic function of the observation and includes the plain flow's choice among the candidates;
@@ -126,9 +128,11 @@ class BestOfNPolicy(Policy):
         B = obs_n.shape[0]
         shape = (B, self.num_samples, self.act_horizon, self.action_dim)
         if noise is not None:
+            if noise.ndim == 3 and noise.shape[0] == B and tuple(noise.shape[1:]) == shape[2:]:
+                return self.flow.sample(obs_n, noise=noise)  # one explicit start noise: no selection
             if noise.ndim != 4 or noise.shape[0] != B or tuple(noise.shape[2:]) != shape[2:]:
-                raise ValueError(f"BestOfNPolicy noise must be [B, N, H, A] with B={B}, (H, A)={shape[2:]}, got "
-                                 f"{tuple(noise.shape)}")
+                raise ValueError(f"BestOfNPolicy noise must be [B, N, H, A] (candidates) or [B, H, A] (one start "
+                                 f"noise) with B={B}, (H, A)={shape[2:]}, got {tuple(noise.shape)}")
             z = noise.to(obs_n)
         elif deterministic:
             z = self.eval_noise.to(obs_n).unsqueeze(0).expand(shape)
