@@ -114,7 +114,7 @@ def test_td3bc_prefers_the_better_dataset_action(kind):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     algo = _small("td3bc", kind, alpha=10.0, policy_delay=1, critic_lr=3e-3, actor_lr=3e-3)
-    for _ in range(250):
+    for _ in range(120):
         m = algo.update(_two_action_batch(64, gen))
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.2, a.mean().item()  # BC alone gives ~0
@@ -165,7 +165,7 @@ def test_awr_prefers_the_better_dataset_action(kind):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     algo = _small("awr", kind, temperature=0.2, value_lr=3e-3, actor_lr=3e-3)
-    for _ in range(250):
+    for _ in range(120):
         m = algo.update(_two_action_batch(64, gen))
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.3, a.mean().item()
@@ -215,7 +215,7 @@ def test_awac_prefers_the_better_dataset_action(kind):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     algo = _small("awac", kind, lam=0.1, critic_lr=3e-3, actor_lr=3e-3)
-    for _ in range(250):
+    for _ in range(120):
         m = algo.update(_two_action_batch(64, gen))
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
     assert a.mean().item() > 0.3, a.mean().item()
@@ -389,3 +389,114 @@ def test_chunk_dataset_mc_return_and_batch_default():
     assert mixed.mc_return.shape == (7,) and torch.isneginf(mixed.mc_return[5:]).all()
     rb = ChunkBatch.random(8, 3, 2, 1, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(rb.mc_return).all()
+
+
+def test_td3bc_lambda_seed_form():
+    from rlft.algos.td3bc import td3bc_actor_loss
+
+    q = T([2.0, -4.0])
+    pi = torch.zeros(2, 1, 1)
+    _, info = td3bc_actor_loss(q, pi, pi, torch.ones(2, 1), alpha=2.5, lam_form="seed")
+    assert info["actor_lam"].item() == pytest.approx(2.5 / (2.5 + 3.0))  # seed 001: alpha / (alpha + mean|Q|)
+    _, info = td3bc_actor_loss(T([100.0]), pi[:1], pi[:1], torch.ones(1, 1), alpha=2.5, lam_form="seed")
+    assert info["actor_lam"].item() == pytest.approx(2.5 / 102.5)  # Q ~ 100 -> lambda ~ 0.02: nearly pure BC
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# offline SAC (seed 001)
+# ---------------------------------------------------------------------------------------------------------------
+def test_sac_offline_pure_pieces():
+    from rlft.algos.sac_offline import entropy_bonus, weighted_nll_loss
+
+    nll = T([2.0, 4.0], requires_grad=True)
+    loss = weighted_nll_loss(nll, T([0.5, 3.0]))
+    assert loss.item() == pytest.approx((1.0 + 12.0) / 2)
+    loss.backward()
+    assert nll.grad.tolist() == pytest.approx([0.25, 1.5])
+    bonus, info = entropy_bonus(T([10.0, 30.0]), 0.1)  # alpha * mean log pi
+    assert bonus.item() == pytest.approx(2.0)
+    assert info["entropy"].item() == pytest.approx(-20.0)
+
+
+SEED_METRICS = {
+    "sac": {"actor/actor_q", "actor/bc_loss"},
+    "td3bc": {"actor/actor_q", "actor/actor_lam", "actor/bc_loss"},
+    "awr": {"actor/awr_weights_mean", "actor/awr_weights_max", "actor/awr_advantage_mean", "actor/bc_loss"},
+    "iql": {"actor/iql_weights_mean", "actor/iql_weights_max", "actor/iql_advantage_mean", "actor/bc_loss",
+            "critic/value_loss", "critic/v_mean"},
+}
+TEMPERATURE_METRICS = {"alpha/temperature", "alpha/temperature_loss", "alpha/target_entropy", "actor/entropy"}
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+@pytest.mark.parametrize("loss_type", ["sac", "td3bc", "awr", "iql"])
+def test_sac_offline_every_actor_loss_with_both_actors(loss_type, kind):
+    torch.manual_seed(0)
+    algo = _small("sac_offline", kind, actor_loss_type=loss_type)
+    before = [p.detach().clone() for p in algo.policy.parameters()]
+    m = algo.update(_batch(16, 3, 2, torch.Generator().manual_seed(0)))
+    base = {"critic/critic_loss", "critic/q_mean", "critic/q_std", "critic/td_target_mean", "actor/actor_loss"}
+    assert base | SEED_METRICS[loss_type] <= set(m)
+    if kind == "gaussian":
+        assert TEMPERATURE_METRICS <= set(m)
+        assert m["alpha/target_entropy"] == pytest.approx(-2.0)  # None = SAC's auto -H*A (H=2, A=1)
+    else:  # no tractable entropy: no temperature, no alpha metrics
+        assert not any(k.startswith("alpha/") for k in m) and not hasattr(algo, "log_alpha")
+    assert all(math.isfinite(v) for v in m.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.policy.parameters()))
+
+
+def test_sac_offline_flow_sac_loss_backpropagates_q_through_the_euler_sampler():
+    torch.manual_seed(0)
+    algo = _small("sac_offline", "flow", flow_bc_coef=0.0)  # pure Q maximisation: only the sampler carries gradient
+    before = [p.detach().clone() for p in algo.policy.parameters()]
+    algo.update(_batch(16, 3, 2, torch.Generator().manual_seed(0)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.policy.parameters()))
+
+
+def test_sac_offline_target_entropy_and_temperature_feedback():
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    m = _small("sac_offline", target_entropy=-0.5).update(_batch(16, 3, 2, gen))
+    assert m["alpha/target_entropy"] == pytest.approx(-0.5)
+    # seed 001's loop: a target above what the actor's entropy reaches keeps raising alpha under the iql loss
+    torch.manual_seed(0)
+    algo = _small("sac_offline", actor_loss_type="iql", target_entropy=20.0, temperature_lr=1e-2)
+    temps = [algo.update(_batch(16, 3, 2, gen))["alpha/temperature"] for _ in range(20)]
+    assert temps[-1] > temps[0] * 1.1 and all(b >= a for a, b in zip(temps, temps[1:]))
+    algo = _small("sac_offline", actor_loss_type="iql", target_entropy=20.0, learn_temperature=False)
+    assert algo.update(_batch(16, 3, 2, gen))["alpha/temperature"] == pytest.approx(1.0)
+
+
+def test_sac_offline_value_backup_and_config_errors():
+    from rlft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="critic_backup"):
+        _small("sac_offline", actor_loss_type="awr", critic_backup="value")
+    with pytest.raises(ConfigError, match="actor_loss_type"):
+        _small("sac_offline", actor_loss_type="bc")
+    torch.manual_seed(0)
+    algo = _small("sac_offline", actor_loss_type="iql", critic_backup="value")
+    last = [m for m in algo.value.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        for p in algo.value.parameters():
+            p.zero_()
+        last.bias.fill_(-4.0)  # V(s) = -4 everywhere
+    b = _batch(4, 3, 2, torch.Generator().manual_seed(0))
+    b.terminated = T([0.0, 0.0, 1.0, 0.0])
+    b.reward = T([1.0, 0.0, 2.0, -1.0])
+    with torch.no_grad():
+        y = algo._critic_target(b, 0.0)
+    assert y.tolist() == pytest.approx([1.0 - 0.99 * 4, -0.99 * 4, 2.0, -1.0 - 0.99 * 4])
+
+
+@pytest.mark.parametrize("loss_type, kind", [("iql", "gaussian"), ("awr", "flow")])
+def test_sac_offline_weighted_losses_prefer_the_better_dataset_action(loss_type, kind):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    algo = _small("sac_offline", kind, actor_loss_type=loss_type, critic_lr=3e-3, actor_lr=3e-3, value_lr=3e-3,
+                  temperature_lr=3e-3)
+    for _ in range(150):
+        algo.update(_two_action_batch(64, gen))
+    a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)
+    assert a.mean().item() > 0.2, a.mean().item()

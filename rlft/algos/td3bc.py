@@ -59,15 +59,23 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid_mask: torch.Tenso
 
 
 def td3bc_actor_loss(
-    q_pi: torch.Tensor, pi_action: torch.Tensor, data_action: torch.Tensor, valid_mask: torch.Tensor, alpha: float
+    q_pi: torch.Tensor,
+    pi_action: torch.Tensor,
+    data_action: torch.Tensor,
+    valid_mask: torch.Tensor,
+    alpha: float,
+    lam_form: str = "paper",
 ) -> tuple[torch.Tensor, Info]:
-    """TD3+BC actor loss ``-lambda * mean_b Q(s_b, pi(s_b)) + masked_mse(pi(s), a)``, ``lambda = alpha / mean_b|Q|``.
+    """TD3+BC actor loss ``-lambda * mean_b Q(s_b, pi(s_b)) + masked_mse(pi(s), a)``.
 
-    ``q_pi`` [B] (with grad, the first critic at the policy's action); ``pi_action``/``data_action`` [B, H, A];
+    ``lambda = alpha / mean_b|Q|`` (``lam_form='paper'``, Fujimoto & Gu) or ``alpha / (alpha + mean_b|Q|)``
+    (``'seed'``: the form of seed 001's offline-SAC sweep, bounded by 1; it fell to ~0.01 when Q reached ~100).
+    ``q_pi`` [B] (with grad, the critic at the policy's action); ``pi_action``/``data_action`` [B, H, A];
     ``lambda`` is computed from the detached Q values (a normaliser, not a learnt quantity).
     info: ``actor_loss``, ``actor_q`` (mean Q of pi(s)), ``actor_lam``, ``bc_loss`` (the masked MSE).
     """
-    lam = alpha / q_pi.detach().abs().mean().clamp_min(1e-6)
+    q_abs = q_pi.detach().abs().mean()
+    lam = alpha / (q_abs.clamp_min(1e-6) if lam_form == "paper" else alpha + q_abs)
     bc = masked_mse(pi_action, data_action, valid_mask)
     loss = -lam * q_pi.mean() + bc
     with torch.no_grad():

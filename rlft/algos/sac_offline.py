@@ -1,0 +1,313 @@
+"""Offline SAC over action chunks as seed 001 ran it, with its four actor losses, for the Gaussian vs flow study.
+
+Seed 001 trained a tanh-squashed diagonal Gaussian over the flattened chunk (``GaussianPolicy``) offline with a SAC
+critic ensemble and automatic temperature, under four actor losses, and saw every variant fail (temperature
+explosion, Q exploitation of out-of-data chunks, near-uniform advantage weights). This module reproduces that setup
+so the failure can be measured, and lets the same critic train a flow actor for the comparison the issue asks for.
+
+One update (critic, then the IQL value net when used, then actor and temperature):
+
+* critic:  ``L_Q = sum_i E[(Q_i(s, a) - y)^2]`` with the soft SAC target
+           ``y = r + bootstrap * (min_i Qtarget_i(s', a') - alpha * log pi(a'|s'))``, ``a' ~ pi(.|s')``
+           (``critic_backup='policy'``; the entropy term only with ``backup_entropy`` and a Gaussian actor), or
+           ``y = r + bootstrap * V(s')`` (``critic_backup='value'``, IQL's in-sample backup; iql only).
+* actor (``actor_loss_type``), ``a_pi`` the actor's reparameterised sample at s:
+
+  ``sac``    Gaussian: ``E[alpha * log pi(a_pi|s) - mean_i Q_i(s, a_pi)]``.
+             Flow: ``-E[mean_i Q_i(s, a_pi)] + flow_bc_coef * flow_matching(s, a_data)``, ``a_pi`` the Euler-
+             integrated flow from a fresh N(0, I) noise, differentiated through every step (no entropy exists).
+  ``td3bc``  ``-lambda * E[mean_i Q_i(s, a_pi)] + mse_valid(a_pi, a_data)``, ``lambda = td3bc_alpha / (td3bc_alpha +
+             mean|Q|)`` (the seed's form; ``td3bc_lam_form='paper'`` gives TD3+BC's ``alpha / mean|Q|``), detached.
+  ``awr``    ``E[w * nll(a_data|s)]``, ``w = min(exp(A / awr_temperature), awr_max_weight)``,
+             ``A = min_i Q_i(s, a_data) - min_i Q_i(s, a_pi)`` (a one-sample estimate of Q - V, with V(s) = E_pi Q).
+  ``iql``    ``E[w * nll(a_data|s)]``, ``w = min(exp(iql_beta * A), iql_max_weight)``,
+             ``A = min_i Qtarget_i(s, a_data) - V(s)``, V trained by expectile regression (``iql_expectile``) on
+             ``min_i Qtarget_i(s, a_data)``.
+
+  ``nll`` is the chunk's negative log-likelihood summed over its valid steps (nats per chunk, the same units as the
+  entropy term) for the Gaussian, and the flow-matching loss (weighted per sample) for the flow.
+  ``actor/bc_loss`` is each loss's data term as the seed logged it: the masked MSE for td3bc, the unweighted NLL per
+  valid dimension (Gaussian) or flow-matching loss (flow) for the others (for Gaussian 'sac' a no-grad diagnostic).
+  With a Gaussian actor and ``entropy_bonus`` the td3bc/awr/iql losses also get ``+ alpha * E[log pi(a_pi|s)]`` --
+  the "extra entropy bonus" of the seed's code, the only place alpha enters those losses.
+* temperature (Gaussian only): ``L_alpha = -log alpha * E[log pi(a_pi|s) + H_target]``, every update and every
+  actor loss type, as in the seed.
+
+Target entropy: ``target_entropy`` (nats per chunk); None = SAC's automatic ``-H * A`` (-56 for the seed's 8x7
+chunks). That default is deliberate: it is the value seed 001 identified as the cause of the temperature explosion
+(a chunk Gaussian fitted to demonstrations has log pi ~ +100, so ``log pi + H_target > 0`` keeps raising alpha while,
+in the awr/iql losses, alpha cannot raise the entropy). It is logged as ``alpha/target_entropy`` every update; set
+e.g. ``target_entropy: -28`` (-0.5 per dimension) or ``learn_temperature: false`` to test the fix.
+
+Flow actor: it has no tractable density, so no temperature is learnt, no entropy term is added anywhere and no
+``alpha/*`` metric is logged (the module has no ``log_alpha`` then); ``init_temperature`` etc. are ignored. Every
+other part (critic, value net, weights, lambda) is identical, so ``policy.kind`` alone switches Gaussian vs flow.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+
+from rlft.algos import register
+from rlft.algos.awr import awr_weights
+from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.losses import (
+    Info,
+    iql_value_loss,
+    iql_weights,
+    metrics_to_floats,
+    prefixed,
+    sac_actor_loss,
+    sac_critic_target,
+    td_loss,
+    temperature_loss,
+)
+from rlft.algos.td3bc import td3bc_actor_loss
+from rlft.data.batch import ChunkBatch
+from rlft.errors import ConfigError
+from rlft.nets.ensemble import CriticEnsemble, ValueNet, soft_update
+from rlft.policies.gaussian import valid_dim_count
+
+ACTOR_LOSS_TYPES = ("sac", "td3bc", "awr", "iql")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure losses
+# ---------------------------------------------------------------------------------------------------------------
+def weighted_nll_loss(nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_b w_b * nll_b`` with ``weights`` detached (AWR/IQL's weighted likelihood; no renormalisation)."""
+    return (weights.detach() * nll).mean()
+
+
+def entropy_bonus(log_prob: torch.Tensor, alpha: torch.Tensor | float) -> tuple[torch.Tensor, Info]:
+    """The entropy term added to a non-SAC actor loss: ``alpha * mean_b log pi(a_b|s_b)`` (``a_b`` reparameterised,
+    ``alpha`` detached). info: ``entropy`` (-mean log pi, nats per chunk)."""
+    return alpha * log_prob.mean(), {"entropy": -log_prob.detach().mean()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SACOfflineConfig(AlgoConfig):
+    """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor."""
+
+    actor_loss_type: str = "sac"
+    """'sac' (reparameterised Q maximisation), 'td3bc', 'awr' or 'iql' (see the module docstring)."""
+    num_critics: int = 2
+    """Number of Q networks (the TD target uses the min over their target copies)."""
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each Q network and of the IQL V network."""
+    critic_layernorm: bool = True
+    """LayerNorm after each hidden layer of the Q and V networks."""
+    critic_impl: str = "auto"
+    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
+    critic_backup: str = "policy"
+    """'policy': soft SAC target at a' ~ pi(s'); 'value': r + bootstrap * V(s') (only with actor_loss_type iql)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the policy."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the Q networks."""
+    value_lr: float = 3e-4
+    """Adam learning rate of the IQL V network."""
+    temperature_lr: float = 3e-4
+    """Adam learning rate of log(alpha) (Gaussian actor)."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    init_temperature: float = 1.0
+    """Initial alpha (SAC's 1.0; Gaussian actor only)."""
+    learn_temperature: bool = True
+    """Tune alpha towards the target entropy (Gaussian actor only)."""
+    target_entropy: float | None = None
+    """Target entropy in nats per chunk; None = SAC's automatic -H*A (the value seed 001 blamed; see the docstring)."""
+    backup_entropy: bool = True
+    """Soft backup: subtract alpha * log pi(a'|s') in the TD target (Gaussian actor, critic_backup 'policy')."""
+    entropy_bonus: bool = True
+    """Gaussian actor: add alpha * E[log pi(a_pi|s)] to the td3bc/awr/iql actor losses, as the seed's code did."""
+    td3bc_alpha: float = 2.5
+    """td3bc: the alpha of lambda."""
+    td3bc_lam_form: str = "seed"
+    """td3bc: 'seed' (lambda = alpha / (alpha + mean|Q|), the seed's) or 'paper' (alpha / mean|Q|, TD3+BC's)."""
+    awr_temperature: float = 1.0
+    """awr: w = exp(A / awr_temperature)."""
+    awr_max_weight: float = 20.0
+    """awr: upper clip of the weights."""
+    iql_expectile: float = 0.7
+    """iql: expectile of the V regression, in (0, 1)."""
+    iql_beta: float = 3.0
+    """iql: inverse temperature, w = exp(iql_beta * A)."""
+    iql_max_weight: float = 100.0
+    """iql: upper clip of the weights."""
+    flow_bc_coef: float = 1.0
+    """Flow actor with actor_loss_type 'sac': weight of the flow-matching BC term added to -Q (0 = pure Q
+    maximisation; the other loss types have their own data term)."""
+
+    def __post_init__(self) -> None:
+        if self.actor_loss_type not in ACTOR_LOSS_TYPES:
+            raise ConfigError(f"sac_offline.actor_loss_type must be one of {ACTOR_LOSS_TYPES}, got "
+                              f"{self.actor_loss_type!r}")
+        if self.critic_backup not in ("policy", "value"):
+            raise ConfigError(f"sac_offline.critic_backup must be 'policy' or 'value', got {self.critic_backup!r}")
+        if self.critic_backup == "value" and self.actor_loss_type != "iql":
+            raise ConfigError("sac_offline.critic_backup 'value' needs the IQL V network: use actor_loss_type iql")
+        if self.num_critics < 1:
+            raise ConfigError(f"sac_offline.num_critics must be >= 1, got {self.num_critics}")
+        if self.critic_impl not in ("auto", "loop", "batched"):
+            raise ConfigError(f"sac_offline.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"sac_offline.tau must be in (0, 1], got {self.tau}")
+        if self.init_temperature <= 0:
+            raise ConfigError(f"sac_offline.init_temperature must be > 0, got {self.init_temperature}")
+        if self.td3bc_lam_form not in ("seed", "paper"):
+            raise ConfigError(f"sac_offline.td3bc_lam_form must be 'seed' or 'paper', got {self.td3bc_lam_form!r}")
+        if self.awr_temperature <= 0:
+            raise ConfigError(f"sac_offline.awr_temperature must be > 0, got {self.awr_temperature}")
+        if self.awr_max_weight <= 0 or self.iql_max_weight <= 0:
+            raise ConfigError("sac_offline.awr_max_weight and iql_max_weight must be > 0")
+        if not 0.0 < self.iql_expectile < 1.0:
+            raise ConfigError(f"sac_offline.iql_expectile must be in (0, 1), got {self.iql_expectile}")
+        if self.flow_bc_coef < 0:
+            raise ConfigError(f"sac_offline.flow_bc_coef must be >= 0, got {self.flow_bc_coef}")
+
+
+@register
+class SACOffline(Algorithm):
+    """Seed 001's offline SAC: critic ensemble, auto temperature, four actor losses; Gaussian or flow actor."""
+
+    Config: ClassVar[type[AlgoConfig]] = SACOfflineConfig
+    name: ClassVar[str] = "sac_offline"
+    supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
+
+    def __init__(self, cfg: SACOfflineConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None,
+                 device="cpu"):
+        super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
+        self.cfg: SACOfflineConfig = cfg
+        self.stochastic = bool(getattr(self.policy, "has_log_prob", False))  # entropy terms exist (Gaussian)
+        hidden = tuple(cfg.critic_hidden_dims)
+        self.critic = CriticEnsemble(
+            obs_dim, act_horizon * action_dim, cfg.num_critics, hidden, cfg.critic_layernorm, cfg.critic_impl
+        ).to(self.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_params = list(self.policy.parameters())
+        self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        if cfg.actor_loss_type == "iql":
+            self.value = ValueNet(obs_dim, hidden, cfg.critic_layernorm).to(self.device)
+            self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
+        self.target_entropy = (
+            float(cfg.target_entropy) if cfg.target_entropy is not None else -float(act_horizon * action_dim)
+        )
+        if self.stochastic:
+            self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
+            if cfg.learn_temperature:
+                self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
+
+    # ---- pieces ----
+    def _alpha(self) -> torch.Tensor | float:
+        return self.log_alpha.detach().exp() if self.stochastic else 0.0
+
+    def _critic_target(self, batch: ChunkBatch, alpha) -> torch.Tensor:
+        if self.cfg.critic_backup == "value":
+            return batch.reward + batch.bootstrap * self.value(batch.next_obs)
+        if self.stochastic:
+            a_next, logp_next = self.policy.rsample_log_prob(batch.next_obs)
+        else:
+            a_next, logp_next = self.policy.sample(batch.next_obs), torch.zeros_like(batch.reward)
+        return sac_critic_target(self.target_critic(batch.next_obs, a_next), logp_next, batch.reward, batch.bootstrap,
+                                 alpha if self.cfg.backup_entropy else 0.0)
+
+    def _weighted_likelihood(self, batch: ChunkBatch, weights: torch.Tensor) -> tuple[torch.Tensor, Info]:
+        """``mean_b w_b * nll_b`` of the data chunks: chunk NLL (Gaussian) or flow matching (flow)."""
+        if self.stochastic:
+            nll = -self.policy.log_prob(batch.obs, batch.action, batch.valid_mask)  # [B], nats per chunk
+            dims = valid_dim_count(batch.valid_mask, batch.action.shape).to(nll)
+            return weighted_nll_loss(nll, weights), {"bc_loss": (nll.detach() / dims).mean()}
+        loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
+        return loss, {"bc_loss": info["bc_loss"]}
+
+    # ---- update ----
+    def update(self, batch: ChunkBatch) -> dict[str, float]:
+        cfg, kind = self.cfg, self.cfg.actor_loss_type
+        alpha = self._alpha()
+        metrics: dict[str, object] = {}
+
+        # ---- critic ----
+        with torch.no_grad():
+            y = self._critic_target(batch, alpha)
+        q = self.critic(batch.obs, batch.action)
+        critic_loss, critic_info = td_loss(q, y)
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+        soft_update(self.target_critic, self.critic, cfg.tau)
+        metrics.update(prefixed("critic", critic_info))
+
+        # ---- IQL value: expectile regression on min_i Qtarget_i(s, a_data) ----
+        if kind == "iql":
+            with torch.no_grad():
+                q_t = self.target_critic(batch.obs, batch.action).min(dim=0).values
+            v = self.value(batch.obs)
+            v_loss, v_info = iql_value_loss(q_t, v, cfg.iql_expectile)
+            self.value_optim.zero_grad(set_to_none=True)
+            v_loss.backward()
+            self.value_optim.step()
+            metrics.update(prefixed("critic", v_info))
+
+        # ---- actor ----
+        if self.stochastic:
+            a_pi, log_prob = self.policy.rsample_log_prob(batch.obs)
+        else:
+            a_pi, log_prob = self.policy.sample(batch.obs), None  # Euler flow from fresh noise, differentiable
+        info: Info
+        if kind == "sac":
+            q_pi = self.critic(batch.obs, a_pi)
+            if self.stochastic:
+                actor_loss, info = sac_actor_loss(q_pi, log_prob, alpha)
+                with torch.no_grad():  # diagnostic only: how well the actor still explains the data
+                    info["bc_loss"] = self._weighted_likelihood(batch, torch.ones_like(batch.reward))[1]["bc_loss"]
+            else:
+                bc, bc_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+                actor_loss = -q_pi.mean() + cfg.flow_bc_coef * bc
+                info = {"actor_q": q_pi.detach().mean(), "bc_loss": bc_info["bc_loss"]}
+        elif kind == "td3bc":
+            q_pi = self.critic(batch.obs, a_pi).mean(dim=0)
+            actor_loss, info = td3bc_actor_loss(q_pi, a_pi, batch.action, batch.valid_mask, cfg.td3bc_alpha,
+                                                cfg.td3bc_lam_form)
+        elif kind == "awr":
+            with torch.no_grad():
+                q_data = self.critic(batch.obs, batch.action).min(dim=0).values
+                v_hat = self.critic(batch.obs, a_pi.detach()).min(dim=0).values
+            weights, info = awr_weights(q_data - v_hat, cfg.awr_temperature, cfg.awr_max_weight)
+            actor_loss, nll_info = self._weighted_likelihood(batch, weights)
+            info.update(nll_info, actor_q=v_hat.mean())
+        else:  # iql
+            adv = q_t - v.detach()
+            weights = iql_weights(adv, cfg.iql_beta, cfg.iql_max_weight)
+            actor_loss, info = self._weighted_likelihood(batch, weights)
+            info.update(iql_weights_mean=weights.mean(), iql_weights_max=weights.max(), iql_advantage_mean=adv.mean())
+        if self.stochastic and kind != "sac" and cfg.entropy_bonus:
+            bonus, bonus_info = entropy_bonus(log_prob, alpha)
+            actor_loss = actor_loss + bonus
+            info.update(bonus_info)
+        if self.stochastic:
+            info["entropy"] = -log_prob.detach().mean()
+        info["actor_loss"] = actor_loss.detach()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
+        self.actor_optim.step()
+        metrics.update(prefixed("actor", info))
+
+        # ---- temperature (Gaussian actor, every loss type) ----
+        if self.stochastic:
+            temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+            if cfg.learn_temperature:
+                self.temperature_optim.zero_grad(set_to_none=True)
+                temp_loss.backward()
+                self.temperature_optim.step()
+            metrics.update(prefixed("alpha", temp_info))
+
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
