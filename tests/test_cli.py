@@ -69,17 +69,18 @@ def test_resume_continues_to_more_steps(tmp_path, dataset):
     assert state["step"] == 40 and state["algo"]["num_updates"] == 40
 
 
-@pytest.mark.parametrize("config", ["configs/pipeline.yaml", "configs/pipeline_gaussian.yaml"])
-def test_pipeline_smoke(tmp_path, config):
+@pytest.mark.parametrize("config,videos", [("configs/pipeline.yaml", 1), ("configs/pipeline_gaussian.yaml", 0)])
+def test_pipeline_smoke(tmp_path, config, videos):
     rc = main(["pipeline", "--config", config, "--out-dir", str(tmp_path), "--name", "p",
                "--budget-scale", "0.005", "--collect.num-workers", "1",
-               "--eval.num-episodes", "2", "--quiet"])
+               "--eval.num-episodes", "2", "--eval.video-episodes", str(videos), "--quiet"])
     assert rc == 0
     res = json.loads((tmp_path / "p" / "pipeline_summary.json").read_text())
     assert [r["stage"] for r in res["stages"]] == ["collect", "bc", "offline", "online"]
     assert res["stages"][0]["algo"] == "oracle (1 demos + 1 play)"
     assert (tmp_path / "p" / "results.md").read_text().count("|") > 10
     assert Path(res["final_policy"]).is_file()
+    assert len(list((tmp_path / "p").glob("*/videos/*.mp4"))) == videos * 3  # one per trained stage when asked
 
 
 def test_pipeline_merges_demos_and_play_sources(tmp_path):
