@@ -436,6 +436,13 @@ def test_dsrl_check_stage2_items(tmp_path):
     assert "bound 150" in res["q_mean rises without exploding"].evidence
     _write_metrics(tmp_path / "short", good[:2])
     assert {r.status for r in dsrl_checklist(tmp_path / "short")} == {"SKIP"}
+    # the CLI entry point: exit status 0 when every item passes, 1 when one fails
+    from rlft.cli import main
+
+    assert main(["dsrl-check", str(tmp_path / "good")]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["dsrl-check", str(tmp_path / "good"), str(tmp_path / "bad")])
+    assert e.value.code == 1
 
 
 # ------------------------------------------------------------------------------------------------------------
