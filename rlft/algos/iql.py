@@ -84,7 +84,7 @@ class IQL(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = IQLConfig
     name: ClassVar[str] = "iql"
-    supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
+    supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
 
     def __init__(self, cfg: IQLConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
