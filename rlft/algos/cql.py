@@ -263,8 +263,8 @@ class CQL(Algorithm):
         metrics["critic/td_loss"] = td.detach()
         metrics["critic/critic_loss"] = critic_loss.detach()
         metrics["critic/cql_penalty"] = penalty.detach()
-        weight = cfg.cql_alpha * (alpha_prime.detach() if alpha_prime is not None else 1.0)
-        metrics["critic/cql_alpha"] = torch.as_tensor(weight, dtype=torch.float32)  # effective weight on the gap
+        # effective weight on the gap (a tensor on the batch's device with Lagrange, else a plain number)
+        metrics["critic/cql_alpha"] = cfg.cql_alpha * alpha_prime.detach() if alpha_prime is not None else cfg.cql_alpha
 
         # ---- actor and temperature (SAC, min over critics) ----
         action, log_prob = self.policy.rsample_log_prob(batch.obs)
