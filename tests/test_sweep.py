@@ -80,3 +80,12 @@ def test_grid_over_base_configs_runs_each_algorithm_file():
     assert [r[0] for r in runs] == ["base=offline_iql,steps=7,s3", "base=bc,steps=7,s3"]
     assert runs[0][3]["algo"] == "iql" and runs[1][3]["algo"] == "bc"
     assert all(r[3]["steps"] == 7 and r[3]["run"]["seed"] == 3 for r in runs)
+
+
+def test_base_overrides_apply_to_their_config_only():
+    cfg = SweepConfig(base=str(ROOT / "configs" / "bc.yaml"), grid={"base": ["offline_iql.yaml", "bc.yaml"]},
+                      base_overrides={"offline_iql.yaml": {"algo_cfg": {"beta": 7.0}}})
+    iql, bc = (r[3] for r in expand(cfg))
+    assert iql["algo_cfg"]["beta"] == 7.0 and "beta" not in bc.get("algo_cfg", {})
+    with pytest.raises(ConfigError, match="base_overrides"):
+        SweepConfig(base="x.yaml", grid={"base": ["a.yaml"]}, base_overrides={"b.yaml": {}})

@@ -56,6 +56,9 @@ class SweepConfig:
     """Seeds (``run.seed``); every grid point runs once per seed."""
     overrides: dict = dataclasses.field(default_factory=dict)
     """Nested fields merged into the base config of every run, e.g. ``{steps: 20000, eval: {every: 5000}}``."""
+    base_overrides: dict = dataclasses.field(default_factory=dict)
+    """Per base config (a grid ``base`` value, e.g. ``offline_cql.yaml``): nested fields merged after ``overrides``
+    into that config only, e.g. ``{offline_qc.yaml: {algo_cfg: {num_samples: 8}}}``."""
     dataset: Optional[str] = None
     """Dataset file for every run; when unset the sweep collects one (``collect`` + ``also_collect``) first."""
     collect: Optional[CollectConfig] = None
@@ -74,6 +77,9 @@ class SweepConfig:
             raise ConfigError("grid: must map dotted field names to non-empty lists of values")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        unknown = set(self.base_overrides) - set(self.grid.get("base", []))
+        if unknown:
+            raise ConfigError(f"base_overrides: {sorted(unknown)} are not among the grid's base configs")
         if self.parallel < 1:
             raise ConfigError(f"parallel must be >= 1, got {self.parallel}")
 
@@ -123,6 +129,7 @@ def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
         point = dict(zip(keys, values))
         base_path = _resolve(point["base"], cfg.base) if "base" in point else cfg.base
         base = _deep_merge(read_yaml(base_path), cfg.overrides)
+        base = _deep_merge(base, cfg.base_overrides.get(point.get("base"), {}))
         for seed in cfg.seeds:
             d = base
             for k, v in point.items():
