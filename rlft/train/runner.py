@@ -1,7 +1,10 @@
 """``rlft train``: one stage, offline (gradient steps on a dataset) or online (env interaction + replay).
 
 The loop is the same for every algorithm: it reads ``AlgoConfig`` fields (batch_size, utd_ratio, warmup_steps,
-offline_ratio) and calls ``algo.update(batch)`` / ``algo.explore(obs)``. Outputs in the run directory:
+offline_ratio; rollout_steps > 0 for on-policy algorithms) and calls ``algo.update(batch)`` / ``algo.explore(obs)``.
+With ``TrainConfig.base_policy`` (DSRL) the env's action becomes that frozen policy's latent noise
+(``rlft.envs.noise_action``), the actor is sized to the noise chunk, replay rows also keep the decoded env chunk
+(``ChunkBatch.exec_action``) and the saved policy is the composite ``SteeredFlowPolicy``. Outputs in the run directory:
 
 * ``config.yaml`` (resolved config), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``summary.json`` (final numbers);
 * ``checkpoints/policy_final.safetensors``, ``policy_best.safetensors`` (best ``eval/success_once``),
