@@ -28,7 +28,6 @@ USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report} [--config FILE
   sweep      one train config over a grid of overrides x seeds (parallel processes), then a results table
   report     HTML report of run/pipeline directories: curves, videos, results table, diagnosis of failure modes
   dsrl-check DSRL debugging checklist on run directories' metrics (stage 1 Q check; stage 2 td/q/alpha/entropy)
-  dsrl-check DSRL debugging checklist on run directories' metrics (stage 1 Q check; stage 2 td/q/alpha/entropy)
 
 Run 'rlft <command> --help' for every field of that command's config.
 """
@@ -189,17 +188,6 @@ def cmd_report(args: list[str]) -> None:
 
 
 COMMANDS["report"] = cmd_report
-
-
-def cmd_dsrl_check(args: list[str]) -> None:
-    """``rlft dsrl-check RUN_DIR [RUN_DIR ...]`` (see rlft.train.dsrl_check); exit status 1 if an item fails."""
-    from rlft.train.dsrl_check import main as dsrl_check_main
-
-    if dsrl_check_main(args):
-        sys.exit(1)
-
-
-COMMANDS["dsrl-check"] = cmd_dsrl_check
 
 
 def cmd_dsrl_check(args: list[str]) -> None:
