@@ -19,7 +19,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # 10-100x slower (BENCHMARKS.md). Passive waiting removes the collapse; it must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report} [--config FILE.yaml] [--field VALUE ...]
+USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,dsrl-check} [--config FILE.yaml] [--field VALUE ...]
 
   collect    run an expert (OGBench oracle) and write a dataset file (.h5, ManiSkill trajectory layout)
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
