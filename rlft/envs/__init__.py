@@ -1,7 +1,9 @@
 """Environments: ``make_env(env_id)`` dispatches on the id's *family*; wrappers; expert sources.
 
 A family is a small record (name, id matcher, constructor, id lister) in ``ENV_FAMILIES``. Callers never branch on the
-simulator: adding ManiSkill later means one ``register_env_family(EnvFamily("maniskill", ...))`` call.
+simulator. Two families ship: ``ogbench`` (OGBench cube/puzzle/scene tasks, MuJoCo) and ``maniskill`` (ManiSkill3
+tasks such as ``LiftPegUpright-v1``, state observations, ``pd_ee_delta_pose``; needs the ``maniskill`` extra, see
+``rlft.envs.maniskill_env``).
 
 ``make_env`` returns a gymnasium env whose observations are flat float32 vectors (``ObsHistory``; with
 ``obs_horizon > 1`` the last To observations are stacked) and whose actions are in [-1, 1] (true for OGBench).
@@ -10,12 +12,13 @@ simulator: adding ManiSkill later means one ``register_env_family(EnvFamily("man
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import gymnasium
 import numpy as np
 
-from rlft.envs import ogbench_env
+from rlft.envs import maniskill_env, ogbench_env
 from rlft.envs.wrappers import ChunkExecutor, ObsHistory
 from rlft.errors import EnvError
 
@@ -36,6 +39,13 @@ ENV_FAMILIES: list[EnvFamily] = [
         make=ogbench_env.make_ogbench_env,
         known_ids=lambda: [i for i in ogbench_env.ogbench_ids() if not i.startswith("visual-")],
         example="cube-double-singletask-v0",
+    ),
+    EnvFamily(
+        name="maniskill",
+        matches=maniskill_env.is_maniskill_id,
+        make=maniskill_env.make_maniskill_env,
+        known_ids=maniskill_env.maniskill_ids,
+        example="LiftPegUpright-v1",
     ),
 ]
 
@@ -76,6 +86,35 @@ def make_env(env_id: str, seed: int | None = None, obs_horizon: int = 1, **kwarg
         env.reset(seed=int(seed))
         env.action_space.seed(int(seed))
     return env
+
+
+def make_vector_env(env_id: str, num_envs: int, obs_horizon: int = 1, backend: str = "auto", **kwargs: Any):
+    """``num_envs`` copies of ``make_env(env_id, ...)`` stepped in parallel.
+
+    ``backend``: ``"async"`` -- gymnasium ``AsyncVectorEnv`` (one process per env, spawn; numpy in/out), the CPU path
+    for every family; ``"gpu"`` -- ManiSkill's GPU simulation, all envs in one process on the GPU with torch tensors in
+    and out (``maniskill_env.make_maniskill_gpu_vector_env``; untested here: no GPU); ``"auto"`` picks ``"gpu"`` for
+    a ManiSkill id when CUDA is available, else ``"async"``.
+    """
+    if backend not in ("auto", "async", "gpu"):
+        raise EnvError(f"backend must be 'auto', 'async' or 'gpu', got {backend!r}")
+    fam = env_family(env_id)
+    if backend == "auto":
+        import torch
+
+        backend = "gpu" if fam.name == "maniskill" and torch.cuda.is_available() else "async"
+    if backend == "gpu":
+        if fam.name != "maniskill":
+            raise EnvError(f"{env_id}: only ManiSkill tasks have a GPU-parallel simulator")
+        if obs_horizon != 1:
+            raise EnvError("obs_horizon > 1 is not implemented for the GPU vector env")
+        return maniskill_env.make_maniskill_gpu_vector_env(env_id, num_envs, **kwargs)
+    if fam.name == "maniskill":  # build the Vulkan layer once here, so the workers inherit the environment
+        from rlft.envs.vk_layer import ensure_vulkan_for_sapien
+
+        ensure_vulkan_for_sapien()
+    fns = [functools.partial(make_env, env_id, obs_horizon=obs_horizon, **kwargs) for _ in range(int(num_envs))]
+    return gymnasium.vector.AsyncVectorEnv(fns, context="spawn")
 
 
 def find_max_episode_steps(env: gymnasium.Env) -> int | None:
@@ -120,5 +159,6 @@ __all__ = [
     "env_info",
     "find_max_episode_steps",
     "make_env",
+    "make_vector_env",
     "register_env_family",
 ]
