@@ -110,3 +110,18 @@ def test_bc_train_and_eval_report_success(demos, tmp_path, capsys):
     ev = json.loads(out.read_text())
     assert len(ev["episodes"]) == 2 and {"success_once", "success_at_end"} <= set(ev["episodes"][0])
     assert "eval/success_at_end" in ev["summary"]
+
+
+def test_async_vector_env_two_processes():
+    from rlft.envs import make_vector_env
+
+    venv = make_vector_env(ENV, 2, backend="async")
+    try:
+        obs, _ = venv.reset(seed=0)
+        assert obs.shape == (2, 32) and obs.dtype == np.float32 and not np.array_equal(obs[0], obs[1])
+        obs, rew, term, trunc, info = venv.step(np.zeros((2, 7), np.float32))
+        assert obs.shape == (2, 32) and rew.shape == (2,) and "success" in info
+    finally:
+        venv.close()
+    with pytest.raises(EnvError, match="GPU"):
+        make_vector_env("cube-single-singletask-v0", 2, backend="gpu")
