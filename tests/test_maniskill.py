@@ -60,6 +60,10 @@ def test_reader_reads_maniskill_replay_output_unchanged(tmp_path):
     first = int(np.flatnonzero(ep.terminated)[0])
     assert why == "ok" and len(cut) == first + 1 and cut.success[-1] and cut.terminated[-1]
     assert 140 <= len(cut) <= 200  # the planner needs ~150-180 steps: why rlft's limit is 200, not ManiSkill's 50
+    from rlft.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="replay_trajectory"):  # the planner's raw recording: no obs, no rewards
+        read_episodes(tmp_path / "mp_t.h5")
 
 
 @pytest.fixture(scope="module")
