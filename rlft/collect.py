@@ -302,7 +302,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     if cfg.mode != "demos":
         raise ConfigError(f"collect.mode: {cfg.env_id} is a ManiSkill task; only 'demos' (motion planning) exists")
     if cfg.oracle != "auto":
-        raise ConfigError(f"collect.oracle: ManiSkill tasks use ManiSkill's motion planner; leave oracle 'auto'")
+        raise ConfigError("collect.oracle: ManiSkill tasks use ManiSkill's motion planner; leave oracle 'auto'")
     if cfg.action_noise:
         raise ConfigError("collect.action_noise: motion-planned ManiSkill demos are collected without action noise")
     if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:

@@ -165,9 +165,10 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
     def need(key: str) -> None:
         if key not in keys:
             hint = ""
-            if "env_states" in keys:  # a ManiSkill recording without observations/rewards (e.g. motion-planning output)
-                hint = ("; a raw ManiSkill recording: convert it with `python -m mani_skill.trajectory.replay_trajectory "
-                        "--traj-path FILE -o state -c pd_ee_delta_pose --record-rewards --save-traj`")
+            if "env_states" in keys:  # a ManiSkill recording without observations/rewards (motion-planning output)
+                hint = ("; a raw ManiSkill recording: convert it with `python -m "
+                        "mani_skill.trajectory.replay_trajectory --traj-path FILE -o state -c pd_ee_delta_pose "
+                        "--record-rewards --save-traj`")
             raise DatasetError(f"{where}: missing key '{key}' (found: {sorted(keys)}){hint}")
 
     for k in ("obs", "actions", "rewards"):

@@ -15,7 +15,7 @@ GPU: ``make_maniskill_gpu_vector_env`` uses ManiSkill's documented GPU API (``si
 It is selected by ``rlft.envs.make_vector_env`` when CUDA is available. NOT TESTED in this project's CI (no GPU).
 
 Episode limits (``MANISKILL_TASKS``) are rlft's, chosen from the motion planner's demonstrations, not ManiSkill's
-defaults (50 steps for LiftPegUpright/PickCube/PushCube, 100 for PegInsertionSide), which are tuned for fast RL policies:
+defaults (50 steps for LiftPegUpright/PickCube/PushCube, 100 for PegInsertionSide), tuned for fast RL policies:
 the planner's LiftPegUpright demos reach success at step 160-175, so 50 steps would cut every demonstration.
 Episodes terminate at success (ManiSkill's ``terminated = success | fail``), as OGBench tasks do; ``info['success']``
 is the task's success flag, so evaluation reports ``success_once``/``success_at_end`` exactly as for OGBench.
