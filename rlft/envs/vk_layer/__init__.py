@@ -3,9 +3,9 @@
 Why: SAPIEN 3 needs a Vulkan device even with ``render_backend="none"`` (it builds render materials while loading a
 scene) and refuses one without the ``descriptorBindingPartiallyBound`` feature. On a CPU-only Debian 12 machine the
 only Vulkan device is Mesa's lavapipe (``libvulkan1 mesa-vulkan-drivers``), which lacks that feature, so
-``gym.make("LiftPegUpright-v1", ...)`` fails with "failed to find a rendering device". No environment variable or ICD
-setting changes what lavapipe reports (Debian 12 has Mesa 22.3; nothing newer is packaged), so rlft ships a tiny
-Vulkan layer (``partially_bound_layer.c``, ~200 lines) that reports the feature and strips it from the
+``gym.make("LiftPegUpright-v1", ...)`` fails with "failed to find a rendering device". We found no environment
+variable or ICD setting that changes what lavapipe reports, and Debian 12 packages no newer Mesa (22.3.6), so rlft
+ships a tiny Vulkan layer (``partially_bound_layer.c``, ~200 lines) that reports the feature and strips it from the
 device-creation request when the driver lacks it. State simulation is then exact (physics does not use Vulkan);
 camera images are not supported through it.
 
