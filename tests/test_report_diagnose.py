@@ -200,3 +200,12 @@ def test_rules_read_metrics_not_algorithm_names():
     assert 'ctx.get("algo")' not in src and "ctx['algo']" not in src and 'ctx["algo"]' not in src
     for name, fn in dg.RULES.items():
         assert fn(Metrics(), {}) == [], name  # no metrics, no finding
+
+
+def test_entropy_settling_at_its_target_is_not_a_collapse():
+    """REAL (DSRL-SAC stage 2): entropy +16 -> -13 nats is the temperature bringing a wide fresh latent actor down
+    to its target (-12.5) while alpha falls -- no entropy_collapse. The same drop past a target the policy cannot
+    hold (offline SAC on demos, entropy -148 -> -232) still fires (see above)."""
+    found = _diag("dsrl_sac_stage2", action_dim=5)
+    assert "entropy_collapse" not in found
+    assert "entropy_collapse" in _diag("sac_offline_q_overestimation")

@@ -261,6 +261,10 @@ def entropy_collapse(m: Metrics, ctx: dict) -> list[Finding]:
     ev = f"{name} {g(e[jmax])} (step {s[jmax]}) -> {g(e[i])} at step {step} (drop {g(e[jmax] - e[i])}; " \
          f"threshold {thr_txt}); final {g(e[-1])}"
     tgt = _at(m, m.find("alpha/target_entropy", "*/target_entropy"), step)
+    t_name = m.find("alpha/temperature", "*/temperature")
+    t0, t1 = _at(m, t_name, int(s[0])), _at(m, t_name, int(s[-1]))
+    if tgt is not None and e[-1] >= tgt - thr / 4 and t0 is not None and t1 is not None and t1 <= t0:
+        return []  # a wide initial policy settling at its entropy target while alpha falls: the target at work
     if tgt is not None:
         ev += f"; target_entropy {g(tgt)}"
     return [Finding(
