@@ -209,3 +209,14 @@ def test_entropy_settling_at_its_target_is_not_a_collapse():
     found = _diag("dsrl_sac_stage2", action_dim=5)
     assert "entropy_collapse" not in found
     assert "entropy_collapse" in _diag("sac_offline_q_overestimation")
+
+
+def test_offline_sac_study_gaussian_stays_uniform_over_the_box():
+    """REAL (seed 001's configuration on our data, BENCHMARKS §9): with init_temperature 1 the tanh-Gaussian chunk
+    actor never leaves the uniform distribution on [-1, 1]^40 (entropy 27.3 of at most 40 log 2 = 27.7)."""
+    found = _diag("sac_offline_uniform_box")
+    f = found["entropy_at_box_maximum"]
+    assert "40 dims x log 2" in f.evidence and "alpha/temperature" in f.evidence
+    assert "success_stuck_at_zero" in found and "temperature_explosion" not in found
+    for other in ("dsrl_sac_stage2", "sac_offline_q_overestimation", "sac_online_collapse"):
+        assert "entropy_at_box_maximum" not in _diag(other)

@@ -55,6 +55,7 @@ Q_GROWTH_ABS_MIN = 10.0
 Q_GROWTH_LAST_LOGS = 3
 """Unbounded Q: the magnitude must have grown at each of this many last log points (not a one-off spike)."""
 LAMBDA_DROP_FACTOR = 0.1
+BOX_ENTROPY_FRACTION = 0.9  # entropy_at_box_maximum: median late entropy >= this x d log 2
 """TD3+BC lambda collapse: actor_lam falls to this fraction of its median over the first quarter of the run (seed
 001: 0.35 -> ~0.01)."""
 UNIFORM_WEIGHT_RATIO = 2.0
@@ -274,6 +275,37 @@ def entropy_collapse(m: Metrics, ctx: dict) -> list[Finding]:
         "mean of near-deterministic data. A collapsed chunk policy no longer explores and its log-probabilities "
         "become huge, which also feeds a temperature explosion. Anchor to the data (BC term) or keep a reachable "
         "entropy target.")]
+
+
+@rule("entropy_at_box_maximum")
+def entropy_at_box_maximum(m: Metrics, ctx: dict) -> list[Finding]:
+    name, t_name = _entropy_name(m), m.find("alpha/temperature", "*/temperature")
+    d = _chunk_dims(ctx)
+    if name is None or t_name is None or not d:
+        return []
+    s, e = _finite(*m.series(name))
+    if len(e) < 4:
+        return []
+    h_max = d * math.log(2.0)  # differential entropy of the uniform distribution on the action box [-1, 1]^d
+    late = e[len(e) // 2:]
+    if float(np.median(late)) < BOX_ENTROPY_FRACTION * h_max:
+        return []
+    step = int(s[len(e) // 2])
+    t0, t1 = _at(m, t_name, int(s[0])), _at(m, t_name, int(s[-1]))
+    q_n = m.find("critic/q_mean", "*/q_mean")
+    q1 = _at(m, q_n, int(s[-1]))
+    ev = f"{name} median {g(float(np.median(late)))} over the second half of training (from step {step}) vs " \
+         f"{g(h_max)} = {d} dims x log 2, the maximum for actions in [-1, 1]^{d}; {t_name} {g(t0)} -> {g(t1)}"
+    if q1 is not None:
+        ev += f"; {q_n} {g(q1)} at the end"
+    return [Finding(
+        "entropy_at_box_maximum", "warning", step, name, "the policy stays uniform over the action box", ev,
+        "The entropy term outweighs the critic: with alpha this large, spreading the chunk uniformly over [-1, 1] "
+        "earns more soft value than any action the critic prefers, so the actor never leaves its initial "
+        "maximum-entropy state (its BC/likelihood term cannot pull it in either). The soft Q then carries "
+        "alpha * H / (1 - gamma) of entropy bonus, which is why q_mean can sit far above what the rewards allow. "
+        "Start from a small temperature (init_temperature 0.01-0.1), raise temperature_lr, or drop the entropy "
+        "bonus from the backup.")]
 
 
 @rule("entropy_rise")
