@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,dsrl-check} [--config FILE.yaml] [--field VALUE ...]
 
-  collect    run an expert (OGBench oracle) and write a dataset file (.h5, ManiSkill trajectory layout)
+  collect    run an expert (OGBench oracle, ManiSkill motion planner) and write a dataset file (.h5, ManiSkill trajectory layout)
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
   eval       evaluate a saved policy: success_once, success_at_end, return
   pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage

@@ -178,13 +178,12 @@ def run_collect(cfg: CollectConfig) -> Path:
         TimeRemainingColumn
 
     from rlft.data.h5io import write_episodes
-    from rlft.envs import env_info, make_env
+    from rlft.envs import env_family, env_info, make_env
     from rlft.envs.ogbench_env import task_goal_xyzs
 
-    from rlft.envs import env_family
-
-    if env_family(cfg.env_id).name == "maniskill":
-        return run_collect_maniskill(cfg)
+    family = env_family(cfg.env_id)
+    if family.collect is not None:  # a family with its own expert (ManiSkill: motion planning)
+        return family.collect(cfg)
     r = _resolve(cfg)
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = Path(cfg.out) if cfg.out else Path("data") / f"{r.env_id}-{r.mode}-{cfg.num_episodes}.h5"
@@ -296,8 +295,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
 
     from rlft.data.h5io import write_episodes
     from rlft.envs import env_info, make_env
-    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE
-    from rlft.envs.vk_layer import ensure_vulkan_for_sapien
+    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, prepare_workers
 
     if cfg.mode != "demos":
         raise ConfigError(f"collect.mode: {cfg.env_id} is a ManiSkill task; only 'demos' (motion planning) exists")
@@ -312,7 +310,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("data") / f"{cfg.env_id}-demos-{cfg.num_episodes}.h5"
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
-    ensure_vulkan_for_sapien()  # once here: the spawned workers inherit the Vulkan environment
+    prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
     probe = make_env(cfg.env_id, **({} if cfg.max_episode_steps is None else
                                     {"max_episode_steps": cfg.max_episode_steps}))
     try:

@@ -30,6 +30,9 @@ class EnvFamily:
     make: Callable[..., gymnasium.Env]  # (env_id, **kwargs) -> env (no rlft wrappers)
     known_ids: Callable[[], list[str]]  # for "did you mean" messages
     example: str  # one id shown in error messages
+    prepare: Callable[[], None] | None = None  # once per process before spawning env workers (they inherit its env)
+    make_gpu_vector: Callable[..., Any] | None = None  # (env_id, num_envs, **kwargs) -> GPU-parallel vector env
+    collect: Callable[[Any], Any] | None = None  # (CollectConfig) -> dataset path, when the family has its own expert
 
 
 ENV_FAMILIES: list[EnvFamily] = [
@@ -46,6 +49,9 @@ ENV_FAMILIES: list[EnvFamily] = [
         make=maniskill_env.make_maniskill_env,
         known_ids=maniskill_env.maniskill_ids,
         example="LiftPegUpright-v1",
+        prepare=maniskill_env.prepare_workers,
+        make_gpu_vector=maniskill_env.make_maniskill_gpu_vector_env,
+        collect=maniskill_env.collect_demos,
     ),
 ]
 
@@ -102,17 +108,15 @@ def make_vector_env(env_id: str, num_envs: int, obs_horizon: int = 1, backend: s
     if backend == "auto":
         import torch
 
-        backend = "gpu" if fam.name == "maniskill" and torch.cuda.is_available() else "async"
+        backend = "gpu" if fam.make_gpu_vector is not None and torch.cuda.is_available() else "async"
     if backend == "gpu":
-        if fam.name != "maniskill":
-            raise EnvError(f"{env_id}: only ManiSkill tasks have a GPU-parallel simulator")
+        if fam.make_gpu_vector is None:
+            raise EnvError(f"{env_id}: the {fam.name} family has no GPU-parallel simulator")
         if obs_horizon != 1:
             raise EnvError("obs_horizon > 1 is not implemented for the GPU vector env")
-        return maniskill_env.make_maniskill_gpu_vector_env(env_id, num_envs, **kwargs)
-    if fam.name == "maniskill":  # build the Vulkan layer once here, so the workers inherit the environment
-        from rlft.envs.vk_layer import ensure_vulkan_for_sapien
-
-        ensure_vulkan_for_sapien()
+        return fam.make_gpu_vector(env_id, num_envs, **kwargs)
+    if fam.prepare is not None:  # e.g. build ManiSkill's Vulkan layer once, so the workers inherit the environment
+        fam.prepare()
     fns = [functools.partial(make_env, env_id, obs_horizon=obs_horizon, **kwargs) for _ in range(int(num_envs))]
     return gymnasium.vector.AsyncVectorEnv(fns, context="spawn")
 

@@ -169,3 +169,17 @@ def make_maniskill_gpu_vector_env(env_id: str, num_envs: int, max_episode_steps:
     env = gymnasium.make(env_id, num_envs=int(num_envs), obs_mode="state", control_mode=control_mode,
                          reward_mode=reward_mode, sim_backend="physx_cuda", max_episode_steps=limit, **kwargs)
     return ManiSkillVectorEnv(env, int(num_envs), auto_reset=True, ignore_terminations=False, record_metrics=True)
+
+
+def prepare_workers() -> None:
+    """Before spawning env workers: enable the Vulkan layer once here, so every spawned process inherits it."""
+    from rlft.envs.vk_layer import ensure_vulkan_for_sapien
+
+    ensure_vulkan_for_sapien()
+
+
+def collect_demos(cfg):
+    """``rlft collect`` for a ManiSkill task (the family's expert: motion planning; ``rlft.collect``)."""
+    from rlft.collect import run_collect_maniskill
+
+    return run_collect_maniskill(cfg)
