@@ -48,10 +48,13 @@ def test_train_bc_iql_sac_eval_chain(tmp_path, dataset, capsys):
 
     s = _train(tmp_path, "sac", "--config", "configs/online_sac.yaml", "--dataset", str(dataset), "--steps", "120",
                "--init-policy", str(iql_policy), "--algo-cfg.warmup-steps", "50", "--algo-cfg.utd-ratio", "1",
-               "--algo-cfg.num-critics", "4")
+               "--algo-cfg.num-critics", "4", "--eval.every", "59")
     assert s["steps"] >= 120
     recs = [json.loads(x) for x in (tmp_path / "sac" / "metrics.jsonl").read_text().splitlines()]
     assert any("alpha/temperature" in r for r in recs)
+    # a periodic evaluation that lands on the last step (steps advance by chunks) is the final one: not run twice
+    final_evals = [r for r in recs if "eval/success_once" in r and r["step"] == s["steps"]]
+    assert len(final_evals) == 1
 
     capsys.readouterr()
     out_json = tmp_path / "eval.json"

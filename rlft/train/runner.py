@@ -165,6 +165,7 @@ class Trainer:
             self._warm_start(cfg.init_critic)
         self.step = 0
         self.best = -1.0
+        self._eval_step = -1  # env/update step of the latest evaluation
         self.replay: ReplayBuffer | None = None
         if cfg.mode == "online":
             self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, act_h, act_dim, self.algo.policy.normalizer,
@@ -229,6 +230,7 @@ class Trainer:
                                      video=e.video_spec(), video_dir=self.run_dir / "videos",
                                      video_prefix=f"step{self.step:07d}_")
         summary["time/eval_s"] = time.time() - t0
+        self._eval_step = self.step
         if summary["eval/success_once"] > self.best:
             self.best = summary["eval/success_once"]
             self.policy.save(self.ckpt_dir / "policy_best.safetensors", self._extra("best"))
@@ -271,7 +273,7 @@ class Trainer:
         t0 = time.time()
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
-            if last_eval is None or cfg.eval.every == 0 or self.step % cfg.eval.every != 0:
+            if last_eval is None or self._eval_step != self.step:  # the loop's last periodic eval may be final
                 last_eval = self.evaluate()
                 self.logger.log(self.step, last_eval)
         finally:
