@@ -63,6 +63,24 @@ def test_train_bc_iql_sac_eval_chain(tmp_path, dataset, capsys):
     assert len(ev["episodes"]) == 2 and "eval/success_at_end" in ev["summary"]
 
 
+def test_policy_ema_is_what_is_saved_and_resumes(tmp_path, dataset):
+    from rlft.policies import load_policy
+
+    _train(tmp_path, "e", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "20",
+           "--policy-ema", "0.99")
+    state = torch.load(tmp_path / "e" / "checkpoints" / "state.pt", weights_only=False)
+    assert state["policy_ema"]["num_updates"] == 20
+    saved = load_policy(tmp_path / "e" / "checkpoints" / "policy_final.safetensors").state_dict()
+    live, avg = state["algo"]["policy"], state["policy_ema"]["policy"]
+    name = next(k for k in saved if k.endswith("weight") and live[k].ndim == 2)
+    assert torch.equal(saved[name], avg[name]) and not torch.equal(saved[name], live[name])
+    s = _train(tmp_path, "e", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "30",
+               "--policy-ema", "0.99", "--run.resume")
+    assert s["steps"] == 30
+    state = torch.load(tmp_path / "e" / "checkpoints" / "state.pt", weights_only=False)
+    assert state["policy_ema"]["num_updates"] == 30
+
+
 def test_resume_continues_to_more_steps(tmp_path, dataset):
     _train(tmp_path, "r", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "20")
     s = _train(tmp_path, "r", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "40",

@@ -145,6 +145,10 @@ class TrainConfig(Generic[A]):
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
     """Online: replay buffer capacity in macro-steps."""
+    policy_ema: float = 0.0
+    """Decay of an exponential moving average of the policy's weights, updated after every update; when > 0 the EMA
+    is what the stage evaluates and saves (``rlft.train.ema``), the algorithm keeps training and exploring with its
+    own weights. 0 = off (the trained weights are saved). Flow/diffusion policies commonly use 0.999."""
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     """Environment and chunking."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)

@@ -8,7 +8,9 @@ With ``TrainConfig.base_policy`` (DSRL) the env's action becomes that frozen pol
 
 * ``config.yaml`` (resolved config), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``summary.json`` (final numbers);
 * ``checkpoints/policy_final.safetensors``, ``policy_best.safetensors`` (best ``eval/success_once``),
-  ``state.pt`` (full resumable state: algorithm incl. optimisers, step, RNG, replay buffer).
+  ``state.pt`` (full resumable state: algorithm incl. optimisers, step, RNG, replay buffer, policy EMA).
+
+With ``TrainConfig.policy_ema`` > 0 the evaluated and saved policy is an EMA of the trained weights (``rlft.train.ema``).
 Every file is written atomically.
 """
 
@@ -37,6 +39,7 @@ from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
 from rlft.policies.steered import SteeredFlowPolicy, split_steered, start_at_prior_mode
 from rlft.train.config import TrainConfig
+from rlft.train.ema import PolicyEMA
 from rlft.train.evaluate import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
 from rlft.utils import atomic_path, atomic_write_text, resolve_device, seed_everything, set_threads
@@ -160,7 +163,10 @@ class Trainer:
         self.algo = algo_cls(ac, self.obs_dim, act_dim, act_h, policy=policy, device=self.device, **algo_kw)
         self.base_policy = base
         # the deployable artifact: the composite (frozen base + trained latent actor) when steering a base policy
-        self.policy = self.algo.policy if base is None else SteeredFlowPolicy.compose(base, self.algo.policy)
+        live = self.algo.policy if base is None else SteeredFlowPolicy.compose(base, self.algo.policy)
+        # what is evaluated and saved: the live policy, or an EMA of its weights (TrainConfig.policy_ema)
+        self.ema = PolicyEMA(live, cfg.policy_ema) if cfg.policy_ema != 0 else None
+        self.policy = live if self.ema is None else self.ema.policy
         if cfg.init_critic:
             self._warm_start(cfg.init_critic)
         self.step = 0
@@ -197,6 +203,8 @@ class Trainer:
                  "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(), "np_rng": np.random.get_state()}
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
+        if self.ema is not None:
+            state["policy_ema"] = self.ema.state_dict()
         with atomic_path(self.ckpt_dir / "state.pt") as tmp:
             torch.save(state, tmp)
 
@@ -215,6 +223,11 @@ class Trainer:
         np.random.set_state(state["np_rng"])
         if self.replay is not None and "replay" in state:
             self.replay.load_state_dict(state["replay"])
+        if self.ema is not None:
+            if "policy_ema" not in state:
+                raise CheckpointError(f"{path}: policy_ema={self.cfg.policy_ema} but the checkpoint holds no EMA policy "
+                                      f"(the run was started without it)")
+            self.ema.load_state_dict(state["policy_ema"])
 
     # ---------------- evaluation ----------------
     def evaluate(self) -> dict[str, float]:
@@ -311,6 +324,14 @@ class Trainer:
             self.save_state()
         return out
 
+    def _update(self, batch) -> dict[str, float]:
+        """One algorithm update (metrics checked finite), then the policy EMA's."""
+        metrics = self.algo.update(batch)
+        _check_finite(metrics, self.step)
+        if self.ema is not None:
+            self.ema.update()
+        return metrics
+
     def _offline(self) -> dict | None:
         cfg, ac = self.cfg, self.cfg.algo_cfg
         avg, last_eval = MetricAverager(), None
@@ -319,9 +340,7 @@ class Trainer:
             task = prog.add_task("train", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
                 batch = self.dataset.sample(ac.batch_size, self.gen).to(self.device)
-                metrics = self.algo.update(batch)
-                _check_finite(metrics, self.step)
-                avg.add(metrics)
+                avg.add(self._update(batch))
                 prev, self.step = self.step, self.step + 1
                 extra = {}
                 if cfg.run.log_every and self.step % cfg.run.log_every == 0:
@@ -369,16 +388,12 @@ class Trainer:
                     obs = next_obs
                 if ac.rollout_steps > 0:  # on-policy (PPO): one update per full rollout, which is then discarded
                     if len(self.replay) >= ac.rollout_steps:
-                        metrics = self.algo.update(self.replay.ordered().to(self.device))
-                        _check_finite(metrics, self.step)
-                        avg.add(metrics)
+                        avg.add(self._update(self.replay.ordered().to(self.device)))
                         updates += 1
                         self.replay.clear()
                 elif self.step >= ac.warmup_steps and len(self.replay) > 0:
                     for _ in range(ac.utd_ratio):
-                        metrics = self.algo.update(sampler.sample(ac.batch_size, self.gen).to(self.device))
-                        _check_finite(metrics, self.step)
-                        avg.add(metrics)
+                        avg.add(self._update(sampler.sample(ac.batch_size, self.gen).to(self.device)))
                         updates += 1
                 extra = {"train/episodes": float(episode), "time/updates": float(updates),
                          "time/env_steps_per_s": self.step / max(time.time() - t_start, 1e-9)}
