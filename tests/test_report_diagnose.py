@@ -220,3 +220,12 @@ def test_offline_sac_study_gaussian_stays_uniform_over_the_box():
     assert "success_stuck_at_zero" in found and "temperature_explosion" not in found
     for other in ("dsrl_sac_stage2", "sac_offline_q_overestimation", "sac_online_collapse"):
         assert "entropy_at_box_maximum" not in _diag(other)
+
+
+def test_lambda_collapse_real_td3bc_run():
+    """REAL (the same run: actor_loss_type td3bc): TD3+BC's lambda 0.39 -> 0.04 while actor_q 4.7 -> 56 -- seed 001's
+    shape (0.35 -> ~0.01 while actor_q 5 -> 100). No other real fixture has lambda fall with actor_q growing."""
+    f = _diag("sac_offline_uniform_box")["lambda_collapse"]
+    assert f.metric == "actor/actor_lam" and "actor/actor_q 4.67 ->" in f.evidence
+    for other in ("dsrl_sac_stage2", "sac_offline_q_overestimation", "sac_online_collapse", "iql_demos_uniform_weights"):
+        assert "lambda_collapse" not in _diag(other)

@@ -54,10 +54,12 @@ Q_GROWTH_ABS_MIN = 10.0
 """...reaches at least this magnitude, and is still growing over the last Q_GROWTH_LAST_LOGS log points."""
 Q_GROWTH_LAST_LOGS = 3
 """Unbounded Q: the magnitude must have grown at each of this many last log points (not a one-off spike)."""
-LAMBDA_DROP_FACTOR = 0.1
+LAMBDA_DROP_FACTOR = 0.2
+"""TD3+BC lambda collapse: actor_lam falls to this fraction of its first logged value (seed 001: 0.35 -> ~0.01)..."""
+LAMBDA_Q_GROWTH = 5.0
+"""...while |actor_q| (where logged) has grown to at least this multiple of its first logged value: the fall comes from
+the Q values of the policy's actions growing (seed 001: 5 -> 100), not from a critic settling at a smaller scale."""
 BOX_ENTROPY_FRACTION = 0.9  # entropy_at_box_maximum: median late entropy >= this x d log 2
-"""TD3+BC lambda collapse: actor_lam falls to this fraction of its median over the first quarter of the run (seed
-001: 0.35 -> ~0.01)."""
 UNIFORM_WEIGHT_RATIO = 2.0
 """Near-uniform advantage weights: median of weights_max / weights_mean over the second half of the run below this
 (the largest weight in a batch is less than twice the mean: every sample is imitated almost equally)."""
@@ -414,17 +416,22 @@ def lambda_collapse(m: Metrics, ctx: dict) -> list[Finding]:
     n = len(lam)
     if n < 3:
         return []
-    base = float(np.median(lam[: max(1, n // 4)]))
+    base = float(lam[0])
     if base <= 0:
         return []
-    hit = np.nonzero(lam[max(1, n // 4):] <= LAMBDA_DROP_FACTOR * base)[0]
-    if not len(hit):
-        return []
-    i = int(hit[0]) + max(1, n // 4)
-    step = int(s[i])
     aq_n = m.find("actor/actor_q", "*actor_q")
-    ev = f"{name} median {g(base)} over the first quarter -> {g(lam[i])} at step {step} (x{g(lam[i] / base)})"
-    aq0, aq1 = _at(m, aq_n, int(s[0])), _at(m, aq_n, step)
+    aq0 = _at(m, aq_n, int(s[0]))
+    hit = None
+    for i in np.nonzero(lam[1:] <= LAMBDA_DROP_FACTOR * base)[0] + 1:
+        aq1 = _at(m, aq_n, int(s[i]))
+        if aq0 is None or aq1 is None or abs(aq1) >= LAMBDA_Q_GROWTH * max(abs(aq0), 1e-8):
+            hit = int(i)
+            break
+    if hit is None:
+        return []
+    i, step = hit, int(s[hit])
+    ev = f"{name} {g(base)} at the first log (step {int(s[0])}) -> {g(lam[i])} at step {step} (x{g(lam[i] / base)})"
+    aq1 = _at(m, aq_n, step)
     if aq0 is not None and aq1 is not None:
         ev += f"; {aq_n} {g(aq0)} -> {g(aq1)}"
     return [Finding(
