@@ -124,6 +124,11 @@ _W: dict[str, Any] = {}
 
 
 def _worker_init(r: _Resolved) -> None:
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the oracles' numpy maths then rounds the same on every machine (with several OpenBLAS threads
+    # the play oracle's actions differed by ~1e-8 and one 1000-step episode in 20 diverged; BENCHMARKS.md §10)
+    threadpool_limits(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rlft.envs import make_env
     from rlft.envs.oracles import make_oracle
@@ -157,13 +162,16 @@ def _worker_run(index: int) -> tuple[int, int, Episode, float]:
 # ------------------------------------------------------------------------------------------------ driver side
 def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
     if n_workers == 1:
-        _worker_init(r)
-        try:
-            for i in indices:
-                yield _worker_run(i)
-        finally:
-            _W["env"].close()
-            _W.clear()
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # as in a worker process (restored afterwards)
+            _worker_init(r)
+            try:
+                for i in indices:
+                    yield _worker_run(i)
+            finally:
+                _W["env"].close()
+                _W.clear()
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(n_workers, initializer=_worker_init, initargs=(r,)) as pool:

@@ -224,3 +224,17 @@ def test_run_collect_play_and_config_errors(tmp_path):
         run_collect(CollectConfig(num_episodes=0, out=str(tmp_path / "x.h5")))
     with pytest.raises(ConfigError, match="out"):
         run_collect(CollectConfig(num_episodes=1, out=str(tmp_path / "x.txt")))
+
+
+def test_play_collection_does_not_depend_on_blas_threads(tmp_path):
+    """The Plan oracle's numpy maths rounds differently with several OpenBLAS threads (actions differed by ~1e-8 and
+    a 1000-step episode could diverge); collection pins one BLAS thread, so the caller's setting does not matter."""
+    from threadpoolctl import threadpool_limits
+
+    runs = []
+    for n in (1, 4):
+        with threadpool_limits(n):
+            out = run_collect(CollectConfig(env_id=SINGLE, mode="play", num_episodes=1, num_workers=1,
+                                            seed=0, out=str(tmp_path / f"p{n}.h5")))
+        runs.append(read_episodes(out)[0][0].actions)
+    assert np.array_equal(runs[0], runs[1])
