@@ -124,11 +124,6 @@ _W: dict[str, Any] = {}
 
 
 def _worker_init(r: _Resolved) -> None:
-    from threadpoolctl import threadpool_limits
-
-    # one BLAS thread: the oracles' numpy maths then rounds the same on every machine (with several OpenBLAS threads
-    # the play oracle's actions differed by ~1e-8 and one 1000-step episode in 20 diverged; BENCHMARKS.md §10)
-    threadpool_limits(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rlft.envs import make_env
     from rlft.envs.oracles import make_oracle
@@ -136,6 +131,13 @@ def _worker_init(r: _Resolved) -> None:
     env = make_env(r.env_id, **_env_kwargs(r))
     _W.update(r=r, env=env, oracle=make_oracle(env, r.oracle, noise=r.action_noise,
                                                noise_smoothing=r.noise_smoothing))
+
+
+def _pool_worker_init(r: _Resolved) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # see _results
+    _worker_init(r)
 
 
 def episode_seed(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -161,10 +163,13 @@ def _worker_run(index: int) -> tuple[int, int, Episode, float]:
 
 # ------------------------------------------------------------------------------------------------ driver side
 def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
-    if n_workers == 1:
-        from threadpoolctl import threadpool_limits
+    # one BLAS thread for the oracles: their numpy maths then rounds the same whatever the caller's thread settings
+    # (with several OpenBLAS threads the play oracle's actions differed by ~1e-8 and one 1000-step episode in 20
+    # diverged; BENCHMARKS.md §2). In a worker process for good, in this process only while collecting.
+    from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1):  # as in a worker process (restored afterwards)
+    if n_workers == 1:
+        with threadpool_limits(1):
             _worker_init(r)
             try:
                 for i in indices:
@@ -174,7 +179,7 @@ def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
                 _W.clear()
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(n_workers, initializer=_worker_init, initargs=(r,)) as pool:
+    with ctx.Pool(n_workers, initializer=_pool_worker_init, initargs=(r,)) as pool:
         yield from pool.imap(_worker_run, indices, chunksize=1)
         # leaving the block terminates the pool (also when the consumer stops early)
 

@@ -29,9 +29,11 @@ class PolicyEMA:
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"policy_ema: decay must be in (0, 1) (or 0 for off), got {decay}")
         self.decay, self.num_updates = float(decay), 0
-        self.source = policy
         self.policy: Policy = copy.deepcopy(policy).requires_grad_(False)
-        self._pairs = [(e, s) for e, s in zip(self.policy.parameters(), policy.parameters()) if s.is_floating_point()]
+        # only trained parameters move (a steered policy's frozen base stays as copied); lists built once, not per update
+        pairs = [(e, s) for e, s in zip(self.policy.parameters(), policy.parameters()) if s.requires_grad]
+        self._avg, self._live = [e for e, _ in pairs], [s.detach() for _, s in pairs]
+        self._buffers = list(zip(self.policy.buffers(), policy.buffers()))
 
     def rate(self) -> float:
         """The current ``1 - d_n`` (how far one update moves the average)."""
@@ -39,9 +41,9 @@ class PolicyEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        w = self.rate()
-        torch._foreach_lerp_([e for e, _ in self._pairs], [s.detach() for _, s in self._pairs], w)
-        for e, s in zip(self.policy.buffers(), self.source.buffers()):
+        if self._avg:
+            torch._foreach_lerp_(self._avg, self._live, self.rate())
+        for e, s in self._buffers:
             e.copy_(s)
         self.num_updates += 1
 
