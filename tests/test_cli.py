@@ -176,3 +176,20 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys, dataset):
     err = _err(capsys, ["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "5",
                         "--run.out-dir", str(tmp_path), "--run.name", "once"])
     assert "once" in err and "resume" in err
+
+
+def test_train_without_evaluation(tmp_path, dataset, capsys):
+    """eval.num_episodes 0 runs no evaluation: no eval metrics (nothing NaN for the diagnosis to flag), no final eval
+    in the summary, and the final policy doubles as policy_best; a negative count is refused."""
+    rc = main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "20", "--eval.every", "10",
+               "--eval.num-episodes", "0", "--run.out-dir", str(tmp_path), "--run.name", "noeval", "--run.log-every", "10"])
+    assert rc == 0
+    s = json.loads((tmp_path / "noeval" / "summary.json").read_text())
+    assert s["final"] is None and s["steps"] == 20
+    recs = [json.loads(x) for x in (tmp_path / "noeval" / "metrics.jsonl").read_text().splitlines()]
+    assert recs and not any(k.startswith("eval/") for r in recs for k in r)
+    assert (tmp_path / "noeval" / "checkpoints" / "policy_best.safetensors").is_file()
+    assert "warning" not in capsys.readouterr().err
+    rc = main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--eval.num-episodes", "-1",
+               "--run.out-dir", str(tmp_path), "--run.name", "neg"])
+    assert rc != 0 and "eval.num_episodes" in capsys.readouterr().err and not (tmp_path / "neg").exists()

@@ -48,7 +48,7 @@ class EvalConfig:
     """Periodic evaluation of the deterministic policy."""
 
     num_episodes: int = 50
-    """Episodes per evaluation."""
+    """Episodes per evaluation; 0 = no evaluation at all (no eval metrics, ``policy_best`` = the final policy)."""
     every: int = 0
     """Evaluate every this many gradient steps (offline) or env steps (online); 0 = only at the end."""
     seed: int = 100_000
@@ -71,6 +71,8 @@ class EvalConfig:
     """Render every k-th env step (OGBench steps at 20 Hz: k=2 gives 10 fps in real time)."""
 
     def __post_init__(self) -> None:
+        if self.num_episodes < 0:
+            raise ConfigError(f"eval.num_episodes must be >= 0, got {self.num_episodes}")
         if self.video_episodes < 0:
             raise ConfigError(f"eval.video_episodes must be >= 0, got {self.video_episodes}")
         if self.video_width < 16 or self.video_height < 16:

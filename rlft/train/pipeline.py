@@ -159,10 +159,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         tcfg = train_config_from_dict(d, st.config)
         console.rule(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)")
         summary = run_train(tcfg, quiet=cfg.quiet)
-        ev = summary["final"]
+        ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
         rows.append({"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps,
-                     "success_once": ev["eval/success_once"], "success_at_end": ev["eval/success_at_end"],
-                     "return": ev["eval/return"], "best_success_once": summary["best_success_once"],
+                     **({} if ev is None else {"success_once": ev["eval/success_once"],
+                                               "success_at_end": ev["eval/success_at_end"], "return": ev["eval/return"],
+                                               "best_success_once": summary["best_success_once"]}),
                      "wall_s": summary["wall_s"], "run_dir": summary["run_dir"]})
         init_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
         prev_state = str(Path(summary["run_dir"]) / "checkpoints" / "state.pt")

@@ -286,7 +286,7 @@ class Trainer:
         t0 = time.time()
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
-            if last_eval is None or self._eval_step != self.step:  # the loop's last periodic eval may be final
+            if cfg.eval.num_episodes > 0 and (last_eval is None or self._eval_step != self.step):  # may be final
                 last_eval = self.evaluate()
                 self.logger.log(self.step, last_eval)
         finally:
@@ -315,7 +315,7 @@ class Trainer:
             m = avg.pop()
             m.update(extra_log)
             self.logger.log(self.step, m)
-        if crossed(cfg.eval.every):
+        if cfg.eval.num_episodes > 0 and crossed(cfg.eval.every):
             out = self.evaluate()
             self.logger.log(self.step, out)
             self._print(f"[{cfg.algo}] step {self.step}: success_once {out['eval/success_once']:.2f} "

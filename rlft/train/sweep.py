@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -149,8 +150,9 @@ def _summarise(sweep_dir: Path, runs) -> dict:
         s = json.loads((run_dir / "summary.json").read_text())
         ups = [json.loads(line).get("time/updates_per_s") for line in (run_dir / "metrics.jsonl").open()]
         ups = [u for u in ups if u is not None]
-        rows.append({"run": name, "point": point, "seed": seed, "success_once": s["final"]["eval/success_once"],
-                     "success_at_end": s["final"]["eval/success_at_end"], "best_success_once": s["best_success_once"],
+        ev = s["final"] or {}  # None when the runs were not evaluated (eval.num_episodes 0)
+        rows.append({"run": name, "point": point, "seed": seed, "success_once": ev.get("eval/success_once", math.nan),
+                     "success_at_end": ev.get("eval/success_at_end", math.nan), "best_success_once": s["best_success_once"],
                      "wall_s": s["wall_s"], "updates_per_s": statistics.median(ups) if ups else None})
     groups: dict[str, list[dict]] = {}
     for r in rows:
