@@ -6,8 +6,8 @@
   online SAC run (the default target-entropy rule) that must trigger no rule.
 * Metric series recorded from real runs (tests/data/report/, provenance in its README.md) for triggers that take
   longer than a CI test should.
-* Synthetic series only for the two rules no rlft run produces yet (TD3+BC's lambda: TD3+BC is not in rlft at the
-  time of writing; unbounded Q growth) and for the plumbing (NaN written by the Logger); they are labelled as such.
+* Synthetic series for the plumbing (NaN written by the Logger) and, next to its real run, the lambda-collapse
+  shape; they are labelled as such.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_live_diagnosis_fires_each_rule_once_and_matches_the_report():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# synthetic series (labelled): rules without a real trigger in rlft yet, and plumbing
+# synthetic series (labelled): the lambda shape next to its real run, and plumbing
 # ---------------------------------------------------------------------------------------------------------------
 def _synthetic(series: dict[str, list[float]], steps: list[int]) -> Metrics:
     m = Metrics()
@@ -176,13 +176,18 @@ def test_lambda_collapse_synthetic_td3bc_shape():
     assert dg.lambda_collapse(flat, {}) == []
 
 
-def test_q_unbounded_synthetic_and_not_on_a_fresh_critic_learning_its_scale():
-    """SYNTHETIC: Q still growing tenfold late in training fires; the real online SAC run whose fresh critic grows
-    from ~0 to its return scale (sac_online_fresh_tiny_replay, q_mean -0.3 -> -2.5) does not."""
-    steps = list(range(100, 2100, 100))
-    m = _synthetic({"critic/q_mean": [-(1.3 ** i) for i in range(len(steps))]}, steps)
-    assert [f.rule for f in dg.q_unbounded(m, {"gamma": 0.99})] == ["q_unbounded"]
-    assert "_unbounded" not in "".join(_diag("sac_online_fresh_tiny_replay"))
+def test_q_unbounded_real_divergence_and_not_on_a_fresh_critic_learning_its_scale():
+    """REAL (sac_offline_q_divergence: offline SAC on 50 ManiSkill LiftPegUpright demos, one critic without
+    LayerNorm, alpha fixed at 1e-4, no BC term): q_mean grows geometrically past the bound r_max / (1 - gamma) = 100
+    of the task's rewards in [0, 1] -- the deadly triad, through the actor's out-of-data actions in the target.
+    The real online SAC run whose fresh critic grows from ~0 to its return scale (sac_online_fresh_tiny_replay,
+    q_mean -0.3 -> -2.5) does not fire, nor does any other real fixture."""
+    found = _diag("sac_offline_q_divergence", action_dim=7)
+    f = found["q_unbounded"]
+    assert f.metric == "critic/q_mean" and "still growing" in f.evidence and "r_max / (1 - gamma) = 100" in f.explanation
+    for other in ("sac_online_fresh_tiny_replay", "sac_offline_q_overestimation", "sac_offline_uniform_box",
+                  "dsrl_sac_stage2", "sac_online_collapse", "iql_demos_uniform_weights"):
+        assert "q_unbounded" not in _diag(other), other
 
 
 def test_nonfinite_as_written_by_the_logger(tmp_path):
