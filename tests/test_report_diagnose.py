@@ -1,6 +1,6 @@
 """Diagnosis rules (rlft.report.diagnose) on real runs.
 
-* Two real short runs here: online SAC whose temperature explodes (the seed's failure: a 10x5 chunk, the auto target
+* Three real short runs here: a run that diverges to NaN; online SAC whose temperature explodes (the seed's failure: a 10x5 chunk, the auto target
   entropy -dim, a policy that cannot widen enough to reach it), checked end to end through ``rlft train`` -- the
   one-line warning is printed once, the report's rule gives the sign of log_prob + target_entropy -- and a healthy
   online SAC run (the default target-entropy rule) that must trigger no rule.
@@ -81,6 +81,22 @@ def test_healthy_run_triggers_no_rule(tmp_path, capsys):
     run = load_run(tmp_path / "ok")
     assert run.metrics.has("alpha/temperature") and run.metrics.has("critic/q_std")
     assert diagnose(run.metrics, run.context()) == []
+
+
+def test_nonfinite_real_diverged_run(tmp_path, capsys):
+    """A real run whose critic learning rate is absurd (1e12): the first NaN update stops training with one error
+    naming the metric, the live diagnosis prints its warning, and the diverged update's metrics are in the run's
+    metrics.jsonl, so `rlft report` names the metric and the step (no policy is saved)."""
+    capsys.readouterr()
+    rc = main(["train", "--algo", "sac", *ONLINE_TINY, "--steps", "300", "--algo-cfg.critic-lr", "1e12",
+               "--run.out-dir", str(tmp_path), "--run.name", "nan"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "became nan" in err and "training diverged" in err
+    assert "] nonfinite at step" in err and err.count("] nonfinite at step") == 1
+    run = load_run(tmp_path / "nan")
+    (f,) = [f for f in diagnose(run.metrics, run.context()) if f.rule == "nonfinite"]
+    assert f.severity == "error" and f.metric in err and f"at step {f.step}" in err
+    assert not (tmp_path / "nan" / "checkpoints" / "policy_final.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -327,7 +327,11 @@ class Trainer:
     def _update(self, batch) -> dict[str, float]:
         """One algorithm update (metrics checked finite), then the policy EMA's."""
         metrics = self.algo.update(batch)
-        _check_finite(metrics, self.step)
+        try:
+            _check_finite(metrics, self.step)
+        except TrainingError:
+            self.logger.log(self.step, metrics)  # the diverged update's metrics, so `rlft report` can show them
+            raise
         if self.ema is not None:
             self.ema.update()
         return metrics
