@@ -10,7 +10,7 @@ import yaml
 
 from rlft.cli import main
 from rlft.errors import ConfigError
-from rlft.train.sweep import SweepConfig, expand, load_sweep_config, run_name, set_dotted
+from rlft.train.sweep import SweepConfig, collect_env_id, expand, load_sweep_config, run_name, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,3 +89,16 @@ def test_base_overrides_apply_to_their_config_only():
     assert iql["algo_cfg"]["beta"] == 7.0 and "beta" not in bc.get("algo_cfg", {})
     with pytest.raises(ConfigError, match="base_overrides"):
         SweepConfig(base="x.yaml", grid={"base": ["a.yaml"]}, base_overrides={"b.yaml": {}})
+
+
+def test_collection_env_is_the_one_the_runs_use():
+    """The dataset a sweep collects is for the env its runs resolve to (overrides win over the base config's env);
+    runs on several envs cannot share one collection."""
+    base = str(ROOT / "configs" / "offline_iql.yaml")  # its env is cube-single
+    cfg = SweepConfig(base=base, grid={"steps": [5]}, overrides={"env": {"env_id": "cube-double-singletask-v0"}})
+    assert collect_env_id(cfg, expand(cfg)) == "cube-double-singletask-v0"
+    assert collect_env_id(SweepConfig(base=base, grid={"steps": [5]}), expand(SweepConfig(base=base, grid={"steps": [5]}))) \
+        == "cube-single-singletask-v0"
+    two = SweepConfig(base=base, grid={"env.env_id": ["cube-single-singletask-v0", "cube-double-singletask-v0"]})
+    with pytest.raises(ConfigError, match="several envs"):
+        collect_env_id(two, expand(two))

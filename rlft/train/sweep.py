@@ -143,6 +143,15 @@ def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
     return runs
 
 
+def collect_env_id(cfg: SweepConfig, runs) -> str | None:
+    """The env a sweep collects its dataset on: the one its runs resolve to (base config + overrides + grid)."""
+    env_ids = {d.get("env", {}).get("env_id") for *_, d in runs} - {None}
+    if len(env_ids) > 1:
+        raise ConfigError(f"collect: the runs use several envs ({', '.join(sorted(env_ids))}); one collected dataset "
+                          f"cannot serve them all -- give `dataset:` or sweep one env at a time")
+    return next(iter(env_ids), None) or (cfg.collect.env_id if cfg.collect else None)
+
+
 def _summarise(sweep_dir: Path, runs) -> dict:
     rows = []
     for name, point, seed, _ in runs:
@@ -199,8 +208,8 @@ def run_sweep(cfg: SweepConfig, sweep_yaml: str | None = None) -> dict:
         if done is not None:
             dataset = str(done)
         else:
-            env_id = read_yaml(cfg.base).get("env", {}).get("env_id") or cfg.collect.env_id
-            dataset, _ = collect_dataset([cfg.collect, *cfg.also_collect], env_id, 0, sweep_dir / "data")
+            dataset, _ = collect_dataset([cfg.collect, *cfg.also_collect], collect_env_id(cfg, runs), 0,
+                                         sweep_dir / "data")
     todo = []
     for rname, point, seed, d in runs:
         d = copy.deepcopy(d)
