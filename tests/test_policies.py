@@ -311,19 +311,3 @@ def test_bc_overfits_tiny_dataset(kind):
     with torch.no_grad():
         mse = (pol.sample(obs, deterministic=True) - act).pow(2).mean().item()
     assert mse < 0.02, (kind, mse, act.pow(2).mean().item())
-
-
-def test_zero_init_mean_starts_at_the_box_centre():
-    """zero_init_mean: the deterministic action is the box centre for every observation (a DSRL latent actor then
-    starts at the base policy's zero-noise decode), sampling still explores, and the mean head trains away from 0."""
-    torch.manual_seed(0)
-    p = build_policy(PolicyConfig(kind="gaussian", hidden_dims=(16, 16), zero_init_mean=True), 6, 2, 3)
-    p.normalizer.set_stats(torch.zeros(6), torch.ones(6), [-1.5, -1.5], [1.5, 1.5])
-    obs = torch.randn(8, 6)
-    assert torch.equal(p.act(obs, deterministic=True), torch.zeros(8, 3, 2))
-    assert p.act(obs, deterministic=False).abs().min() > 0
-    loss, _ = p.bc_loss(obs, torch.full((8, 3, 2), 0.5), None)
-    loss.backward()
-    assert p.net[-1].weight.grad[:6].abs().sum() > 0  # the mean rows are trainable, not frozen at zero
-    with pytest.raises(ConfigError, match="zero_init_mean"):
-        build_policy(PolicyConfig(kind="flow", zero_init_mean=True), 6, 2, 3)

@@ -42,11 +42,6 @@ class PolicyConfig:
     """Gaussian: data actions are clipped to +-(1 - atanh_eps) before atanh in the log-likelihood. Actions exactly
     at the box edge (OGBench's oracle saturates the gripper and often the position command) otherwise dominate the
     NLL: on 30 noisy cube-single demos, 1e-6 gave BC action MSE 0.18 and 0.40 success, 1e-2 gave 0.09 and 0.50."""
-    zero_init_mean: bool = False
-    """Gaussian: start with the mean head's last layer at zero, so the initial deterministic action is the centre of
-    the action box. A DSRL latent actor built this way starts as the base policy's zero-noise decode (w = 0) and
-    explores around it, instead of at a random offset in noise space (which lowers a policy whose sampled actions are
-    worse than its zero-noise decode)."""
     velocity_net: str = "mlp"
     """Flow: velocity network, 'mlp' or 'unet' (1D temporal U-Net with FiLM conditioning on the observation)."""
     flow_steps: int = 10

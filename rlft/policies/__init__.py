@@ -48,16 +48,11 @@ def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy
         velocity_net=cfg.velocity_net, hidden_dims=tuple(cfg.hidden_dims), layernorm=cfg.layernorm,
         unet_dims=tuple(cfg.unet_dims), unet_kernel_size=cfg.unet_kernel_size, time_embed_dim=cfg.time_embed_dim,
     )
-    if getattr(cfg, "zero_init_mean", False) and cfg.kind != "gaussian":
-        raise ConfigError(f"policy.zero_init_mean: only a 'gaussian' policy has a mean head (kind is {cfg.kind!r})")
     if cfg.kind == "gaussian":
-        policy = GaussianPolicy(
+        return GaussianPolicy(
             obs_dim, action_dim, act_horizon, hidden_dims=tuple(cfg.hidden_dims), layernorm=cfg.layernorm,
             log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max, atanh_eps=cfg.atanh_eps,
         )
-        if getattr(cfg, "zero_init_mean", False):
-            policy.zero_init_mean()
-        return policy
     if cfg.kind == "flow":
         return FlowPolicy(obs_dim, action_dim, act_horizon, flow_steps=cfg.flow_steps, **net)
     if cfg.kind == "shortcut":

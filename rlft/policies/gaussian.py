@@ -124,14 +124,6 @@ class GaussianPolicy(Policy):
         self.flat_dim = act_horizon * action_dim
         self.net = MLP(obs_dim, hidden_dims, 2 * self.flat_dim, layernorm=layernorm)
 
-    @torch.no_grad()
-    def zero_init_mean(self) -> "GaussianPolicy":
-        """Zero the output layer's mean rows: mean(s) = 0 for every s until training moves it (log-std untouched)."""
-        last = self.net[-1]
-        last.weight[: self.flat_dim].zero_()
-        last.bias[: self.flat_dim].zero_()
-        return self
-
     # ---- distribution ----
     def dist_params(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, O] -> (mean, log_std), each [B, H, A] (pre-squash; log_std tanh-rescaled into its bounds)."""
