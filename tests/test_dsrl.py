@@ -509,3 +509,38 @@ def test_dsrl_ppo_runs_on_policy_rollouts_in_the_noise_space(tmp_path):
     with pytest.raises(ConfigError, match="rollout_steps"):
         Trainer(_stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_ppo", replay_capacity=2,
                        algo_cfg={"rollout_steps": 4}), quiet=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# distillation: the pipeline's last stage trains a standalone policy on the steered policy's rollouts
+# ------------------------------------------------------------------------------------------------------------
+def test_pipeline_ends_with_dsrl_and_distils_the_steered_policy(tmp_path):
+    from rlft.cli import main
+    from rlft.data.h5io import read_episodes
+
+    cfg_dir = os.path.join(os.path.dirname(__file__), "..", "configs")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"env: {{env_id: {SINGLE}, act_horizon: {H}, max_episode_steps: 30}}\n"
+        "collect: {mode: demos, num_episodes: 2, num_workers: 1}\n"
+        "eval: {num_episodes: 2}\n"
+        "policy_kind: flow\n"
+        "stages:\n"
+        f"  - {{name: bc, config: {cfg_dir}/bc.yaml, overrides: {{steps: 5}}}}\n"
+        f"  - {{name: stage2, config: {cfg_dir}/stage2_online.yaml, base_from_previous: true,\n"
+        "     overrides: {steps: 60, algo_cfg: {warmup_steps: 30, utd_ratio: 1, batch_size: 8}}}\n"
+        f"  - {{name: distil, config: {cfg_dir}/bc.yaml, distil_episodes: 2, distil_only_success: false,\n"
+        "     overrides: {steps: 5}}\n"
+    )
+    assert main(["pipeline", "--config", str(cfg), "--out-dir", str(tmp_path), "--name", "d", "--quiet"]) == 0
+    res = json.loads((tmp_path / "d" / "pipeline_summary.json").read_text())
+    assert [r["stage"] for r in res["stages"]] == ["collect", "bc", "stage2", "distil data", "distil"]
+    assert res["stages"][3]["algo"] == "rollouts of stage2"
+    eps, meta = read_episodes(tmp_path / "d" / "data" / "distil-rollouts.h5")
+    assert len(eps) == 2 and meta["source"]["policy_class"] == "SteeredFlowPolicy"
+    assert meta["source"]["policy"].endswith("stage2/checkpoints/policy_final.safetensors")
+    # the distilled policy is a plain flow policy over env actions, trained on those rollouts from scratch
+    distilled = load_policy(res["final_policy"])
+    assert type(distilled).__name__ == "FlowPolicy" and distilled.chunk_shape == (H, A)
+    dcfg = (tmp_path / "d" / "distil" / "config.yaml").read_text()
+    assert "distil-rollouts.h5" in dcfg and "init_policy: null" in dcfg

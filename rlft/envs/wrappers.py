@@ -70,7 +70,8 @@ class ChunkExecutor(gymnasium.Wrapper):
     * ``terminated``/``truncated`` of the last inner step,
     * ``info``: the last inner step's info plus ``k``, ``discount = gamma^k`` (bootstrap factor for the value at the
       returned observation), ``success`` (any inner step succeeded), ``success_at_end`` (the last inner step's
-      success), ``env_rewards`` (the k raw rewards) and ``env_obs`` (the k observations after each inner step).
+      success), ``env_rewards`` (the k raw rewards), ``env_obs`` (the k observations after each inner step) and
+      ``env_success`` (the k inner steps' success flags).
 
     This is the same convention as ``ChunkBatch`` (reward, discount=gamma^k, terminated); DSRL reuses it by putting
     a noise-to-chunk wrapper on top.
@@ -102,6 +103,7 @@ class ChunkExecutor(gymnasium.Wrapper):
         ret, disc = 0.0, 1.0
         rewards: list[float] = []
         observations: list[np.ndarray] = []
+        successes: list[bool] = []
         any_success = False
         success = False
         obs, terminated, truncated, info = None, False, False, {}
@@ -113,6 +115,7 @@ class ChunkExecutor(gymnasium.Wrapper):
             rewards.append(r)
             observations.append(obs)
             success = bool(info.get("success", False))
+            successes.append(success)
             any_success = any_success or success
             if terminated or truncated:
                 break
@@ -124,5 +127,6 @@ class ChunkExecutor(gymnasium.Wrapper):
             success_at_end=success,
             env_rewards=rewards,
             env_obs=observations,
+            env_success=successes,
         )
         return obs, ret, bool(terminated), bool(truncated), out

@@ -7,6 +7,8 @@
 Episodes run in lock step over ``n_parallel`` environments in one process so the policy is queried in batches
 (one forward for all live episodes per macro-step); ``num_workers > 1`` splits the seeds over processes.
 The set of episode seeds is fixed (``seed + i``), so evaluations of different checkpoints are paired.
+``rollout_episodes`` runs the same loop and also keeps every inner env step as an ``Episode`` (what ``rlft collect
+--mode policy`` writes: the rollouts of a trained policy, e.g. to distil a steered DSRL policy into a plain one).
 
 Videos: with ``video_episodes = N > 0`` the first N episodes (seeds ``seed .. seed+N-1``) are rendered offscreen
 (MuJoCo ``Renderer``; headless through EGL -- ``MUJOCO_GL=egl``, set by the CLI -- or OSMesa) and written as H.264
@@ -26,6 +28,7 @@ import gymnasium
 import numpy as np
 import torch
 
+from rlft.data.episodes import Episode
 from rlft.envs import make_env
 from rlft.envs.wrappers import ChunkExecutor
 from rlft.policies.base import Policy
@@ -48,6 +51,38 @@ def summarize(results: list[EpisodeResult]) -> dict[str, float]:
         "eval/episode_length": float(np.mean([r.length for r in results])),
         "eval/num_episodes": float(len(results)),
     }
+
+
+class _Trajectory:
+    """The inner env steps of one chunked episode, turned into an ``Episode`` at its end. Observations are stored
+    unstacked (the newest of the ``obs_horizon`` stacked ones), as datasets hold them."""
+
+    def __init__(self, obs: np.ndarray, obs_horizon: int):
+        self.obs_horizon = obs_horizon
+        self.obs = [self._raw(obs)]
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.success: list[bool] = []
+        self.end = (False, False)
+
+    def _raw(self, o) -> np.ndarray:
+        o = np.asarray(o, dtype=np.float32).reshape(-1)
+        return o[-(o.shape[0] // self.obs_horizon):]
+
+    def add(self, chunk: np.ndarray, info: dict, terminated: bool, truncated: bool) -> None:
+        k = int(info["k"])
+        self.actions += list(np.asarray(chunk, dtype=np.float32)[:k])
+        self.rewards += [float(r) for r in info["env_rewards"]]
+        self.success += [bool(x) for x in info["env_success"]]
+        self.obs += [self._raw(o) for o in info["env_obs"]]
+        self.end = (bool(terminated), bool(truncated))
+
+    def episode(self) -> Episode:
+        T = len(self.actions)
+        terminated, truncated = np.zeros(T, bool), np.zeros(T, bool)
+        terminated[-1], truncated[-1] = self.end
+        return Episode(np.stack(self.obs), np.stack(self.actions), np.asarray(self.rewards, np.float32), terminated,
+                       truncated, np.asarray(self.success, bool))
 
 
 class FrameRecorder(gymnasium.Wrapper):
@@ -166,8 +201,11 @@ class Evaluator:
                 env = rec = FrameRecorder(env, video.width, video.height, video.frame_skip)
             self.recorders.append(rec)
             self.envs.append(ChunkExecutor(env, act_horizon, gamma))
+        self.obs_horizon = obs_horizon
         self.videos: dict[int, list[np.ndarray]] = {}
         """Frames of the episodes recorded by the last ``run`` (seed -> frames)."""
+        self.episodes: dict[int, Episode] = {}
+        """Every inner step of the last ``run``'s episodes (seed -> Episode) when it was asked to keep them."""
         self.video_error: str | None = None
         """Why recording failed (then the evaluation went on without video)."""
 
@@ -182,20 +220,23 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, policy: Policy, seeds: list[int], deterministic: bool = True,
-            record_seeds: set[int] | frozenset[int] = frozenset()) -> list[EpisodeResult]:
+            record_seeds: set[int] | frozenset[int] = frozenset(), keep_episodes: bool = False) -> list[EpisodeResult]:
         results: list[EpisodeResult] = []
         pending = list(seeds)
         n = len(self.envs)
         obs: list = [None] * n
         state: list = [None] * n  # per env: [seed, success_once, success_at_end, ret, length] or None (idle)
-        self.videos = {}
+        self.videos, self.episodes = {}, {}
         recording = [False] * n
+        traj: list[_Trajectory | None] = [None] * n
         while pending or any(s is not None for s in state):
             for i in range(n):
                 if state[i] is None and pending:
                     s = pending.pop(0)
                     obs[i], _ = self.envs[i].reset(seed=s)
                     state[i] = [s, False, False, 0.0, 0]
+                    if keep_episodes:
+                        traj[i] = _Trajectory(obs[i], self.obs_horizon)
                     if s in record_seeds and self.recorders[i] is not None and self.video_error is None:
                         recording[i] = self._start_recording(i)
             live = [i for i in range(n) if state[i] is not None]
@@ -207,9 +248,13 @@ class Evaluator:
                 st[2] = bool(info["success_at_end"])
                 st[3] += float(np.sum(info["env_rewards"]))
                 st[4] += int(info["k"])
+                if keep_episodes:
+                    traj[i].add(chunks[j], info, term, trunc)
                 if term or trunc:
                     results.append(EpisodeResult(*st))
                     state[i] = None
+                    if keep_episodes:
+                        self.episodes[st[0]] = traj[i].episode()
                     if recording[i]:
                         self.videos[st[0]] = self.recorders[i].stop()
                         recording[i] = False
@@ -222,7 +267,7 @@ class Evaluator:
 
 
 def _worker(args):
-    cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel, record = args
+    cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel, record, keep = args
     torch.set_num_threads(1)
     from rlft.policies.base import POLICY_CLASSES
     import rlft.policies  # noqa: F401
@@ -232,7 +277,7 @@ def _worker(args):
     policy.eval()
     ev = Evaluator(n_parallel=n_parallel, **env_kw)
     try:
-        return ev.run(policy, seeds, deterministic, record), ev.videos, ev.video_error
+        return ev.run(policy, seeds, deterministic, record, keep), ev.videos, ev.video_error, ev.episodes
     finally:
         ev.close()
 
@@ -257,6 +302,41 @@ def save_videos(videos: dict[int, list[np.ndarray]], results: list[EpisodeResult
     return out
 
 
+def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic: bool, num_workers: int,
+                  parallel_envs: int, record: frozenset[int], keep_episodes: bool, evaluator: Evaluator | None = None):
+    """Run ``seeds`` in this process (``num_workers <= 1``) or sharded over spawned processes; returns
+    ``(results sorted by seed, videos, video errors, episodes)``."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        if num_workers <= 1:
+            ev = evaluator or Evaluator(n_parallel=min(parallel_envs, len(seeds)), **env_kw)
+            results = ev.run(policy, seeds, deterministic, record, keep_episodes)
+            errors: list[str] = []
+            if ev.video_error and not getattr(ev, "_video_warned", False):  # say it once per Evaluator
+                errors, ev._video_warned = [ev.video_error], True
+            out = results, ev.videos, errors, ev.episodes
+            if evaluator is None:
+                ev.close()
+            return out
+        state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+        shards = [seeds[w::num_workers] for w in range(num_workers)]
+        jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic,
+                 min(parallel_envs, max(1, len(sh))), record & set(sh), keep_episodes) for sh in shards if sh]
+        with mp.get_context("spawn").Pool(len(jobs)) as pool:
+            parts = pool.map(_worker, jobs)
+        videos: dict[int, list[np.ndarray]] = {}
+        episodes: dict[int, Episode] = {}
+        errors = []
+        for _, vids, err, eps in parts:
+            videos.update(vids)
+            episodes.update(eps)
+            errors += [err] if err else []
+        return sorted((r for part in parts for r in part[0]), key=lambda r: r.seed), videos, errors, episodes
+    finally:
+        policy.train(was_training)
+
+
 def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes: int, seed: int, gamma: float = 0.99,
                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
                     num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4,
@@ -269,36 +349,10 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
     seeds = [seed + i for i in range(num_episodes)]
     want_video = video is not None and video.episodes > 0 and video_dir is not None
     record = frozenset(seeds[: video.episodes]) if want_video else frozenset()
-    videos: dict[int, list[np.ndarray]] = {}
-    errors: list[str] = []
-    was_training = policy.training
-    policy.eval()
-    try:
-        if num_workers <= 1:
-            ev = evaluator or Evaluator(env_id, act_horizon, gamma, obs_horizon, max_episode_steps,
-                                        n_parallel=min(parallel_envs, num_episodes),
-                                        video=video if want_video else None)
-            results = ev.run(policy, seeds, deterministic, record)
-            videos = ev.videos
-            if ev.video_error and not getattr(ev, "_video_warned", False):  # say it once per Evaluator
-                errors, ev._video_warned = [ev.video_error], True
-            if evaluator is None:
-                ev.close()
-        else:
-            state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
-            env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
-                          max_episode_steps=max_episode_steps, video=video if want_video else None)
-            shards = [seeds[w::num_workers] for w in range(num_workers)]
-            jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic,
-                     min(parallel_envs, max(1, len(sh))), record & set(sh)) for sh in shards if sh]
-            with mp.get_context("spawn").Pool(len(jobs)) as pool:
-                parts = pool.map(_worker, jobs)
-            results = sorted((r for part, _, _ in parts for r in part), key=lambda r: r.seed)
-            for _, vids, err in parts:
-                videos.update(vids)
-                errors += [err] if err else []
-    finally:
-        policy.train(was_training)
+    env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
+                  max_episode_steps=max_episode_steps, video=video if want_video else None)
+    results, videos, errors, _ = _run_episodes(policy, seeds, env_kw, deterministic, num_workers, parallel_envs,
+                                               record, False, evaluator)
     if want_video:
         if videos:
             save_videos(videos, results, video_dir, video_prefix, video.fps)
@@ -310,3 +364,15 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
                 f"[yellow]warning[/yellow] no evaluation video: offscreen rendering failed ({escape(errors[0])}); "
                 f"{_VIDEO_HELP}", highlight=False)
     return summarize(results), results
+
+
+def rollout_episodes(policy: Policy, env_id: str, seeds: list[int], act_horizon: int, gamma: float = 0.99,
+                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
+                     num_workers: int = 1, parallel_envs: int = 4) -> list[tuple[EpisodeResult, Episode]]:
+    """Roll ``policy`` out on one episode per env-reset seed (the evaluation loop) and keep every inner env step:
+    ``[(result, Episode)]`` in seed order, the Episode with unstacked observations and the executed actions."""
+    env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
+                  max_episode_steps=max_episode_steps, video=None)
+    results, _, _, episodes = _run_episodes(policy, list(seeds), env_kw, deterministic, num_workers, parallel_envs,
+                                            frozenset(), True)
+    return [(r, episodes[r.seed]) for r in results]

@@ -53,6 +53,12 @@ class StageSpec:
     base_from_previous: bool = False
     """Steer the previous stage's policy instead of continuing it (DSRL): this stage's ``base_policy`` is the previous
     stage's handed-off policy and it starts a fresh latent actor (no ``init_policy``)."""
+    distil_episodes: int = 0
+    """Distillation: > 0 rolls the previous stage's policy out (deterministic actions) until this many episodes are
+    kept (``rlft collect --mode policy``) and trains this stage on those rollouts instead of the pipeline's dataset,
+    from a fresh policy of ``policy_kind`` (e.g. a ``bc`` stage after DSRL: a standalone flow policy)."""
+    distil_only_success: bool = True
+    """Distillation: keep only the successful rollouts (False: every rollout)."""
 
 
 @dataclasses.dataclass
@@ -144,17 +150,32 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             raise ConfigError(f"stages[0].inherit_critic: the first stage ({st.name}) has no previous stage")
         if st.base_from_previous and i == 0:
             raise ConfigError(f"stages[0].base_from_previous: the first stage ({st.name}) has no previous stage")
+        stage_data = dataset
+        if st.distil_episodes > 0:
+            if i == 0:
+                raise ConfigError(f"stages[0].distil_episodes: the first stage ({st.name}) has no previous stage")
+            tc = time.time()
+            n = max(1, round(st.distil_episodes * cfg.budget_scale))
+            console.rule(f"stage {st.name}: {n} rollouts of {cfg.stages[i - 1].name}'s policy")
+            stage_data = str(run_collect(CollectConfig(
+                env_id=cfg.env.env_id, mode="policy", policy=init_policy, num_episodes=n, seed=cfg.seed,
+                max_episode_steps=cfg.env.max_episode_steps,
+                only_success=st.distil_only_success, num_workers=cfg.eval.num_workers,
+                out=str(run_dir / "data" / f"{st.name}-rollouts.h5"), progress=not cfg.quiet)))
+            rows.append({"stage": f"{st.name} data", "algo": f"rollouts of {cfg.stages[i - 1].name}",
+                         "wall_s": time.time() - tc})
+        fresh = init_policy is None or st.base_from_previous or st.distil_episodes > 0
         d = _deep_merge(d, {
             "env": to_dict(cfg.env),
             "eval": _deep_merge(to_dict(cfg.eval), {"every": int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)}),
-            "dataset": dataset,
-            "init_policy": None if st.base_from_previous else init_policy,
+            "dataset": stage_data,
+            "init_policy": None if fresh else init_policy,
             **({"base_policy": init_policy} if st.base_from_previous else {}),
             "init_critic": prev_state if st.inherit_critic else None,
             "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
         })
         d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
-        if init_policy is None and cfg.policy_kind is not None:
+        if cfg.policy_kind is not None and fresh and not st.base_from_previous:
             d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
         tcfg = train_config_from_dict(d, st.config)
         console.rule(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)")
