@@ -191,6 +191,27 @@ def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
         # leaving the block terminates the pool (also when the consumer stops early)
 
 
+def _checked_out(cfg: CollectConfig, kind: str) -> Path:
+    """Validate ``num_episodes``/``num_workers``; the output path (default ``data/<env>-<kind>-<n>.h5``)."""
+    if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:
+        raise ConfigError(f"collect.num_episodes: must be a positive integer, got {cfg.num_episodes!r}")
+    if cfg.num_workers is not None and cfg.num_workers < 1:
+        raise ConfigError(f"collect.num_workers: must be >= 1 or null, got {cfg.num_workers!r}")
+    out = Path(cfg.out) if cfg.out else Path("data") / f"{cfg.env_id}-{kind}-{cfg.num_episodes}.h5"
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    return out
+
+
+def _first_kept(kept: dict[int, tuple[int, Episode]], n: int, n_attempts: int, console, what: str):
+    """The first ``n`` kept attempts in index order: ``(indices, episodes)``; warns when fewer than ``n`` exist."""
+    order = sorted(kept)[:n]
+    if len(order) < n:
+        console.print(f"[yellow]warning:[/] only {len(order)} successful {what} in {n_attempts} attempts "
+                      f"(asked for {n}); writing those")
+    return order, [kept[i][1] for i in order]
+
+
 def run_collect(cfg: CollectConfig) -> Path:
     """Collect ``cfg.num_episodes`` episodes and write them to ``cfg.out`` (h5 + json sidecar); return the path."""
     from rich.console import Console
@@ -251,11 +272,7 @@ def run_collect(cfg: CollectConfig) -> Path:
     if not kept:
         raise RlftError(f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
                         f"(action_noise={r.action_noise}); lower the noise or set only_success=false")
-    order = sorted(kept)[: cfg.num_episodes]
-    episodes = [kept[i][1] for i in order]
-    if len(episodes) < cfg.num_episodes:
-        console.print(f"[yellow]warning:[/] only {len(episodes)} successful episodes in {len(attempts)} attempts "
-                      f"(asked for {cfg.num_episodes}); writing those")
+    order, episodes = _first_kept(kept, cfg.num_episodes, len(attempts), console, "episodes")
 
     env_kwargs = {"control_mode": "ee_delta_pose", **_env_kwargs(r)}
     info = {**info, "env_kwargs": env_kwargs}
@@ -304,13 +321,7 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     if cfg.action_noise:
         raise ConfigError("collect.action_noise: mode 'policy' adds no action noise (use deterministic false to "
                           "sample from the policy)")
-    if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:
-        raise ConfigError(f"collect.num_episodes: must be a positive integer, got {cfg.num_episodes!r}")
-    if cfg.num_workers is not None and cfg.num_workers < 1:
-        raise ConfigError(f"collect.num_workers: must be >= 1 or null, got {cfg.num_workers!r}")
-    out = Path(cfg.out) if cfg.out else Path("data") / f"{cfg.env_id}-policy-{cfg.num_episodes}.h5"
-    if out.suffix.lower() not in (".h5", ".hdf5"):
-        raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    out = _checked_out(cfg, "policy")
     policy = load_policy(cfg.policy)
     extra = policy_extra(cfg.policy)
     if extra.get("env_id") not in (None, cfg.env_id):
@@ -354,11 +365,7 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     if not kept:
         raise RlftError(f"collect: no successful rollout of {cfg.policy} in {len(attempts)} attempts on "
                         f"{cfg.env_id}; set only_success=false to keep failures")
-    order = sorted(kept)[: cfg.num_episodes]
-    episodes = [kept[i][1] for i in order]
-    if len(episodes) < cfg.num_episodes:
-        console.print(f"[yellow]warning:[/] only {len(episodes)} successful rollouts in {len(attempts)} attempts "
-                      f"(asked for {cfg.num_episodes}); writing those")
+    order, episodes = _first_kept(kept, cfg.num_episodes, len(attempts), console, "rollouts")
     info.pop("obs_horizon", None)  # stored observations are unstacked
     info["obs_dim"] = int(episodes[0].obs.shape[1])
     attempted = sorted(attempts)[: max(order) + 1]
@@ -418,13 +425,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         raise ConfigError("collect.oracle: ManiSkill tasks use ManiSkill's motion planner; leave oracle 'auto'")
     if cfg.action_noise:
         raise ConfigError("collect.action_noise: motion-planned ManiSkill demos are collected without action noise")
-    if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:
-        raise ConfigError(f"collect.num_episodes: must be a positive integer, got {cfg.num_episodes!r}")
-    if cfg.num_workers is not None and cfg.num_workers < 1:
-        raise ConfigError(f"collect.num_workers: must be >= 1 or null, got {cfg.num_workers!r}")
-    out = Path(cfg.out) if cfg.out else Path("data") / f"{cfg.env_id}-demos-{cfg.num_episodes}.h5"
-    if out.suffix.lower() not in (".h5", ".hdf5"):
-        raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    out = _checked_out(cfg, "demos")
     prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
     probe = make_env(cfg.env_id, **({} if cfg.max_episode_steps is None else
                                     {"max_episode_steps": cfg.max_episode_steps}))
@@ -472,11 +473,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     elapsed = time.time() - t0
     if not kept:
         raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
-    order = sorted(kept)[: cfg.num_episodes]
-    episodes = [kept[i][1] for i in order]
-    if len(episodes) < cfg.num_episodes:
-        console.print(f"[yellow]warning:[/] only {len(episodes)} successful episodes in {len(statuses)} attempts "
-                      f"(asked for {cfg.num_episodes}); writing those")
+    order, episodes = _first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
     attempted = sorted(statuses)[: max(order) + 1] if order else []
     info = {**info, "env_kwargs": {"obs_mode": "state", "control_mode": DEFAULT_CONTROL_MODE,
                                    "reward_mode": DEFAULT_REWARD_MODE, "sim_backend": "physx_cpu",
