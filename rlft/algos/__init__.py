@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from rlft.algos.base import AlgoConfig, Algorithm, PolicyConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, PolicyConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` buildable by its ``name`` and name its Config's error messages after it."""
+    owner = "every algorithm" if cls.Config in (AlgoConfig, CriticConfig) else cls.Config.__dict__.get("algo_name")
+    if owner is not None and owner != cls.name:
+        raise TypeError(f"{cls.Config.__name__} is already the config of '{owner}'; give '{cls.name}' its own subclass")
+    cls.Config.algo_name = cls.name
     ALGORITHMS[cls.name] = cls
     return cls
 
@@ -32,4 +37,4 @@ def _load_builtin() -> None:
 
 _load_builtin()
 
-__all__ = ["ALGORITHMS", "AlgoConfig", "Algorithm", "PolicyConfig", "get_algorithm", "register"]
+__all__ = ["ALGORITHMS", "AlgoConfig", "Algorithm", "CriticConfig", "PolicyConfig", "get_algorithm", "register"]

@@ -27,7 +27,6 @@ class AWShortcutConfig(AWCPConfig):
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="shortcut"))
     """The actor: a shortcut flow policy (``shortcut_steps`` sampler steps)."""
-    _name: ClassVar[str] = "aw_shortcut"
 
 
 @register

@@ -31,11 +31,11 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import Info, metrics_to_floats, prefixed, sac_critic_target, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def awac_advantage(q_data: torch.Tensor, q_pi: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class AWACConfig(AlgoConfig):
+class AWACConfig(CriticConfig):
     """AWAC (offline pre-training; the same losses run online)."""
 
     lam: float = 1.0
@@ -77,22 +77,11 @@ class AWACConfig(AlgoConfig):
     """M, policy samples per state for V(s) = E_{a~pi} Q(s, a) (the reference code uses 1)."""
     entropy_coef: float = 0.0
     """Fixed coefficient of -log pi(a'|s') in the TD target (AWAC: 0; > 0 needs a Gaussian policy)."""
-    num_critics: int = 2
-    """Number of Q networks (min over them for the target and the advantage)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lam <= 0:
             raise ConfigError(f"awac.lam must be > 0, got {self.lam}")
         if self.weight_normalization not in ("softmax", "exp"):
@@ -103,12 +92,6 @@ class AWACConfig(AlgoConfig):
             raise ConfigError(f"awac.num_value_samples must be >= 1, got {self.num_value_samples}")
         if self.entropy_coef < 0:
             raise ConfigError(f"awac.entropy_coef must be >= 0, got {self.entropy_coef}")
-        if self.num_critics < 1:
-            raise ConfigError(f"awac.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"awac.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"awac.tau must be in (0, 1], got {self.tau}")
 
 
 @register
@@ -127,10 +110,7 @@ class AWAC(Algorithm):
                 f"awac.entropy_coef={cfg.entropy_coef} needs log pi(a'|s'), which {type(self.policy).__name__} does "
                 "not have; use entropy_coef: 0 (AWAC's default) or policy.kind: gaussian"
             )
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)

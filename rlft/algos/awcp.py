@@ -34,11 +34,11 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, PolicyConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, PolicyConfig
 from rlft.algos.losses import Info, iql_critic_target, iql_value_loss, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, ValueNet, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def normalized_advantage_weights(adv: torch.Tensor, beta: float, max_weight: flo
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class AWCPConfig(AlgoConfig):
+class AWCPConfig(CriticConfig):
     """Advantage-weighted consistency policy: IQL critic, normalised-weight flow + consistency BC actor."""
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="consistency"))
@@ -79,39 +79,20 @@ class AWCPConfig(AlgoConfig):
     max_weight: float = 20.0
     """Upper clip of the normalised weights (whose batch mean is 1): at most max_weight / B of the batch's total
     weight on one sample."""
-    num_critics: int = 2
-    """Number of Q networks; the value target and the advantage use the minimum over their target copies."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network and of the V network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q and V networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
     value_lr: float = 3e-4
     """Adam learning rate of the V network."""
-    tau: float = 0.005
-    """Polyak rate of the target Q networks (after every update)."""
-
-    _name: ClassVar[str] = "awcp"  # the algorithm's name in error messages
 
     def __post_init__(self) -> None:
-        name = self._name
+        super().__post_init__()
+        name = self.algo_name
         if not 0.0 < self.expectile < 1.0:
             raise ConfigError(f"{name}.expectile must be in (0, 1), got {self.expectile}")
         if self.beta < 0:
             raise ConfigError(f"{name}.beta must be >= 0, got {self.beta}")
         if self.max_weight < 1.0:
             raise ConfigError(f"{name}.max_weight must be >= 1 (normalised weights average 1), got {self.max_weight}")
-        if self.num_critics < 1:
-            raise ConfigError(f"{name}.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"{name}.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"{name}.tau must be in (0, 1], got {self.tau}")
 
 
 @register
@@ -125,12 +106,9 @@ class AWCP(Algorithm):
     def __init__(self, cfg: AWCPConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: AWCPConfig = cfg
-        hidden = tuple(cfg.critic_hidden_dims)
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, hidden, cfg.critic_layernorm, cfg.critic_impl
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(obs_dim, hidden, cfg.critic_layernorm).to(self.device)
+        self.value = self.value_net()
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)

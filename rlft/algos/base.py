@@ -112,6 +112,39 @@ class AlgoConfig:
         runner refuses online mode when this differs from ``act_horizon``."""
         return act_horizon
 
+    #: the registered algorithm's name, prefixed to this config's error messages (``register`` sets it)
+    algo_name: ClassVar[str] = "algo"
+
+
+@dataclasses.dataclass
+class CriticConfig(AlgoConfig):
+    """``AlgoConfig`` plus the Q-ensemble fields shared by every actor-critic algorithm (each algorithm's docstring
+    says how it combines the members: minimum, random-subset minimum, one random member, ...)."""
+
+    num_critics: int = 2
+    """Number of Q networks in the ensemble."""
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each Q network (and of the V network, where the algorithm has one)."""
+    critic_layernorm: bool = True
+    """LayerNorm after each hidden layer of the Q (and V) networks."""
+    critic_impl: str = "auto"
+    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the Q networks."""
+    tau: float = 0.005
+    """Polyak rate of the target Q networks (target <- (1 - tau) target + tau Q after every critic update)."""
+
+    def __post_init__(self) -> None:
+        from rlft.errors import ConfigError
+
+        name = self.algo_name
+        if self.num_critics < 1:
+            raise ConfigError(f"{name}.num_critics must be >= 1, got {self.num_critics}")
+        if self.critic_impl not in ("auto", "loop", "batched"):
+            raise ConfigError(f"{name}.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"{name}.tau must be in (0, 1], got {self.tau}")
+
 
 class Algorithm:
     """Base class. Subclasses set ``Config`` and ``name`` and implement ``update``.
@@ -165,6 +198,23 @@ class Algorithm:
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         raise NotImplementedError
+
+    def critic_ensemble(self, action_in_dim: int) -> torch.nn.Module:
+        """A Q ensemble over (obs, a flat ``action_in_dim``-vector) built from the ``CriticConfig`` fields, on the
+        algorithm's device."""
+        from rlft.nets.ensemble import CriticEnsemble
+
+        cfg = self.cfg
+        return CriticEnsemble(
+            self.obs_dim, action_in_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
+            cfg.critic_impl,
+        ).to(self.device)
+
+    def value_net(self) -> torch.nn.Module:
+        """A state-value network V(s) with the critics' hidden widths and LayerNorm setting, on the device."""
+        from rlft.nets.ensemble import ValueNet
+
+        return ValueNet(self.obs_dim, tuple(self.cfg.critic_hidden_dims), self.cfg.critic_layernorm).to(self.device)
 
     @torch.no_grad()
     def explore(self, obs_raw: Any) -> torch.Tensor:

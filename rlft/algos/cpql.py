@@ -33,11 +33,11 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, PolicyConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, PolicyConfig
 from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def cpql_actor_loss(
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class CPQLConfig(AlgoConfig):
+class CPQLConfig(CriticConfig):
     """CPQL: consistency policy + Q-learning (offline by default; online with q_normalize=False)."""
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="consistency"))
@@ -85,35 +85,18 @@ class CPQLConfig(AlgoConfig):
     """eta: weight of the Q term (CPQL offline: 0.5 - 4.5 per D4RL task; 1.0 for most)."""
     q_normalize: bool = True
     """Divide the Q term by the detached mean |Q| of the other critic (CPQL offline; False = -min_i Q, online)."""
-    num_critics: int = 2
-    """Number of Q networks (CPQL: a twin critic); the TD target uses their minimum."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
-    tau: float = 0.005
-    """Polyak rate of the target critics (after every update)."""
     grad_clip: float | None = 5.0
     """Clip the actor's and the critics' gradients to this global L2 norm (CPQL's grad_norm: 1 - 10 per task);
     None = no clipping."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.bc_coef < 0:
             raise ConfigError(f"cpql.bc_coef must be >= 0, got {self.bc_coef}")
         if self.eta < 0:
             raise ConfigError(f"cpql.eta must be >= 0, got {self.eta}")
-        if self.num_critics < 1:
-            raise ConfigError(f"cpql.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"cpql.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"cpql.tau must be in (0, 1], got {self.tau}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"cpql.grad_clip must be > 0 or null, got {self.grad_clip}")
 
@@ -129,10 +112,7 @@ class CPQL(Algorithm):
     def __init__(self, cfg: CPQLConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: CPQLConfig = cfg
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)

@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import (
     Info,
     metrics_to_floats,
@@ -54,7 +54,7 @@ from rlft.algos.losses import (
 )
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def cql_penalty(
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class CQLConfig(AlgoConfig):
+class CQLConfig(CriticConfig):
     """CQL(H) with SAC (offline)."""
 
     cql_alpha: float = 5.0
@@ -134,18 +134,8 @@ class CQLConfig(AlgoConfig):
     """Initial alpha' of the Lagrange variant."""
     lagrange_lr: float = 3e-4
     """Adam learning rate of log(alpha')."""
-    num_critics: int = 2
-    """Number of Q networks (min over their target copies in the TD target, min over them in the actor loss)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 1e-4
     """Adam learning rate of the policy (CQL: 1e-4)."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
     init_temperature: float = 1.0
@@ -158,11 +148,10 @@ class CQLConfig(AlgoConfig):
     """Used when target_entropy is None (SAC's usual value is -1; see the module docstring)."""
     backup_entropy: bool = False
     """Subtract alpha * log pi(a'|s') in the TD target (the CQL reference code does not)."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
 
     def __post_init__(self) -> None:
-        where = type(self).__name__.removesuffix("Config").lower()
+        super().__post_init__()
+        where = self.algo_name
         if self.cql_alpha < 0:
             raise ConfigError(f"{where}.cql_alpha must be >= 0, got {self.cql_alpha}")
         if self.cql_num_samples < 1:
@@ -171,14 +160,8 @@ class CQLConfig(AlgoConfig):
             raise ConfigError(f"{where}.cql_temperature must be > 0, got {self.cql_temperature}")
         if self.init_lagrange_multiplier <= 0:
             raise ConfigError(f"{where}.init_lagrange_multiplier must be > 0, got {self.init_lagrange_multiplier}")
-        if self.num_critics < 1:
-            raise ConfigError(f"{where}.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"{where}.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
         if self.init_temperature <= 0:
             raise ConfigError(f"{where}.init_temperature must be > 0, got {self.init_temperature}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"{where}.tau must be in (0, 1], got {self.tau}")
 
 
 @register
@@ -197,10 +180,7 @@ class CQL(Algorithm):
                 f"{self.name}: the policy ({type(self.policy).__name__}) has no tractable log-probability, which the "
                 "importance-sampled penalty and the entropy terms need; use policy.kind: gaussian"
             )
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())

@@ -41,12 +41,12 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import Info, expectile_loss, iql_critic_target, metrics_to_floats, prefixed, td_loss
 from rlft.algos.qc import QC, as_best_of_n
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError, TrainingError
-from rlft.nets.ensemble import CriticEnsemble, ValueNet, soft_update
+from rlft.nets.ensemble import soft_update
 from rlft.policies.best_of_n import BestOfNPolicy, aggregate_q
 
 
@@ -86,7 +86,7 @@ def dqc_value_loss(
 
 
 @dataclasses.dataclass
-class DQCConfig(AlgoConfig):
+class DQCConfig(CriticConfig):
     """Decoupled Q-chunking (offline)."""
 
     backup_horizon: int = 25
@@ -104,24 +104,13 @@ class DQCConfig(AlgoConfig):
     q_agg: str = "mean"
     """Aggregation over the action-critic ensemble for the value target and best-of-N: 'mean' (the reference's
     default) or 'min' (its cube setting)."""
-    num_critics: int = 2
-    """Number of Q networks in each of the chunk and action critic ensembles."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the chunk critic, action critic and V networks (the reference uses 4 x 1024)."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the critics and V."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the flow policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the chunk critic and the action critic."""
     value_lr: float = 3e-4
     """Adam learning rate of V."""
-    tau: float = 0.005
-    """Polyak rate of the target action critic."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.backup_horizon < 1:
             raise ConfigError(f"dqc.backup_horizon must be >= 1, got {self.backup_horizon}")
         for name in ("kappa_d", "kappa_b"):
@@ -133,12 +122,6 @@ class DQCConfig(AlgoConfig):
             raise ConfigError(f"dqc.num_samples must be >= 1, got {self.num_samples}")
         if self.q_agg not in ("mean", "min"):
             raise ConfigError(f"dqc.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
-        if self.num_critics < 1:
-            raise ConfigError(f"dqc.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"dqc.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"dqc.tau must be in (0, 1], got {self.tau}")
 
     def data_horizon(self, act_horizon: int) -> int:
         """The chunk critic's backup horizon Hb: training chunks hold Hb actions (the policy uses the first H)."""
@@ -161,10 +144,8 @@ class DQC(Algorithm):
         self.cfg: DQCConfig = cfg
         self.backup_horizon = cfg.data_horizon(act_horizon)
         self.policy: BestOfNPolicy = as_best_of_n(self.policy, cfg, "dqc").to(self.device)
-        hidden = tuple(cfg.critic_hidden_dims)
-        self.chunk_critic = CriticEnsemble(obs_dim, self.backup_horizon * action_dim, cfg.num_critics, hidden,
-                                           cfg.critic_layernorm, cfg.critic_impl).to(self.device)
-        self.value = ValueNet(obs_dim, hidden, cfg.critic_layernorm).to(self.device)
+        self.chunk_critic = self.critic_ensemble(self.backup_horizon * action_dim)
+        self.value = self.value_net()
         self.target_action_critic = copy.deepcopy(self.policy.critic).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.policy.flow.parameters(), lr=cfg.actor_lr, fused=True)
         self.action_critic_optim = torch.optim.Adam(self.policy.critic.parameters(), lr=cfg.critic_lr, fused=True)

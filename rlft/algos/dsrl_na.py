@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import (
     Info,
     metrics_to_floats,
@@ -47,7 +47,7 @@ from rlft.algos.losses import (
 )
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,34 +77,23 @@ def noise_distill_loss(q_w: torch.Tensor, q_a: torch.Tensor) -> tuple[torch.Tens
 
 # ----------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class DSRLNAConfig(AlgoConfig):
-    """DSRL-NA (online; offline rows usable too, through their executed actions)."""
+class DSRLNAConfig(CriticConfig):
+    """DSRL-NA (online; offline rows usable too, through their executed actions). The critic fields apply to both
+    ensembles, Q^A and Q^W (``critic_lr`` is Q^A's; DSRL's official critics are 3 x 2048 with LayerNorm)."""
 
     utd_ratio: int = 20
     """Online: gradient updates per environment macro-step (DSRL: 20). Each update decodes two batches through the
     base policy, so on a CPU a smaller value is usually needed."""
     warmup_steps: int = 5000
     """Online: environment steps collected before updates start."""
-    num_critics: int = 2
-    """Members of each critic ensemble (Q^A and Q^W)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of every Q network (DSRL official: 3 x 2048 with LayerNorm)."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     target_agg: str = "min"
     """Aggregation of the target action critic's members in the TD target: 'min' (clipped double Q) or 'mean'."""
     actor_lr: float = 1e-4
     """Adam learning rate of the latent actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the action critic Q^A."""
     noise_critic_lr: float = 3e-4
     """Adam learning rate of the noise critic Q^W."""
     temperature_lr: float = 1e-4
     """Adam learning rate of log(alpha)."""
-    tau: float = 0.005
-    """Polyak rate of the target action critic."""
     init_temperature: float = 0.1
     """Initial alpha."""
     learn_temperature: bool = True
@@ -117,16 +106,11 @@ class DSRLNAConfig(AlgoConfig):
     """Update the latent actor and the temperature on every k-th update (the critics on every update)."""
 
     def __post_init__(self) -> None:
-        if self.num_critics < 1:
-            raise ConfigError(f"dsrl_na.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"dsrl_na.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
+        super().__post_init__()
         if self.target_agg not in ("min", "mean"):
             raise ConfigError(f"dsrl_na.target_agg must be 'min' or 'mean', got {self.target_agg!r}")
         if self.init_temperature <= 0:
             raise ConfigError(f"dsrl_na.init_temperature must be > 0, got {self.init_temperature}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"dsrl_na.tau must be in (0, 1], got {self.tau}")
         if self.actor_update_every < 1:
             raise ConfigError(f"dsrl_na.actor_update_every must be >= 1, got {self.actor_update_every}")
 
@@ -156,12 +140,9 @@ class DSRLNA(Algorithm):
             raise ConfigError(f"dsrl_na: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
                               f"policy's noise shape {noise}")
         exec_dim = base_policy.act_horizon * base_policy.action_dim
-        hidden = tuple(cfg.critic_hidden_dims)
-        self.critic = CriticEnsemble(obs_dim, exec_dim, cfg.num_critics, hidden, cfg.critic_layernorm,
-                                     cfg.critic_impl).to(self.device)  # Q^A(s, a)
+        self.critic = self.critic_ensemble(exec_dim)  # Q^A(s, a)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.noise_critic = CriticEnsemble(obs_dim, act_horizon * action_dim, cfg.num_critics, hidden,
-                                           cfg.critic_layernorm, cfg.critic_impl).to(self.device)  # Q^W(s, w)
+        self.noise_critic = self.critic_ensemble(act_horizon * action_dim)  # Q^W(s, w)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)

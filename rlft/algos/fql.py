@@ -32,11 +32,11 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 from rlft.policies.best_of_n import aggregate_q
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import OneStepFlowPolicy
@@ -69,7 +69,7 @@ def fql_actor_loss(
 
 
 @dataclasses.dataclass
-class FQLConfig(AlgoConfig):
+class FQLConfig(CriticConfig):
     """Flow Q-learning (offline; the same losses run online)."""
 
     alpha: float = 100.0
@@ -80,14 +80,6 @@ class FQLConfig(AlgoConfig):
     reference's option; off by default there)."""
     q_agg: str = "mean"
     """Aggregation of the target critics in the TD target: 'mean' (FQL's default) or 'min'."""
-    num_critics: int = 2
-    """Number of Q networks."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network (the reference uses 4 x 512)."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden widths of the one-step actor mu(s, z) (GELU MLP), used when a new one is built."""
     actor_layernorm: bool = False
@@ -96,22 +88,13 @@ class FQLConfig(AlgoConfig):
     """Adam learning rate of the flow BC teacher."""
     actor_lr: float = 3e-4
     """Adam learning rate of the one-step actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
-    tau: float = 0.005
-    """Polyak rate of the target Q networks (target <- (1 - tau) target + tau Q after every update)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.alpha < 0:
             raise ConfigError(f"fql.alpha must be >= 0, got {self.alpha}")
         if self.q_agg not in ("mean", "min"):
             raise ConfigError(f"fql.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
-        if self.num_critics < 1:
-            raise ConfigError(f"fql.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"fql.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"fql.tau must be in (0, 1], got {self.tau}")
         for name in ("flow_lr", "actor_lr", "critic_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"fql.{name} must be > 0, got {getattr(self, name)}")
@@ -134,10 +117,7 @@ class FQL(Algorithm):
             raise ConfigError(
                 f"fql: needs a flow policy (policy.kind: flow) or an FQL one-step policy, got {type(self.policy).__name__}"
             )
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.flow_optim = torch.optim.Adam(self.policy.flow.parameters(), lr=cfg.flow_lr, fused=True)
         self.actor_optim = torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.actor_lr, fused=True)

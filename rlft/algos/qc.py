@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import iql_critic_target, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -45,7 +45,7 @@ from rlft.policies.flow import FlowPolicy
 
 
 @dataclasses.dataclass
-class QCConfig(AlgoConfig):
+class QCConfig(CriticConfig):
     """Q-chunking with best-of-N policy extraction (offline and online)."""
 
     num_samples: int = 32
@@ -53,32 +53,15 @@ class QCConfig(AlgoConfig):
     q_agg: str = "mean"
     """Aggregation over the critic ensemble, for the TD target and for scoring candidates: 'mean' (QC's default) or
     'min'."""
-    num_critics: int = 2
-    """Number of Q networks (QC: 2)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network (the reference uses 4 x 512)."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the flow policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
-    tau: float = 0.005
-    """Polyak rate of the target Q networks (target <- (1 - tau) target + tau Q after every update)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_samples < 1:
             raise ConfigError(f"qc.num_samples must be >= 1, got {self.num_samples}")
         if self.q_agg not in ("mean", "min"):
             raise ConfigError(f"qc.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
-        if self.num_critics < 1:
-            raise ConfigError(f"qc.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"qc.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"qc.tau must be in (0, 1], got {self.tau}")
         for name in ("actor_lr", "critic_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"qc.{name} must be > 0, got {getattr(self, name)}")

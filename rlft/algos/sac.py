@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import (
     metrics_to_floats,
     prefixed,
@@ -53,12 +53,12 @@ from rlft.algos.losses import (
 )
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 @dataclasses.dataclass
-class SACConfig(AlgoConfig):
-    """SAC / RLPD for online fine-tuning."""
+class SACConfig(CriticConfig):
+    """SAC / RLPD for online fine-tuning (``critic_layernorm``: RLPD's key stabiliser with offline data)."""
 
     utd_ratio: int = 4
     """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU one 10-critic
@@ -74,20 +74,10 @@ class SACConfig(AlgoConfig):
     critic_subset: int = 2
     """Size of the random subset of target critics whose minimum forms the TD target (RLPD: 2; = num_critics gives
     SAC's plain min over all critics)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks (RLPD's key stabiliser with offline data)."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q ensemble."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
-    tau: float = 0.005
-    """Polyak rate of the target critics (updated after every critic step)."""
     init_temperature: float = 0.1
     """Initial alpha. Lower than RLPD's 1.0 from-scratch value: the log-density of a chunk sums H*A dimensions, so
     alpha * log pi is already large relative to Q at 0.1 when starting from a pretrained policy."""
@@ -113,20 +103,15 @@ class SACConfig(AlgoConfig):
     (0 = off): an anchor to the demonstrations that never imitates the policy's own exploratory actions."""
 
     def __post_init__(self) -> None:
-        if self.num_critics < 1:
-            raise ConfigError(f"sac.num_critics must be >= 1, got {self.num_critics}")
+        super().__post_init__()
         if not 1 <= self.critic_subset <= self.num_critics:
             raise ConfigError(
                 f"sac.critic_subset must be in [1, num_critics={self.num_critics}], got {self.critic_subset}"
             )
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"sac.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
         if self.init_temperature <= 0:
             raise ConfigError(f"sac.init_temperature must be > 0, got {self.init_temperature}")
         if self.actor_update_every is not None and self.actor_update_every < 1:
             raise ConfigError(f"sac.actor_update_every must be >= 1, got {self.actor_update_every}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"sac.tau must be in (0, 1], got {self.tau}")
 
 
 @register
@@ -146,10 +131,7 @@ class SAC(Algorithm):
                 "entropy terms need; use policy.kind: gaussian (a flow policy can be fine-tuned with DSRL, which runs "
                 "SAC on its noise space)"
             )
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())

@@ -55,7 +55,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.awr import awr_weights
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import (
     Info,
     iql_value_loss,
@@ -70,7 +70,7 @@ from rlft.algos.losses import (
 from rlft.algos.td3bc import td3bc_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, ValueNet, soft_update
+from rlft.nets.ensemble import soft_update
 from rlft.policies.gaussian import valid_dim_count
 
 ACTOR_LOSS_TYPES = ("sac", "td3bc", "awr", "iql")
@@ -92,31 +92,19 @@ def entropy_bonus(log_prob: torch.Tensor, alpha: torch.Tensor | float) -> tuple[
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class SACOfflineConfig(AlgoConfig):
+class SACOfflineConfig(CriticConfig):
     """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor."""
 
     actor_loss_type: str = "sac"
     """'sac' (reparameterised Q maximisation), 'td3bc', 'awr' or 'iql' (see the module docstring)."""
-    num_critics: int = 2
-    """Number of Q networks (the TD target uses the min over their target copies)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network and of the IQL V network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q and V networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     critic_backup: str = "policy"
     """'policy': soft SAC target at a' ~ pi(s'); 'value': r + bootstrap * V(s') (only with actor_loss_type iql)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
     value_lr: float = 3e-4
     """Adam learning rate of the IQL V network."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha) (Gaussian actor)."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
     init_temperature: float = 1.0
     """Initial alpha (SAC's 1.0; Gaussian actor only)."""
     learn_temperature: bool = True
@@ -146,6 +134,7 @@ class SACOfflineConfig(AlgoConfig):
     maximisation; the other loss types have their own data term)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.actor_loss_type not in ACTOR_LOSS_TYPES:
             raise ConfigError(f"sac_offline.actor_loss_type must be one of {ACTOR_LOSS_TYPES}, got "
                               f"{self.actor_loss_type!r}")
@@ -153,12 +142,6 @@ class SACOfflineConfig(AlgoConfig):
             raise ConfigError(f"sac_offline.critic_backup must be 'policy' or 'value', got {self.critic_backup!r}")
         if self.critic_backup == "value" and self.actor_loss_type != "iql":
             raise ConfigError("sac_offline.critic_backup 'value' needs the IQL V network: use actor_loss_type iql")
-        if self.num_critics < 1:
-            raise ConfigError(f"sac_offline.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"sac_offline.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"sac_offline.tau must be in (0, 1], got {self.tau}")
         if self.init_temperature <= 0:
             raise ConfigError(f"sac_offline.init_temperature must be > 0, got {self.init_temperature}")
         if self.td3bc_lam_form not in ("seed", "paper"):
@@ -186,16 +169,13 @@ class SACOffline(Algorithm):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: SACOfflineConfig = cfg
         self.stochastic = bool(getattr(self.policy, "has_log_prob", False))  # entropy terms exist (Gaussian)
-        hidden = tuple(cfg.critic_hidden_dims)
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, hidden, cfg.critic_layernorm, cfg.critic_impl
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         if cfg.actor_loss_type == "iql":
-            self.value = ValueNet(obs_dim, hidden, cfg.critic_layernorm).to(self.device)
+            self.value = self.value_net()
             self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
         self.target_entropy = (
             float(cfg.target_entropy) if cfg.target_entropy is not None else -float(act_horizon * action_dim)

@@ -33,11 +33,11 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
 from rlft.algos.losses import Info, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble, soft_update
+from rlft.nets.ensemble import soft_update
 from rlft.policies.gaussian import masked_sum, valid_dim_count
 
 
@@ -85,7 +85,7 @@ def td3bc_actor_loss(
 
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class TD3BCConfig(AlgoConfig):
+class TD3BCConfig(CriticConfig):
     """TD3+BC (offline). Defaults are the paper's."""
 
     alpha: float = 2.5
@@ -96,22 +96,11 @@ class TD3BCConfig(AlgoConfig):
     """Clip of the smoothing noise."""
     policy_delay: int = 2
     """Actor and target-network update every this many critic updates (TD3's delayed policy updates)."""
-    num_critics: int = 2
-    """Number of Q networks; the target is the min over all target critics, the actor uses the first critic."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each Q network."""
-    critic_layernorm: bool = True
-    """LayerNorm after each hidden layer of the Q networks."""
-    critic_impl: str = "auto"
-    """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the Q networks."""
-    tau: float = 0.005
-    """Polyak rate of the target critics and the target actor (applied after each actor step)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.alpha < 0:
             raise ConfigError(f"td3bc.alpha must be >= 0, got {self.alpha}")
         if self.policy_noise < 0:
@@ -120,12 +109,6 @@ class TD3BCConfig(AlgoConfig):
             raise ConfigError(f"td3bc.noise_clip must be >= 0, got {self.noise_clip}")
         if self.policy_delay < 1:
             raise ConfigError(f"td3bc.policy_delay must be >= 1, got {self.policy_delay}")
-        if self.num_critics < 1:
-            raise ConfigError(f"td3bc.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"td3bc.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"td3bc.tau must be in (0, 1], got {self.tau}")
 
 
 @register
@@ -139,10 +122,7 @@ class TD3BC(Algorithm):
     def __init__(self, cfg: TD3BCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: TD3BCConfig = cfg
-        self.critic = CriticEnsemble(
-            obs_dim, act_horizon * action_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
-            cfg.critic_impl,
-        ).to(self.device)
+        self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.actor_params = list(self.policy.parameters())
