@@ -19,8 +19,8 @@ import re
 import pytest
 import torch
 
-from rlft.algos import ALGORITHMS
-from rlft.algos.base import PolicyConfig
+from rlft.algos import ALGORITHMS, register
+from rlft.algos.base import CriticConfig, PolicyConfig
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.policies import build_policy
@@ -146,3 +146,21 @@ def test_state_dict_round_trip(name, kind):
 def test_unsupported_policy_kind_is_refused(name, kind):
     with pytest.raises(ConfigError):
         make(name, kind, seed=0)
+
+
+CRITIC_ALGOS = sorted(name for name, cls in ALGORITHMS.items() if issubclass(cls.Config, CriticConfig))
+
+
+@pytest.mark.parametrize("name", CRITIC_ALGOS)
+@pytest.mark.parametrize("field, value", [("num_critics", 0), ("critic_impl", "fast"), ("tau", 0.0), ("tau", 1.5)])
+def test_bad_critic_field_is_refused_naming_the_algorithm(name, field, value):
+    with pytest.raises(ConfigError, match=rf"^{name}\.{field} must"):
+        ALGORITHMS[name].Config(**{field: value})
+
+
+def test_register_refuses_a_config_shared_by_two_algorithms():
+    iql = ALGORITHMS["iql"]
+    twin = type("IQLTwin", (iql,), {"name": "iql_twin"})  # same Config class as iql
+    with pytest.raises(TypeError, match="already the config of 'iql'"):
+        register(twin)
+    assert "iql_twin" not in ALGORITHMS and iql.Config.algo_name == "iql"
