@@ -1,6 +1,6 @@
 """Gradient updates per second of every registered algorithm, with its shipped default config, on one or more devices.
 
-    python scripts/bench_all_algos.py [--devices cpu cuda] [--threads 1] [--seconds 2] [--algos iql sac ...]
+    python scripts/bench_all_algos.py [--devices cpu cuda] [--batch 256] [--threads 1] [--seconds 2] [--algos iql ...]
 
 Setting (the default task's shapes): obs 28, action 5, chunk H = 5 (DQC: its longer backup chunk), batch 256, each
 algorithm's own Config defaults (network widths, ensemble size, ``critic_impl: auto`` = loop on the CPU, batched on
@@ -31,13 +31,13 @@ from rlft.data.batch import ChunkBatch  # noqa: E402
 from rlft.policies import build_policy  # noqa: E402
 from rlft.utils import set_threads  # noqa: E402
 
-OBS, ACT, H, BATCH = 28, 5, 5, 256
+OBS, ACT, H = 28, 5, 5
 
 
-def build(name: str, device: torch.device):
+def build(name: str, device: torch.device, batch_size: int):
     torch.manual_seed(0)
     cls = ALGORITHMS[name]
-    cfg = cls.Config(batch_size=BATCH)
+    cfg = cls.Config(batch_size=batch_size)
     if cfg.policy.kind not in cls.supported_policies:  # e.g. FQL/QC/DQC: their shipped YAMLs choose flow
         cfg.policy.kind = cls.supported_policies[0]
     extra = {}
@@ -81,6 +81,7 @@ def timed(alg, batches, device: torch.device, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", nargs="+", default=["cpu"], help="torch devices, e.g. cpu cuda")
+    p.add_argument("--batch", type=int, default=256, help="batch size (DSRL-PPO: its rollout length)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the CPU rows (default 1)")
     p.add_argument("--seconds", type=float, default=2.0, help="target length of one timing")
     p.add_argument("--algos", nargs="*", default=None, help="algorithm names (default: all registered)")
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for device in devices:
             try:
-                alg = build(name, device)
+                alg = build(name, device, args.batch)
                 g = torch.Generator().manual_seed(0)
                 hz = alg.cfg.data_horizon(H)
-                batches = [ChunkBatch.random(BATCH, OBS, hz, ACT, generator=g).to(device) for _ in range(4)]
+                batches = [ChunkBatch.random(args.batch, OBS, hz, ACT, generator=g).to(device) for _ in range(4)]
                 rates[name, str(device)] = timed(alg, batches, device, args.seconds)
                 print(f"  {name} on {device}: {rates[name, str(device)]:.1f} updates/s", file=sys.stderr, flush=True)
             except Exception as e:  # report every failure, then fail the run
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = f", {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ""
     print(f"\nupdates/s (median of 3 timings of ~{args.seconds:g} s); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {BATCH}, obs {OBS}, chunk {H}x{ACT}, default configs\n")
+          f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {args.batch}, obs {OBS}, chunk {H}x{ACT}, default configs\n")
     cols = [str(d) for d in devices]
     ratio = len(cols) == 2
     print("| algorithm | policy | critics | " + " | ".join(cols) + (f" | {cols[1]} / {cols[0]} |" if ratio else " |"))
