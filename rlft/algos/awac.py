@@ -65,7 +65,8 @@ def awac_advantage(q_data: torch.Tensor, q_pi: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AWACConfig(CriticConfig):
-    """AWAC (offline pre-training; the same losses run online)."""
+    """AWAC (offline pre-training; the same losses run online). Critics: the min over the ensemble forms the target
+    and the advantage; targets are updated after every update."""
 
     lam: float = 1.0
     """lambda, the temperature of exp(A / lambda) (the paper's Lagrange multiplier; rlkit uses 0.3 to 2)."""

@@ -68,7 +68,8 @@ def normalized_advantage_weights(adv: torch.Tensor, beta: float, max_weight: flo
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AWCPConfig(CriticConfig):
-    """Advantage-weighted consistency policy: IQL critic, normalised-weight flow + consistency BC actor."""
+    """Advantage-weighted consistency policy: IQL critic, normalised-weight flow + consistency BC actor. Critics: the
+    value target and the advantage use the min over the target copies (updated after every update)."""
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="consistency"))
     """The actor: a consistency policy (one-step sampler by default)."""

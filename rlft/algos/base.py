@@ -132,7 +132,7 @@ class CriticConfig(AlgoConfig):
     critic_lr: float = 3e-4
     """Adam learning rate of the Q networks."""
     tau: float = 0.005
-    """Polyak rate of the target Q networks (target <- (1 - tau) target + tau Q after every critic update)."""
+    """Polyak rate of the target networks, target <- (1 - tau) target + tau Q (when: the algorithm's docstring)."""
 
     def __post_init__(self) -> None:
         from rlft.errors import ConfigError

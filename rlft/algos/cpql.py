@@ -75,7 +75,8 @@ def cpql_actor_loss(
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class CPQLConfig(CriticConfig):
-    """CPQL: consistency policy + Q-learning (offline by default; online with q_normalize=False)."""
+    """CPQL: consistency policy + Q-learning (offline by default; online with q_normalize=False). Critics: a twin
+    critic in the paper; the TD target uses the min; targets updated after every update."""
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="consistency"))
     """The actor: a consistency policy (one-step sampler by default)."""

@@ -118,7 +118,8 @@ def cql_penalty(
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class CQLConfig(CriticConfig):
-    """CQL(H) with SAC (offline)."""
+    """CQL(H) with SAC (offline). Critics: min over the target copies in the TD target, min over the ensemble in
+    the actor loss."""
 
     cql_alpha: float = 5.0
     """alpha_cql, the weight of the conservative gap (the reference code's min_q_weight; 5 for D4RL locomotion)."""

@@ -87,7 +87,8 @@ def dqc_value_loss(
 
 @dataclasses.dataclass
 class DQCConfig(CriticConfig):
-    """Decoupled Q-chunking (offline)."""
+    """Decoupled Q-chunking (offline). The critic fields apply to the chunk critic and the action critic ensembles
+    (``critic_lr`` to both, widths also to V; the reference uses 4 x 1024); ``tau`` moves the target action critic."""
 
     backup_horizon: int = 25
     """Hb, the chunk critic's horizon (>= env.act_horizon, the policy's chunk H). DQC's main setting: 25 with H = 5."""

@@ -79,7 +79,8 @@ def noise_distill_loss(q_w: torch.Tensor, q_a: torch.Tensor) -> tuple[torch.Tens
 @dataclasses.dataclass
 class DSRLNAConfig(CriticConfig):
     """DSRL-NA (online; offline rows usable too, through their executed actions). The critic fields apply to both
-    ensembles, Q^A and Q^W (``critic_lr`` is Q^A's; DSRL's official critics are 3 x 2048 with LayerNorm)."""
+    ensembles, Q^A and Q^W (``critic_lr`` is Q^A's, ``tau`` moves the target Q^A; DSRL's official critics are
+    3 x 2048 with LayerNorm)."""
 
     utd_ratio: int = 20
     """Online: gradient updates per environment macro-step (DSRL: 20). Each update decodes two batches through the

@@ -70,7 +70,7 @@ def fql_actor_loss(
 
 @dataclasses.dataclass
 class FQLConfig(CriticConfig):
-    """Flow Q-learning (offline; the same losses run online)."""
+    """Flow Q-learning (offline; the same losses run online). Critics: the reference uses 4 x 512 hidden widths."""
 
     alpha: float = 100.0
     """Weight of the distillation term (FQL's BC coefficient; task dependent). FQL's generic default is 10 and its

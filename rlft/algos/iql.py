@@ -39,7 +39,8 @@ from rlft.nets.ensemble import soft_update
 
 @dataclasses.dataclass
 class IQLConfig(CriticConfig):
-    """Implicit Q-Learning (offline; also usable online with the same losses)."""
+    """Implicit Q-Learning (offline; also usable online with the same losses). Critics: the value target and the
+    advantage use the min over the target copies (updated after every update); the widths apply to V too."""
 
     expectile: float = 0.7
     """Expectile tau of the value regression, in (0, 1). 0.7 is the IQL paper's locomotion/kitchen value; 0.9 (used

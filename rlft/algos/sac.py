@@ -58,7 +58,8 @@ from rlft.nets.ensemble import soft_update
 
 @dataclasses.dataclass
 class SACConfig(CriticConfig):
-    """SAC / RLPD for online fine-tuning (``critic_layernorm``: RLPD's key stabiliser with offline data)."""
+    """SAC / RLPD for online fine-tuning (``critic_layernorm``: RLPD's key stabiliser with offline data; targets are
+    updated after every critic step)."""
 
     utd_ratio: int = 4
     """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU one 10-critic

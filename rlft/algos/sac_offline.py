@@ -93,7 +93,8 @@ def entropy_bonus(log_prob: torch.Tensor, alpha: torch.Tensor | float) -> tuple[
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SACOfflineConfig(CriticConfig):
-    """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor."""
+    """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor. Critics: the TD
+    target uses the min over the target copies; the widths apply to the IQL V network too."""
 
     actor_loss_type: str = "sac"
     """'sac' (reparameterised Q maximisation), 'td3bc', 'awr' or 'iql' (see the module docstring)."""

@@ -86,7 +86,8 @@ def td3bc_actor_loss(
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TD3BCConfig(CriticConfig):
-    """TD3+BC (offline). Defaults are the paper's."""
+    """TD3+BC (offline). Defaults are the paper's. Critics: the target is the min over all target critics, the
+    actor uses the first critic; ``tau`` moves the target critics and the target actor after each actor step."""
 
     alpha: float = 2.5
     """Q-term weight numerator: lambda = alpha / mean|Q(s, pi(s))| (paper: 2.5)."""
