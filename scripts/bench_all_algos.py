@@ -30,25 +30,26 @@ from rlft.algos.base import PolicyConfig  # noqa: E402
 from rlft.data.batch import ChunkBatch  # noqa: E402
 from rlft.policies import build_policy  # noqa: E402
 from rlft.utils import set_threads  # noqa: E402
+from scripts.bench_updates import sync  # noqa: E402
 
 OBS, ACT, H = 28, 5, 5
+
+
+def policy_kind(cls) -> str:
+    """The Config's default policy kind, or the first supported one where it is not (FQL/QC/DQC: flow)."""
+    kind = cls.Config().policy.kind
+    return kind if kind in cls.supported_policies else cls.supported_policies[0]
 
 
 def build(name: str, device: torch.device, batch_size: int):
     torch.manual_seed(0)
     cls = ALGORITHMS[name]
     cfg = cls.Config(batch_size=batch_size)
-    if cfg.policy.kind not in cls.supported_policies:  # e.g. FQL/QC/DQC: their shipped YAMLs choose flow
-        cfg.policy.kind = cls.supported_policies[0]
+    cfg.policy.kind = policy_kind(cls)
     extra = {}
     if cls.uses_base_policy:
         extra["base_policy"] = build_policy(PolicyConfig(kind="flow"), OBS, ACT, H).to(device)
     return cls(cfg, OBS, ACT, H, device=device, **extra)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(alg, batches, device: torch.device, seconds: float) -> float:
@@ -107,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = f", {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ""
     print(f"\nupdates/s (median of 3 timings of ~{args.seconds:g} s); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {args.batch}, obs {OBS}, chunk {H}x{ACT}, default configs\n")
+          f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {args.batch}, obs {OBS}, chunk {H}x{ACT}, "
+          "default configs\n")
     cols = [str(d) for d in devices]
     ratio = len(cols) == 2
     print("| algorithm | policy | critics | " + " | ".join(cols) + (f" | {cols[1]} / {cols[0]} |" if ratio else " |"))
     print("|---|---|---|" + "---|" * (len(cols) + ratio))
     for name in names:
-        cls = ALGORITHMS[name]
-        cfg = cls.Config()
-        kind = cfg.policy.kind if cfg.policy.kind in cls.supported_policies else cls.supported_policies[0]
+        cfg = ALGORITHMS[name].Config()
+        kind = policy_kind(ALGORITHMS[name])
         cells = [f"{rates[name, c]:.1f}" if (name, c) in rates else "failed" for c in cols]
         if ratio:
             a, b = rates.get((name, cols[0])), rates.get((name, cols[1]))
