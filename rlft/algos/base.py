@@ -200,7 +200,7 @@ class Algorithm:
         raise NotImplementedError
 
     def critic_ensemble(self, action_in_dim: int) -> torch.nn.Module:
-        """A Q ensemble over (obs, a flat ``action_in_dim``-vector) built from the ``CriticConfig`` fields, on the
+        """A Q ensemble over (obs, a flat ``action_in_dim``-vector) built from the config's critic fields, on the
         algorithm's device."""
         from rlft.nets.ensemble import CriticEnsemble
 

@@ -42,7 +42,6 @@ from rlft.algos.base import AlgoConfig, Algorithm
 from rlft.algos.losses import Info, metrics_to_floats, prefixed
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -181,9 +180,7 @@ class DSRLAWMLE(Algorithm):
             raise ConfigError(f"dsrl_awmle: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
                               f"policy's noise shape {noise}")
         # frozen scoring critic over env chunks; named `critic` so init_critic loads an offline stage's critic into it
-        self.critic = CriticEnsemble(obs_dim, base_policy.act_horizon * base_policy.action_dim, cfg.num_critics,
-                                     tuple(cfg.critic_hidden_dims), cfg.critic_layernorm, cfg.critic_impl
-                                     ).to(self.device).requires_grad_(False)
+        self.critic = self.critic_ensemble(base_policy.act_horizon * base_policy.action_dim).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, fused=True)
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
