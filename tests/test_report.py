@@ -81,8 +81,8 @@ def test_pipeline_report_is_well_formed_and_complete(tmp_path):
             "pipeline_f_s0_bc_actor.png", "stages.png"} <= figs
     assert all(p.stat().st_size > 5000 for p in (tmp_path / "rep" / "fig").glob("*.png"))
     assert c.tags["img"] == len(figs)
-    # diagnosis with its evidence; config and environment summary
-    assert "weight_outliers" in html and "max_weight (100)" in html
+    # diagnosis: the default pipeline is healthy, no rule fires (tests/test_report_diagnose.py); config, environment
+    assert "No rule fired" in html and not any(res.findings.values())
     assert "cube-single-singletask-v0" in html and "<summary>config.yaml</summary>" in html
     assert not list((tmp_path / "rep").rglob(".*tmp-*"))  # atomic writes leave no temporaries
 
@@ -96,6 +96,7 @@ def test_sweep_report_overlays_runs_and_aggregates(tmp_path):
     assert "Comparison: runs (2 runs)" in html and "compare_runs_critic.png" in html
     assert "mean &plusmn; std" in html
     assert {f.rule for f in res.findings["sac_online_fresh_tiny_replay"]} >= {"critic_divergence"}
+    assert "critic_divergence" in html and "critic/q_std 0.102 (step 150)" in html  # the finding with its evidence
 
 
 def test_every_metric_lands_on_one_page():

@@ -14,7 +14,8 @@ the run (``ctx``):
 No rule branches on the algorithm's name: a rule applies when the metrics it reads were logged.
 
 The thresholds are the module constants below; each says what it means. ``diagnose(m, ctx)`` runs every rule;
-``LiveDiagnosis`` runs them on the growing series during training (each rule fires at most once per run).
+``LiveDiagnosis`` runs them on the growing series during training (each rule fires at most once per run, and only
+with an 'error' or 'warning' finding: 'info' is for the report).
 """
 
 from __future__ import annotations
@@ -64,21 +65,57 @@ UNIFORM_WEIGHT_RATIO = 2.0
 """Near-uniform advantage weights: median of weights_max / weights_mean over the second half of the run below this
 (the largest weight in a batch is less than twice the mean: every sample is imitated almost equally)."""
 WEIGHT_CLIP_HIT = 0.99
-"""Weight outliers: the batch's max weight is at least this fraction of the configured clip (max_weight)..."""
-WEIGHT_CLIP_MIN_FRACTION = 0.25
-"""...on at least this fraction of log points."""
-WEIGHT_OUTLIER_RATIO = 50.0
-"""Weight outliers without a known clip: weights_max / weights_mean at least this on WEIGHT_CLIP_MIN_FRACTION of log
-points (one sample then carries >= 50 / batch_size of the batch's total weight)."""
+"""Weight saturation: the batch's max weight counts as "at the clip" from this fraction of max_weight on."""
+WEIGHT_NEAR_CLIP = 0.5
+"""Weight saturation: a weight within this fraction of the clip (w >= 0.5 * max_weight, i.e. an advantage within
+log 2 / beta of the clip's) counts as near the clip: the ranking among such chunks is compressed to a factor < 2."""
+WEIGHT_SATURATED_FRACTION = 0.25
+"""Weight saturation fires when at least this fraction of the batch is *provably* near the clip. The logged max and
+mean only bound it: every weight is <= max_weight = c, so the fraction with w >= x * c is at least
+(mean / c - x) / (1 - x) (x = WEIGHT_NEAR_CLIP); >= 0.25 means mean >= 0.625 * c. Conversely, at most mean / c of the
+batch can sit at the clip at all. A max *at* the clip says nothing on its own: the max of exp(beta * A) over a batch
+is an extreme order statistic, and clipping the few highest-advantage chunks is what the clip is for (IQL, Kostrikov
+et al. 2022: exp(beta * A) clipped at 100, beta 3-10; AWR, Peng et al. 2019: clipped at 20). On a mixture of
+task demos and play data the healthy default (beta 3, clip 100) has max ~99-100 with mean ~3-11: the clip binds on at
+most 3-11% of the batch -- the weights picking the few task-directed chunks, which is what makes IQL work there."""
+WEIGHT_DOMINANT_SHARE = 0.5
+"""Weight dominance: the largest weight carries at least this share of the batch's total weight,
+share = weights_max / (batch_size * weights_mean). With share s the batch's effective sample size
+(Kish: (sum w)^2 / sum w^2) lies in [1 / s, 1 / s^2], so s >= 0.5 guarantees at most 4 effective samples: each
+update imitates a handful of chunks, and any critic error in their advantage is copied straight into the actor. The
+healthy default (batch 256, max ~100, mean ~1-11) has s ~0.04-0.2 (at least 5, typically tens of effective samples).
+Needs the batch size (algo_cfg.batch_size); without it max / mean alone bounds nothing and the rule stays silent."""
+WEIGHT_MIN_LOG_FRACTION = 0.25
+"""Weight outliers (saturation or dominance) must hold on at least this fraction of log points..."""
+WEIGHT_MIN_HITS = 2
+"""...and on at least this many (one interval's batch statistics are not a pattern)."""
 QSTD_GROWTH_FACTOR = 3.0
 """Critic ensemble divergence: critic/q_std grows to this multiple of its running minimum..."""
 QSTD_REL_MIN = 0.05
 """...and exceeds this fraction of max(|q_mean|, Q_SCALE_FLOOR)."""
 TD_MIN_LOGS = 8
-"""TD error not decreasing: needs at least this many log points..."""
+"""TD error not decreasing: needs at least this many log points. The TD error is read relative to the target's
+scale, rel = td_error / max(|td_target_mean|, 1): a fresh critic growing to the return scale (the offline IQL stage:
+targets -16 -> -56) raises the raw error while fitting better, and the targets keep moving online."""
 TD_STALL_RATIO = 0.9
-"""...and fires when the relative TD error (td_error / max(|td_target_mean|, 1)) over the last quarter is at least
-this multiple of its value over the first quarter (it fell by less than 10%)."""
+"""The relative TD error counts as not decreasing when the median over the last quarter of the log points is at least
+this multiple of *both* the median over the first quarter and the median over the first TD_HEAD_LOGS log points (it
+fell by less than 10% from either). The first points matter on their own: a critic fits most of a new data
+distribution within a few log intervals (the online stage starts with the TD error jumping as the policy's own
+rollouts enter the replay -- the recorded default pipeline: 1.16 at the end of offline IQL, 3.28 at the first online
+log, 1.5 four logs later), so a quarter-window of a long run already sits on the plateau and comparing it with
+the last quarter compares plateau with plateau."""
+TD_HEAD_LOGS = 3
+"""Number of first log points whose median is the TD error's starting level (a median of three: one noisy interval
+neither makes nor hides the start)."""
+TD_REL_UNFIT = 0.1
+"""...and only when the critic does not fit its targets: the last quarter's median relative TD error is at least this
+(the Bellman residual is >= 10% of the value being predicted). A fitted critic's TD error does not go to zero: with
+sampled targets E(y - Q)^2 = (Bellman error)^2 + Var[y | s, a] (Sutton & Barto 2018, sec. 11.5), and the variance
+(stochastic next states, an open-loop chunk's outcome, the replay changing online) is irreducible, so a flat TD error
+at a few per cent of the target is a converged critic, not a stalled one (the recorded default pipeline: 2-3%, 6% at
+the first online log). The failures this rule is for sit near 1 (a critic that learns nothing: |y - Q| ~ |y|; a
+tiny online replay chasing its own targets: 0.93)."""
 MIN_LOGS_TREND = 4
 """Trend rules over the second half of a run (near-uniform weights) need at least this many log points."""
 STUCK_MIN_EVALS = 3
@@ -89,6 +126,8 @@ the difference of two success rates (binomial, from eval/num_episodes)."""
 SUCCESS_DROP_SE = 2.0
 
 SEVERITIES = ("error", "warning", "info")
+LIVE_SEVERITIES = ("error", "warning")
+"""Severities the live diagnosis announces during training (info findings only appear in reports)."""
 
 
 @dataclasses.dataclass
@@ -508,36 +547,62 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
 
 @rule("weight_outliers")
 def weight_outliers(m: Metrics, ctx: dict) -> list[Finding]:
+    """Advantage weights that hurt: saturated at the clip for a large part of the batch, or so concentrated that one
+    sample carries most of the batch's weight (WEIGHT_SATURATED_FRACTION, WEIGHT_DOMINANT_SHARE). A batch max at the
+    clip with a mean far below it is the regime IQL/AWR are designed for and is not flagged.
+
+    The logged weights_max / weights_mean are averages over a log interval of the per-batch max / mean, so the bounds
+    below hold for a typical batch of the interval, not exactly for each one."""
     out = []
     bs = (ctx.get("algo_cfg") or {}).get("batch_size")
+    bs = int(bs) if isinstance(bs, (int, float)) and not isinstance(bs, bool) and bs > 0 else None
     for mx, mean, _adv in _weight_pairs(m):
         clip = _weight_clip(ctx, mx)
         s, vmax = m.series(mx)
         _, vmean = m.series(mean)
         n = len(vmax)
-        if n < 2 or len(vmean) != n:
+        if n < WEIGHT_MIN_HITS or len(vmean) != n or (clip is None and bs is None):
             continue
-        ratio = vmax / np.maximum(vmean, 1e-12)
-        if clip is not None:
-            hit = vmax >= WEIGHT_CLIP_HIT * clip
-            what = f"{mx} >= {WEIGHT_CLIP_HIT:g} x max_weight ({g(clip)})"
-        else:
-            hit = ratio >= WEIGHT_OUTLIER_RATIO
-            what = f"{mx} / {mean} >= {WEIGHT_OUTLIER_RATIO:g}"
-        frac = float(hit.mean())
-        if frac < WEIGHT_CLIP_MIN_FRACTION:
-            continue
-        i = int(np.nonzero(hit)[0][0])
-        share = f"; one sample carries up to {g(100 * ratio[hit].max() / bs)}% of a batch's total weight " \
-                f"(batch {bs})" if bs else ""
-        out.append(Finding(
-            "weight_outliers", "warning", int(s[i]), mx, "a few samples dominate the weighted actor loss",
-            f"{what} on {100 * frac:.0f}% of log points (first at step {s[i]}: max {g(vmax[i])}, mean {g(vmean[i])})"
-            + share,
-            "exp(beta * A) saturates at the clip for the highest-advantage chunks, so their relative ranking is lost "
-            "and the gradient comes from a handful of samples -- including those whose advantage is a critic error "
-            "(seed 001's IQL: weights_max 50-230). Lower beta, normalise the advantages per batch, or lower the clip; "
-            "if the data is a mixture, this can also be the weights doing their job of picking the few good chunks."))
+        vmean_pos = np.maximum(vmean, 1e-12)
+        with np.errstate(invalid="ignore"):
+            if clip is not None:
+                near = (vmean / clip - WEIGHT_NEAR_CLIP) / (1.0 - WEIGHT_NEAR_CLIP)  # provable fraction near the clip
+                sat = (vmax >= WEIGHT_CLIP_HIT * clip) & (near >= WEIGHT_SATURATED_FRACTION)
+            else:
+                near, sat = np.full(n, np.nan), np.zeros(n, dtype=bool)
+            share = vmax / (bs * vmean_pos) if bs else np.full(n, np.nan)
+            dom = share >= WEIGHT_DOMINANT_SHARE
+        need = max(WEIGHT_MIN_HITS, math.ceil(WEIGHT_MIN_LOG_FRACTION * n))
+        for kind, hit in (("saturated", sat), ("dominant", dom)):
+            if int(hit.sum()) < need:
+                continue
+            frac = float(hit.mean())
+            i = int(np.nonzero(hit)[0][0])
+            first = f"first at step {s[i]}: max {g(vmax[i])}, mean {g(vmean[i])}"
+            if kind == "saturated":
+                mean_thr = (WEIGHT_NEAR_CLIP + WEIGHT_SATURATED_FRACTION * (1 - WEIGHT_NEAR_CLIP)) * clip
+                out.append(Finding(
+                    "weight_outliers", "warning", int(s[i]), mx,
+                    "advantage weights sit at the clip for a large part of the batch",
+                    f"{mean} >= {g(mean_thr)} with {mx} at max_weight ({g(clip)}) on {100 * frac:.0f}% of log "
+                    f"points ({first}, so at least {100 * near[i]:.0f}% of the batch has a weight >= "
+                    f"{WEIGHT_NEAR_CLIP:g} x max_weight)",
+                    "exp(beta * A) reaches the clip for a large part of the batch, so the ranking among those chunks "
+                    "is lost: they are all imitated with (nearly) the same weight, the highest-advantage ones no more "
+                    "than the merely good -- beta * |A| is far too large for the clip (a huge beta, or a critic whose "
+                    "errors are large). Lower beta or normalise the advantages per batch. A max at the clip with a "
+                    "mean far below it is normal for IQL/AWR (Kostrikov et al. 2022; Peng et al. 2019) and is not "
+                    "flagged."))
+            else:
+                out.append(Finding(
+                    "weight_outliers", "warning", int(s[i]), mx, "a few samples dominate the weighted actor loss",
+                    f"{mx} / ({bs} x {mean}) >= {WEIGHT_DOMINANT_SHARE:g} on {100 * frac:.0f}% of log points "
+                    f"({first}: one sample carries {100 * share[i]:.0f}% of the batch's total weight, an effective "
+                    f"sample size of at most {g(1 / share[i] ** 2)} of {bs})",
+                    "One chunk carries most of each batch's weight, so every actor update imitates a handful of "
+                    "samples -- including those whose high advantage is a critic error -- and the gradient's noise is "
+                    "that of a batch of a few. Lower beta, normalise the advantages per batch, or lower the clip (AWR, "
+                    "Peng et al. 2019, clips at 20); check the critic (q_std, td_error) if the advantages are noise."))
     return out
 
 
@@ -568,8 +633,21 @@ def critic_divergence(m: Metrics, ctx: dict) -> list[Finding]:
     return []
 
 
+def _scale_at(m: Metrics, name: str | None, steps: np.ndarray) -> np.ndarray:
+    """max(|name|, 1) at the last log point at or before each of ``steps`` (1 where none): ``_at`` vectorised."""
+    if name is None:
+        return np.ones(len(steps))
+    ts, tv = m.series(name)
+    idx = np.searchsorted(ts, steps, side="right") - 1
+    vals = np.where(idx >= 0, np.abs(tv[np.maximum(idx, 0)]) if len(tv) else 0.0, 0.0)
+    return np.maximum(np.nan_to_num(vals, nan=0.0, posinf=0.0, neginf=0.0), 1.0)
+
+
 @rule("td_not_decreasing")
 def td_not_decreasing(m: Metrics, ctx: dict) -> list[Finding]:
+    """The critic does not fit its targets (relative TD error >= TD_REL_UNFIT at the end) and did not get better at it
+    (it fell by less than 10% from its start and from its first quarter; TD_STALL_RATIO, TD_HEAD_LOGS). A TD error
+    that fell and then settled on a plateau of a few per cent of the target is a converged critic."""
     tn = m.find("critic/td_error", "*/td_error")
     if tn is None:
         return []
@@ -577,22 +655,24 @@ def td_not_decreasing(m: Metrics, ctx: dict) -> list[Finding]:
     n = len(td)
     if n < TD_MIN_LOGS:
         return []
-    tt = m.find("critic/td_target_mean", "*/td_target_mean")
-    scale = np.array([max(abs(_at(m, tt, int(st)) or 0.0), 1.0) for st in s])
-    rel = td / scale
+    rel = td / _scale_at(m, m.find("critic/td_target_mean", "*/td_target_mean"), s)
     q = max(1, n // 4)
-    first, last = float(np.median(rel[:q])), float(np.median(rel[-q:]))
-    if not (last >= TD_STALL_RATIO * first):
+    head = TD_HEAD_LOGS
+    start, first, last = float(np.median(rel[:head])), float(np.median(rel[:q])), float(np.median(rel[-q:]))
+    if not (last >= TD_REL_UNFIT and last >= TD_STALL_RATIO * max(start, first)):
         return []
     online = ctx.get("mode") == "online"
     return [Finding(
         "td_not_decreasing", "info" if online else "warning", int(s[n - q]), tn, "the TD error is not decreasing",
-        f"td_error / max(|td_target_mean|, 1): median {g(first)} over steps {s[0]}-{s[q - 1]} -> {g(last)} over "
-        f"steps {s[n - q]}-{s[-1]} (raw td_error {g(td[0])} -> {g(td[-1])})",
-        "The critic does not fit its own targets better over training, relative to their scale. Offline that "
-        "points at moving targets (overestimation feeding back, too large tau) or a learning rate that is off; online "
-        "some of it is new data arriving, so read it with q_std and q_mean. A critic that never fits gives the actor "
-        "noise to follow.")]
+        f"td_error / max(|td_target_mean|, 1): median {g(start)} over the first {head} logs and {g(first)} over steps "
+        f"{s[0]}-{s[q - 1]} -> {g(last)} over steps {s[n - q]}-{s[-1]} (raw td_error {g(td[0])} -> {g(td[-1])}); the "
+        f"critic's TD error is still {100 * last:.0f}% of its targets' magnitude (threshold {100 * TD_REL_UNFIT:.0f}%)",
+        "The critic does not fit its own targets better over training, and its error is a large fraction of the "
+        "values it predicts. Offline that points at a critic that does not learn (learning rate, frozen or "
+        "mis-wired parameters) or at moving targets (overestimation feeding back, too large tau); online some of it "
+        "is new data arriving, so read it with q_std and q_mean. A critic that never fits gives the actor noise to "
+        "follow. (A TD error that plateaus at a few per cent of the target is normal: sampled targets carry "
+        "irreducible variance.)")]
 
 
 @rule("success_stuck_at_zero")
@@ -685,10 +765,13 @@ def diagnose(m: Metrics, ctx: dict | None = None, rules: dict[str, Rule] | None 
 
 
 class LiveDiagnosis:
-    """Runs the rules on the series as they are logged; calls ``on_finding`` once per rule, the first time it fires.
+    """Runs the rules on the series as they are logged; calls ``on_finding`` once per rule, the first time it fires
+    with a finding of severity LIVE_SEVERITIES ('error', 'warning').
 
     Used as a logger hook: ``hook(step, metrics)`` after each log line. ``history`` (records already in the run's
-    metrics.jsonl, e.g. when resuming) is replayed silently: rules that fired before do not fire again.
+    metrics.jsonl, e.g. when resuming) is replayed silently: rules that fired before do not fire again. 'info'
+    findings (worth knowing, not a failure) are left to the report: the live hook is the training loop's warning
+    channel, and a line there is read as "something is wrong".
     """
 
     def __init__(self, ctx: dict, on_finding: Callable[[Finding], None], history: list[dict] | None = None):
@@ -705,7 +788,7 @@ class LiveDiagnosis:
             if name in self.fired:
                 continue
             try:
-                found = fn(self.metrics, self.ctx)
+                found = [f for f in fn(self.metrics, self.ctx) if f.severity in LIVE_SEVERITIES]
             except Exception:  # a diagnosis must never break training
                 continue
             if found:
