@@ -141,7 +141,7 @@ def cmd_eval(args: list[str]) -> None:
     env_id = cfg.env_id or extra.get("env_id")
     if not env_id:
         raise ConfigError(f"env_id: {cfg.policy} records no env id; pass --env-id")
-    summary, results = evaluate_policy(policy, env_id, policy.act_horizon, cfg.num_episodes, cfg.seed,
+    summary, results = evaluate_policy(policy, env_id, cfg.num_episodes, cfg.seed,
                                        extra.get("gamma", 0.99), extra.get("obs_horizon", 1), cfg.max_episode_steps,
                                        cfg.deterministic, cfg.num_workers)
     print(json.dumps(summary, indent=2))

@@ -352,7 +352,7 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
             start = len(attempts)  # a round asks for what is missing, at least 4 per worker
             indices = range(start, min(max_attempts, start + max(cfg.num_episodes - len(kept), 4 * n_workers)))
             seed_of = {episode_seed(cfg.seed, i)[0]: i for i in indices}
-            for res, ep in rollout_episodes(policy, cfg.env_id, list(seed_of), policy.act_horizon,
+            for res, ep in rollout_episodes(policy, cfg.env_id, list(seed_of),
                                             extra.get("gamma", 0.99), obs_horizon, cfg.max_episode_steps,
                                             cfg.deterministic, n_workers):
                 i = seed_of[res.seed]

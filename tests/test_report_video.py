@@ -85,10 +85,10 @@ def test_rendering_failure_keeps_evaluating_and_says_why(tmp_path, capsys, monke
     policy = build_policy(PolicyConfig(kind="gaussian", hidden_dims=(16,)), 28, 5, 5)
     policy.normalizer.set_stats(np.zeros(28), np.ones(28), -np.ones(5), np.ones(5))
     video = VideoSpec(episodes=1)
-    ev = Evaluator(ENV, 5, max_episode_steps=10, n_parallel=1, video=video)
+    ev = Evaluator(ENV, max_episode_steps=10, n_parallel=1, video=video)
     capsys.readouterr()
     for _ in range(2):
-        summary, results = evaluate_policy(policy, ENV, 5, 2, 0, max_episode_steps=10, evaluator=ev, video=video,
+        summary, results = evaluate_policy(policy, ENV, 2, 0, max_episode_steps=10, evaluator=ev, video=video,
                                            video_dir=tmp_path / "videos")
         assert summary["eval/num_episodes"] == 2 and len(results) == 2
     ev.close()

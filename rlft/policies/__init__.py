@@ -83,6 +83,7 @@ from rlft.policies import onestep as _onestep  # noqa: E402,F401  (FQL's one-ste
 from rlft.policies import best_of_n as _best_of_n  # noqa: E402,F401  (QC/DQC's best-of-N actor)
 from rlft.policies import steered as _steered  # noqa: E402,F401  (DSRL's frozen base + latent actor)
 from rlft.policies import shortcut as _shortcut  # noqa: E402,F401
+from rlft.policies import residual as _residual  # noqa: E402,F401  (residual RL's frozen base + per-step residual)
 
 __all__ = ["POLICY_CLASSES", "POLICY_KIND_CLASSES", "Policy", "build_policy", "load_policy", "policy_kind",
            "register_policy"]

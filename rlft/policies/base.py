@@ -84,6 +84,14 @@ class Policy(nn.Module):
         a = self.normalizer.unnormalize_action(a.clamp(-1.0, 1.0))
         return a[0] if single else a
 
+    def executor(self, env, gamma: float):
+        """The env that ``act`` drives, built on ``env`` (an observation-history env from ``make_env``): by default a
+        ``ChunkExecutor`` running each chunk open loop. Composites that act at another level override it (the
+        residual policy closes the loop at every step); evaluation and rollouts always go through it."""
+        from rlft.envs.wrappers import ChunkExecutor
+
+        return ChunkExecutor(env, self.act_horizon, gamma)
+
     # ---- persistence ----
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file

@@ -143,6 +143,14 @@ class TrainConfig(Generic[A]):
     env's action is that policy's latent noise chunk, decoded by it and executed as one macro-step
     (``rlft.envs.noise_action``); the algorithm's actor acts in that noise space and the saved policy is the composite
     ``SteeredFlowPolicy``. An ``init_policy`` that is already a steered policy brings its own base policy."""
+    base_mode: Literal["noise", "residual"] = "noise"
+    """How the trained actor uses ``base_policy``: 'noise' (DSRL) chooses its latent start noise, one chunk per
+    macro-step; 'residual' (ResiP, Ankile et al., 2024) executes the base policy's chunks and adds a per-step
+    correction ``residual_scale * half-range * delta`` seen from ``concat(o_t, a^base_t)`` (``rlft.envs.residual``);
+    offline rows are relabelled with ``delta = clip((a - a^base) / (residual_scale * half-range), -1, 1)``, and the
+    saved policy is the composite ``ResidualPolicy``."""
+    residual_scale: float = 0.1
+    """With base_mode 'residual': the largest correction, as a fraction of the action half-range per dimension."""
     action_magnitude: float = 1.5
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000

@@ -30,7 +30,6 @@ import torch
 
 from rlft.data.episodes import Episode
 from rlft.envs import make_env
-from rlft.envs.wrappers import ChunkExecutor
 from rlft.policies.base import Policy
 
 
@@ -53,36 +52,51 @@ def summarize(results: list[EpisodeResult]) -> dict[str, float]:
     }
 
 
-class _Trajectory:
-    """The inner env steps of one chunked episode, turned into an ``Episode`` at its end. Observations are stored
-    unstacked (the newest of the ``obs_horizon`` stacked ones), as datasets hold them."""
+class StepRecorder(gymnasium.Wrapper):
+    """Records every env step of an episode as an ``Episode`` while recording (passive otherwise).
 
-    def __init__(self, obs: np.ndarray, obs_horizon: int):
+    Sits directly on the observation-history env, below whatever executes the policy's actions (a chunk executor, a
+    residual wrapper), so it keeps the actions the env actually received. Observations are stored unstacked (the
+    newest of the ``obs_horizon`` stacked ones), as datasets hold them."""
+
+    def __init__(self, env: gymnasium.Env, obs_horizon: int):
+        super().__init__(env)
         self.obs_horizon = obs_horizon
-        self.obs = [self._raw(obs)]
-        self.actions: list[np.ndarray] = []
-        self.rewards: list[float] = []
-        self.success: list[bool] = []
-        self.end = (False, False)
+        self._rec: dict[str, list] | None = None
 
     def _raw(self, o) -> np.ndarray:
         o = np.asarray(o, dtype=np.float32).reshape(-1)
         return o[-(o.shape[0] // self.obs_horizon):]
 
-    def add(self, chunk: np.ndarray, info: dict, terminated: bool, truncated: bool) -> None:
-        k = int(info["k"])
-        self.actions += list(np.asarray(chunk, dtype=np.float32)[:k])
-        self.rewards += [float(r) for r in info["env_rewards"]]
-        self.success += [bool(x) for x in info["env_success"]]
-        self.obs += [self._raw(o) for o in info["env_obs"]]
-        self.end = (bool(terminated), bool(truncated))
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self._rec is not None:
+            self._rec = {"obs": [self._raw(obs)], "actions": [], "rewards": [], "success": [], "end": (False, False)}
+        return obs, info
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        if self._rec is not None:
+            rec = self._rec
+            rec["obs"].append(self._raw(obs))
+            rec["actions"].append(np.asarray(action, np.float32).reshape(-1))
+            rec["rewards"].append(float(r))
+            rec["success"].append(bool(info.get("success", False)))
+            rec["end"] = (bool(term), bool(trunc))
+        return obs, r, term, trunc, info
+
+    def start(self) -> None:
+        """Record from the next ``reset`` on."""
+        self._rec = {}
 
     def episode(self) -> Episode:
-        T = len(self.actions)
+        """The episode recorded since the last reset."""
+        rec = self._rec
+        T = len(rec["actions"])
         terminated, truncated = np.zeros(T, bool), np.zeros(T, bool)
-        terminated[-1], truncated[-1] = self.end
-        return Episode(np.stack(self.obs), np.stack(self.actions), np.asarray(self.rewards, np.float32), terminated,
-                       truncated, np.asarray(self.success, bool))
+        terminated[-1], truncated[-1] = rec["end"]
+        return Episode(np.stack(rec["obs"]), np.stack(rec["actions"]), np.asarray(rec["rewards"], np.float32),
+                       terminated, truncated, np.asarray(rec["success"], bool))
 
 
 class FrameRecorder(gymnasium.Wrapper):
@@ -187,21 +201,22 @@ class VideoSpec:
 
 
 class Evaluator:
-    """Holds ``n_parallel`` chunked envs and runs seeded evaluation episodes with a policy."""
+    """Holds ``n_parallel`` envs and runs seeded evaluation episodes with a policy, each env driven through the
+    policy's ``executor`` (a chunk executor for chunk policies, a per-step residual wrapper for residual ones)."""
 
-    def __init__(self, env_id: str, act_horizon: int, gamma: float = 0.99, obs_horizon: int = 1,
-                 max_episode_steps: int | None = None, n_parallel: int = 4, video: VideoSpec | None = None):
+    def __init__(self, env_id: str, gamma: float = 0.99, obs_horizon: int = 1, max_episode_steps: int | None = None,
+                 n_parallel: int = 4, video: VideoSpec | None = None):
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         self.recorders: list[FrameRecorder | None] = []
-        self.envs = []
+        self.steps: list[StepRecorder] = []
         for _ in range(n_parallel):
             env = make_env(env_id, obs_horizon=obs_horizon, **kwargs)
             rec = None
             if video is not None and video.episodes > 0:
                 env = rec = FrameRecorder(env, video.width, video.height, video.frame_skip)
             self.recorders.append(rec)
-            self.envs.append(ChunkExecutor(env, act_horizon, gamma))
-        self.obs_horizon = obs_horizon
+            self.steps.append(StepRecorder(env, obs_horizon))
+        self.gamma = gamma
         self.videos: dict[int, list[np.ndarray]] = {}
         """Frames of the episodes recorded by the last ``run`` (seed -> frames)."""
         self.episodes: dict[int, Episode] = {}
@@ -223,38 +238,38 @@ class Evaluator:
             record_seeds: set[int] | frozenset[int] = frozenset(), keep_episodes: bool = False) -> list[EpisodeResult]:
         results: list[EpisodeResult] = []
         pending = list(seeds)
-        n = len(self.envs)
+        envs = [policy.executor(e, self.gamma) for e in self.steps]  # thin wrappers over the held envs
+        n = len(envs)
         obs: list = [None] * n
         state: list = [None] * n  # per env: [seed, success_once, success_at_end, ret, length] or None (idle)
         self.videos, self.episodes = {}, {}
         recording = [False] * n
-        traj: list[_Trajectory | None] = [None] * n
+        for rec in self.steps:
+            rec._rec = None
         while pending or any(s is not None for s in state):
             for i in range(n):
                 if state[i] is None and pending:
                     s = pending.pop(0)
-                    obs[i], _ = self.envs[i].reset(seed=s)
-                    state[i] = [s, False, False, 0.0, 0]
                     if keep_episodes:
-                        traj[i] = _Trajectory(obs[i], self.obs_horizon)
+                        self.steps[i].start()
+                    obs[i], _ = envs[i].reset(seed=s)
+                    state[i] = [s, False, False, 0.0, 0]
                     if s in record_seeds and self.recorders[i] is not None and self.video_error is None:
                         recording[i] = self._start_recording(i)
             live = [i for i in range(n) if state[i] is not None]
             chunks = policy.act(np.stack([obs[i] for i in live]), deterministic=deterministic).cpu().numpy()
             for j, i in enumerate(live):
-                obs[i], _, term, trunc, info = self.envs[i].step(chunks[j])
+                obs[i], _, term, trunc, info = envs[i].step(chunks[j])
                 st = state[i]
                 st[1] = st[1] or bool(info["success"])
                 st[2] = bool(info["success_at_end"])
                 st[3] += float(np.sum(info["env_rewards"]))
                 st[4] += int(info["k"])
-                if keep_episodes:
-                    traj[i].add(chunks[j], info, term, trunc)
                 if term or trunc:
                     results.append(EpisodeResult(*st))
                     state[i] = None
                     if keep_episodes:
-                        self.episodes[st[0]] = traj[i].episode()
+                        self.episodes[st[0]] = self.steps[i].episode()
                     if recording[i]:
                         self.videos[st[0]] = self.recorders[i].stop()
                         recording[i] = False
@@ -262,7 +277,7 @@ class Evaluator:
         return results
 
     def close(self) -> None:
-        for e in self.envs:
+        for e in self.steps:
             e.close()
 
 
@@ -337,7 +352,7 @@ def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic:
         policy.train(was_training)
 
 
-def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes: int, seed: int, gamma: float = 0.99,
+def evaluate_policy(policy: Policy, env_id: str, num_episodes: int, seed: int, gamma: float = 0.99,
                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
                     num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4,
                     video: VideoSpec | None = None, video_dir: str | Path | None = None,
@@ -349,8 +364,8 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
     seeds = [seed + i for i in range(num_episodes)]
     want_video = video is not None and video.episodes > 0 and video_dir is not None
     record = frozenset(seeds[: video.episodes]) if want_video else frozenset()
-    env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
-                  max_episode_steps=max_episode_steps, video=video if want_video else None)
+    env_kw = dict(env_id=env_id, gamma=gamma, obs_horizon=obs_horizon, max_episode_steps=max_episode_steps,
+                  video=video if want_video else None)
     results, videos, errors, _ = _run_episodes(policy, seeds, env_kw, deterministic, num_workers, parallel_envs,
                                                record, False, evaluator)
     if want_video:
@@ -366,13 +381,13 @@ def evaluate_policy(policy: Policy, env_id: str, act_horizon: int, num_episodes:
     return summarize(results), results
 
 
-def rollout_episodes(policy: Policy, env_id: str, seeds: list[int], act_horizon: int, gamma: float = 0.99,
+def rollout_episodes(policy: Policy, env_id: str, seeds: list[int], gamma: float = 0.99,
                      obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
                      num_workers: int = 1, parallel_envs: int = 4) -> list[tuple[EpisodeResult, Episode]]:
     """Roll ``policy`` out on one episode per env-reset seed (the evaluation loop) and keep every inner env step:
     ``[(result, Episode)]`` in seed order, the Episode with unstacked observations and the executed actions."""
-    env_kw = dict(env_id=env_id, act_horizon=act_horizon, gamma=gamma, obs_horizon=obs_horizon,
-                  max_episode_steps=max_episode_steps, video=None)
+    env_kw = dict(env_id=env_id, gamma=gamma, obs_horizon=obs_horizon, max_episode_steps=max_episode_steps,
+                  video=None)
     results, _, _, episodes = _run_episodes(policy, list(seeds), env_kw, deterministic, num_workers, parallel_envs,
                                             frozenset(), True)
     return [(r, episodes[r.seed]) for r in results]

@@ -2,9 +2,10 @@
 
 The loop is the same for every algorithm: it reads ``AlgoConfig`` fields (batch_size, utd_ratio, warmup_steps,
 offline_ratio; rollout_steps > 0 for on-policy algorithms) and calls ``algo.update(batch)`` / ``algo.explore(obs)``.
-With ``TrainConfig.base_policy`` (DSRL) the env's action becomes that frozen policy's latent noise
-(``rlft.envs.noise_action``), the actor is sized to the noise chunk, replay rows also keep the decoded env chunk
-(``ChunkBatch.exec_action``) and the saved policy is the composite ``SteeredFlowPolicy``. Outputs in the run directory:
+With ``TrainConfig.base_policy`` the actor acts through a frozen policy; what differs (the actor's space, the env
+wrapper, the offline relabelling, the replay's extra fields, the composite that is saved) belongs to one action-space
+adapter (``rlft.train.adapters``): DSRL's latent noise (``base_mode: noise``, saved as ``SteeredFlowPolicy``) or a
+per-step residual (``base_mode: residual``, saved as ``ResidualPolicy``). Outputs in the run directory:
 
 * ``config.yaml`` (resolved config), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``summary.json`` (final numbers);
 * ``checkpoints/policy_final.safetensors``, ``policy_best.safetensors`` (best ``eval/success_once``),
@@ -33,11 +34,9 @@ from rlft.data.h5io import load_dataset
 from rlft.data.mixer import MixedSampler
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
-from rlft.envs.noise_action import NoiseActionWrapper, noise_shape_of
-from rlft.envs.wrappers import ChunkExecutor
 from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
-from rlft.policies.steered import SteeredFlowPolicy, split_steered, start_at_prior_mode
+from rlft.train.adapters import make_adapter, split_composite
 from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
 from rlft.train.evaluate import Evaluator, evaluate_policy
@@ -102,37 +101,38 @@ class Trainer:
         self.obs_dim, self.action_dim, H = info["obs_dim"], info["action_dim"], cfg.env.act_horizon
         self.env_kw = env_kw
 
-        # policy (pretrained or fresh) and data sharing its normaliser
-        base, policy = None, None
+        # the frozen base policy (DSRL / residual RL) and the actor this stage trains, pretrained or fresh
+        base, policy, mode, settings = None, None, cfg.base_mode, {}
         if cfg.init_policy:
-            policy = load_policy(cfg.init_policy)
-            _check_policy_matches(policy, self.obs_dim, self.action_dim, H, cfg.init_policy)
-            base, policy = split_steered(policy)  # a steered (DSRL) policy brings its frozen base policy
+            loaded = load_policy(cfg.init_policy)
+            _check_policy_matches(loaded, self.obs_dim, self.action_dim, H, cfg.init_policy)
+            base, policy, saved_mode, settings = split_composite(loaded)  # a composite brings its frozen base policy
+            if saved_mode is not None and saved_mode != cfg.base_mode:
+                raise ConfigError(f"base_mode: {cfg.init_policy} is a {saved_mode} composite; set base_mode "
+                                  f"{saved_mode} to continue it")
+            if settings.get("residual_scale", cfg.residual_scale) != cfg.residual_scale:
+                raise ConfigError(f"residual_scale: {cfg.residual_scale} differs from {settings['residual_scale']} "
+                                  f"in {cfg.init_policy}")
         if cfg.base_policy:
             if policy is not None and base is None:
-                raise ConfigError("init_policy: with base_policy set, init_policy must be a steered policy (its latent "
-                                  "actor is continued) or unset")
+                raise ConfigError("init_policy: with base_policy set, init_policy must be a composite of the same "
+                                  "kind (its actor is continued) or unset")
             base = load_policy(cfg.base_policy, map_location=self.device)
             _check_policy_matches(base, self.obs_dim, self.action_dim, H, cfg.base_policy)
-        # the actor's action space: env chunks, or the frozen base policy's latent noise (DSRL)
-        act_h, act_dim = (H, self.action_dim) if base is None else noise_shape_of(base)
         if base is not None:
             base.to(self.device).requires_grad_(False).eval()
-            if (cfg.mode == "offline" or ac.offline_ratio > 0) and not algo_cls.uses_base_policy:
-                raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
-                                  f"learn from it in the noise space; run it online with offline_ratio 0")
-            m = np.full(act_dim, cfg.action_magnitude)
-            if policy is None:  # a fresh latent actor: the base policy's obs statistics, the noise box as its range,
-                policy = start_at_prior_mode(build_policy(ac.policy, self.obs_dim, act_dim, act_h))  # mean noise ~0
-                nz = base.normalizer
-                policy.normalizer.set_stats(nz.obs_mean.cpu().numpy(), nz.obs_std.cpu().numpy(), -m, m)
-            else:
-                _check_policy_matches(policy, self.obs_dim, act_dim, act_h, f"{cfg.init_policy} (latent actor)")
-                if not np.allclose(policy.normalizer.act_high.cpu().numpy(), m):
-                    raise ConfigError(f"action_magnitude: {cfg.action_magnitude} differs from the latent actor's noise "
-                                      f"bound {policy.normalizer.act_high.tolist()} in {cfg.init_policy}")
-        elif policy is None:
-            policy = build_policy(ac.policy, self.obs_dim, self.action_dim, H)
+        self.adapter = adapter = make_adapter(mode, base, self.obs_dim, self.action_dim, H, cfg.action_magnitude,
+                                              cfg.residual_scale)
+        act_h, act_dim = adapter.act_horizon, adapter.action_dim
+        if base is not None and not adapter.offline_data and (cfg.mode == "offline" or ac.offline_ratio > 0) \
+                and not algo_cls.uses_base_policy:
+            raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
+                              f"learn from it in the noise space; run it online with offline_ratio 0")
+        if policy is None:
+            policy = adapter.fresh_actor(ac.policy) if base is not None else build_policy(ac.policy, self.obs_dim,
+                                                                                         self.action_dim, H)
+        elif base is not None:
+            adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
         stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
         episodes = None
         if cfg.dataset:
@@ -143,9 +143,15 @@ class Trainer:
             if (o, a) != (self.obs_dim, self.action_dim):
                 raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
                                   f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
-            ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=cfg.env.obs_horizon,
+            low, high = info["action_low"], info["action_high"]
+            if adapter.data_obs_horizon is not None:  # data in the actor's own space (residual: delta, base action)
+                episodes = adapter.actor_episodes(episodes, cfg.env.obs_horizon, low, high)
+                data_h, obs_h, stats_from, low, high = act_h, adapter.data_obs_horizon, policy, -1.0, 1.0
+            else:
+                obs_h = cfg.env.obs_horizon
+            ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=obs_h,
                               normalizer=stats_from.normalizer if stats_from is not None else None, device=self.device,
-                              act_low=info["action_low"], act_high=info["action_high"])
+                              act_low=low, act_high=high)
             if stats_from is None:
                 policy.normalizer.load_state_dict(ds.normalizer.state_dict())
                 ds.normalizer = policy.normalizer
@@ -160,10 +166,10 @@ class Trainer:
             raise ConfigError(f"init_critic: {cfg.algo} needs pretrained critics (a previous stage's "
                               f"checkpoints/state.pt)")
         algo_kw = {"base_policy": base} if algo_cls.uses_base_policy else {}
-        self.algo = algo_cls(ac, self.obs_dim, act_dim, act_h, policy=policy, device=self.device, **algo_kw)
+        self.algo = algo_cls(ac, adapter.obs_dim, act_dim, act_h, policy=policy, device=self.device, **algo_kw)
         self.base_policy = base
-        # the deployable artifact: the composite (frozen base + trained latent actor) when steering a base policy
-        live = self.algo.policy if base is None else SteeredFlowPolicy.compose(base, self.algo.policy)
+        # the deployable artifact: the composite (frozen base + trained actor) when acting through a base policy
+        live = adapter.compose(self.algo.policy)
         # what is evaluated and saved: the live policy, or an EMA of its weights (TrainConfig.policy_ema)
         self.ema = PolicyEMA(live, cfg.policy_ema) if cfg.policy_ema != 0 else None
         self.policy = live if self.ema is None else self.ema.policy
@@ -174,10 +180,8 @@ class Trainer:
         self._eval_step = -1  # env/update step of the latest evaluation
         self.replay: ReplayBuffer | None = None
         if cfg.mode == "online":
-            self.replay = ReplayBuffer(cfg.replay_capacity, self.obs_dim, act_h, act_dim, self.algo.policy.normalizer,
-                                       device=self.device,  # steering: also the decoded env chunk of each latent
-                                       exec_shape=None if base is None else (H, self.action_dim),
-                                       exec_normalizer=None if base is None else base.normalizer)
+            self.replay = ReplayBuffer(cfg.replay_capacity, adapter.obs_dim, act_h, act_dim,
+                                       self.algo.policy.normalizer, device=self.device, **adapter.replay_fields())
         self.evaluator: Evaluator | None = None
 
     def _warm_start(self, path: str) -> None:
@@ -233,11 +237,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         e = self.cfg.eval
         if self.evaluator is None and e.num_workers <= 1:
-            self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.act_horizon, self.cfg.env.gamma,
+            self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.gamma,
                                        self.cfg.env.obs_horizon, self.cfg.env.max_episode_steps,
                                        n_parallel=min(e.parallel_envs, e.num_episodes), video=e.video_spec())
         t0 = time.time()
-        summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, self.cfg.env.act_horizon, e.num_episodes,
+        summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, e.num_episodes,
                                      e.seed, self.cfg.env.gamma, self.cfg.env.obs_horizon,
                                      self.cfg.env.max_episode_steps, e.deterministic, e.num_workers, self.evaluator,
                                      video=e.video_spec(), video_dir=self.run_dir / "videos",
@@ -256,7 +260,8 @@ class Trainer:
         from rlft.train.logger import read_metrics
 
         ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
-               "act_horizon": self.cfg.env.act_horizon, "action_dim": self.action_dim, "gamma": self.cfg.env.gamma,
+               "act_horizon": self.adapter.act_horizon, "action_dim": self.adapter.action_dim,
+               "gamma": self.cfg.env.gamma,
                "init_policy": self.cfg.init_policy}
         warn = Console(stderr=True, soft_wrap=True)
 
@@ -359,10 +364,8 @@ class Trainer:
 
     def _online(self) -> dict | None:
         cfg, ac = self.cfg, self.cfg.algo_cfg
-        env = ChunkExecutor(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
-                            cfg.env.act_horizon, cfg.env.gamma)
-        if self.base_policy is not None:  # DSRL: the action is the base policy's latent noise chunk
-            env = NoiseActionWrapper(env, self.base_policy, cfg.action_magnitude)
+        env = self.adapter.wrap_env(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
+                                    cfg.env.gamma)
         sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
         avg, last_eval = MetricAverager(), None
         episode = 0
@@ -375,7 +378,7 @@ class Trainer:
             while self.step < cfg.steps:
                 chunk = self.algo.explore(obs).cpu()
                 next_obs, R, term, trunc, info = env.step(chunk.numpy())
-                decoded = info.get("decoded_action")  # the executed env chunk when the action is latent noise
+                decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
                 self.replay.add(np.asarray(obs)[None], chunk[None].numpy(), np.array([R]), np.asarray(next_obs)[None],
                                 np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]),
                                 exec_chunk=None if decoded is None else np.asarray(decoded)[None])

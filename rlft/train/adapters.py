@@ -1,0 +1,176 @@
+"""Action-space adapters: how the actor an algorithm trains meets the environment.
+
+A stage trains one actor. Usually that actor *is* the policy, acting in env-action chunks. With a frozen base policy
+the actor acts in another space, and everything that differs is owned by one adapter, so the runner holds one and
+knows none of them by name:
+
+* ``ChunkAdapter``: the actor outputs env chunks [H, A], executed open loop (``ChunkExecutor``);
+* ``NoiseAdapter`` (DSRL, Wagenmaker et al., 2025): the actor outputs the base flow policy's start noise [H, A],
+  decoded by the frozen base policy (``rlft.envs.noise_action``); replay also keeps the decoded env chunk;
+* ``ResidualAdapter`` (ResiP, Ankile et al., 2024): the actor outputs a per-step correction of the base policy's
+  action, seeing ``concat(o_t, a^base_t)`` (``rlft.envs.residual``); offline rows are relabelled into that space.
+
+Each adapter gives the actor's shape (``obs_dim``, ``act_horizon``, ``action_dim``), builds a fresh actor with the
+right statistics, wraps the online env, turns offline episodes into the actor's data, composes the deployable policy
+and names the replay buffer's extra fields.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlft.data.episodes import Episode
+from rlft.errors import ConfigError
+from rlft.policies import Policy, build_policy
+
+
+class ChunkAdapter:
+    """The actor is the policy: env chunks of ``act_horizon`` steps."""
+
+    #: whether offline data (env actions) can be expressed in the actor's action space
+    offline_data: bool = True
+    #: the observation history the actor's data is sampled with (None = the env's)
+    data_obs_horizon: int | None = None
+
+    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int):
+        self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
+        self.base: Policy | None = None
+
+    def fresh_actor(self, policy_cfg) -> Policy:
+        return build_policy(policy_cfg, self.obs_dim, self.action_dim, self.act_horizon)
+
+    def check_actor(self, actor: Policy, source: str) -> None:
+        got = (actor.obs_dim, actor.action_dim, actor.act_horizon)
+        want = (self.obs_dim, self.action_dim, self.act_horizon)
+        if got != want:
+            raise ConfigError(f"{source}: the actor has (obs_dim, action_dim, act_horizon) = {got} but this stage "
+                              f"trains one with {want}")
+
+    def actor_episodes(self, episodes: list[Episode], obs_horizon: int, low, high) -> list[Episode]:
+        return episodes
+
+    def wrap_env(self, env, gamma: float):
+        """``env`` (observation history) -> the env the actor acts on."""
+        return _chunks(env, self.act_horizon, gamma)
+
+    def compose(self, actor: Policy) -> Policy:
+        return actor
+
+    def replay_fields(self) -> dict:
+        return {}
+
+    def exec_chunk(self, info: dict):
+        return None
+
+
+def _chunks(env, H: int, gamma: float):
+    from rlft.envs.wrappers import ChunkExecutor
+
+    return ChunkExecutor(env, H, gamma)
+
+
+class NoiseAdapter(ChunkAdapter):
+    """DSRL: the actor outputs the frozen base policy's latent noise chunk, bounded to [-magnitude, magnitude]."""
+
+    offline_data = False
+
+    def __init__(self, base: Policy, magnitude: float):
+        from rlft.envs.noise_action import noise_shape_of
+
+        h, a = noise_shape_of(base)
+        super().__init__(base.obs_dim, a, h)
+        self.base, self.magnitude = base, float(magnitude)
+
+    def fresh_actor(self, policy_cfg) -> Policy:
+        from rlft.policies.steered import start_at_prior_mode
+
+        actor = start_at_prior_mode(super().fresh_actor(policy_cfg))  # mean noise ~0: the base's own behaviour
+        nz, m = self.base.normalizer, np.full(self.action_dim, self.magnitude)
+        actor.normalizer.set_stats(nz.obs_mean.cpu().numpy(), nz.obs_std.cpu().numpy(), -m, m)
+        return actor
+
+    def check_actor(self, actor: Policy, source: str) -> None:
+        super().check_actor(actor, source)
+        if not np.allclose(actor.normalizer.act_high.cpu().numpy(), self.magnitude):
+            raise ConfigError(f"action_magnitude: {self.magnitude} differs from the latent actor's noise bound "
+                              f"{actor.normalizer.act_high.tolist()} in {source}")
+
+    def wrap_env(self, env, gamma: float):
+        from rlft.envs.noise_action import NoiseActionWrapper
+
+        return NoiseActionWrapper(_chunks(env, self.base.act_horizon, gamma), self.base, self.magnitude)
+
+    def compose(self, actor: Policy) -> Policy:
+        from rlft.policies.steered import SteeredFlowPolicy
+
+        return SteeredFlowPolicy.compose(self.base, actor)
+
+    def replay_fields(self) -> dict:
+        return {"exec_shape": self.base.chunk_shape, "exec_normalizer": self.base.normalizer}
+
+    def exec_chunk(self, info: dict):
+        return info["decoded_action"]
+
+
+class ResidualAdapter(ChunkAdapter):
+    """Residual RL: the actor outputs a per-step correction ``delta`` in [-1, 1]^A of the base policy's action,
+    scaled by ``scale`` times the action half-range, from ``concat(o_t, a^base_t)``."""
+
+    data_obs_horizon = 1  # the relabelled observations already hold the stacked history
+
+    def __init__(self, base: Policy, scale: float):
+        from rlft.envs.residual import check_scale
+
+        super().__init__(base.obs_dim + base.action_dim, base.action_dim, 1)
+        self.base, self.scale = base, check_scale(scale)
+
+    def fresh_actor(self, policy_cfg) -> Policy:
+        from rlft.policies.residual import zero_output
+
+        actor = zero_output(super().fresh_actor(policy_cfg))  # delta = 0: the composite starts as the base policy
+        nz = self.base.normalizer
+        lo, hi = nz.act_low.cpu().numpy(), nz.act_high.cpu().numpy()
+        actor.normalizer.set_stats(np.concatenate([nz.obs_mean.cpu().numpy(), (lo + hi) / 2]),
+                                   np.concatenate([nz.obs_std.cpu().numpy(), (hi - lo) / 2]),
+                                   -np.ones(self.action_dim), np.ones(self.action_dim))
+        return actor
+
+    def actor_episodes(self, episodes: list[Episode], obs_horizon: int, low, high) -> list[Episode]:
+        from rlft.envs.residual import residual_episodes
+
+        return residual_episodes(episodes, self.base, self.scale, obs_horizon, low, high)
+
+    def wrap_env(self, env, gamma: float):
+        from rlft.envs.residual import ResidualActionWrapper
+
+        return _chunks(ResidualActionWrapper(env, self.base, self.scale), 1, gamma)
+
+    def compose(self, actor: Policy) -> Policy:
+        from rlft.policies.residual import ResidualPolicy
+
+        return ResidualPolicy.compose(self.base, actor, self.scale)
+
+
+def make_adapter(base_mode: str, base: Policy | None, obs_dim: int, action_dim: int, act_horizon: int,
+                 action_magnitude: float, residual_scale: float) -> ChunkAdapter:
+    """The adapter for a stage: no base policy -> chunks; with one, ``base_mode`` 'noise' (DSRL) or 'residual'."""
+    if base is None:
+        return ChunkAdapter(obs_dim, action_dim, act_horizon)
+    if base_mode == "noise":
+        return NoiseAdapter(base, action_magnitude)
+    if base_mode == "residual":
+        return ResidualAdapter(base, residual_scale)
+    raise ConfigError(f"base_mode: {base_mode!r} is not 'noise' or 'residual'")
+
+
+def split_composite(policy: Policy) -> tuple[Policy | None, Policy, str | None, dict]:
+    """``(base, actor, base_mode, settings)`` of a composite a previous stage saved; ``(None, policy, None, {})`` for a
+    plain policy. ``settings`` holds the composite's own parameters (the residual scale)."""
+    from rlft.policies.residual import ResidualPolicy
+    from rlft.policies.steered import SteeredFlowPolicy
+
+    if isinstance(policy, SteeredFlowPolicy):
+        return policy.base, policy.latent, "noise", {}
+    if isinstance(policy, ResidualPolicy):
+        return policy.base, policy.residual, "residual", {"residual_scale": policy.scale}
+    return None, policy, None, {}
