@@ -14,6 +14,12 @@ directory), ``dataset`` (the collected file) and ``init_policy`` (the previous s
 stage's ``overrides`` are merged into its YAML before strict parsing. A stage with ``base_from_previous`` (DSRL's
 stage 1) gets the previous stage's policy as ``base_policy`` instead, and a fresh latent actor. The result is a table
 of success after each stage, also written to ``results.md`` and ``pipeline_summary.json``.
+
+Deploy gate (``rlft.train.gate``): every stage is evaluated on the same fixed seeds; the stage with the highest
+success (the later one on a tie) is deployed -- its policy is copied to ``<run>/deploy/policy.safetensors`` with
+``deploy.json`` saying where it came from -- and a stage worse than an earlier one beyond the 95 % interval of the
+difference is printed as a regression, with the diagnosis of its run (``rlft.report.diagnose``). It is never
+deployed.
 """
 
 from __future__ import annotations
@@ -181,11 +187,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         console.rule(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)")
         summary = run_train(tcfg, quiet=cfg.quiet)
         ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
+        n_eval = 0 if ev is None else int(ev["eval/num_episodes"])
         rows.append({"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps,
                      **({} if ev is None else {"success_once": ev["eval/success_once"],
                                                "success_at_end": ev["eval/success_at_end"], "return": ev["eval/return"],
-                                               "best_success_once": summary["best_success_once"]}),
-                     "wall_s": summary["wall_s"], "run_dir": summary["run_dir"]})
+                                               "best_success_once": summary["best_success_once"],
+                                               "successes": int(round(ev["eval/success_once"] * n_eval)),
+                                               "episodes": n_eval}),
+                     "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
+                     "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors")})
         init_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
         prev_state = str(Path(summary["run_dir"]) / "checkpoints" / "state.pt")
 
@@ -193,12 +203,65 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
+    decision = deploy(rows, run_dir)
     result = {"run_dir": str(run_dir), "env_id": cfg.env.env_id, "seed": cfg.seed, "dataset": dataset,
-              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy, "peak_rss_mb": peak_mb}
+              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy, "peak_rss_mb": peak_mb,
+              "deployed": decision["deployed"], "deployed_policy": decision.get("policy"),
+              "regressions": decision["regressions"]}
     atomic_write_text(run_dir / "pipeline_summary.json", json.dumps(result, indent=2))
     atomic_write_text(run_dir / "results.md", results_markdown(result))
     print_results(result)
     return result
+
+
+def deploy(rows: list[dict], run_dir: Path) -> dict:
+    """The deploy gate over the evaluated stage rows (``rlft.train.gate``): marks ``row['deployed']``, adds each row's
+    ``interval``, copies the deployed stage's policy to ``run_dir/deploy/`` and returns the decision."""
+    import shutil
+
+    from rlft.train.gate import gate
+    from rlft.utils import atomic_path
+
+    decision = gate([r for r in rows if r.get("episodes")])
+    for r in rows:
+        if r["stage"] in decision["intervals"]:
+            r["interval"] = list(decision["intervals"][r["stage"]])
+        r["deployed"] = r["stage"] == decision["deployed"]
+    chosen = next((r for r in rows if r["deployed"]), None)
+    if chosen is not None:
+        out = run_dir / "deploy"
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "policy.safetensors") as tmp:
+            shutil.copyfile(chosen["policy"], tmp)
+        decision["policy"] = str(out / "policy.safetensors")
+        atomic_write_text(out / "deploy.json", json.dumps({
+            "stage": chosen["stage"], "algo": chosen["algo"], "source": chosen["policy"],
+            "success_once": chosen["success_once"], "episodes": chosen["episodes"], "interval": chosen["interval"],
+            "regressions": decision["regressions"]}, indent=2))
+    return decision
+
+
+def _print_regressions(result: dict) -> None:
+    from rich.markup import escape
+
+    from rlft.report.diagnose import diagnose
+    from rlft.report.runs import load_run
+
+    by_stage = {r["stage"]: r for r in result["stages"]}
+    for reg in result.get("regressions", []):
+        lo, hi = reg["interval"]
+        console.print(f"[bold red]regression[/] stage {reg['stage']} is below stage {reg['from']} by "
+                      f"{-reg['diff']:.2f} (95% interval of the difference [{lo:+.2f}, {hi:+.2f}]); not deployed")
+        try:
+            run = load_run(by_stage[reg["stage"]]["run_dir"])
+            findings = [f for f in diagnose(run.metrics, run.context()) if f.severity in ("error", "warning")]
+        except Exception as e:  # the decision stands without a diagnosis; say why there is none
+            console.print(f"  (no diagnosis: {escape(str(e))})")
+            continue
+        for f in findings[:5]:
+            console.print(f"  {escape(f.one_line())}", highlight=False)
+        if not findings:
+            console.print("  the diagnosis rules found nothing; rlft report shows the curves", highlight=False)
 
 
 def collect_dataset(sources: list[CollectConfig], env_id: str, seed: int, data_dir: Path,
@@ -232,26 +295,43 @@ def merge_datasets(paths: list[Path], out: Path) -> Path:
 
 def results_markdown(result: dict) -> str:
     lines = [f"# rlft pipeline: {result['env_id']} (seed {result['seed']})", "",
-             "| stage | algo | success_once | success_at_end | return | wall (s) |", "|---|---|---|---|---|---|"]
+             "| stage | algo | success_once | 95% interval | success_at_end | return | wall (s) | deployed |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["stages"]:
         if "success_once" in r:
-            lines.append(f"| {r['stage']} | {r['algo']} | {r['success_once']:.2f} | {r['success_at_end']:.2f} | "
-                         f"{r['return']:.1f} | {r['wall_s']:.0f} |")
+            lines.append(f"| {r['stage']} | {r['algo']} | {r['success_once']:.2f} | {_interval(r)} | "
+                         f"{r['success_at_end']:.2f} | {r['return']:.1f} | {r['wall_s']:.0f} | {_mark(r)} |")
         else:
-            lines.append(f"| {r['stage']} | {r['algo']} | | | | {r['wall_s']:.0f} |")
-    lines += ["", f"Total wall time: {result['wall_s']:.0f} s. Run directory: `{result['run_dir']}`", ""]
+            lines.append(f"| {r['stage']} | {r['algo']} | | | | | {r['wall_s']:.0f} | |")
+    for reg in result.get("regressions", []):
+        lo, hi = reg["interval"]
+        lines.append(f"\nRegression: {reg['stage']} is below {reg['from']} by {-reg['diff']:.2f} (95% interval of the "
+                     f"difference [{lo:+.2f}, {hi:+.2f}]); not deployed.")
+    lines += ["", f"Deployed: `{result.get('deployed_policy')}` (stage {result.get('deployed')}).",
+              f"Total wall time: {result['wall_s']:.0f} s. Run directory: `{result['run_dir']}`", ""]
     return "\n".join(lines)
 
 
 def print_results(result: dict) -> None:
     t = Table(title=f"rlft pipeline - {result['env_id']} (seed {result['seed']})")
-    for c in ("stage", "algo", "success_once", "success_at_end", "return", "wall (s)"):
+    for c in ("stage", "algo", "success_once", "95% interval", "success_at_end", "return", "wall (s)", "deployed"):
         t.add_column(c, justify="right" if c not in ("stage", "algo") else "left")
     for r in result["stages"]:
         if "success_once" in r:
-            t.add_row(r["stage"], r["algo"], f"{r['success_once']:.2f}", f"{r['success_at_end']:.2f}",
-                      f"{r['return']:.1f}", f"{r['wall_s']:.0f}")
+            t.add_row(r["stage"], r["algo"], f"{r['success_once']:.2f}", _interval(r), f"{r['success_at_end']:.2f}",
+                      f"{r['return']:.1f}", f"{r['wall_s']:.0f}", _mark(r))
         else:
-            t.add_row(r["stage"], r["algo"], "", "", "", f"{r['wall_s']:.0f}")
+            t.add_row(r["stage"], r["algo"], "", "", "", "", f"{r['wall_s']:.0f}", "")
     console.print(t)
+    _print_regressions(result)
+    if result.get("deployed_policy"):
+        console.print(f"deployed: stage [bold]{result['deployed']}[/bold] -> {result['deployed_policy']}")
     console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{result['run_dir']}[/bold]")
+
+
+def _interval(r: dict) -> str:
+    return f"[{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" if r.get("interval") else ""
+
+
+def _mark(r: dict) -> str:
+    return "deployed" if r.get("deployed") else ""
