@@ -392,6 +392,7 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
     from tqdm import tqdm
 
     from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode
+    from rlft.envs.maniskill_env import DEFAULT_REWARD_MODE, REWARD_OFFSETS
 
     tqdm.set_lock(threading.RLock())  # ManiSkill's progress bars: no multiprocessing semaphore to leak at pool exit
 
@@ -405,7 +406,7 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
     for (index, seed), st in zip(attempts, stats):
         ep, why = None, "plan failed" if not st["plan_success"] else "replay failed"
         if seed in converted:
-            ep, why = to_rlft_episode(converted[seed], limit)
+            ep, why = to_rlft_episode(converted[seed], limit, REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0))
         st["status"] = why
         out.append((index, seed, ep, st["plan_seconds"] + st["convert_seconds"], st))
     return out
@@ -417,7 +418,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
 
     from rlft.data.h5io import write_episodes
     from rlft.envs import env_info, make_env
-    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, prepare_workers
+    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, REWARD_OFFSETS, prepare_workers
 
     if cfg.mode != "demos":
         raise ConfigError(f"collect.mode: {cfg.env_id} is a ManiSkill task; only 'demos' (motion planning) exists")
@@ -487,7 +488,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         "success_rate": n_success / max(1, len(attempted)),
         "conversion": "mani_skill.trajectory.replay_trajectory -o state -c pd_ee_delta_pose --record-rewards "
                       "--use-first-env-state; episodes cut at the first terminated (= success) step",
-        "reward": "ManiSkill normalized_dense",
+        "reward": f"ManiSkill {DEFAULT_REWARD_MODE} {REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0):+g}",
     }
     episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
     write_episodes(out, episodes, info, extra=source, episode_info=episode_info)

@@ -36,6 +36,7 @@ def test_env_state_obs_on_cpu():
         assert o0.dtype == np.float32 and o0.shape == (32,) and np.array_equal(o0, o1)  # seeded resets
         obs, r, term, trunc, step_info = env.step(np.zeros(7, np.float32))
         assert obs.shape == (32,) and np.isfinite(r) and not term and not trunc
+        assert -1.0 <= r < 0.0  # normalized_dense - 1: success (0) is the best reward, so terminating there pays
         assert "success" in step_info and not bool(step_info["success"])
     finally:
         env.close()
@@ -60,6 +61,9 @@ def test_reader_reads_maniskill_replay_output_unchanged(tmp_path):
     first = int(np.flatnonzero(ep.terminated)[0])
     assert why == "ok" and len(cut) == first + 1 and cut.success[-1] and cut.terminated[-1]
     assert 140 <= len(cut) <= 200  # the planner needs ~150-180 steps: why rlft's limit is 200, not ManiSkill's 50
+    shifted, _ = to_rlft_episode(ep, 200, -1.0)  # as rlft collect writes it: rewards in [-1, 0], 0 at success
+    np.testing.assert_allclose(shifted.rewards, cut.rewards - 1.0, atol=1e-6)
+    assert shifted.rewards.max() <= 0.0 and shifted.rewards[-1] == pytest.approx(0.0)
     from rlft.errors import DatasetError
 
     with pytest.raises(DatasetError, match="replay_trajectory"):  # the planner's raw recording: no obs, no rewards

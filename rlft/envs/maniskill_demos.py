@@ -149,8 +149,9 @@ def converted_episodes(path: str | Path) -> dict[int, Episode]:
     return {seed: episodes[i] for i, seed in zip(ids, seeds)}
 
 
-def to_rlft_episode(ep: Episode, max_episode_steps: int) -> tuple[Episode | None, str]:
+def to_rlft_episode(ep: Episode, max_episode_steps: int, reward_offset: float = 0.0) -> tuple[Episode | None, str]:
     """Cut at the first terminated step (ManiSkill: success or failure); return (episode, "ok") or (None, why).
+    ``reward_offset`` is added to every reward (``maniskill_env.REWARD_OFFSETS``: the env's rewards are shifted).
 
     An episode that does not terminate within ``max_episode_steps`` is returned cut at the limit with its last step
     marked truncated (``why`` = "timeout") -- the caller decides whether to keep failures.
@@ -166,6 +167,6 @@ def to_rlft_episode(ep: Episode, max_episode_steps: int) -> tuple[Episode | None
         trunc = np.zeros(T, bool)
         trunc[-1] = True
     out = Episode(obs=ep.obs[: T + 1].astype(np.float32), actions=ep.actions[:T].astype(np.float32),
-                  rewards=ep.rewards[:T].astype(np.float32), terminated=ep.terminated[:T].astype(bool),
+                  rewards=(ep.rewards[:T] + reward_offset).astype(np.float32), terminated=ep.terminated[:T].astype(bool),
                   truncated=trunc, success=ep.success[:T].astype(bool))
     return out, why

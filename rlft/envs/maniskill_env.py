@@ -19,7 +19,12 @@ defaults (50 steps for LiftPegUpright/PickCube/PushCube, 100 for PegInsertionSid
 the planner's LiftPegUpright demos reach success at step 160-175, so 50 steps would cut every demonstration.
 Episodes terminate at success (ManiSkill's ``terminated = success | fail``), as OGBench tasks do; ``info['success']``
 is the task's success flag, so evaluation reports ``success_once``/``success_at_end`` exactly as for OGBench.
-Rewards: ManiSkill's ``normalized_dense`` (its default; in [0, 1] per step) unless ``reward_mode`` is given.
+Rewards: ManiSkill's ``normalized_dense`` (its default; in [0, 1] per step, 1 on success) minus 1, i.e. in [-1, 0]
+with 0 on success (``REWARD_OFFSETS``; ``sparse`` becomes -1 per step and 0 on success, OGBench's convention). The
+shift matters because episodes terminate at success: with ManiSkill's raw rewards a value learner earns more by
+hovering just short of success (about 0.7 per step until the time limit, bootstrapped through truncation) than by
+succeeding (1, then nothing), so every RL stage learns to avoid success. With rewards <= 0 the terminal state is
+the best state, and Q lies in [-1 / (1 - gamma), 0]. Motion-planned demos are written with the same shift.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from rlft.errors import EnvError
 INSTALL_HINT = 'pip install -e ".[maniskill]"  (mani_skill 3.0.1 with numpy<2; see README "ManiSkill3")'
 DEFAULT_CONTROL_MODE = "pd_ee_delta_pose"
 DEFAULT_REWARD_MODE = "normalized_dense"
+REWARD_OFFSETS = {"normalized_dense": -1.0, "sparse": -1.0}
+"""Added to ManiSkill's per-step reward (see the module docstring); reward modes not listed are passed through."""
 CPU_BACKENDS = ("physx_cpu", "cpu")
 
 
@@ -142,6 +149,9 @@ def make_maniskill_env(env_id: str, max_episode_steps: int | None = None, contro
                        "`apt-get install libvulkan1 mesa-vulkan-drivers libvulkan-dev gcc` (rlft builds a small Vulkan "
                        "layer, see rlft/envs/vk_layer)") from e
     env = CPUGymWrapper(env)  # numpy in/out, no batch dimension
+    offset = REWARD_OFFSETS.get(reward_mode, 0.0)
+    if offset:
+        env = gymnasium.wrappers.TransformReward(env, lambda r: float(r) + offset)  # success is the best state
     env = gymnasium.wrappers.TimeLimit(env, limit)  # the same limit as ManiSkill's own; rlft reads it from here
     act = env.action_space
     if not (np.allclose(act.low, -1.0) and np.allclose(act.high, 1.0)):
