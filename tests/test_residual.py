@@ -20,6 +20,7 @@ from rlft.envs.residual import (
     base_actions,
     compose_action,
     delta_of,
+    residual_bound,
     residual_episodes,
     stacked_obs,
 )
@@ -50,10 +51,20 @@ def residual_actor(seed=1, obs_dim=O):
 def test_compose_and_delta_by_hand():
     a_base = np.array([0.5, -0.9, 0.0], np.float32)
     low, high = np.array([-1, -1, -2], np.float32), np.array([1, 1, 2], np.float32)  # half-range 1, 1, 2
-    a = compose_action(a_base, np.array([1.0, -1.0, 3.0]), 0.2, low, high)  # delta clipped to [-1, 1]
+    bound = residual_bound(0.2, "half_range", low, high)
+    np.testing.assert_allclose(bound, [0.2, 0.2, 0.4], atol=1e-7)
+    a = compose_action(a_base, np.array([1.0, -1.0, 3.0]), bound, low, high)  # delta clipped to [-1, 1]
     np.testing.assert_allclose(a, [0.7, -1.0, 0.4], atol=1e-6)  # -0.9 - 0.2 = -1.1 clipped to the box
-    d = delta_of(np.array([0.6, -0.9, 1.0]), a_base, 0.2, low, high)
-    np.testing.assert_allclose(d, [0.5, 0.0, 1.0], atol=1e-6)  # (1.0 - 0) / (0.2 * 2) = 2.5 -> clipped to 1
+    d = delta_of(np.array([0.6, -0.9, 1.0]), a_base, bound)
+    np.testing.assert_allclose(d, [0.5, 0.0, 1.0], atol=1e-6)  # (1.0 - 0) / 0.4 = 2.5 -> clipped to 1
+    # 'action_std': the dataset's per-dimension std (0.5, 0, 1 here); a dimension that never moves gets 1 % of its
+    # half-range instead of a zero bound
+    acts = np.array([[0.5, 0.3, -1.0], [-0.5, 0.3, 1.0]], np.float32)
+    np.testing.assert_allclose(residual_bound(0.5, "action_std", low, high, acts), [0.25, 0.005, 0.5], atol=1e-6)
+    with pytest.raises(ConfigError, match="needs a dataset"):
+        residual_bound(0.5, "action_std", low, high)
+    with pytest.raises(ConfigError, match="residual_scale"):
+        residual_bound(0.0, "half_range", low, high)
 
 
 def test_zero_residual_executes_the_base_policys_chunks_bit_for_bit():
@@ -92,7 +103,7 @@ def test_residual_moves_the_action_by_scale_times_delta_and_stays_in_the_box():
     np.testing.assert_allclose(info["executed_action"], np.clip(obs[O:] + 0.25 * delta, -1, 1), atol=1e-6)
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(A + 1, np.float32))
-    with pytest.raises(ConfigError, match="residual_scale"):
+    with pytest.raises(ConfigError, match="bound"):
         ResidualActionWrapper(make_env(SINGLE), base, 0.0)
 
 
@@ -102,7 +113,7 @@ def test_offline_rows_are_relabelled_on_the_wrappers_schedule():
     T = 7
     ep = Episode(rng.normal(size=(T + 1, O)).astype(np.float32), rng.uniform(-1, 1, (T, A)).astype(np.float32),
                  -np.ones(T, np.float32), np.zeros(T, bool), np.eye(1, T, T - 1, dtype=bool)[0], np.zeros(T, bool))
-    (r,) = residual_episodes([ep], base, 0.5, 1, LOW, HIGH)
+    (r,) = residual_episodes([ep], base, np.full(A, 0.5, np.float32), 1)
     # chunks start at t = 0, 3, 6: the base action at t is chunk_{t // 3}[t % 3], from the observation at 3 * (t // 3)
     expect = np.stack([base.act(ep.obs[3 * (t // 3)], deterministic=True).numpy()[t % 3] for t in range(T + 1)])
     np.testing.assert_allclose(r.obs[:, O:], expect, atol=1e-6)
@@ -121,14 +132,14 @@ def test_offline_rows_are_relabelled_on_the_wrappers_schedule():
 def test_composite_starts_as_the_base_and_round_trips(tmp_path):
     base = flow_base()
     res = zero_output(residual_actor())
-    pol = ResidualPolicy.compose(base, res, 0.1)
+    pol = ResidualPolicy.compose(base, res, [0.1] * A)
     obs = torch.randn(4, O + A)
     assert torch.equal(pol.act(obs), torch.zeros(4, 1, A))  # exactly zero: the first policy is the base
     torch.manual_seed(5)
     torch.nn.init.normal_([m for m in res.modules() if isinstance(m, torch.nn.Linear)][-1].weight)
     pol.save(tmp_path / "p.safetensors")
     loaded = load_policy(tmp_path / "p.safetensors")
-    assert isinstance(loaded, ResidualPolicy) and loaded.scale == 0.1
+    assert isinstance(loaded, ResidualPolicy) and loaded.bound == pytest.approx([0.1] * A)
     assert (loaded.obs_dim, loaded.action_dim, loaded.act_horizon) == (O, A, H)  # faces the env like its base
     torch.testing.assert_close(loaded.act(obs), pol.act(obs))
     torch.testing.assert_close(loaded.base.act(obs[:, :O]), base.act(obs[:, :O]))
@@ -185,7 +196,8 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
     assert not any("actor/actor_loss" in r for r in rows if r["step"] <= 30)  # critic warm-up: the actor waits
     path = tmp_path / "residual" / "checkpoints" / "policy_final.safetensors"
     loaded = load_policy(path)
-    assert isinstance(loaded, ResidualPolicy) and loaded.scale == 0.2
+    data_actions = np.concatenate([e.actions for e in read_episodes(demos)[0]])
+    assert isinstance(loaded, ResidualPolicy) and loaded.bound == pytest.approx(0.2 * data_actions.std(0), rel=1e-4)
     torch.testing.assert_close(loaded.base.act(torch.zeros(1, O)), base.act(torch.zeros(1, O)))  # base frozen
     # rlft eval and rlft collect --mode policy take the composite
     assert main(["eval", "--policy", str(path), "--num-episodes", "2", "--max-episode-steps", "15",
@@ -200,7 +212,7 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
     tr2 = Trainer(_stage(tmp_path, tmp_path / "base.safetensors", demos, base_policy=None, init_policy=str(path),
                          run={"out_dir": str(tmp_path), "name": "r2", "tensorboard": False}), quiet=True)
     torch.testing.assert_close(tr2.algo.policy.act(torch.zeros(1, O + A)), loaded.act(torch.zeros(1, O + A)))
-    with pytest.raises(ConfigError, match="residual_scale"):
+    with pytest.raises(ConfigError, match="residual_scale/residual_unit"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), residual_scale=0.3), quiet=True)
     with pytest.raises(ConfigError, match="base_mode"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), base_mode="noise"), quiet=True)

@@ -6,10 +6,14 @@ step by step, and at *every* env step a residual actor sees the current observat
 adds a bounded correction:
 
     every H steps:  (a^base_t, ..., a^base_{t+H-1}) = base.act(o_t)          (deterministic: zero start noise)
-    every step:     a_t = clip(a^base_t + residual_scale * half * delta_t, low, high),   delta_t in [-1, 1]^A
+    every step:     a_t = clip(a^base_t + bound * delta_t, low, high),   delta_t in [-1, 1]^A
 
-with ``half = (high - low) / 2`` the env's action half-range (so ``residual_scale`` is a fraction of the action box
-in every dimension). The loop is closed at the step: the residual can correct the drift of an open-loop chunk.
+with ``bound`` the largest correction per action dimension, in env units (``residual_bound``: ``residual_scale``
+times the demonstrations' per-dimension action standard deviation by default, or times the action box's half-range).
+The unit matters: a manipulation controller's actions often use a small part of the box (ManiSkill's
+``pd_ee_delta_pose`` demos move the end effector by ~1 % of the box per step), and a correction sized to the box
+would be as large as the whole action. The loop is closed at the step: the residual can correct the drift of an
+open-loop chunk.
 
 ``ResidualActionWrapper`` turns an (observation-history) env into the residual's MDP: its observation is
 ``concat(o_t, a^base_t)`` and its action is ``delta_t``; ``info`` gains ``base_action`` and ``executed_action``.
@@ -18,7 +22,7 @@ the online loop) runs unchanged, exactly as DSRL runs SAC on ``rlft.envs.noise_a
 
 Offline rows enter the residual's space with ``residual_episodes``: the base chunks are recomputed on the data's
 observations on the same schedule (a new chunk at t = 0, H, 2H, ... of every episode, as the wrapper does after each
-reset) and each data action becomes ``delta_t = clip((a_t - a^base_t) / (residual_scale * half), -1, 1)``.
+reset) and each data action becomes ``delta_t = clip((a_t - a^base_t) / bound, -1, 1)``.
 """
 
 from __future__ import annotations
@@ -34,27 +38,36 @@ from rlft.data.episodes import Episode
 from rlft.errors import ConfigError
 
 
-def _half_range(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    return (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2.0
-
-
-def compose_action(a_base: np.ndarray, delta: np.ndarray, scale: float, low: np.ndarray,
+def compose_action(a_base: np.ndarray, delta: np.ndarray, bound: np.ndarray, low: np.ndarray,
                    high: np.ndarray) -> np.ndarray:
-    """``clip(a_base + scale * half * clip(delta, -1, 1), low, high)`` (raw env units)."""
+    """``clip(a_base + bound * clip(delta, -1, 1), low, high)`` (raw env units)."""
     d = np.clip(np.asarray(delta, np.float32), -1.0, 1.0)
-    return np.clip(a_base + scale * _half_range(low, high) * d, low, high).astype(np.float32)
+    return np.clip(a_base + bound * d, low, high).astype(np.float32)
 
 
-def delta_of(actions: np.ndarray, a_base: np.ndarray, scale: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """The residual that best explains ``actions`` given the base actions: ``clip((a - a_base) / (scale * half),
-    -1, 1)`` (the inverse of ``compose_action`` wherever it is not clipped)."""
-    return np.clip((np.asarray(actions, np.float32) - a_base) / (scale * _half_range(low, high)), -1.0, 1.0)
+def delta_of(actions: np.ndarray, a_base: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """The residual that best explains ``actions`` given the base actions: ``clip((a - a_base) / bound, -1, 1)``
+    (the inverse of ``compose_action`` wherever it is not clipped)."""
+    return np.clip((np.asarray(actions, np.float32) - a_base) / bound, -1.0, 1.0).astype(np.float32)
 
 
-def check_scale(scale: float) -> float:
+def residual_bound(scale: float, unit: str, low: np.ndarray, high: np.ndarray,
+                   actions: np.ndarray | None = None) -> np.ndarray:
+    """The per-dimension bound ``scale * unit``: ``unit`` 'action_std' is the standard deviation of ``actions`` (the
+    dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
+    ``(high - low) / 2``."""
     if not 0.0 < float(scale) <= 2.0:
-        raise ConfigError(f"residual_scale must be in (0, 2] (a fraction of the action half-range), got {scale}")
-    return float(scale)
+        raise ConfigError(f"residual_scale must be in (0, 2] (a multiple of the residual unit), got {scale}")
+    half = (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2.0
+    if unit == "half_range":
+        return (float(scale) * half).astype(np.float32)
+    if unit != "action_std":
+        raise ConfigError(f"residual_unit: {unit!r} is not 'action_std' or 'half_range'")
+    if actions is None or len(actions) < 2:
+        raise ConfigError("residual_unit: 'action_std' needs a dataset (its actions' standard deviation sizes the "
+                          "correction); set dataset, or residual_unit: half_range")
+    std = np.asarray(actions, np.float64).std(axis=0)
+    return (float(scale) * np.maximum(std, 0.01 * half)).astype(np.float32)
 
 
 class ResidualActionWrapper(gymnasium.Wrapper):
@@ -63,7 +76,7 @@ class ResidualActionWrapper(gymnasium.Wrapper):
     ``base`` is any ``Policy`` whose ``act`` maps the env's observation to a chunk [H, A]; it is queried
     deterministically, one chunk every H steps (and right after ``reset``)."""
 
-    def __init__(self, env: gymnasium.Env, base, scale: float):
+    def __init__(self, env: gymnasium.Env, base, bound):
         super().__init__(env)
         space = env.action_space
         if not isinstance(space, Box) or tuple(space.shape) != (base.action_dim,):
@@ -73,9 +86,12 @@ class ResidualActionWrapper(gymnasium.Wrapper):
         if int(np.prod(obs_space.shape)) != base.obs_dim:
             raise ConfigError(f"residual wrapper: the env's observations have {int(np.prod(obs_space.shape))} dims but "
                               f"the base policy takes {base.obs_dim} (obs_horizon mismatch?)")
-        self.base, self.scale = base, check_scale(scale)
-        self.low, self.high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         A = base.action_dim
+        self.base = base
+        self.bound = np.broadcast_to(np.asarray(bound, np.float32), (A,)).copy()
+        if not (np.all(np.isfinite(self.bound)) and np.all(self.bound > 0)):
+            raise ConfigError(f"residual wrapper: the residual bound must be > 0 per dimension, got {self.bound}")
+        self.low, self.high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         self._action_space = Box(-1.0, 1.0, shape=(A,), dtype=np.float32)
         self._observation_space = Box(
             np.concatenate([np.asarray(obs_space.low, np.float32).reshape(-1), self.low]),
@@ -103,7 +119,7 @@ class ResidualActionWrapper(gymnasium.Wrapper):
         if delta.shape != self._action_space.shape:
             raise ValueError(f"residual action must have shape {self._action_space.shape}, got {delta.shape}")
         a_base = self._chunk[self._i]
-        action = compose_action(a_base, delta, self.scale, self.low, self.high)
+        action = compose_action(a_base, delta, self.bound, self.low, self.high)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._i += 1
         if self._i == len(self._chunk):
@@ -134,14 +150,13 @@ def base_actions(base, obs_stacked: np.ndarray, batch: int = 4096) -> np.ndarray
     return chunks[t // H, t % H].astype(np.float32)
 
 
-def residual_episodes(episodes: Sequence[Episode], base, scale: float, obs_horizon: int, low: np.ndarray,
-                      high: np.ndarray) -> list[Episode]:
+def residual_episodes(episodes: Sequence[Episode], base, bound: np.ndarray, obs_horizon: int) -> list[Episode]:
     """Offline episodes in the residual's space: observations ``concat(stacked o_t, a^base_t)`` [T+1, To*O + A] and
     actions ``delta_t`` (``delta_of``); rewards and flags unchanged. Sample them with obs_horizon 1 and chunks of 1."""
     out = []
     for ep in episodes:
         o = stacked_obs(ep.obs, obs_horizon)
         a_base = base_actions(base, o)
-        out.append(Episode(np.concatenate([o, a_base], axis=1), delta_of(ep.actions, a_base[:-1], scale, low, high),
+        out.append(Episode(np.concatenate([o, a_base], axis=1), delta_of(ep.actions, a_base[:-1], bound),
                            ep.rewards, ep.terminated, ep.truncated, ep.success))
     return out

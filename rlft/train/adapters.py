@@ -114,15 +114,13 @@ class NoiseAdapter(ChunkAdapter):
 
 class ResidualAdapter(ChunkAdapter):
     """Residual RL: the actor outputs a per-step correction ``delta`` in [-1, 1]^A of the base policy's action,
-    scaled by ``scale`` times the action half-range, from ``concat(o_t, a^base_t)``."""
+    scaled by ``bound`` [A] (env units), from ``concat(o_t, a^base_t)``."""
 
     data_obs_horizon = 1  # the relabelled observations already hold the stacked history
 
-    def __init__(self, base: Policy, scale: float):
-        from rlft.envs.residual import check_scale
-
+    def __init__(self, base: Policy, bound):
         super().__init__(base.obs_dim + base.action_dim, base.action_dim, 1)
-        self.base, self.scale = base, check_scale(scale)
+        self.base, self.bound = base, np.asarray(bound, np.float32)
 
     def fresh_actor(self, policy_cfg) -> Policy:
         from rlft.policies.residual import zero_output
@@ -138,39 +136,40 @@ class ResidualAdapter(ChunkAdapter):
     def actor_episodes(self, episodes: list[Episode], obs_horizon: int, low, high) -> list[Episode]:
         from rlft.envs.residual import residual_episodes
 
-        return residual_episodes(episodes, self.base, self.scale, obs_horizon, low, high)
+        return residual_episodes(episodes, self.base, self.bound, obs_horizon)
 
     def wrap_env(self, env, gamma: float):
         from rlft.envs.residual import ResidualActionWrapper
 
-        return _chunks(ResidualActionWrapper(env, self.base, self.scale), 1, gamma)
+        return _chunks(ResidualActionWrapper(env, self.base, self.bound), 1, gamma)
 
     def compose(self, actor: Policy) -> Policy:
         from rlft.policies.residual import ResidualPolicy
 
-        return ResidualPolicy.compose(self.base, actor, self.scale)
+        return ResidualPolicy.compose(self.base, actor, self.bound)
 
 
 def make_adapter(base_mode: str, base: Policy | None, obs_dim: int, action_dim: int, act_horizon: int,
-                 action_magnitude: float, residual_scale: float) -> ChunkAdapter:
-    """The adapter for a stage: no base policy -> chunks; with one, ``base_mode`` 'noise' (DSRL) or 'residual'."""
+                 action_magnitude: float, residual_bound=None) -> ChunkAdapter:
+    """The adapter for a stage: no base policy -> chunks; with one, ``base_mode`` 'noise' (DSRL) or 'residual'
+    (``residual_bound`` [A], ``rlft.envs.residual.residual_bound``)."""
     if base is None:
         return ChunkAdapter(obs_dim, action_dim, act_horizon)
     if base_mode == "noise":
         return NoiseAdapter(base, action_magnitude)
     if base_mode == "residual":
-        return ResidualAdapter(base, residual_scale)
+        return ResidualAdapter(base, residual_bound)
     raise ConfigError(f"base_mode: {base_mode!r} is not 'noise' or 'residual'")
 
 
 def split_composite(policy: Policy) -> tuple[Policy | None, Policy, str | None, dict]:
     """``(base, actor, base_mode, settings)`` of a composite a previous stage saved; ``(None, policy, None, {})`` for a
-    plain policy. ``settings`` holds the composite's own parameters (the residual scale)."""
+    plain policy. ``settings`` holds the composite's own parameters (the residual bound)."""
     from rlft.policies.residual import ResidualPolicy
     from rlft.policies.steered import SteeredFlowPolicy
 
     if isinstance(policy, SteeredFlowPolicy):
         return policy.base, policy.latent, "noise", {}
     if isinstance(policy, ResidualPolicy):
-        return policy.base, policy.residual, "residual", {"residual_scale": policy.scale}
+        return policy.base, policy.residual, "residual", {"residual_bound": policy.bound}
     return None, policy, None, {}

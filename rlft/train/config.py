@@ -146,11 +146,14 @@ class TrainConfig(Generic[A]):
     base_mode: Literal["noise", "residual"] = "noise"
     """How the trained actor uses ``base_policy``: 'noise' (DSRL) chooses its latent start noise, one chunk per
     macro-step; 'residual' (ResiP, Ankile et al., 2024) executes the base policy's chunks and adds a per-step
-    correction ``residual_scale * half-range * delta`` seen from ``concat(o_t, a^base_t)`` (``rlft.envs.residual``);
-    offline rows are relabelled with ``delta = clip((a - a^base) / (residual_scale * half-range), -1, 1)``, and the
-    saved policy is the composite ``ResidualPolicy``."""
-    residual_scale: float = 0.1
-    """With base_mode 'residual': the largest correction, as a fraction of the action half-range per dimension."""
+    correction ``bound * delta`` (delta in [-1, 1]^A) seen from ``concat(o_t, a^base_t)`` (``rlft.envs.residual``);
+    offline rows are relabelled with ``delta = clip((a - a^base) / bound, -1, 1)``, and the saved policy is the
+    composite ``ResidualPolicy``."""
+    residual_scale: float = 0.5
+    """With base_mode 'residual': the largest correction per action dimension, in units of ``residual_unit``."""
+    residual_unit: Literal["action_std", "half_range"] = "action_std"
+    """With base_mode 'residual': 'action_std' sizes the correction by the dataset's per-dimension action standard
+    deviation (commensurate with the actions the task uses), 'half_range' by the action box's half-range."""
     action_magnitude: float = 1.5
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000

@@ -34,6 +34,7 @@ from rlft.data.h5io import load_dataset
 from rlft.data.mixer import MixedSampler
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
+from rlft.envs.residual import residual_bound
 from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
 from rlft.train.adapters import make_adapter, split_composite
@@ -110,9 +111,6 @@ class Trainer:
             if saved_mode is not None and saved_mode != cfg.base_mode:
                 raise ConfigError(f"base_mode: {cfg.init_policy} is a {saved_mode} composite; set base_mode "
                                   f"{saved_mode} to continue it")
-            if settings.get("residual_scale", cfg.residual_scale) != cfg.residual_scale:
-                raise ConfigError(f"residual_scale: {cfg.residual_scale} differs from {settings['residual_scale']} "
-                                  f"in {cfg.init_policy}")
         if cfg.base_policy:
             if policy is not None and base is None:
                 raise ConfigError("init_policy: with base_policy set, init_policy must be a composite of the same "
@@ -121,8 +119,16 @@ class Trainer:
             _check_policy_matches(base, self.obs_dim, self.action_dim, H, cfg.base_policy)
         if base is not None:
             base.to(self.device).requires_grad_(False).eval()
+        episodes = load_dataset(cfg.dataset)[0] if cfg.dataset else None
+        bound = None
+        if base is not None and mode == "residual":
+            bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"],
+                                   None if episodes is None else np.concatenate([e.actions for e in episodes]))
+            if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
+                raise ConfigError(f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
+                                  f"{cfg.init_policy} was trained with {settings['residual_bound']}")
         self.adapter = adapter = make_adapter(mode, base, self.obs_dim, self.action_dim, H, cfg.action_magnitude,
-                                              cfg.residual_scale)
+                                              bound)
         act_h, act_dim = adapter.act_horizon, adapter.action_dim
         if base is not None and not adapter.offline_data and (cfg.mode == "offline" or ac.offline_ratio > 0) \
                 and not algo_cls.uses_base_policy:
@@ -134,9 +140,6 @@ class Trainer:
         elif base is not None:
             adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
         stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
-        episodes = None
-        if cfg.dataset:
-            episodes, _ = load_dataset(cfg.dataset)
         self.dataset = None
         if episodes is not None:
             o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
