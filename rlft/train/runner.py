@@ -119,9 +119,9 @@ class Trainer:
             _check_policy_matches(base, self.obs_dim, self.action_dim, H, cfg.base_policy)
         if base is not None:
             base.to(self.device).requires_grad_(False).eval()
-        episodes = load_dataset(cfg.dataset)[0] if cfg.dataset else None
-        bound = None
-        if base is not None and mode == "residual":
+        episodes, bound = None, None
+        if base is not None and mode == "residual":  # the bound is sized by the dataset's actions
+            episodes = load_dataset(cfg.dataset)[0] if cfg.dataset else None
             bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"],
                                    None if episodes is None else np.concatenate([e.actions for e in episodes]))
             if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
@@ -140,6 +140,8 @@ class Trainer:
         elif base is not None:
             adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
         stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
+        if episodes is None and cfg.dataset:
+            episodes, _ = load_dataset(cfg.dataset)
         self.dataset = None
         if episodes is not None:
             o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
