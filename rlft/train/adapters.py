@@ -46,7 +46,7 @@ class ChunkAdapter:
             raise ConfigError(f"{source}: the actor has (obs_dim, action_dim, act_horizon) = {got} but this stage "
                               f"trains one with {want}")
 
-    def actor_episodes(self, episodes: list[Episode], obs_horizon: int, low, high) -> list[Episode]:
+    def actor_episodes(self, episodes: list[Episode], obs_horizon: int) -> list[Episode]:
         return episodes
 
     def wrap_env(self, env, gamma: float):
@@ -133,7 +133,7 @@ class ResidualAdapter(ChunkAdapter):
                                    -np.ones(self.action_dim), np.ones(self.action_dim))
         return actor
 
-    def actor_episodes(self, episodes: list[Episode], obs_horizon: int, low, high) -> list[Episode]:
+    def actor_episodes(self, episodes: list[Episode], obs_horizon: int) -> list[Episode]:
         from rlft.envs.residual import residual_episodes
 
         return residual_episodes(episodes, self.base, self.bound, obs_horizon)

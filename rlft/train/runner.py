@@ -36,7 +36,7 @@ from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
 from rlft.envs.residual import residual_bound
 from rlft.errors import CheckpointError, ConfigError, TrainingError
-from rlft.policies import build_policy, load_policy
+from rlft.policies import load_policy
 from rlft.train.adapters import make_adapter, split_composite
 from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
@@ -135,8 +135,7 @@ class Trainer:
             raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
                               f"learn from it in the noise space; run it online with offline_ratio 0")
         if policy is None:
-            policy = adapter.fresh_actor(ac.policy) if base is not None else build_policy(ac.policy, self.obs_dim,
-                                                                                         self.action_dim, H)
+            policy = adapter.fresh_actor(ac.policy)
         elif base is not None:
             adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
         stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
@@ -150,7 +149,7 @@ class Trainer:
                                   f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
             low, high = info["action_low"], info["action_high"]
             if adapter.data_obs_horizon is not None:  # data in the actor's own space (residual: delta, base action)
-                episodes = adapter.actor_episodes(episodes, cfg.env.obs_horizon, low, high)
+                episodes = adapter.actor_episodes(episodes, cfg.env.obs_horizon)
                 data_h, obs_h, stats_from, low, high = act_h, adapter.data_obs_horizon, policy, -1.0, 1.0
             else:
                 obs_h = cfg.env.obs_horizon
