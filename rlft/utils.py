@@ -73,3 +73,19 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def make_console(**kwargs):
+    """A rich console for rlft's tables and progress.
+
+    On a terminal rich sizes output to the window; written to a file or pipe it would fall back to 80 columns and
+    wrap every table cell over several lines. There the width is 140 unless ``COLUMNS`` says otherwise.
+    """
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if kwargs.get("stderr") else sys.stdout
+    if "width" not in kwargs and "COLUMNS" not in os.environ and not stream.isatty():
+        kwargs["width"] = 140
+    return Console(**kwargs)

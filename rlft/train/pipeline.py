@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from rich.console import Console
 from rich.table import Table
 
 from rlft.collect import CollectConfig, run_collect
@@ -39,9 +38,9 @@ from rlft.config import read_yaml, save_yaml, to_dict
 from rlft.errors import ConfigError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
 from rlft.train.runner import run_train
-from rlft.utils import atomic_write_text
+from rlft.utils import atomic_write_text, make_console
 
-console = Console()
+console = make_console()
 
 
 @dataclasses.dataclass

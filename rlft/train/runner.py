@@ -42,9 +42,9 @@ from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
 from rlft.train.evaluate import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
-from rlft.utils import atomic_path, atomic_write_text, resolve_device, seed_everything, set_threads
+from rlft.utils import atomic_path, atomic_write_text, make_console, resolve_device, seed_everything, set_threads
 
-console = Console()
+console = make_console()
 
 
 def _run_dir(cfg: TrainConfig) -> Path:

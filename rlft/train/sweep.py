@@ -31,16 +31,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from rich.console import Console
 from rich.table import Table
 
 from rlft.collect import CollectConfig
 from rlft.config import from_dict, read_yaml, save_yaml
 from rlft.errors import ConfigError, TrainingError
 from rlft.train.config import train_config_from_dict
-from rlft.utils import atomic_write_text
+from rlft.utils import atomic_write_text, make_console
 
-console = Console()
+console = make_console()
 
 
 @dataclasses.dataclass
