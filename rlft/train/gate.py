@@ -53,13 +53,15 @@ def gate(stages: list[dict]) -> dict:
     for i, s in enumerate(ev):
         k, n = int(s["successes"]), int(s["episodes"])
         out["intervals"][s["stage"]] = wilson_interval(k, n)
+        # one line per regressed stage, against the best earlier stage it is worse than (the largest drop)
+        worse = []
         for e in ev[:i]:
             lo, hi = difference_interval(k, n, int(e["successes"]), int(e["episodes"]))
             if hi < 0:
-                out["regressions"].append({"stage": s["stage"], "from": e["stage"],
-                                           "diff": k / n - int(e["successes"]) / int(e["episodes"]),
-                                           "interval": (lo, hi)})
-                break  # one line per regressed stage: against the first earlier stage it is worse than
+                worse.append({"stage": s["stage"], "from": e["stage"],
+                              "diff": k / n - int(e["successes"]) / int(e["episodes"]), "interval": (lo, hi)})
+        if worse:
+            out["regressions"].append(min(worse, key=lambda r: r["diff"]))
         if best is None or k / n >= best[1]:
             best = (s["stage"], k / n)
     out["deployed"] = best[0] if best else None
