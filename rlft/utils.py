@@ -6,12 +6,14 @@ import contextlib
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from rich.console import Console
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -75,16 +77,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_console(**kwargs):
+def make_console(**kwargs) -> Console:
     """A rich console for rlft's tables and progress.
 
     On a terminal rich sizes output to the window; written to a file or pipe it would fall back to 80 columns and
     wrap every table cell over several lines. There the width is 140 unless ``COLUMNS`` says otherwise.
     """
-    import sys
-
-    from rich.console import Console
-
     stream = sys.stderr if kwargs.get("stderr") else sys.stdout
     if "width" not in kwargs and "COLUMNS" not in os.environ and not stream.isatty():
         kwargs["width"] = 140
