@@ -26,6 +26,7 @@ import numpy as np
 
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, RlftError
+from rlft.utils import exit_with_parent, remove_stale_temps
 
 DEMO_DEFAULT_NOISE = 0.1
 PLAY_DEFAULT_NOISE = 0.1
@@ -143,6 +144,7 @@ def _worker_init(r: _Resolved) -> None:
 def _pool_worker_init(r: _Resolved) -> None:
     from threadpoolctl import threadpool_limits
 
+    exit_with_parent()  # a killed collect takes its workers with it (they would finish their episode first)
     threadpool_limits(1)  # see _results
     _worker_init(r)
 
@@ -200,6 +202,7 @@ def _checked_out(cfg: CollectConfig, kind: str) -> Path:
     out = Path(cfg.out) if cfg.out else Path("data") / f"{cfg.env_id}-{kind}-{cfg.num_episodes}.h5"
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    remove_stale_temps(out.parent)
     return out
 
 
@@ -232,6 +235,7 @@ def run_collect(cfg: CollectConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("data") / f"{r.env_id}-{r.mode}-{cfg.num_episodes}.h5"
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ConfigError(f"collect.out: {out} must end in .h5 or .hdf5")
+    remove_stale_temps(out.parent)  # the temporaries of an earlier collect that was killed while writing
     # validate the id / task before starting workers (EnvError names the id)
     probe = make_env(r.env_id, **_env_kwargs(r))
     try:
@@ -458,7 +462,8 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         if n_workers == 1:
             stream = map(_ms_batch, jobs)
         else:  # leaving the stack terminates the pool (also when enough demos arrived early)
-            stream = stack.enter_context(mp.get_context("spawn").Pool(n_workers)).imap(_ms_batch, jobs, chunksize=1)
+            pool = mp.get_context("spawn").Pool(n_workers, initializer=exit_with_parent)
+            stream = stack.enter_context(pool).imap(_ms_batch, jobs, chunksize=1)
         for results in stream:
             for index, seed, ep, secs, st in results:
                 statuses[index] = st["status"]

@@ -338,7 +338,9 @@ def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic:
         shards = [seeds[w::num_workers] for w in range(num_workers)]
         jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic,
                  min(parallel_envs, max(1, len(sh))), record & set(sh), keep_episodes) for sh in shards if sh]
-        with mp.get_context("spawn").Pool(len(jobs)) as pool:
+        from rlft.utils import exit_with_parent
+
+        with mp.get_context("spawn").Pool(len(jobs), initializer=exit_with_parent) as pool:  # die with this process
             parts = pool.map(_worker, jobs)
         videos: dict[int, list[np.ndarray]] = {}
         episodes: dict[int, Episode] = {}
