@@ -28,6 +28,7 @@ Older/other ManiSkill files: ``success`` may live at ``info/success``; files wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -88,6 +89,7 @@ def write_episodes(
         raise DatasetError(f"{path}: episode_info has {len(episode_info)} entries for {len(episodes)} episodes")
     for i, ep in enumerate(episodes):
         ep.validate(f"{path}:episode {i}")
+    _check_same_dims(episodes, [f"{path}:episode {i}" for i in range(len(episodes))])
     env_meta = dict(_jsonable(env_info))
     env_meta.setdefault("env_id", None)
     env_meta.setdefault("max_episode_steps", None)
@@ -201,6 +203,17 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
     return ep.validate(where)
 
 
+def _check_same_dims(episodes: Sequence[Episode], where: Sequence[str]) -> None:
+    """Every episode of one dataset has the first episode's obs and action dims; else a DatasetError naming the
+    episode (``where[i]``: file and group) and the field."""
+    for key, what in (("obs", "observation"), ("actions", "action")):
+        dims = [getattr(ep, key).shape[1] for ep in episodes]
+        for i, d in enumerate(dims):
+            if d != dims[0]:
+                raise DatasetError(f"{where[i]}/{key}: episode {i} has {d}-dim {what}s, but episode 0 ({where[0]}) has "
+                                   f"{dims[0]}; every episode of a dataset must have the same {what} dim")
+
+
 def _meta_from_h5(f: h5py.File) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for k in ("env_info", "source"):
@@ -218,9 +231,10 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
     """Read all ``traj_*`` groups (in index order) of an h5 trajectory file; return (episodes, meta).
 
     ``meta`` is the JSON sidecar (ManiSkill's or ours) when present and consistent with the h5, else what the h5's own
-    attributes hold (plus an ``episodes`` list rebuilt from the data); ``meta['path']`` is the file read.
-    Every problem (missing/corrupt file, missing key, wrong shape/dtype, NaN) raises ``DatasetError`` naming the file,
-    the group and the key.
+    attributes hold (plus an ``episodes`` list rebuilt from the data); ``meta['path']`` is the file read,
+    ``meta['meta_file']`` the file the metadata came from (the sidecar or the h5).
+    Every problem (missing/corrupt file, missing key, wrong shape/dtype, NaN, episodes of different obs/action dims)
+    raises ``DatasetError`` naming the file, the group and the key.
     """
     path = Path(path)
     if not path.exists():
@@ -248,6 +262,7 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
                 raise DatasetError(f"{path}:{name}: unreadable ({e})") from e
         h5_meta = _meta_from_h5(f)
         seeds = [f[name].attrs.get("episode_seed") for _, name in names]
+    _check_same_dims(episodes, [f"{path}:{name}" for _, name in names])
 
     meta: dict[str, Any] | None = None
     side = sidecar_path(path)
@@ -259,8 +274,10 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
         stale = "write_id" in h5_meta and side_meta.get("write_id") != h5_meta["write_id"]
         if not stale:
             meta = side_meta
+            meta["meta_file"] = str(side)
     if meta is None:
         meta = dict(h5_meta)
+        meta["meta_file"] = str(path)
         meta["episodes"] = [
             {"episode_id": i, "elapsed_steps": len(ep), "success": bool(ep.success.any()),
              **({"episode_seed": int(s)} if s is not None else {})}
@@ -284,3 +301,59 @@ def load_dataset(path: str | os.PathLike, **kwargs: Any) -> tuple[list[Episode],
 
         return read_ogbench_npz(path, **kwargs)
     raise DatasetError(f"{path}: unknown dataset format '{suffix or '(no extension)'}'; expected .h5, .hdf5 or .npz")
+
+
+def load_dataset_for_env(
+    path: str | os.PathLike, env: dict[str, Any], clip_actions: bool = False
+) -> tuple[list[Episode], dict[str, Any]]:
+    """``load_dataset`` for training on the env described by ``env`` (``rlft.envs.env_info`` of the run's env:
+    ``env_id``, ``action_low``, ``action_high``): also refuse data that were recorded on another environment or whose
+    actions lie outside the env's action box.
+
+    * The env id the file records (``env_info.env_id`` of its sidecar or h5 attributes) must name the same task as
+      ``env['env_id']`` (``rlft.envs.same_env_id``: OGBench's ``X-singletask-v0`` is its default
+      ``X-singletask-taskN-v0``). A file that records none (e.g. an OGBench npz) is accepted; time limits and
+      observation stacking are not compared (they are settings of the run, not of the data).
+    * Actions may exceed the box by 0.1% of its width (float rounding; data on the edge is normal, e.g. saturating
+      oracles). Further out, ``clip_actions=False`` raises a ``DatasetError`` naming the file, the measured range and
+      the box; ``clip_actions=True`` clips them into the box and records ``meta['clipped_actions']`` (the fraction of
+      action entries changed).
+    """
+    from rlft.envs import env_family, same_env_id
+    from rlft.errors import RlftError
+
+    path = Path(path)
+    env_id = str(env["env_id"])
+    episodes, meta = load_dataset(path)
+    env_meta = meta.get("env_info")
+    recorded = env_meta.get("env_id") if isinstance(env_meta, dict) else None
+    if recorded is not None and not (isinstance(recorded, str) and same_env_id(recorded, env_id)):
+        where = meta.get("meta_file", str(path))
+        try:
+            env_family(str(recorded))
+            known = ""
+        except RlftError:
+            known = ", not a known environment id"
+        raise DatasetError(f"{where}: env_info.env_id is {recorded!r}{known}, but this run's env is {env_id!r} "
+                           f"(env.env_id); train on data recorded on {env_id}, or set env.env_id to the data's env")
+
+    low = np.asarray(env["action_low"], np.float64).reshape(-1)
+    high = np.asarray(env["action_high"], np.float64).reshape(-1)
+    acts = np.concatenate([ep.actions for ep in episodes])
+    if acts.shape[1] != low.shape[0]:
+        return episodes, meta  # the caller reports the dim mismatch (it knows the env's dims and obs stacking)
+    tol = np.where(np.isfinite(high - low), 1e-3 * (high - low), 0.0)
+    lo_d, hi_d = acts.min(axis=0), acts.max(axis=0)
+    bad = np.flatnonzero((lo_d < low - tol) | (hi_d > high + tol))
+    if len(bad) == 0:
+        return episodes, meta
+    if not clip_actions:
+        dims = "; ".join(f"dim {d}: [{lo_d[d]:.4g}, {hi_d[d]:.4g}] vs [{low[d]:.4g}, {high[d]:.4g}]" for d in bad[:4])
+        more = f"; {len(bad) - 4} more dim(s)" if len(bad) > 4 else ""
+        raise DatasetError(f"{path}: field 'actions' lies outside the action box of {env_id} (measured range vs "
+                           f"box: {dims}{more}); the data are in other units or of another env: rescale them, or "
+                           f"set clip_dataset_actions: true to clip them into the box")
+    clipped = [dataclasses.replace(ep, actions=np.clip(ep.actions, low, high).astype(np.float32)) for ep in episodes]
+    changed = sum(int(np.count_nonzero(c.actions != ep.actions)) for c, ep in zip(clipped, episodes))
+    meta["clipped_actions"] = changed / acts.size
+    return clipped, meta

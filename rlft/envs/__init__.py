@@ -75,6 +75,14 @@ def env_family(env_id: str) -> EnvFamily:
     raise EnvError(f"unknown environment id '{env_id}'.{hint} Known families: {fams}.")
 
 
+def same_env_id(a: str, b: str) -> bool:
+    """Whether two env ids name the same task: equal, or OGBench's ``X-singletask-v0`` and its default task's
+    ``X-singletask-taskN-v0``. Time limits and observation stacking are settings of a run, not part of the id."""
+    if a == b:
+        return True
+    return ogbench_env.canonical_ogbench_id(a) == ogbench_env.canonical_ogbench_id(b)
+
+
 def make_env(env_id: str, seed: int | None = None, obs_horizon: int = 1, **kwargs: Any) -> gymnasium.Env:
     """Create ``env_id`` (no downloads), wrapped for rlft.
 
@@ -165,4 +173,5 @@ __all__ = [
     "make_env",
     "make_vector_env",
     "register_env_family",
+    "same_env_id",
 ]

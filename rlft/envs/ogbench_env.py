@@ -17,6 +17,8 @@ State observation layout of ``CubeEnv`` (no goal inside): 19 proprio dims (6 joi
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 import warnings
 from typing import Any, Callable
 
@@ -75,6 +77,24 @@ def make_ogbench_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
         return gymnasium.make(env_id, **kwargs)
     except TypeError as e:
         raise EnvError(f"{env_id}: cannot create the environment with kwargs {kwargs}: {e}") from e
+
+
+_DEFAULT_TASK_ID_RE = re.compile(r"^(?P<base>.+-singletask)-v(?P<version>\d+)$")
+
+
+@functools.lru_cache(maxsize=None)
+def canonical_ogbench_id(env_id: str) -> str:
+    """The task-explicit form of a single-task id: ``X-singletask-vN`` -> ``X-singletask-taskK-vN`` with OGBench's
+    default task K (it differs between domains, so it is read from a constructed env); any other id unchanged."""
+    m = _DEFAULT_TASK_ID_RE.match(env_id)
+    if m is None or not is_ogbench_id(env_id):
+        return env_id
+    env = make_ogbench_env(env_id)
+    try:
+        task = getattr(env.unwrapped, "_reward_task_id", 0)
+    finally:
+        env.close()
+    return f"{m['base']}-task{task}-v{m['version']}" if task else env_id
 
 
 def close_ids(env_id: str, known: list[str], n: int = 5) -> list[str]:

@@ -133,6 +133,10 @@ class TrainConfig(Generic[A]):
     """Gradient steps (offline) or environment steps (online)."""
     dataset: Optional[str] = None
     """Dataset file (.h5 in ManiSkill's layout, or OGBench .npz); needed offline and for offline_ratio > 0 online."""
+    clip_dataset_actions: bool = False
+    """A dataset whose actions lie outside the env's action box (beyond 0.1% of its width) is refused, naming the file,
+    the measured range and the box (the data are in other units: rescale them); true clips them into the box instead
+    (``rlft.data.h5io.load_dataset_for_env``)."""
     init_policy: Optional[str] = None
     """Start from this saved policy (.safetensors), e.g. the previous stage's; None = a fresh policy."""
     init_critic: Optional[str] = None

@@ -30,7 +30,7 @@ from rich.markup import escape
 from rlft.algos import get_algorithm
 from rlft.config import save_yaml, to_dict
 from rlft.data.dataset import ChunkDataset
-from rlft.data.h5io import load_dataset
+from rlft.data.h5io import load_dataset_for_env
 from rlft.data.mixer import MixedSampler
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
@@ -121,7 +121,7 @@ class Trainer:
             base.to(self.device).requires_grad_(False).eval()
         episodes, bound = None, None
         if base is not None and mode == "residual":  # the bound is sized by the dataset's actions
-            episodes = load_dataset(cfg.dataset)[0] if cfg.dataset else None
+            episodes = load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)[0] if cfg.dataset else None
             bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"],
                                    None if episodes is None else np.concatenate([e.actions for e in episodes]))
             if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
@@ -140,7 +140,7 @@ class Trainer:
             adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
         stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
         if episodes is None and cfg.dataset:
-            episodes, _ = load_dataset(cfg.dataset)
+            episodes, _ = load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)
         self.dataset = None
         if episodes is not None:
             o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
