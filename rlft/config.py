@@ -159,6 +159,19 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def check_dir_name(name: str | None, field: str) -> None:
+    """A run/stage/sweep directory name must be one path component inside its ``out_dir``: not empty, no path
+    separator, not ``.``/``..``, not absolute. Anything else would write outside ``out_dir`` -- refused naming
+    ``field``."""
+    if name is None:
+        return
+    bad = (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
+           or "\0" in name or Path(name).is_absolute())
+    if bad:
+        raise ConfigError(f"{field}: {name!r} is not a plain directory name (one path component, no '/', '..' or "
+                          f"absolute path); it names the folder created inside out_dir")
+
+
 def parse_cli(cls: type[T], default: T, args: list[str], prog: str | None = None, description: str | None = None) -> T:
     """Apply command-line overrides (``--field.sub value``) with tyro on top of ``default``."""
     import tyro

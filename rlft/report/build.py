@@ -70,7 +70,7 @@ def _fmt(x, nd: int = 2) -> str:
         return ""
     if isinstance(x, float):
         return f"{x:.{nd}f}"
-    return str(x)
+    return _e(x)  # anything else read from a file (a hand-edited summary.json) is text, never markup
 
 
 def default_out_dir(paths: list[str | Path]) -> Path:

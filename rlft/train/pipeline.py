@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 from rlft.collect import CollectConfig, run_collect
@@ -49,6 +50,11 @@ class StageSpec:
 
     name: str
     """Stage name (also the sub-directory of the pipeline run)."""
+
+    def __post_init__(self) -> None:
+        from rlft.config import check_dir_name
+
+        check_dir_name(self.name, "stages[].name")
     config: str
     """Path of the stage's ``rlft train`` YAML (relative paths are resolved against the pipeline YAML's folder)."""
     overrides: dict = dataclasses.field(default_factory=dict)
@@ -101,6 +107,11 @@ class PipelineConfig:
     """torch threads for every stage."""
     quiet: bool = False
     """Suppress progress bars."""
+
+    def __post_init__(self) -> None:
+        from rlft.config import check_dir_name
+
+        check_dir_name(self.name, "name")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -162,7 +173,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 raise ConfigError(f"stages[0].distil_episodes: the first stage ({st.name}) has no previous stage")
             tc = time.time()
             n = max(1, round(st.distil_episodes * cfg.budget_scale))
-            console.rule(f"stage {st.name}: {n} rollouts of {cfg.stages[i - 1].name}'s policy")
+            console.rule(escape(f"stage {st.name}: {n} rollouts of {cfg.stages[i - 1].name}'s policy"))
             stage_data = str(run_collect(CollectConfig(
                 env_id=cfg.env.env_id, mode="policy", policy=init_policy, num_episodes=n, seed=cfg.seed,
                 max_episode_steps=cfg.env.max_episode_steps,
@@ -184,7 +195,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if cfg.policy_kind is not None and fresh and not st.base_from_previous:
             d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
         tcfg = train_config_from_dict(d, st.config)
-        console.rule(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)")
+        console.rule(escape(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)"))
         summary = run_train(tcfg, quiet=cfg.quiet)
         ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
         n_eval = 0 if ev is None else int(ev["eval/num_episodes"])
@@ -242,15 +253,13 @@ def deploy(rows: list[dict], run_dir: Path) -> dict:
 
 
 def _print_regressions(result: dict) -> None:
-    from rich.markup import escape
-
     from rlft.report.diagnose import diagnose
     from rlft.report.runs import load_run
 
     by_stage = {r["stage"]: r for r in result["stages"]}
     for reg in result.get("regressions", []):
         lo, hi = reg["interval"]
-        console.print(f"[bold red]regression[/] stage {reg['stage']} is below stage {reg['from']} by "
+        console.print(f"[bold red]regression[/] stage {escape(reg['stage'])} is below stage {escape(reg['from'])} by "
                       f"{-reg['diff']:.2f} (95% interval of the difference [{lo:+.2f}, {hi:+.2f}]); not deployed")
         try:
             run = load_run(by_stage[reg["stage"]]["run_dir"])
@@ -318,15 +327,16 @@ def print_results(result: dict) -> None:
         t.add_column(c, justify="right" if c not in ("stage", "algo") else "left")
     for r in result["stages"]:
         if "success_once" in r:
-            t.add_row(r["stage"], r["algo"], f"{r['success_once']:.2f}", _interval(r), f"{r['success_at_end']:.2f}",
+            t.add_row(escape(r["stage"]), escape(r["algo"]), f"{r['success_once']:.2f}", _interval(r), f"{r['success_at_end']:.2f}",
                       f"{r['return']:.1f}", f"{r['wall_s']:.0f}", _mark(r))
         else:
-            t.add_row(r["stage"], r["algo"], "", "", "", "", f"{r['wall_s']:.0f}", "")
+            t.add_row(escape(r["stage"]), escape(r["algo"]), "", "", "", "", f"{r['wall_s']:.0f}", "")
     console.print(t)
     _print_regressions(result)
     if result.get("deployed_policy"):
-        console.print(f"deployed: stage [bold]{result['deployed']}[/bold] -> {result['deployed_policy']}")
-    console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{result['run_dir']}[/bold]")
+        console.print(f"deployed: stage [bold]{escape(result['deployed'])}[/bold] -> "
+                      f"{escape(str(result['deployed_policy']))}")
+    console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{escape(str(result['run_dir']))}[/bold]")
 
 
 def _interval(r: dict) -> str:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 from rlft.collect import CollectConfig
@@ -73,6 +74,9 @@ class SweepConfig:
     """Sweep directory name (default: sweep-<base config name>-<timestamp>)."""
 
     def __post_init__(self) -> None:
+        from rlft.config import check_dir_name
+
+        check_dir_name(self.name, "name")
         if not isinstance(self.grid, dict) or any(not isinstance(v, list) or not v for v in self.grid.values()):
             raise ConfigError("grid: must map dotted field names to non-empty lists of values")
         if not self.seeds:
@@ -217,10 +221,10 @@ def run_sweep(cfg: SweepConfig, sweep_yaml: str | None = None) -> dict:
         cpath = sweep_dir / "configs" / f"{rname}.yaml"
         save_yaml(train_config_from_dict(d, str(cpath)), cpath)
         if (sweep_dir / rname / "summary.json").is_file():
-            console.print(f"[dim]{rname}: done already, skipped[/dim]")
+            console.print(f"[dim]{escape(rname)}: done already, skipped[/dim]")
         else:
             todo.append((rname, cpath))
-    console.print(f"sweep {sweep_dir}: {len(runs)} runs, {len(todo)} to do, {cfg.parallel} at a time")
+    console.print(f"sweep {escape(str(sweep_dir))}: {len(runs)} runs, {len(todo)} to do, {cfg.parallel} at a time")
     _execute(todo, sweep_dir, cfg.parallel)
     res = _summarise(sweep_dir, runs)
     atomic_write_text(sweep_dir / "results.json", json.dumps(res, indent=2))
@@ -240,7 +244,7 @@ def _execute(todo: list[tuple[str, Path]], sweep_dir: Path, parallel: int) -> No
             log = (sweep_dir / "logs" / f"{rname}.log").open("w")
             cmd = [sys.executable, "-m", "rlft.cli", "train", "--config", str(cpath)]
             active.append((rname, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-            console.print(f"started {rname}")
+            console.print(f"started {escape(rname)}")
         time.sleep(0.5)
         for item in list(active):
             rname, proc, log = item
@@ -250,9 +254,10 @@ def _execute(todo: list[tuple[str, Path]], sweep_dir: Path, parallel: int) -> No
             active.remove(item)
             if proc.returncode != 0:
                 failed.append(rname)
-                console.print(f"[red]{rname} failed (exit {proc.returncode}); see {sweep_dir}/logs/{rname}.log[/red]")
+                console.print(f"[red]{escape(rname)} failed (exit {proc.returncode}); see "
+                              f"{escape(str(sweep_dir))}/logs/{escape(rname)}.log[/red]")
             else:
-                console.print(f"finished {rname}")
+                console.print(f"finished {escape(rname)}")
         if failed and not active:
             raise TrainingError(f"sweep runs failed: {failed}; their logs are in {sweep_dir / 'logs'}")
 
@@ -263,6 +268,6 @@ def print_results(res: dict) -> None:
     for c in [*keys, "seeds", "success_once", "success_at_end", "wall (s)"]:
         t.add_column(c)
     for m in res["means"]:
-        t.add_row(*(str(m["point"][k]) for k in keys), str(len(m["seeds"])), f"{m['success_once']:.2f}",
+        t.add_row(*(escape(str(m["point"][k])) for k in keys), str(len(m["seeds"])), f"{m['success_once']:.2f}",
                   f"{m['success_at_end']:.2f}", f"{m['wall_s']:.0f}")
     console.print(t)
