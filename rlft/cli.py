@@ -119,6 +119,14 @@ class EvalCommand:
     out: Optional[str] = None
     """Also write the summary and per-episode results to this JSON file."""
 
+    def __post_init__(self) -> None:
+        from rlft.errors import ConfigError
+
+        if self.num_episodes < 1:
+            raise ConfigError(f"num_episodes must be >= 1, got {self.num_episodes}")
+        if self.num_workers < 1:
+            raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
+
 
 def cmd_eval(args: list[str]) -> None:
     from rlft.config import load_yaml, parse_cli

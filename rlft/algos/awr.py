@@ -94,6 +94,7 @@ class AWRConfig(AlgoConfig):
     """Polyak rate of the target V network used in the 'td' target (1 = bootstrap from the current V)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"awr.temperature must be > 0, got {self.temperature}")
         if self.max_weight <= 0:

@@ -115,6 +115,20 @@ class AlgoConfig:
     #: the registered algorithm's name, prefixed to this config's error messages (``register`` sets it)
     algo_name: ClassVar[str] = "algo"
 
+    def __post_init__(self) -> None:
+        """Refuse numbers no run can use, naming the algorithm and the field (subclasses call this first)."""
+        from rlft.errors import ConfigError
+
+        name = self.algo_name
+        for field, low in (("batch_size", 1), ("utd_ratio", 1), ("warmup_steps", 0), ("rollout_steps", 0)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name}.{field} must be an integer >= {low}, got {v!r}")
+        if not 0.0 <= self.offline_ratio <= 1.0:
+            raise ConfigError(f"{name}.offline_ratio must be in [0, 1], got {self.offline_ratio}")
+        if not self.explore_noise_scale >= 0.0:
+            raise ConfigError(f"{name}.explore_noise_scale must be >= 0, got {self.explore_noise_scale}")
+
 
 @dataclasses.dataclass
 class CriticConfig(AlgoConfig):
@@ -137,6 +151,7 @@ class CriticConfig(AlgoConfig):
     def __post_init__(self) -> None:
         from rlft.errors import ConfigError
 
+        super().__post_init__()
         name = self.algo_name
         if self.num_critics < 1:
             raise ConfigError(f"{name}.num_critics must be >= 1, got {self.num_critics}")

@@ -30,6 +30,7 @@ class BCConfig(AlgoConfig):
     """Clip the policy's gradient to this global L2 norm (None = no clipping; the norm is then not logged)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lr <= 0:
             raise ConfigError(f"bc.lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:

@@ -137,6 +137,7 @@ class DSRLAWMLEConfig(AlgoConfig):
     """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_candidates < 2:
             raise ConfigError(f"dsrl_awmle.num_candidates must be >= 2, got {self.num_candidates}")
         if self.tau <= 0:

@@ -128,6 +128,7 @@ class DSRLPPOConfig(AlgoConfig):
     """LayerNorm in V(s)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rollout_steps < 1:
             raise ConfigError(f"dsrl_ppo.rollout_steps must be >= 1 (PPO is on-policy), got {self.rollout_steps}")
         if self.update_epochs < 1 or self.minibatch_size < 1:

@@ -158,6 +158,9 @@ class ReplayBuffer:
         order = self._chronological()
         out = {name: getattr(self, name).index_select(0, order).cpu().numpy() for name in self._fields}
         out["num_added"] = np.array(self.num_added, dtype=np.int64)
+        # where the oldest entry sits: a buffer of the same capacity restores the same layout, so sampled indices
+        # (and therefore a resumed run) are those of the uninterrupted run, wrapped around or not
+        out["start"] = np.array([(self.ptr - self.size) % self.capacity, self.capacity], dtype=np.int64)
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -174,5 +177,7 @@ class ReplayBuffer:
                     f"replay buffer state: {name} has shape {tuple(np.shape(state[name]))}, expected {shape}"
                 )
         self.ptr = self.size = 0
+        if "start" in state and int(np.asarray(state["start"])[1]) == self.capacity and n <= self.capacity:
+            self.ptr = int(np.asarray(state["start"])[0])
         self.add(*(state[name] for name in _FIELDS), exec_chunk=state.get("exec_chunk") if self.exec_chunk is not None else None)
-        self.num_added = int(state["num_added"])
+        self.num_added = int(np.asarray(state["num_added"]).reshape(-1)[0])

@@ -100,6 +100,12 @@ class Policy(nn.Module):
 
         meta = {"class": type(self).__name__, "kwargs": json.dumps(self.kwargs), "extra": json.dumps(extra or {})}
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            from rlft.errors import TrainingError
+
+            raise TrainingError(f"{path}: not written -- {len(bad)} of the policy's tensors are not finite (first: "
+                                f"{bad[0]}); training diverged (lower the learning rates or check the data)")
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
 
@@ -120,19 +126,59 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> P
         state = load_file(str(path), device=str(map_location))
     except Exception as e:  # safetensors raises several types on corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors policy checkpoint ({e})") from None
-    if meta.get("class") not in POLICY_CLASSES:
-        raise CheckpointError(f"{path}: unknown policy class {meta.get('class')!r}; known: {sorted(POLICY_CLASSES)}")
-    policy = POLICY_CLASSES[meta["class"]](**json.loads(meta["kwargs"]))
+    policy = build_from_metadata(meta, path)
     try:
         policy.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match {meta['class']}({meta['kwargs']}): {e}") from None
+        raise CheckpointError(f"{path}: weights do not match {meta['class']}({meta['kwargs']}): "
+                              f"{str(e).splitlines()[0]}") from None
     return policy.to(map_location)
 
 
+def build_from_metadata(meta: dict, path: str | Path) -> "Policy":
+    """The policy a file's metadata describes, checked before anything is built: ``class`` a registered policy
+    class, ``kwargs`` a JSON object whose keys are that class's constructor arguments (all required ones present).
+    Anything else -- a crafted or damaged file -- is refused with one ``CheckpointError`` naming the file."""
+    import inspect
+
+    cls_name = meta.get("class")
+    if cls_name not in POLICY_CLASSES:
+        raise CheckpointError(f"{path}: unknown policy class {cls_name!r}; known: {sorted(POLICY_CLASSES)}")
+    cls = POLICY_CLASSES[cls_name]
+    try:
+        kwargs = json.loads(meta.get("kwargs", ""))
+    except (json.JSONDecodeError, TypeError):
+        raise CheckpointError(f"{path}: the policy metadata 'kwargs' is not valid JSON") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: the policy metadata 'kwargs' must be a JSON object, got "
+                              f"{type(kwargs).__name__}")
+    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+    unknown = sorted(set(kwargs) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is inspect.Parameter.empty
+                     and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in kwargs)
+    if unknown or missing:
+        raise CheckpointError(f"{path}: the policy metadata does not describe a {cls_name}"
+                              f"{f' (unknown arguments {unknown})' if unknown else ''}"
+                              f"{f' (missing arguments {missing})' if missing else ''}")
+    try:
+        return cls(**kwargs)
+    except CheckpointError as e:  # a composite's inner policy class
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # a wrong type or value inside the metadata (also of a composite's inner policies)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: the policy metadata does not build a {cls_name} ({msg})") from None
+
+
 def policy_extra(path: str | Path) -> dict:
-    """The ``extra`` metadata dict saved with a policy (env id, stage, ...)."""
+    """The ``extra`` metadata dict saved with a policy (env id, stage, ...); a damaged one raises CheckpointError."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("extra", "{}"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            extra = json.loads((f.metadata() or {}).get("extra", "{}"))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable policy checkpoint or its 'extra' metadata is damaged "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: the policy metadata 'extra' must be a JSON object")
+    return extra

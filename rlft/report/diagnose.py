@@ -125,6 +125,18 @@ SUCCESS_DROP_MIN = 0.1
 the difference of two success rates (binomial, from eval/num_episodes)."""
 SUCCESS_DROP_SE = 2.0
 
+Q_RANGE_MARGIN = 0.5
+"""Q out of range: a value estimate counts as impossible when it lies outside the range the rewards and gamma allow,
+[min(0, r_min), max(0, r_max)] / (1 - gamma) (widened by the soft backup's alpha * |entropy| / (1 - gamma) where a
+temperature is logged), by more than this fraction of the range's width (at least 1). A fitted critic stays inside;
+critic lr 1e3-1e5 put q_mean at 4.7e3-4.7e5 on rewards in [-1, 0] (range [-100, 0])."""
+LOSS_EXPLOSION_FACTOR = 1e3
+"""Loss explosion: a logged ``*loss`` whose magnitude exceeds this multiple of its starting level (the median of its
+first TD_HEAD_LOGS log points, at least 1): three orders of magnitude is divergence, not learning (actor lr 10 gave a
+flow bc_loss of 5.6e9 where it starts near 1)."""
+DIVERGENCE_RULES = ("nonfinite", "q_out_of_range", "loss_explosion")
+"""The rules whose findings mean the run diverged: ``run.stop_on_divergence`` stops a run on them."""
+
 SEVERITIES = ("error", "warning", "info")
 LIVE_SEVERITIES = ("error", "warning")
 """Severities the live diagnosis announces during training (info findings only appear in reports)."""
@@ -240,6 +252,74 @@ def nonfinite(m: Metrics, ctx: dict) -> list[Finding]:
                     "log-probabilities of actions at the tanh boundary, a zero-variance normaliser); everything "
                     "logged after it is meaningless. Lower the learning rates, check the data's action range and "
                     "normalisation, and look at which metric went first.")]
+
+
+def q_bounds(ctx: dict, m: Metrics | None = None) -> tuple[float, float] | None:
+    """``(lo, hi)``: the values a Q or V estimate can take given ``ctx['reward_range']`` and ``ctx['gamma']``, plus the
+    soft backup's entropy bonus when ``m`` logs a temperature and an entropy; None when either is unknown."""
+    rr, gamma = ctx.get("reward_range"), ctx.get("gamma")
+    if not rr or not gamma or not 0 < gamma < 1:
+        return None
+    lo, hi = min(0.0, float(rr[0])) / (1 - gamma), max(0.0, float(rr[1])) / (1 - gamma)
+    if m is not None:
+        tn, en = m.find("alpha/temperature", "*/temperature"), m.find("actor/entropy", "alpha/entropy", "*/entropy")
+        if tn and en:
+            _, t = _finite(*m.series(tn))
+            _, e = _finite(*m.series(en))
+            if len(t) and len(e):
+                soft = float(np.max(np.abs(t))) * float(np.max(np.abs(e))) / (1 - gamma)
+                lo, hi = lo - soft, hi + soft
+    return lo, hi
+
+
+@rule("q_out_of_range")
+def q_out_of_range(m: Metrics, ctx: dict) -> list[Finding]:
+    bounds = q_bounds(ctx, m)
+    if bounds is None:
+        return []
+    lo, hi = bounds
+    margin = max(Q_RANGE_MARGIN * (hi - lo), 1.0)
+    names = [n for n in (m.find("critic/q_mean", "*/q_mean"), m.find("critic/td_target_mean", "*/td_target_mean"),
+                         m.find("critic/v_mean", "*/v_mean"), m.find("actor/actor_q", "*actor_q")) if n]
+    first: tuple[int, str, float] | None = None
+    for name in names:
+        s, v = _finite(*m.series(name))
+        idx = np.nonzero((v < lo - margin) | (v > hi + margin))[0]
+        if len(idx) and (first is None or s[idx[0]] < first[0]):
+            first = (int(s[idx[0]]), name, float(v[idx[0]]))
+    if first is None:
+        return []
+    step, name, val = first
+    rr = ctx["reward_range"]
+    return [Finding(
+        "q_out_of_range", "error", step, name, f"{name} left the range the rewards allow",
+        f"{name} = {g(val)} at step {step}; rewards in [{g(rr[0])}, {g(rr[1])}] with gamma {ctx['gamma']} allow "
+        f"[{g(lo)}, {g(hi)}]",
+        "No return can be worth this: the critic diverged (a learning rate too high for the critic, bootstrapping "
+        "from its own overestimates, or rewards on another scale than the data's). Everything trained on this critic "
+        "since is suspect. Lower the critic lr, check the reward scale and the terminal masking; "
+        "run.stop_on_divergence stops such a run at once, keeping its last checkpoint.")]
+
+
+@rule("loss_explosion")
+def loss_explosion(m: Metrics, ctx: dict) -> list[Finding]:
+    for name in sorted(n for n in m.names if n.rsplit("/", 1)[-1].endswith("loss")):
+        s, v = _finite(*m.series(name))
+        if len(v) <= TD_HEAD_LOGS:
+            continue
+        start = max(float(np.median(np.abs(v[:TD_HEAD_LOGS]))), 1.0)
+        idx = np.nonzero(np.abs(v) > LOSS_EXPLOSION_FACTOR * start)[0]
+        if len(idx):
+            i = int(idx[0])
+            return [Finding(
+                "loss_explosion", "error", int(s[i]), name, f"{name} exploded",
+                f"|{name}| {g(start)} at the start -> {g(v[i])} at step {s[i]} "
+                f"(x{g(abs(v[i]) / start)}, threshold x{g(LOSS_EXPLOSION_FACTOR)})",
+                "A loss three orders of magnitude above where it started means the optimisation diverged (a "
+                "learning rate far too high, or targets that blew up); the weights are no longer a policy or a critic "
+                "worth keeping. Lower the learning rates; run.stop_on_divergence stops such a run at once, keeping "
+                "its last checkpoint.")]
+    return []
 
 
 @rule("temperature_explosion")

@@ -223,10 +223,20 @@ class RunData:
             "act_horizon": self.policy_meta.get("act_horizon", env.get("act_horizon")),
             "action_dim": self.policy_meta.get("action_dim"),
             "gamma": env.get("gamma"),
+            "reward_range": _reward_range_of_run(self.path),
             "init_policy": self.config.get("init_policy"),
             "start_success": self.start_success,
             "start_source": self.start_source,
         }
+
+
+def _reward_range_of_run(run_dir: Path) -> list[float] | None:
+    """``[r_min, r_max]`` of the rewards a run trained on (its summary.json, written by rlft train), or None."""
+    s = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else None
+    rr = s.get("reward_range") if isinstance(s, dict) else None
+    if isinstance(rr, list) and len(rr) == 2 and all(_to_float(v) is not None for v in rr):
+        return [float(rr[0]), float(rr[1])]
+    return None
 
 
 def _final_success_of_run(run_dir: Path) -> float | None:

@@ -80,6 +80,11 @@ class EvalConfig:
                               f"{self.video_height}")
         if self.video_frame_skip < 1:
             raise ConfigError(f"eval.video_frame_skip must be >= 1, got {self.video_frame_skip}")
+        if self.every < 0:
+            raise ConfigError(f"eval.every must be >= 0 (0 = only at the end), got {self.every}")
+        if self.num_workers < 1 or self.parallel_envs < 1:
+            raise ConfigError(f"eval.num_workers and eval.parallel_envs must be >= 1, got {self.num_workers} and "
+                              f"{self.parallel_envs}")
 
     def video_spec(self):
         """The evaluation's ``VideoSpec`` (None when no video is asked for)."""
@@ -117,6 +122,20 @@ class RunConfig:
     """W&B project name when ``track`` is set."""
     tensorboard: bool = True
     """Write TensorBoard event files to <run>/tb."""
+    stop_on_divergence: bool = False
+    """Stop the run with an error as soon as the live checks find it diverged -- a non-finite metric, a Q value
+    outside the range the rewards and gamma allow, or a loss three orders of magnitude above its start
+    (``rlft.report.diagnose.DIVERGENCE_RULES``) -- keeping the last checkpoint written before. False: warn and go on.
+    (A checkpoint is never written from non-finite weights either way.)"""
+
+    def __post_init__(self) -> None:
+        from rlft.config import check_dir_name
+
+        check_dir_name(self.name, "run.name")
+        for field, low in (("threads", 1), ("log_every", 0), ("checkpoint_every", 0)):
+            v = getattr(self, field)
+            if v < low:
+                raise ConfigError(f"run.{field} must be >= {low}, got {v}")
 
 
 @dataclasses.dataclass
@@ -172,6 +191,17 @@ class TrainConfig(Generic[A]):
     """Evaluation schedule."""
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     """Outputs, seeding and logging."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1 (gradient steps offline, env steps online), got "
+                              f"{self.steps!r}")
+        if self.replay_capacity < 1:
+            raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
+        if not 0.0 <= self.policy_ema < 1.0:
+            raise ConfigError(f"policy_ema must be in [0, 1) (0 = off), got {self.policy_ema}")
+        if not self.action_magnitude > 0:
+            raise ConfigError(f"action_magnitude must be > 0, got {self.action_magnitude}")
 
 
 def train_config_type(algo: str) -> type:

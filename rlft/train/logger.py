@@ -19,6 +19,16 @@ class MetricAverager:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
 
+    def state_dict(self) -> dict:
+        """The partial sums since the last log point (a checkpoint between log points keeps them)."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.clear()
+        self.counts.clear()
+        self.sums.update({str(k): float(v) for k, v in state["sums"].items()})
+        self.counts.update({str(k): int(v) for k, v in state["counts"].items()})
+
     def add(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             self.sums[k] += float(v)
@@ -33,16 +43,23 @@ class MetricAverager:
 
 class Logger:
     def __init__(self, run_dir: Path, use_tensorboard: bool = True, track: bool = False, project: str = "rlft",
-                 run_name: str | None = None, config: dict | None = None):
+                 run_name: str | None = None, config: dict | None = None, resume_step: int | None = None,
+                 elapsed_s: float = 0.0):
+        """``resume_step``: continue a run whose checkpoint was written at this step -- records the interrupted
+        process logged after it are dropped from metrics.jsonl and TensorBoard (the resumed run logs them again), and
+        ``time`` continues from ``elapsed_s``, the run's wall time at the checkpoint."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_metrics(self.run_dir, resume_step)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
-        self._t0 = time.time()
+        self._t0 = time.time() - float(elapsed_s)
         self._tb = None
         if use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if resume_step is None else int(resume_step) + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         self.hooks: list = []
         """Callables ``hook(step, metrics)`` run after each log line (e.g. the live diagnosis of rlft.report)."""
         self._wandb = None
@@ -72,6 +89,25 @@ class Logger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Keep only the records of ``run_dir``/metrics.jsonl up to ``step`` (atomically); a torn last line (a process
+    killed mid-write) is dropped too."""
+    from rlft.utils import atomic_write_text
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

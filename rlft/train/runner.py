@@ -59,6 +59,47 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
                                 f"rate or check the data)")
 
 
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in a nested dict/list/tuple of tensors that hold a NaN or
+    an infinity."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [n for k, v in items for n in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+RESUME_MAY_CHANGE = ("steps", "run.resume", "run.log_every", "run.checkpoint_every", "run.threads", "run.device",
+                     "run.track", "run.wandb_project", "run.tensorboard", "run.stop_on_divergence", "eval.num_workers",
+                     "eval.parallel_envs")
+"""Settings a resumed run may change (``Trainer._check_resume_config``): how long, where and how it is logged and
+computed -- nothing that changes what is learned from what."""
+
+
+def _config_diff(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two nested config dicts (lists compare whole;
+    a tuple read back from YAML as a list compares equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _config_diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return [] if norm(old) == norm(new) else [(prefix, old, new)]
+
+
+def load_training_state(path: str | Path, device, field: str = "run.resume") -> dict:
+    """Read a ``state.pt`` with ``torch.load(weights_only=True)``: tensors and plain containers only, so a crafted
+    file cannot run code (pickle's arbitrary objects are refused). Errors name ``field`` and the file."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{field}: {path} is not a readable rlft training state (it may be corrupt, written by "
+                              f"an older rlft, or hold objects other than tensors, which are never unpickled: "
+                              f"{first})") from None
+    if not isinstance(state, dict) or not {"algo", "step", "best"} <= set(state):
+        raise CheckpointError(f"{field}: {path} is not an rlft training state (no algo/step/best entries)")
+    return state
+
+
 def _check_policy_matches(policy, obs_dim: int, action_dim: int, act_horizon: int, source: str) -> None:
     got = (policy.obs_dim, policy.action_dim, policy.act_horizon)
     want = (obs_dim, action_dim, act_horizon)
@@ -179,8 +220,17 @@ class Trainer:
         self.policy = live if self.ema is None else self.ema.policy
         if cfg.init_critic:
             self._warm_start(cfg.init_critic)
+        # the rewards seen so far (data, then env): with gamma they bound every value estimate (live divergence check)
+        self.reward_range: list[float] | None = None
+        if episodes is not None:
+            r = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes])
+            self.reward_range = [float(r.min()), float(r.max())] if len(r) else None
         self.step = 0
         self.best = -1.0
+        self.avg = MetricAverager()  # training metrics since the last log point
+        self._elapsed0 = 0.0  # wall time of the run before this process (a resumed run continues its clock)
+        self._t_run = time.time()
+        self._loop: dict | None = None  # online: the episode in progress and the loop's counters (checkpointed)
         self._eval_step = -1  # env/update step of the latest evaluation
         self.replay: ReplayBuffer | None = None
         if cfg.mode == "online":
@@ -192,14 +242,11 @@ class Trainer:
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(f"init_critic: training state not found: {p}")
-        try:
-            state = torch.load(p, map_location=self.device, weights_only=False)["algo"]
-        except Exception as e:
-            raise CheckpointError(f"init_critic: {p} is not a readable training state ({e})") from None
+        state = load_training_state(p, self.device, "init_critic")["algo"]
         loaded = self.algo.load_pretrained(state)
         if not loaded:
             raise CheckpointError(f"init_critic: no network in {p} matches {self.cfg.algo}'s networks by name/shape")
-        self._print(f"warm-started {', '.join(loaded)} from {p}")
+        self._print(escape(f"warm-started {', '.join(loaded)} from {p}"))
 
     # ---------------- persistence ----------------
     def _extra(self, tag: str) -> dict:
@@ -207,12 +254,31 @@ class Trainer:
                 "obs_horizon": self.cfg.env.obs_horizon, "gamma": self.cfg.env.gamma}
 
     def save_state(self) -> None:
+        """Write ``state.pt`` -- never from non-finite weights: a diverged run keeps its last good checkpoint."""
         state = {"algo": self.algo.state_dict(), "step": self.step, "best": self.best,
-                 "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(), "np_rng": np.random.get_state()}
-        if self.replay is not None:
-            state["replay"] = self.replay.state_dict()
+                 "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(), "np_rng": np.random.get_state(),
+                 "wall_s": self._elapsed0 + time.time() - self._t_run, "metric_avg": self.avg.state_dict()}
+        if self._loop is not None:
+            lp = self._loop
+            state["online_loop"] = {**{k: v for k, v in lp.items() if k not in ("chunks", "recent", "obs")},
+                                    "chunks": torch.from_numpy(np.stack(lp["chunks"])) if lp["chunks"] else
+                                    torch.zeros(0), "recent": torch.tensor(lp["recent"], dtype=torch.float64),
+                                    "obs": torch.from_numpy(np.asarray(lp["obs"], np.float32))}
         if self.ema is not None:
             state["policy_ema"] = self.ema.state_dict()
+        bad = nonfinite_tensors({"algo": state["algo"], "policy_ema": state.get("policy_ema", {})})
+        if bad:
+            path = self.ckpt_dir / "state.pt"
+            kept = f"{path} keeps the last good checkpoint" if path.exists() else "no checkpoint was written before"
+            raise TrainingError(f"training diverged by step {self.step}: {len(bad)} weight/optimiser tensors are not "
+                                f"finite (first: {bad[0]}); the checkpoint was not written ({kept}). Lower the "
+                                f"learning rates or check the data")
+        if self.replay is not None:
+            state["replay"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.replay.state_dict().items()}
+        # tensors and plain containers only, so that loading never needs pickle's arbitrary objects (weights_only)
+        name, keys, pos, has_gauss, cached = state.pop("np_rng")
+        state["np_rng"] = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
         with atomic_path(self.ckpt_dir / "state.pt") as tmp:
             torch.save(state, tmp)
 
@@ -220,17 +286,25 @@ class Trainer:
         path = self.ckpt_dir / "state.pt"
         if not path.is_file():
             raise CheckpointError(f"run.resume: no checkpoint to resume at {path}")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+        state = load_training_state(path, self.device)
         self.algo.load_state_dict(state["algo"])
         self.step, self.best = int(state["step"]), float(state["best"])
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen"])
-        np.random.set_state(state["np_rng"])
+        r = state["np_rng"]
+        np.random.set_state((r["name"], r["keys"].numpy().astype(np.uint32), r["pos"], r["has_gauss"],
+                             r["cached_gaussian"]))
         if self.replay is not None and "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+            self.replay.load_state_dict({k: v.cpu().numpy() for k, v in state["replay"].items()})
+        self._elapsed0 = float(state.get("wall_s", 0.0))
+        if "metric_avg" in state:
+            self.avg.load_state_dict(state["metric_avg"])
+        if "online_loop" in state:
+            lp = dict(state["online_loop"])
+            lp["chunks"] = [c.numpy() for c in lp["chunks"]] if lp["chunks"].ndim > 1 else []
+            lp["recent"] = [tuple(r) for r in lp["recent"].tolist()]
+            lp["obs"] = lp["obs"].numpy()
+            self._loop = lp
         if self.ema is not None:
             if "policy_ema" not in state:
                 raise CheckpointError(f"{path}: policy_ema={self.cfg.policy_ema} but the checkpoint holds no EMA policy "
@@ -263,13 +337,22 @@ class Trainer:
         from rlft.report.diagnose import LiveDiagnosis
         from rlft.train.logger import read_metrics
 
+        from rlft.report.diagnose import DIVERGENCE_RULES
+
+        # reward_range is this list object: the online loop widens it in place as the env's rewards come in
+        self.reward_range = self.reward_range if self.reward_range is not None else []
         ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
                "act_horizon": self.adapter.act_horizon, "action_dim": self.adapter.action_dim,
-               "gamma": self.cfg.env.gamma,
+               "gamma": self.cfg.env.gamma, "reward_range": self.reward_range,
                "init_policy": self.cfg.init_policy}
         warn = Console(stderr=True, soft_wrap=True)
+        stop = self.cfg.run.stop_on_divergence
 
         def warn_line(f) -> None:
+            if stop and f.rule in DIVERGENCE_RULES:
+                raise TrainingError(f"run.stop_on_divergence: {f.one_line()} -- stopped; "
+                                    f"{self.ckpt_dir / 'state.pt'} keeps the last checkpoint written before "
+                                    f"(rlft report {self.run_dir} explains)")
             warn.print(f"[yellow]warning[/yellow] {escape(f'[{self.cfg.algo}]')} {escape(f.one_line())} -- rlft report "
                        f"{self.run_dir} explains", highlight=False)
 
@@ -280,19 +363,38 @@ class Trainer:
             console.print(msg)
 
     # ---------------- loops ----------------
+    def _check_resume_config(self) -> None:
+        """Resuming continues the recorded run: only the fields in ``RESUME_MAY_CHANGE`` may differ from its
+        config.yaml (a longer ``steps``, logging, checkpoints, threads, device); any other change is refused, so the
+        recorded config never lies about how the weights were trained."""
+        from rlft.config import read_yaml
+
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            raise CheckpointError(f"run.resume: {path} is missing, so the run's settings are unknown")
+        diffs = [f"{k}: {a!r} -> {b!r}" for k, a, b in _config_diff(read_yaml(path), to_dict(self.cfg))
+                 if not any(k == f or k.startswith(f + ".") for f in RESUME_MAY_CHANGE)]
+        if diffs:
+            raise ConfigError(f"run.resume: these settings differ from {path}: {'; '.join(diffs[:6])}"
+                              f"{' ...' if len(diffs) > 6 else ''}. A resumed run continues with the settings it was "
+                              f"trained with; start a new run (or init_policy/init_critic from this one) to change them")
+
     def run(self) -> dict:
         cfg = self.cfg
+        resume_step = None
         if cfg.run.resume:
+            self._check_resume_config()
             self.load_state()
+            resume_step = self.step
         elif (self.run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"run.name: run directory {self.run_dir} already holds a run; pick another name or "
                               f"pass --run.resume")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
+        self._t_run = time.time()
         self.logger = Logger(self.run_dir, cfg.run.tensorboard, cfg.run.track, cfg.run.wandb_project,
-                             self.run_dir.name, to_dict(cfg))
+                             self.run_dir.name, to_dict(cfg), resume_step=resume_step, elapsed_s=self._elapsed0)
         self.logger.hooks.append(self._live_diagnosis())
-        t0 = time.time()
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
             if cfg.eval.num_episodes > 0 and (last_eval is None or self._eval_step != self.step):  # may be final
@@ -305,7 +407,8 @@ class Trainer:
             self.policy.save(self.ckpt_dir / "policy_best.safetensors", self._extra("best"))
         self.save_state()
         summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "mode": cfg.mode, "steps": self.step,
-                   "wall_s": time.time() - t0, "final": last_eval, "best_success_once": self.best}
+                   "wall_s": self._elapsed0 + time.time() - self._t_run, "final": last_eval, "best_success_once": self.best,
+                   "reward_range": self.reward_range or None}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if self.evaluator is not None:
             self.evaluator.close()
@@ -327,7 +430,7 @@ class Trainer:
         if cfg.eval.num_episodes > 0 and crossed(cfg.eval.every):
             out = self.evaluate()
             self.logger.log(self.step, out)
-            self._print(f"[{cfg.algo}] step {self.step}: success_once {out['eval/success_once']:.2f} "
+            self._print(escape(f"[{cfg.algo}]") + f" step {self.step}: success_once {out['eval/success_once']:.2f} "
                         f"success_at_end {out['eval/success_at_end']:.2f} return {out['eval/return']:.1f}")
         if crossed(cfg.run.checkpoint_every):
             self.save_state()
@@ -346,8 +449,8 @@ class Trainer:
         return metrics
 
     def _offline(self) -> dict | None:
-        cfg, ac = self.cfg, self.cfg.algo_cfg
-        avg, last_eval = MetricAverager(), None
+        cfg, ac, avg = self.cfg, self.cfg.algo_cfg, self.avg
+        last_eval = None
         t_last, n_last = time.time(), self.step
         with self._progress(f"{cfg.algo} offline") as prog:
             task = prog.add_task("train", total=cfg.steps, completed=self.step, info="")
@@ -366,17 +469,42 @@ class Trainer:
                     prog.update(task, completed=self.step, info=f"best {self.best:.2f}" if self.best >= 0 else "")
         return last_eval
 
+    def _new_episode(self, env) -> np.ndarray:
+        """Reset for the next training episode (seeded by the step it starts at) and start its record."""
+        seed = self.cfg.run.seed * 1_000_003 + self.step
+        obs, _ = env.reset(seed=seed)
+        self._loop.update(seed=seed, chunks=[], ret=0.0, success=False, length=0, obs=np.asarray(obs, np.float32))
+        return obs
+
+    def _continue_episode(self, env) -> np.ndarray:
+        """Resume: rebuild the episode that was in progress at the checkpoint by resetting with its seed and
+        replaying its chunks (the env is deterministic given both). Where the env does not reproduce it (the
+        observation differs), say so and start a new episode: the run then differs from an uninterrupted one."""
+        lp = self._loop
+        obs, _ = env.reset(seed=int(lp["seed"]))
+        for c in lp["chunks"]:
+            obs, *_ = env.step(c)
+        if not np.array_equal(np.asarray(obs, np.float32), lp["obs"]):
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning[/yellow] run.resume: {escape(self.cfg.env.env_id)} did not reproduce the episode in "
+                f"progress at step {self.step} (same seed and actions, another observation); a new episode starts, "
+                "so this run will differ from an uninterrupted one", highlight=False)
+            return self._new_episode(env)
+        return obs
+
     def _online(self) -> dict | None:
-        cfg, ac = self.cfg, self.cfg.algo_cfg
+        cfg, ac, avg = self.cfg, self.cfg.algo_cfg, self.avg
         env = self.adapter.wrap_env(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
                                     cfg.env.gamma)
         sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
-        avg, last_eval = MetricAverager(), None
-        episode = 0
-        obs, _ = env.reset(seed=cfg.run.seed * 1_000_003 + self.step)
-        ep_ret, ep_success, ep_len = 0.0, False, 0
-        recent: list[tuple[float, float]] = []
-        t_start, updates = time.time(), 0
+        last_eval = None
+        if self._loop is None:  # a fresh run; a resumed one continues the checkpointed episode and counters
+            self._loop = {"episode": 0, "updates": 0, "recent": []}
+            obs = self._new_episode(env)
+        else:
+            obs = self._continue_episode(env)
+        lp = self._loop
+        t_start, step0 = time.time(), self.step
         with self._progress(f"{cfg.algo} online") as prog:
             task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
@@ -387,34 +515,40 @@ class Trainer:
                                 np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]),
                                 exec_chunk=None if decoded is None else np.asarray(decoded)[None])
                 prev, self.step = self.step, self.step + int(info["k"])
-                ep_ret += float(np.sum(info["env_rewards"]))
-                ep_success = ep_success or bool(info["success"])
-                ep_len += int(info["k"])
+                rs = np.asarray(info["env_rewards"], np.float64)
+                if len(rs):
+                    rr = self.reward_range
+                    lo, hi = float(rs.min()), float(rs.max())
+                    rr[:] = [lo, hi] if not rr else [min(rr[0], lo), max(rr[1], hi)]
+                lp["ret"] += float(np.sum(rs))
+                lp["success"] = lp["success"] or bool(info["success"])
+                lp["length"] += int(info["k"])
                 if term or trunc:
-                    recent = (recent + [(float(ep_success), ep_ret)])[-20:]
-                    episode += 1
-                    obs, _ = env.reset(seed=cfg.run.seed * 1_000_003 + self.step)
-                    ep_ret, ep_success, ep_len = 0.0, False, 0
+                    lp["recent"] = (lp["recent"] + [(float(lp["success"]), lp["ret"])])[-20:]
+                    lp["episode"] += 1
+                    obs = self._new_episode(env)
                 else:
+                    lp["chunks"].append(chunk.numpy())
                     obs = next_obs
+                    lp["obs"] = np.asarray(obs, np.float32)
                 if ac.rollout_steps > 0:  # on-policy (PPO): one update per full rollout, which is then discarded
                     if len(self.replay) >= ac.rollout_steps:
                         avg.add(self._update(self.replay.ordered().to(self.device)))
-                        updates += 1
+                        lp["updates"] += 1
                         self.replay.clear()
                 elif self.step >= ac.warmup_steps and len(self.replay) > 0:
                     for _ in range(ac.utd_ratio):
                         avg.add(self._update(sampler.sample(ac.batch_size, self.gen).to(self.device)))
-                        updates += 1
-                extra = {"train/episodes": float(episode), "time/updates": float(updates),
-                         "time/env_steps_per_s": self.step / max(time.time() - t_start, 1e-9)}
-                if recent:
-                    extra["train/episode_success"] = float(np.mean([r[0] for r in recent]))
-                    extra["train/episode_return"] = float(np.mean([r[1] for r in recent]))
+                        lp["updates"] += 1
+                extra = {"train/episodes": float(lp["episode"]), "time/updates": float(lp["updates"]),
+                         "time/env_steps_per_s": (self.step - step0) / max(time.time() - t_start, 1e-9)}
+                if lp["recent"]:
+                    extra["train/episode_success"] = float(np.mean([r[0] for r in lp["recent"]]))
+                    extra["train/episode_return"] = float(np.mean([r[1] for r in lp["recent"]]))
                 ev = self._maybe_eval_and_ckpt(prev, avg, extra)
                 last_eval = ev or last_eval
                 prog.update(task, completed=min(self.step, cfg.steps),
-                            info=f"ep {episode} succ(20) {extra.get('train/episode_success', 0):.2f}")
+                            info=f"ep {lp['episode']} succ(20) {extra.get('train/episode_success', 0):.2f}")
         env.close()
         return last_eval
 
