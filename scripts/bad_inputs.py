@@ -124,7 +124,7 @@ def main() -> int:
         ("actions 40x outside the action box", [*iql, "--dataset", str(wide), "--run.name", "b5", *TINY],
          [str(wide), "actions"], "b5"),
         ("sidecar with an env id that does not exist", [*iql, "--dataset", str(unknown_env), "--run.name", "b6",
-                                                        *TINY], [str(unknown_env), "cube-sixteen-v9"], "b6"),
+                                                        *TINY], ["unknown_env", "cube-sixteen-v9"], "b6"),
         ("sidecar of another env", [*iql, "--dataset", str(other_env), "--run.name", "b7", *TINY],
          ["puzzle-3x3-singletask-v0"], "b7"),
         ("episodes with different action dims", [*iql, "--dataset", str(mixed), "--run.name", "b8", *TINY],

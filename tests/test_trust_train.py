@@ -281,3 +281,21 @@ def test_report_escapes_what_it_reads_from_summary_json(tmp_path, dataset):
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "<script>alert(1)" not in page and "<img src=x" not in page and "&lt;script&gt;alert(1)" in page
+
+
+def test_a_loss_exploding_within_the_first_log_interval_is_flagged_live(tmp_path, dataset, capsys):
+    """Actor lr 10: the Gaussian NLL is ~1e10 by the first log point (10 updates), so the start is the first update's."""
+    capsys.readouterr()
+    assert _train(tmp_path, "alr", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset), "--steps", "60",
+                  "--algo-cfg.actor-lr", "10") == 0
+    assert "] loss_explosion at step" in capsys.readouterr().err
+
+
+def test_a_moved_run_directory_resumes(tmp_path, dataset):
+    import shutil
+
+    base = ["--config", "configs/offline_iql.yaml", "--dataset", str(dataset)]
+    assert _train(tmp_path, "m", *base, "--steps", "20") == 0
+    shutil.move(str(tmp_path / "m"), str(tmp_path / "moved"))
+    assert main(["train", *base, "--steps", "30", "--run.resume", "--run.out-dir", str(tmp_path), "--run.name",
+                 "moved", "--run.log-every", "10", *TINY_EVAL]) == 0

@@ -131,8 +131,8 @@ Q_RANGE_MARGIN = 0.5
 temperature is logged), by more than this fraction of the range's width (at least 1). A fitted critic stays inside;
 critic lr 1e3-1e5 put q_mean at 4.7e3-4.7e5 on rewards in [-1, 0] (range [-100, 0])."""
 LOSS_EXPLOSION_FACTOR = 1e3
-"""Loss explosion: a logged ``*loss`` whose magnitude exceeds this multiple of its starting level (the median of its
-first TD_HEAD_LOGS log points, at least 1): three orders of magnitude is divergence, not learning (actor lr 10 gave a
+"""Loss explosion: a logged ``*loss`` whose magnitude exceeds this multiple of its starting level (the smaller of
+the median of its first TD_HEAD_LOGS log points and, live, its value at the run's first update; at least 1): three orders of magnitude is divergence, not learning (actor lr 10 gave a
 flow bc_loss of 5.6e9 where it starts near 1)."""
 DIVERGENCE_RULES = ("nonfinite", "q_out_of_range", "loss_explosion")
 """The rules whose findings mean the run diverged: ``run.stop_on_divergence`` stops a run on them."""
@@ -307,7 +307,11 @@ def loss_explosion(m: Metrics, ctx: dict) -> list[Finding]:
         s, v = _finite(*m.series(name))
         if len(v) <= TD_HEAD_LOGS:
             continue
-        start = max(float(np.median(np.abs(v[:TD_HEAD_LOGS]))), 1.0)
+        start = float(np.median(np.abs(v[:TD_HEAD_LOGS])))
+        first = (ctx.get("first_update") or {}).get(name)  # the very first update's value, when the trainer knows it
+        if first is not None and math.isfinite(first):  # (a loss can explode within the first log interval)
+            start = min(start, abs(float(first)))
+        start = max(start, 1.0)
         idx = np.nonzero(np.abs(v) > LOSS_EXPLOSION_FACTOR * start)[0]
         if len(idx):
             i = int(idx[0])

@@ -68,11 +68,12 @@ def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
     return [n for k, v in items for n in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
-RESUME_MAY_CHANGE = ("steps", "run.resume", "run.log_every", "run.checkpoint_every", "run.threads", "run.device",
-                     "run.track", "run.wandb_project", "run.tensorboard", "run.stop_on_divergence", "eval.num_workers",
-                     "eval.parallel_envs")
-"""Settings a resumed run may change (``Trainer._check_resume_config``): how long, where and how it is logged and
-computed -- nothing that changes what is learned from what."""
+RESUME_MAY_CHANGE = ("steps", "run.resume", "run.name", "run.out_dir", "run.log_every", "run.checkpoint_every",
+                     "run.threads", "run.device", "run.track", "run.wandb_project", "run.tensorboard",
+                     "run.stop_on_divergence", "eval.num_workers", "eval.parallel_envs")
+"""Settings a resumed run may change (``Trainer._check_resume_config``): how long, where the run directory now lies
+(it may have been moved or copied), how it is logged and computed -- nothing that changes what is learned from
+what."""
 
 
 def _config_diff(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -341,7 +342,7 @@ class Trainer:
 
         # reward_range is this list object: the online loop widens it in place as the env's rewards come in
         self.reward_range = self.reward_range if self.reward_range is not None else []
-        ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
+        self._diag_ctx = ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
                "act_horizon": self.adapter.act_horizon, "action_dim": self.adapter.action_dim,
                "gamma": self.cfg.env.gamma, "reward_range": self.reward_range,
                "init_policy": self.cfg.init_policy}
@@ -446,6 +447,9 @@ class Trainer:
             raise
         if self.ema is not None:
             self.ema.update()
+        ctx = getattr(self, "_diag_ctx", None)
+        if ctx is not None and "first_update" not in ctx:  # the loss scale before any interval average hides it
+            ctx["first_update"] = dict(metrics)
         return metrics
 
     def _offline(self) -> dict | None:
