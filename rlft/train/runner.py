@@ -222,10 +222,12 @@ class Trainer:
         if cfg.init_critic:
             self._warm_start(cfg.init_critic)
         # the rewards seen so far (data, then env): with gamma they bound every value estimate (live divergence check)
-        self.reward_range: list[float] | None = None
+        # one list, shared with the live diagnosis' context and widened in place by the online loop ([] = none yet)
+        self.reward_range: list[float] = []
         if episodes is not None:
             r = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes])
-            self.reward_range = [float(r.min()), float(r.max())] if len(r) else None
+            self.reward_range[:] = [float(r.min()), float(r.max())] if len(r) else []
+        self._diag_ctx: dict = {}  # the live diagnosis' context (``_live_diagnosis``)
         self.step = 0
         self.best = -1.0
         self.avg = MetricAverager()  # training metrics since the last log point
@@ -335,17 +337,14 @@ class Trainer:
 
     def _live_diagnosis(self):
         """Logger hook: a one-line warning (stderr) the first time each rlft.report.diagnose rule fires."""
-        from rlft.report.diagnose import LiveDiagnosis
+        from rlft.report.diagnose import DIVERGENCE_RULES, LiveDiagnosis
         from rlft.train.logger import read_metrics
 
-        from rlft.report.diagnose import DIVERGENCE_RULES
-
-        # reward_range is this list object: the online loop widens it in place as the env's rewards come in
-        self.reward_range = self.reward_range if self.reward_range is not None else []
-        self._diag_ctx = ctx = {"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
+        ctx = self._diag_ctx
+        ctx.update({"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
                "act_horizon": self.adapter.act_horizon, "action_dim": self.adapter.action_dim,
                "gamma": self.cfg.env.gamma, "reward_range": self.reward_range,
-               "init_policy": self.cfg.init_policy}
+               "init_policy": self.cfg.init_policy})
         warn = Console(stderr=True, soft_wrap=True)
         stop = self.cfg.run.stop_on_divergence
 
@@ -447,9 +446,8 @@ class Trainer:
             raise
         if self.ema is not None:
             self.ema.update()
-        ctx = getattr(self, "_diag_ctx", None)
-        if ctx is not None and "first_update" not in ctx:  # the loss scale before any interval average hides it
-            ctx["first_update"] = dict(metrics)
+        if "first_update" not in self._diag_ctx:  # the loss scale before any interval average hides it
+            self._diag_ctx["first_update"] = dict(metrics)
         return metrics
 
     def _offline(self) -> dict | None:
