@@ -132,7 +132,7 @@ def cmd_eval(args: list[str]) -> None:
     from rlft.config import load_yaml, parse_cli
     from rlft.errors import ConfigError
     from rlft.policies.base import load_policy, policy_extra
-    from rlft.train.evaluate import evaluate_policy
+    from rlft.rollout import evaluate_policy
     from rlft.utils import atomic_write_text, set_threads
 
     path, rest = _split_config(args)
@@ -199,8 +199,8 @@ COMMANDS["report"] = cmd_report
 
 
 def cmd_dsrl_check(args: list[str]) -> None:
-    """``rlft dsrl-check RUN_DIR [RUN_DIR ...]`` (see rlft.train.dsrl_check); exit status 1 if an item fails."""
-    from rlft.train.dsrl_check import main as dsrl_check_main
+    """``rlft dsrl-check RUN_DIR [RUN_DIR ...]`` (see rlft.report.dsrl_check); exit status 1 if an item fails."""
+    from rlft.report.dsrl_check import main as dsrl_check_main
 
     if dsrl_check_main(args):
         sys.exit(1)

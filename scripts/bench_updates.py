@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlft.algos import ALGORITHMS  # noqa: E402
-from rlft.algos.base import PolicyConfig  # noqa: E402
+from rlft.policies.config import PolicyConfig  # noqa: E402
 from rlft.data.batch import ChunkBatch  # noqa: E402
 from rlft.utils import resolve_device, set_threads  # noqa: E402
 

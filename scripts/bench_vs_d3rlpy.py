@@ -98,7 +98,7 @@ def _build_rlft(algo: str, opts: dict):
 
     sys.path.insert(0, str(REPO))
     from rlft.algos import ALGORITHMS
-    from rlft.algos.base import PolicyConfig
+    from rlft.policies.config import PolicyConfig
     from rlft.data.batch import ChunkBatch
 
     torch.manual_seed(0)
@@ -136,7 +136,6 @@ def _build_d3rlpy(algo: str, opts: dict):
 
     warnings.filterwarnings("ignore")
     import numpy as np
-    import torch
 
     import d3rlpy
     from d3rlpy.models.encoders import VectorEncoderFactory

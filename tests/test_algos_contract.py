@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from rlft.algos import ALGORITHMS, register
-from rlft.algos.base import CriticConfig, PolicyConfig
+from rlft.algos.base import CriticConfig
+from rlft.policies.config import PolicyConfig
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.policies import build_policy

@@ -246,7 +246,7 @@ def test_play_collection_does_not_depend_on_blas_threads(tmp_path):
 def _saved_flow_policy(path, env_id=SINGLE, horizon=3):
     import torch
 
-    from rlft.algos.base import PolicyConfig
+    from rlft.policies.config import PolicyConfig
     from rlft.policies import build_policy
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlft.algos import get_algorithm
-from rlft.algos.base import PolicyConfig
+from rlft.policies.config import PolicyConfig
 from rlft.algos.dsrl_awmle import (
     awmle_loss,
     awmle_weights,
@@ -405,7 +405,7 @@ def _write_metrics(run_dir, rows, gamma=0.99):
 
 
 def test_dsrl_check_stage1_compares_q_under_the_actor_and_the_prior(tmp_path):
-    from rlft.train.dsrl_check import dsrl_checklist
+    from rlft.report.dsrl_check import dsrl_checklist
 
     rows = [{"step": i, "actor/q_policy": -10.0 + i, "actor/q_prior": -8.0, "actor/eff_num": 20.0}
             for i in range(10)]
@@ -419,7 +419,7 @@ def test_dsrl_check_stage1_compares_q_under_the_actor_and_the_prior(tmp_path):
 
 
 def test_dsrl_check_stage2_items(tmp_path):
-    from rlft.train.dsrl_check import dsrl_checklist
+    from rlft.report.dsrl_check import dsrl_checklist
 
     n = 9
     good = [{"step": i, "critic/td_error": 2.0 - 0.1 * i, "critic/q_mean": -50.0 + i, "alpha/temperature": 0.1,

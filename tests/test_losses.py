@@ -163,7 +163,7 @@ def _bandit_batch(n: int, good: float, gen: torch.Generator, obs_dim: int = 3, h
 
 
 def _small(cls, **kw):
-    from rlft.algos.base import PolicyConfig
+    from rlft.policies.config import PolicyConfig
 
     cfg = cls.Config(policy=PolicyConfig(hidden_dims=(32, 32)), critic_hidden_dims=(32, 32), **kw)
     return cls(cfg, 3, 1, 2)

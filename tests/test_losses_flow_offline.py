@@ -11,7 +11,7 @@ import torch
 
 from rlft.algos import ALGORITHMS
 from rlft.algos.awcp import normalized_advantage_weights
-from rlft.algos.base import PolicyConfig
+from rlft.policies.config import PolicyConfig
 from rlft.algos.cpql import cpql_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError

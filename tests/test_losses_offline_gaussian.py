@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlft.algos import ALGORITHMS
-from rlft.algos.base import PolicyConfig
+from rlft.policies.config import PolicyConfig
 from rlft.data.batch import ChunkBatch
 
 torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from rlft.algos.base import PolicyConfig
+from rlft.policies.config import PolicyConfig
 from rlft.errors import CheckpointError, ConfigError
 from rlft.nets.unet1d import SinusoidalTimeEmbedding, TemporalUNet1D
 from rlft.policies import build_policy, load_policy

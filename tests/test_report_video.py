@@ -13,7 +13,7 @@ import pytest
 from rlft.cli import main
 from rlft.envs import make_env
 from rlft.report.build import build_report
-from rlft.train.evaluate import FrameRecorder, write_video
+from rlft.video import FrameRecorder, write_video
 
 from test_report import check_html
 
@@ -74,9 +74,10 @@ def test_rendering_failure_keeps_evaluating_and_says_why(tmp_path, capsys, monke
     """No GL context (e.g. the EGL libraries missing): the evaluation still returns its numbers, with one warning."""
     import mujoco
 
-    from rlft.algos.base import PolicyConfig
+    from rlft.policies.config import PolicyConfig
     from rlft.policies import build_policy
-    from rlft.train.evaluate import Evaluator, VideoSpec, evaluate_policy
+    from rlft.rollout import Evaluator, evaluate_policy
+    from rlft.video import VideoSpec
 
     def no_gl(*a, **k):
         raise RuntimeError("cannot initialize EGL (test)")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlft.algos.base import PolicyConfig
+from rlft.policies.config import PolicyConfig
 from rlft.data.episodes import Episode
 from rlft.envs import ChunkExecutor, make_env
 from rlft.envs.residual import (
@@ -144,7 +144,7 @@ def test_composite_starts_as_the_base_and_round_trips(tmp_path):
     torch.testing.assert_close(loaded.act(obs), pol.act(obs))
     torch.testing.assert_close(loaded.base.act(obs[:, :O]), base.act(obs[:, :O]))
     # evaluation goes through the composite's executor: identical episodes for the saved and the live policy
-    from rlft.train.evaluate import evaluate_policy
+    from rlft.rollout import evaluate_policy
 
     s1, _ = evaluate_policy(pol, SINGLE, 2, 0, max_episode_steps=12, parallel_envs=2)
     s2, _ = evaluate_policy(loaded, SINGLE, 2, 0, max_episode_steps=12, parallel_envs=2)

@@ -18,7 +18,8 @@ from typing import ClassVar
 
 from rlft.algos import register
 from rlft.algos.awcp import AWCP, AWCPConfig
-from rlft.algos.base import AlgoConfig, PolicyConfig
+from rlft.algos.base import AlgoConfig
+from rlft.policies.config import PolicyConfig
 
 
 @dataclasses.dataclass

@@ -33,7 +33,8 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, PolicyConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
+from rlft.policies.config import PolicyConfig
 from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefixed, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError

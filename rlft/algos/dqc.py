@@ -47,7 +47,8 @@ from rlft.algos.qc import QC, as_best_of_n
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError, TrainingError
 from rlft.nets.ensemble import soft_update
-from rlft.policies.best_of_n import BestOfNPolicy, aggregate_q
+from rlft.nets.ensemble import aggregate_q
+from rlft.policies.best_of_n import BestOfNPolicy
 
 
 def dqc_distill_loss(

@@ -37,7 +37,7 @@ from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefix
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
-from rlft.policies.best_of_n import aggregate_q
+from rlft.nets.ensemble import aggregate_q
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import OneStepFlowPolicy
 

@@ -40,7 +40,8 @@ from rlft.algos.losses import iql_critic_target, metrics_to_floats, prefixed, td
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
-from rlft.policies.best_of_n import BestOfNPolicy, aggregate_q, best_of_n
+from rlft.nets.ensemble import aggregate_q
+from rlft.policies.best_of_n import BestOfNPolicy, best_of_n
 from rlft.policies.flow import FlowPolicy
 
 

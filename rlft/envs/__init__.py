@@ -32,7 +32,6 @@ class EnvFamily:
     example: str  # one id shown in error messages
     prepare: Callable[[], None] | None = None  # once per process before spawning env workers (they inherit its env)
     make_gpu_vector: Callable[..., Any] | None = None  # (env_id, num_envs, **kwargs) -> GPU-parallel vector env
-    collect: Callable[[Any], Any] | None = None  # (CollectConfig) -> dataset path, when the family has its own expert
 
 
 ENV_FAMILIES: list[EnvFamily] = [
@@ -51,14 +50,8 @@ ENV_FAMILIES: list[EnvFamily] = [
         example="LiftPegUpright-v1",
         prepare=maniskill_env.prepare_workers,
         make_gpu_vector=maniskill_env.make_maniskill_gpu_vector_env,
-        collect=maniskill_env.collect_demos,
     ),
 ]
-
-
-def register_env_family(family: EnvFamily) -> None:
-    """Add (or replace, by name) an environment family."""
-    ENV_FAMILIES[:] = [f for f in ENV_FAMILIES if f.name != family.name] + [family]
 
 
 def env_family(env_id: str) -> EnvFamily:
@@ -172,6 +165,5 @@ __all__ = [
     "find_max_episode_steps",
     "make_env",
     "make_vector_env",
-    "register_env_family",
     "same_env_id",
 ]

@@ -34,14 +34,7 @@ from rlft.errors import EnvError
 PLAN_LIMIT_FACTOR = 3
 
 
-def planner_task_ids() -> list[str]:
-    """Task ids with a ManiSkill motion-planning solution (Panda)."""
-    from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
-
-    return sorted(MP_SOLUTIONS)
-
-
-def _solver(env_id: str):
+def motion_planner(env_id: str):
     from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
 
     if env_id not in MP_SOLUTIONS:
@@ -67,7 +60,7 @@ def plan_and_convert(env_id: str, seeds: Sequence[int], workdir: str | Path, tag
     from mani_skill.trajectory import replay_trajectory
     from mani_skill.utils.wrappers.record import RecordEpisode
 
-    solve = _solver(env_id)
+    solve = motion_planner(env_id)
     control_mode = control_mode or DEFAULT_CONTROL_MODE
     reward_mode = reward_mode or DEFAULT_REWARD_MODE
     limit = max_episode_steps or default_max_episode_steps(env_id) or registry[env_id].max_episode_steps

@@ -186,10 +186,3 @@ def prepare_workers() -> None:
     from rlft.envs.vk_layer import ensure_vulkan_for_sapien
 
     ensure_vulkan_for_sapien()
-
-
-def collect_demos(cfg):
-    """``rlft collect`` for a ManiSkill task (the family's expert: motion planning; ``rlft.collect``)."""
-    from rlft.collect import run_collect_maniskill
-
-    return run_collect_maniskill(cfg)

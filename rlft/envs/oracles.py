@@ -254,15 +254,6 @@ def collect_play_episode(
     return _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l)
 
 
-def collect_episode(env, oracle, rng, mode: Literal["demos", "play"] = "demos", **kwargs) -> Episode:
-    """Dispatch to ``collect_demo_episode`` or ``collect_play_episode``."""
-    if mode == "demos":
-        return collect_demo_episode(env, oracle, rng, **kwargs)
-    if mode == "play":
-        return collect_play_episode(env, oracle, rng, **kwargs)
-    raise EnvError(f"unknown collection mode {mode!r}; expected 'demos' or 'play'")
-
-
 def make_play_env(env_id: str, max_episode_steps: int = 1000, **kwargs: Any) -> gymnasium.Env:
     """The singletask ``env_id`` in OGBench's data-collection mode (random targets, never terminates)."""
     from rlft.envs import make_env

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from rlft.errors import ConfigError
 from rlft.nets.mlp import MLP
 
 
@@ -146,3 +147,12 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: target <- (1 - tau) * target + tau * source."""
     with torch.no_grad():  # one fused multi-tensor op (a per-tensor loop cost ~7x more on CPU for 10 critics)
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def aggregate_q(q: torch.Tensor, how: str) -> torch.Tensor:
+    """Ensemble aggregation ``[N, ...] -> [...]``: 'mean' or 'min' over members (dim 0)."""
+    if how == "mean":
+        return q.mean(dim=0)
+    if how == "min":
+        return q.min(dim=0).values
+    raise ConfigError(f"q_agg must be 'mean' or 'min', got {how!r}")

@@ -32,19 +32,10 @@ from typing import Any, ClassVar
 import torch
 
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import CriticEnsemble
+from rlft.nets.ensemble import CriticEnsemble, aggregate_q
 from rlft.policies.base import Policy, register_policy
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import build_inner_flow
-
-
-def aggregate_q(q: torch.Tensor, how: str) -> torch.Tensor:
-    """Ensemble aggregation ``[N, ...] -> [...]``: 'mean' or 'min' over members (dim 0)."""
-    if how == "mean":
-        return q.mean(dim=0)
-    if how == "min":
-        return q.min(dim=0).values
-    raise ConfigError(f"q_agg must be 'mean' or 'min', got {how!r}")
 
 
 def best_of_n(candidates: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

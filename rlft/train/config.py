@@ -41,6 +41,10 @@ class EnvConfig:
     """Per-env-step discount; a chunk of k steps is discounted by gamma^k."""
     max_episode_steps: Optional[int] = None
     """Override the env's time limit (None = the env's own, 200 for cube-single)."""
+    reward_mode: Optional[str] = None
+    """ManiSkill only: the reward the training env gives (``normalized_dense``, ``dense`` or ``sparse``, shifted to
+    <= 0 as ``rlft.envs.maniskill_env`` describes); None = ``normalized_dense``. Evaluation always reports the default
+    reward, so returns stay comparable across runs; success rates do not depend on it."""
 
 
 @dataclasses.dataclass
@@ -88,7 +92,7 @@ class EvalConfig:
 
     def video_spec(self):
         """The evaluation's ``VideoSpec`` (None when no video is asked for)."""
-        from rlft.train.evaluate import VideoSpec
+        from rlft.video import VideoSpec
 
         if self.video_episodes <= 0:
             return None
@@ -155,7 +159,7 @@ class TrainConfig(Generic[A]):
     clip_dataset_actions: bool = False
     """A dataset whose actions lie outside the env's action box (beyond 0.1% of its width) is refused, naming the file,
     the measured range and the box (the data are in other units: rescale them); true clips them into the box instead
-    (``rlft.data.h5io.load_dataset_for_env``)."""
+    (``rlft.envs.datasets.load_dataset_for_env``)."""
     init_policy: Optional[str] = None
     """Start from this saved policy (.safetensors), e.g. the previous stage's; None = a fresh policy."""
     init_critic: Optional[str] = None

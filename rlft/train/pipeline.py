@@ -35,6 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlft.collect import CollectConfig, run_collect
+from rlft.data.h5io import merge_datasets
 from rlft.config import read_yaml, save_yaml, to_dict
 from rlft.errors import ConfigError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
@@ -286,20 +287,6 @@ def collect_dataset(sources: list[CollectConfig], env_id: str, seed: int, data_d
     parts = [run_collect(c) for c in sources]
     dataset = str(parts[0]) if len(parts) == 1 else str(merge_datasets(parts, Path(data_dir) / "dataset.h5"))
     return dataset, " + ".join(f"{c.num_episodes} {c.mode}" for c in sources)
-
-
-def merge_datasets(paths: list[Path], out: Path) -> Path:
-    """Concatenate the episodes of several dataset files into ``out`` (atomically); the sidecar lists the sources."""
-    from rlft.data.h5io import read_episodes, write_episodes
-
-    episodes, metas, env_info = [], [], None
-    for p in paths:
-        eps, meta = read_episodes(p)
-        episodes += eps
-        env_info = env_info if env_info is not None else meta.get("env_info", {})
-        metas.append({"path": str(p), "episodes": len(eps), "source": meta.get("source")})
-    write_episodes(out, episodes, env_info, extra={"merged_from": metas})
-    return out
 
 
 def results_markdown(result: dict) -> str:

@@ -30,7 +30,7 @@ from rich.markup import escape
 from rlft.algos import get_algorithm
 from rlft.config import save_yaml, to_dict
 from rlft.data.dataset import ChunkDataset
-from rlft.data.h5io import load_dataset_for_env
+from rlft.envs.datasets import load_dataset_for_env
 from rlft.data.mixer import MixedSampler
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
@@ -40,7 +40,7 @@ from rlft.policies import load_policy
 from rlft.train.adapters import make_adapter, split_composite
 from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
-from rlft.train.evaluate import Evaluator, evaluate_policy
+from rlft.rollout import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
 from rlft.utils import atomic_path, atomic_write_text, make_console, resolve_device, seed_everything, set_threads
 
@@ -138,6 +138,8 @@ class Trainer:
 
         # environment dims
         env_kw = {} if cfg.env.max_episode_steps is None else {"max_episode_steps": cfg.env.max_episode_steps}
+        if cfg.env.reward_mode is not None:
+            env_kw["reward_mode"] = cfg.env.reward_mode
         probe = make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **env_kw)
         info = env_info(probe)
         probe.close()

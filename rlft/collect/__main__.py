@@ -1,0 +1,3 @@
+from rlft.collect import main
+
+main()

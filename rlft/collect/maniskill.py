@@ -1,0 +1,139 @@
+"""ManiSkill3 tasks' expert: ManiSkill's motion planner, its demos converted by ManiSkill's trajectory replay to state
+observations and ``pd_ee_delta_pose`` (``rlft.envs.maniskill_demos``); only ``mode='demos'`` without action noise.
+Attempt ``i`` uses the same env seed as an OGBench attempt would; workers take batches of attempts (one simulator and
+one replay per batch) and the first ``num_episodes`` successful attempts in index order are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
+from rlft.data.episodes import Episode
+from rlft.errors import ConfigError, RlftError
+from rlft.utils import exit_with_parent
+
+
+def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[str, Any]]]:
+    """Worker: motion-plan and convert a batch of attempts; one result per attempt, in index order."""
+    import tempfile
+    import threading
+
+    from tqdm import tqdm
+
+    from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode
+    from rlft.envs.maniskill_env import DEFAULT_REWARD_MODE, REWARD_OFFSETS
+
+    tqdm.set_lock(threading.RLock())  # ManiSkill's progress bars: no multiprocessing semaphore to leak at pool exit
+
+    env_id, attempts, limit, keep_failures = job
+    seeds = [s for _, s in attempts]
+    with tempfile.TemporaryDirectory(prefix="rlft-mp-") as tmp:
+        path, stats = plan_and_convert(env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit,
+                                       keep_failures=keep_failures)
+        converted = converted_episodes(path) if path is not None else {}
+    out = []
+    for (index, seed), st in zip(attempts, stats):
+        ep, why = None, "plan failed" if not st["plan_success"] else "replay failed"
+        if seed in converted:
+            ep, why = to_rlft_episode(converted[seed], limit, REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0))
+        st["status"] = why
+        out.append((index, seed, ep, st["plan_seconds"] + st["convert_seconds"], st))
+    return out
+
+
+def run_collect_maniskill(cfg: CollectConfig) -> Path:
+    """``run_collect`` for a ManiSkill3 task: motion-planned demos in state / pd_ee_delta_pose (see module doc)."""
+    from rich.console import Console
+
+    from rlft.data.h5io import write_episodes
+    from rlft.envs import env_info, make_env
+    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, REWARD_OFFSETS, prepare_workers
+
+    if cfg.mode != "demos":
+        raise ConfigError(f"collect.mode: {cfg.env_id} is a ManiSkill task; only 'demos' (motion planning) exists")
+    if cfg.oracle != "auto":
+        raise ConfigError("collect.oracle: ManiSkill tasks use ManiSkill's motion planner; leave oracle 'auto'")
+    if cfg.action_noise:
+        raise ConfigError("collect.action_noise: motion-planned ManiSkill demos are collected without action noise")
+    out = checked_out(cfg, "demos")
+    prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
+    probe = make_env(cfg.env_id, **({} if cfg.max_episode_steps is None else
+                                    {"max_episode_steps": cfg.max_episode_steps}))
+    try:
+        from rlft.envs.maniskill_demos import motion_planner
+
+        motion_planner(cfg.env_id)  # EnvError now if there is no planner for the task
+        info = env_info(probe)
+    finally:
+        probe.close()
+    limit = int(info["max_episode_steps"])
+
+    keep_failures = not cfg.only_success
+    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
+    n_workers = max(1, min(cfg.num_workers or os.cpu_count() or 1, max_attempts))
+    batch = max(1, min(10, -(-cfg.num_episodes // n_workers)))
+    jobs = ((cfg.env_id, [(i, episode_seed(cfg.seed, i)[0]) for i in range(b, min(b + batch, max_attempts))], limit,
+             keep_failures) for b in range(0, max_attempts, batch))
+
+    console = Console(stderr=True, quiet=not cfg.progress)
+    kept: dict[int, tuple[int, Episode]] = {}
+    statuses: dict[int, str] = {}
+    plan_ok: dict[int, bool] = {}
+    ep_seconds = 0.0
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        status = stack.enter_context(console.status(f"collect demos {cfg.env_id} (motion planning, {n_workers} "
+                                                    "worker(s))"))
+        if n_workers == 1:
+            stream = map(_ms_batch, jobs)
+        else:  # leaving the stack terminates the pool (also when enough demos arrived early)
+            pool = mp.get_context("spawn").Pool(n_workers, initializer=exit_with_parent)
+            stream = stack.enter_context(pool).imap(_ms_batch, jobs, chunksize=1)
+        for results in stream:
+            for index, seed, ep, secs, st in results:
+                statuses[index] = st["status"]
+                plan_ok[index] = st["plan_success"]
+                ep_seconds += secs
+                if ep is not None and (keep_failures or st["status"] == "ok"):
+                    kept[index] = (seed, ep)
+            n_ok = sum(v == "ok" for v in statuses.values())
+            status.update(f"collect demos {cfg.env_id}: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} "
+                          f"kept, success {n_ok}/{len(statuses)} attempts")
+            if len(kept) >= cfg.num_episodes:
+                break
+    elapsed = time.time() - t0
+    if not kept:
+        raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
+    order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
+    attempted = sorted(statuses)[: max(order) + 1] if order else []
+    info = {**info, "env_kwargs": {"obs_mode": "state", "control_mode": DEFAULT_CONTROL_MODE,
+                                   "reward_mode": DEFAULT_REWARD_MODE, "sim_backend": "physx_cpu",
+                                   "max_episode_steps": limit}}
+    n_success = sum(statuses[i] == "ok" for i in attempted)
+    source = {
+        "collector": "rlft.collect (ManiSkill motion planning)", "mode": "demos", "oracle": "maniskill_motionplanning",
+        "action_noise": 0.0, "seed": cfg.seed, "num_attempts": len(attempted), "only_success": not keep_failures,
+        "max_episode_steps": limit,
+        "planner_success_rate": sum(plan_ok[i] for i in attempted) / max(1, len(attempted)),
+        "success_rate": n_success / max(1, len(attempted)),
+        "conversion": "mani_skill.trajectory.replay_trajectory -o state -c pd_ee_delta_pose --record-rewards "
+                      "--use-first-env-state; episodes cut at the first terminated (= success) step",
+        "reward": f"ManiSkill {DEFAULT_REWARD_MODE} {REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0):+g}",
+    }
+    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
+    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
+    n_tr = sum(len(e) for e in episodes)
+    console.print(
+        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, mean length "
+        f"{n_tr / len(episodes):.1f}; attempts {len(attempted)}: planner success "
+        f"{source['planner_success_rate']:.2f}, kept {source['success_rate']:.2f}; "
+        f"{ep_seconds / max(1, len(statuses)):.2f}s per attempt per worker (plan + convert), {elapsed:.1f}s wall with "
+        f"{n_workers} worker(s)"
+    )
+    return out
