@@ -21,10 +21,10 @@ import torch
 
 from rlft.algos import ALGORITHMS, register
 from rlft.algos.base import CriticConfig
-from rlft.policies.config import PolicyConfig
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.policies import build_policy
+from rlft.policies.config import PolicyConfig
 
 torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
 OBS, ACT, H, B = 6, 3, 4, 32

@@ -17,7 +17,12 @@ from rlft.data.h5io import load_dataset, read_episodes, sidecar_path, write_epis
 from rlft.data.ogbench_npz import read_ogbench_npz, write_ogbench_npz
 from rlft.envs import env_info, make_env
 from rlft.envs.ogbench_env import ogbench_task_reward_fn
-from rlft.envs.oracles import collect_demo_episode, collect_play_episode, make_oracle, make_play_env
+from rlft.envs.oracles import (
+    collect_demo_episode,
+    collect_play_episode,
+    make_oracle,
+    make_play_env,
+)
 from rlft.errors import ConfigError, DatasetError
 
 SINGLE = "cube-single-singletask-v0"
@@ -246,8 +251,8 @@ def test_play_collection_does_not_depend_on_blas_threads(tmp_path):
 def _saved_flow_policy(path, env_id=SINGLE, horizon=3):
     import torch
 
-    from rlft.policies.config import PolicyConfig
     from rlft.policies import build_policy
+    from rlft.policies.config import PolicyConfig
 
     torch.manual_seed(0)
     p = build_policy(PolicyConfig(kind="flow", hidden_dims=(32, 32), flow_steps=3, time_embed_dim=8), 28, 5, horizon)

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from rlft.algos import get_algorithm
-from rlft.policies.config import PolicyConfig
 from rlft.algos.dsrl_awmle import (
     awmle_loss,
     awmle_weights,
@@ -31,6 +30,7 @@ from rlft.envs.noise_action import NoiseActionWrapper
 from rlft.envs.oracles import collect_demo_episode, make_oracle
 from rlft.errors import CheckpointError, ConfigError
 from rlft.policies import build_policy, load_policy
+from rlft.policies.config import PolicyConfig
 from rlft.policies.steered import SteeredFlowPolicy, split_steered
 
 torch.set_num_threads(1)

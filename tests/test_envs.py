@@ -16,7 +16,12 @@ from rlft.envs.ogbench_env import (
     ogbench_task_reward_fn,
     task_goal_xyzs,
 )
-from rlft.envs.oracles import collect_demo_episode, collect_play_episode, make_oracle, make_play_env
+from rlft.envs.oracles import (
+    collect_demo_episode,
+    collect_play_episode,
+    make_oracle,
+    make_play_env,
+)
 from rlft.errors import EnvError
 
 SINGLE = "cube-single-singletask-v0"

@@ -59,8 +59,8 @@ def test_gate_on_measured_stage_results():
 
 
 def test_deploy_copies_the_chosen_policy_and_says_where_it_came_from(tmp_path):
-    from rlft.policies.config import PolicyConfig
     from rlft.policies import build_policy, load_policy
+    from rlft.policies.config import PolicyConfig
 
     rows = _rows(("bc", 64, 100), ("offline", 65, 100), ("online", 20, 100))
     for r in rows:

@@ -9,7 +9,6 @@ import torch
 
 from rlft.algos.losses import (
     expectile_loss,
-    iql_critic_target,
     iql_value_loss,
     iql_weights,
     metrics_to_floats,
@@ -17,6 +16,7 @@ from rlft.algos.losses import (
     sac_actor_loss,
     sac_critic_target,
     td_loss,
+    td_target,
     temperature_loss,
 )
 from rlft.data.batch import ChunkBatch
@@ -134,10 +134,10 @@ def test_chunk_discount_convention_in_iql_target():
         terminated=T([0.0, 0.0]), discount=discount, valid_mask=T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]), is_offline=torch.ones(2),
     )
     next_v = T([-5.0, -5.0])
-    y = iql_critic_target(batch.reward, batch.bootstrap, next_v)
+    y = td_target(batch.reward, batch.bootstrap, next_v)
     assert y.tolist() == pytest.approx([-1.9 + 0.729 * -5.0, -1.0 + 0.9 * -5.0])  # truncation still bootstraps
     batch.terminated = T([1.0, 0.0])
-    y = iql_critic_target(batch.reward, batch.bootstrap, next_v)
+    y = td_target(batch.reward, batch.bootstrap, next_v)
     assert y[0].item() == pytest.approx(-1.9)  # termination: no bootstrap
 
 
@@ -236,6 +236,6 @@ def test_sac_target_entropy_rule():
     sac = _small(sac_cls, target_entropy_per_dim=10.0)  # a cap no policy reaches -> the policy's entropy is used
     m = sac.update(_bandit_batch(64, 0.5, gen))
     assert m["alpha/target_entropy"] == pytest.approx(m["actor/entropy"], rel=1e-5)
-    assert sac.target_entropy == pytest.approx(m["actor/entropy"], rel=1e-5)  # fixed from then on
+    assert sac.temperature.target_entropy == pytest.approx(m["actor/entropy"], rel=1e-5)  # fixed from then on
     m2 = sac.update(_bandit_batch(64, 0.5, gen))
-    assert m2.get("alpha/target_entropy", sac.target_entropy) == pytest.approx(m["alpha/target_entropy"])
+    assert m2.get("alpha/target_entropy", sac.temperature.target_entropy) == pytest.approx(m["alpha/target_entropy"])

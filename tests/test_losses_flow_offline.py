@@ -11,10 +11,10 @@ import torch
 
 from rlft.algos import ALGORITHMS
 from rlft.algos.awcp import normalized_advantage_weights
-from rlft.policies.config import PolicyConfig
 from rlft.algos.cpql import cpql_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
+from rlft.policies.config import PolicyConfig
 
 torch.set_num_threads(1)
 T = torch.tensor

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from rlft.algos import get_algorithm
-from rlft.policies.config import PolicyConfig
 from rlft.algos.dqc import dqc_distill_loss, dqc_value_loss
 from rlft.algos.fql import fql_actor_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.policies import build_policy, load_policy
 from rlft.nets.ensemble import aggregate_q
+from rlft.policies import build_policy, load_policy
 from rlft.policies.best_of_n import BestOfNPolicy, best_of_n
+from rlft.policies.config import PolicyConfig
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import OneStepFlowPolicy
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from rlft.policies.config import PolicyConfig
 from rlft.errors import CheckpointError, ConfigError
 from rlft.nets.unet1d import SinusoidalTimeEmbedding, TemporalUNet1D
 from rlft.policies import build_policy, load_policy
 from rlft.policies.base import policy_extra
+from rlft.policies.config import PolicyConfig
 from rlft.policies.flow import FlowPolicy, flow_matching_target, masked_flow_loss
 from rlft.policies.gaussian import (
     GaussianPolicy,

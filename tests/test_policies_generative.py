@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from rlft.policies.config import PolicyConfig
 from rlft.errors import ConfigError
 from rlft.policies import build_policy, load_policy, policy_kind
+from rlft.policies.config import PolicyConfig
 from rlft.policies.consistency import (
     ConsistencyFlowPolicy,
     adjacent_time,

@@ -9,13 +9,12 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from test_report import check_html
 
 from rlft.cli import main
 from rlft.envs import make_env
 from rlft.report.build import build_report
 from rlft.video import FrameRecorder, write_video
-
-from test_report import check_html
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 ENV = "cube-single-singletask-v0"
@@ -74,8 +73,8 @@ def test_rendering_failure_keeps_evaluating_and_says_why(tmp_path, capsys, monke
     """No GL context (e.g. the EGL libraries missing): the evaluation still returns its numbers, with one warning."""
     import mujoco
 
-    from rlft.policies.config import PolicyConfig
     from rlft.policies import build_policy
+    from rlft.policies.config import PolicyConfig
     from rlft.rollout import Evaluator, evaluate_policy
     from rlft.video import VideoSpec
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from rlft.policies.config import PolicyConfig
 from rlft.data.episodes import Episode
 from rlft.envs import ChunkExecutor, make_env
 from rlft.envs.residual import (
@@ -26,6 +25,7 @@ from rlft.envs.residual import (
 )
 from rlft.errors import ConfigError
 from rlft.policies import build_policy, load_policy
+from rlft.policies.config import PolicyConfig
 from rlft.policies.residual import ResidualPolicy, zero_output
 
 torch.set_num_threads(1)

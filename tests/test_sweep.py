@@ -10,7 +10,14 @@ import yaml
 
 from rlft.cli import main
 from rlft.errors import ConfigError
-from rlft.train.sweep import SweepConfig, collect_env_id, expand, load_sweep_config, run_name, set_dotted
+from rlft.train.sweep import (
+    SweepConfig,
+    collect_env_id,
+    expand,
+    load_sweep_config,
+    run_name,
+    set_dotted,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,9 +19,9 @@ import pytest
 from rlft.collect import CollectConfig, run_collect
 from rlft.data.episodes import Episode
 from rlft.data.h5io import load_dataset, sidecar_path, write_episodes
-from rlft.envs.datasets import load_dataset_for_env
 from rlft.data.ogbench_npz import write_ogbench_npz
 from rlft.envs import env_info, make_env
+from rlft.envs.datasets import load_dataset_for_env
 from rlft.errors import DatasetError
 from rlft.train.config import train_config_from_dict
 from rlft.train.runner import Trainer

@@ -31,8 +31,14 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.algos.losses import Info, metrics_to_floats, prefixed, sac_critic_target, td_loss
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
+from rlft.algos.losses import (
+    Info,
+    metrics_to_floats,
+    prefixed,
+    sac_critic_target,
+    td_loss,
+)
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -132,9 +138,7 @@ class AWAC(Algorithm):
                                   batch.bootstrap, cfg.entropy_coef)
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         soft_update(self.target_critic, self.critic, cfg.tau)
 
         # ---- actor: A = Q(s, a_data) - E_{a~pi} Q(s, a), with the critic after its step ----
@@ -144,9 +148,7 @@ class AWAC(Algorithm):
             adv = awac_advantage(self.critic(batch.obs, batch.action), q_pi)
         weights, w_info = awac_weights(adv, cfg.lam, cfg.max_weight, cfg.weight_normalization)
         pi_loss, pi_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
-        self.actor_optim.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        self.actor_optim.step()
+        optimizer_step(pi_loss, self.actor_optim)
         self.num_updates += 1
 
         metrics: dict[str, object] = prefixed("critic", critic_info)

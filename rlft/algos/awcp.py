@@ -34,12 +34,19 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.policies.config import PolicyConfig
-from rlft.algos.losses import Info, iql_critic_target, iql_value_loss, metrics_to_floats, prefixed, td_loss
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
+from rlft.algos.losses import (
+    Info,
+    iql_value_loss,
+    metrics_to_floats,
+    prefixed,
+    td_loss,
+    td_target,
+)
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
+from rlft.policies.config import PolicyConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,28 +126,22 @@ class AWCP(Algorithm):
         cfg = self.cfg
         with torch.no_grad():
             q_target_min = self.target_critic(batch.obs, batch.action).min(dim=0).values
-            y = iql_critic_target(batch.reward, batch.bootstrap, self.value(batch.next_obs))
+            y = td_target(batch.reward, batch.bootstrap, self.value(batch.next_obs))
 
         # value: expectile regression of V(s) on min_i Qtarget_i(s, a)
         v = self.value(batch.obs)
         v_loss, v_info = iql_value_loss(q_target_min, v, cfg.expectile)
-        self.value_optim.zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.value_optim.step()
+        optimizer_step(v_loss, self.value_optim)
 
         # critic: TD regression on y = r + bootstrap * V(s')
         q = self.critic(batch.obs, batch.action)
         q_loss, q_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(q_loss, self.critic_optim)
 
         # actor: the policy's BC loss weighted by normalised exp-advantages (dataset actions only, no Q gradient)
         weights, w_info = normalized_advantage_weights(q_target_min - v.detach(), cfg.beta, cfg.max_weight)
         pi_loss, pi_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
-        self.actor_optim.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        self.actor_optim.step()
+        optimizer_step(pi_loss, self.actor_optim)
 
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.num_updates += 1

@@ -34,8 +34,8 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
-from rlft.algos.losses import Info, iql_weights, metrics_to_floats, prefixed
+from rlft.algos.base import AlgoConfig, Algorithm, optimizer_step
+from rlft.algos.losses import Info, iql_weights, metrics_to_floats, prefixed, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import ValueNet, soft_update
@@ -49,7 +49,7 @@ def awr_return_target(
 ) -> torch.Tensor:
     """Value target ``R`` [B]: 'td' -> ``r + bootstrap * V(s')``; 'mc' -> ``mc_return`` where finite, else the 'td'
     value (all [B], no grad)."""
-    td = reward + bootstrap * next_v
+    td = td_target(reward, bootstrap, next_v)
     if kind == "td":
         return td
     return torch.where(torch.isfinite(mc_return), mc_return, td)
@@ -130,17 +130,13 @@ class AWR(Algorithm):
         # value regression (the advantage uses V before this step)
         v = self.value(batch.obs)
         v_loss, v_info = awr_value_loss(v, target)
-        self.value_optim.zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.value_optim.step()
+        optimizer_step(v_loss, self.value_optim)
         soft_update(self.target_value, self.value, cfg.tau)
 
         # actor: exp-advantage-weighted behaviour cloning
         weights, w_info = awr_weights(target - v.detach(), cfg.temperature, cfg.max_weight)
         pi_loss, pi_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
-        self.actor_optim.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        self.actor_optim.step()
+        optimizer_step(pi_loss, self.actor_optim)
         self.num_updates += 1
 
         metrics: dict[str, object] = prefixed("actor", pi_info)  # the policy's own (unweighted) bc_loss etc.

@@ -12,7 +12,7 @@ iql_weights_mean/max, iql_advantage_mean, ...).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,6 +20,38 @@ import torch
 from rlft.data.batch import ChunkBatch
 from rlft.policies.base import Policy
 from rlft.policies.config import PolicyConfig
+
+
+def optimizer_step(loss: torch.Tensor, optim: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+                   inputs: list[torch.Tensor] | None = None, max_grad_norm: float | None = None) -> torch.Tensor | None:
+    """One gradient step on ``loss``: zero the gradients, backpropagate, optionally clip, step.
+
+    ``optim``: one optimiser, or several whose parameters ``loss`` reaches (one backward, then each steps);
+    ``inputs``: backpropagate into these tensors only (e.g. an actor loss that must not reach the critics);
+    ``max_grad_norm``: clip the global L2 norm of the gradients of ``inputs`` (default: the optimisers' parameters,
+    in their order) to this and return the norm before clipping; None = no clipping, returns None.
+    """
+    optims = [optim] if isinstance(optim, torch.optim.Optimizer) else list(optim)
+    for opt in optims:
+        opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=inputs)
+    norm = None
+    if max_grad_norm is not None:
+        params = inputs if inputs is not None else [p for o in optims for g in o.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for opt in optims:
+        opt.step()
+    return norm
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything an algorithm holds that saves and restores itself (besides modules and optimisers), e.g. a
+    ``Temperature``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
 
 
 @dataclasses.dataclass
@@ -182,11 +214,11 @@ class Algorithm:
         noise = torch.randn(*batch, *self.policy.chunk_shape, device=self.device) * scale
         return self.policy.act(obs_raw, noise=noise, deterministic=False)
 
-    # ---- persistence: every nn.Module / optimizer attribute plus counters ----
+    # ---- persistence: every nn.Module / optimizer / Stateful attribute plus counters ----
     def _modules_and_optims(self) -> dict[str, Any]:
         out = {}
         for k, v in vars(self).items():
-            if isinstance(v, (torch.nn.Module, torch.optim.Optimizer)):
+            if isinstance(v, (torch.nn.Module, torch.optim.Optimizer, Stateful)) and k != "cfg":
                 out[k] = v
             elif isinstance(v, torch.Tensor) and v.requires_grad:
                 out[k] = v

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, optimizer_step
 from rlft.algos.losses import metrics_to_floats, prefixed
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -54,12 +54,10 @@ class BC(Algorithm):
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss.backward()
+        norm = optimizer_step(loss, self.actor_optim, max_grad_norm=self.cfg.grad_clip)
         metrics: dict[str, object] = prefixed("actor", info)
-        if self.cfg.grad_clip is not None:
-            metrics["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
-        self.actor_optim.step()
+        if norm is not None:
+            metrics["actor/grad_norm"] = norm
         metrics["actor/actor_loss"] = loss.detach()
         metrics.setdefault("actor/bc_loss", loss.detach())
         self.num_updates += 1

@@ -33,12 +33,12 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.policies.config import PolicyConfig
-from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefixed, td_loss
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, td_loss, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
+from rlft.policies.config import PolicyConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,11 +120,6 @@ class CPQL(Algorithm):
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
 
-    def _clip(self, params) -> torch.Tensor | None:
-        if self.cfg.grad_clip is None:
-            return None
-        return torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
         metrics: dict[str, object] = {}
@@ -133,15 +128,12 @@ class CPQL(Algorithm):
         with torch.no_grad():
             next_action = self.policy.sample(batch.next_obs)
             next_q = self.target_critic(batch.next_obs, next_action)
-            y = iql_critic_target(batch.reward, batch.bootstrap, next_q.min(dim=0).values)
+            y = td_target(batch.reward, batch.bootstrap, next_q.min(dim=0).values)
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        norm = self._clip(self.critic.parameters())
+        norm = optimizer_step(critic_loss, self.critic_optim, max_grad_norm=cfg.grad_clip)
         if norm is not None:
             metrics["critic/grad_norm"] = norm
-        self.critic_optim.step()
         metrics.update(prefixed("critic", critic_info))
 
         # ---- actor: BC (flow + consistency) + eta * normalised -Q through the one-step sampler ----
@@ -150,12 +142,9 @@ class CPQL(Algorithm):
         q_pi = self.critic(batch.obs, action_pi)
         q_index = int(torch.randint(cfg.num_critics, ()))  # CPU draw from torch's global RNG (no device sync)
         actor_loss, actor_info = cpql_actor_loss(bc, q_pi, cfg.bc_coef, cfg.eta, q_index, cfg.q_normalize)
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
-        norm = self._clip(self.actor_params)
+        norm = optimizer_step(actor_loss, self.actor_optim, self.actor_params, cfg.grad_clip)  # no grad into critics
         if norm is not None:
             metrics["actor/grad_norm"] = norm
-        self.actor_optim.step()
         metrics.update(prefixed("actor", bc_info))
         metrics.update(prefixed("actor", actor_info))
 

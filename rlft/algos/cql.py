@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
 from rlft.algos.losses import (
     Info,
     metrics_to_floats,
@@ -50,8 +50,8 @@ from rlft.algos.losses import (
     sac_actor_loss,
     sac_critic_target,
     td_loss,
-    temperature_loss,
 )
+from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -183,18 +183,18 @@ class CQL(Algorithm):
             )
         self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
-        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
         if cfg.lagrange:
             self.log_alpha_prime = torch.tensor(
                 math.log(cfg.init_lagrange_multiplier), device=self.device, requires_grad=True
             )
             self.lagrange_optim = torch.optim.Adam([self.log_alpha_prime], lr=cfg.lagrange_lr, fused=True)
         dim = act_horizon * action_dim
-        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * dim
+        self.temperature = Temperature(
+            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+            cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * dim, device=self.device)
         self.log_density_rand = -dim * math.log(2.0)  # uniform over [-1, 1]^dim
 
     def policy_q_lower_bound(self, batch: ChunkBatch) -> torch.Tensor | None:
@@ -216,7 +216,7 @@ class CQL(Algorithm):
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.temperature.alpha
         metrics: dict[str, object] = {}
 
         # ---- critic: TD + conservative penalty ----
@@ -230,14 +230,10 @@ class CQL(Algorithm):
         alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6) if cfg.lagrange else None
         penalty, alpha_prime_loss = cql_penalty(gap, cfg.cql_alpha, alpha_prime, cfg.lagrange_threshold)
         critic_loss = td + penalty
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         soft_update(self.target_critic, self.critic, cfg.tau)
         if alpha_prime_loss is not None:
-            self.lagrange_optim.zero_grad(set_to_none=True)
-            alpha_prime_loss.backward()
-            self.lagrange_optim.step()
+            optimizer_step(alpha_prime_loss, self.lagrange_optim)
             metrics["critic/cql_alpha_loss"] = alpha_prime_loss.detach()
         metrics.update(prefixed("critic", td_info))
         metrics.update(prefixed("critic", gap_info))
@@ -251,16 +247,9 @@ class CQL(Algorithm):
         action, log_prob = self.policy.rsample_log_prob(batch.obs)
         q_pi = self.critic(batch.obs, action).min(dim=0, keepdim=True).values
         actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
-        self.actor_optim.step()
+        optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
         metrics.update(prefixed("actor", actor_info))
-        temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-        if cfg.learn_temperature:
-            self.temperature_optim.zero_grad(set_to_none=True)
-            temp_loss.backward()
-            self.temperature_optim.step()
-        metrics.update(prefixed("alpha", temp_info))
+        metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
 
         self.num_updates += 1
         return metrics_to_floats(metrics)

@@ -41,13 +41,19 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.algos.losses import Info, expectile_loss, iql_critic_target, metrics_to_floats, prefixed, td_loss
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
+from rlft.algos.losses import (
+    Info,
+    expectile_loss,
+    metrics_to_floats,
+    prefixed,
+    td_loss,
+    td_target,
+)
 from rlft.algos.qc import QC, as_best_of_n
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError, TrainingError
-from rlft.nets.ensemble import soft_update
-from rlft.nets.ensemble import aggregate_q
+from rlft.nets.ensemble import aggregate_q, soft_update
 from rlft.policies.best_of_n import BestOfNPolicy
 
 
@@ -163,7 +169,7 @@ class DQC(Algorithm):
         row_mask = batch.valid_mask[:, H - 1]  # its last step executed: the short chunk is real data
 
         with torch.no_grad():
-            y = iql_critic_target(batch.reward, batch.bootstrap, self.value(batch.next_obs))
+            y = td_target(batch.reward, batch.bootstrap, self.value(batch.next_obs))
             q_a_target = aggregate_q(self.target_action_critic(batch.obs, action_h), cfg.q_agg)
 
         # chunk critic: Hb-step TD regression on V(s')
@@ -179,11 +185,7 @@ class DQC(Algorithm):
         bc_loss, bc_info = pi.flow.bc_loss(batch.obs, action_h, mask_h)
 
         optims = (self.chunk_critic_optim, self.action_critic_optim, self.value_optim, self.actor_optim)
-        for opt in optims:
-            opt.zero_grad(set_to_none=True)
-        (chunk_loss + distill_loss + value_loss + bc_loss).backward()  # disjoint parameters: one backward
-        for opt in optims:
-            opt.step()
+        optimizer_step(chunk_loss + distill_loss + value_loss + bc_loss, optims)  # disjoint parameters: one backward
         soft_update(self.target_action_critic, pi.critic, cfg.tau)
         self.num_updates += 1
 

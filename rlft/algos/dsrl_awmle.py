@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, optimizer_step
 from rlft.algos.losses import Info, metrics_to_floats, prefixed
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -205,9 +205,7 @@ class DSRLAWMLE(Algorithm):
         log_scale = torch.log(0.5 * (nz.act_high - nz.act_low)).sum() * H  # d w / d w_n = (high - low) / 2 per dim
         kl = latent_kl_to_prior(log_prob_pi_n - log_scale, nz.unnormalize_action(w_pi_n))
         loss, info = awmle_loss(log_probs, weights, kl, cfg.kl_coef, adv)
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.actor_optim.step()
+        optimizer_step(loss, self.actor_optim)
 
         with torch.no_grad():  # the stage-1 check: Q of the actor's noise vs the prior's
             q_pi = self.critic(obs, self.base_policy.sample(obs, noise=nz.unnormalize_action(w_pi_n.detach())))

@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
 from rlft.algos.losses import (
     Info,
     metrics_to_floats,
     prefixed,
     sac_actor_loss,
     td_loss,
-    temperature_loss,
+    td_target,
 )
+from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -57,7 +57,7 @@ def na_critic_target(next_q: torch.Tensor, reward: torch.Tensor, bootstrap: torc
     """``y = r + bootstrap * agg_i next_q_i`` with ``next_q`` [N, B] the target action critic at (s', pi_dp(s', w')),
     ``agg`` 'min' or 'mean' over members, ``bootstrap = gamma^k (1 - terminated)``. Returns y [B]."""
     v = next_q.min(dim=0).values if agg == "min" else next_q.mean(dim=0)
-    return reward + bootstrap * v
+    return td_target(reward, bootstrap, v)
 
 
 def noise_distill_loss(q_w: torch.Tensor, q_a: torch.Tensor) -> tuple[torch.Tensor, Info]:
@@ -144,14 +144,14 @@ class DSRLNA(Algorithm):
         self.critic = self.critic_ensemble(exec_dim)  # Q^A(s, a)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.noise_critic = self.critic_ensemble(act_horizon * action_dim)  # Q^W(s, w)
-        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.noise_critic_optim = torch.optim.Adam(self.noise_critic.parameters(), lr=cfg.noise_critic_lr, fused=True)
-        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
-        self.target_entropy = (cfg.target_entropy if cfg.target_entropy is not None
-                               else cfg.target_entropy_per_dim * act_horizon * action_dim)
+        self.temperature = Temperature(
+            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+            cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * act_horizon * action_dim,
+            device=self.device)
 
     # ---- the frozen decoder ----
     def noise_of(self, w_n: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ class DSRLNA(Algorithm):
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.temperature.alpha
         metrics: dict[str, object] = {}
         B = batch.batch_size
 
@@ -177,9 +177,7 @@ class DSRLNA(Algorithm):
                                  cfg.target_agg)
         q = self.critic(batch.obs, batch.executed_action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         soft_update(self.target_critic, self.critic, cfg.tau)
         metrics.update(prefixed("critic", critic_info))
 
@@ -188,9 +186,7 @@ class DSRLNA(Algorithm):
         with torch.no_grad():
             q_a = self.critic(batch.obs, self.decode(batch.obs, w_prior))
         distill_loss, distill_info = noise_distill_loss(self.noise_critic(batch.obs, w_prior), q_a)
-        self.noise_critic_optim.zero_grad(set_to_none=True)
-        distill_loss.backward()
-        self.noise_critic_optim.step()
+        optimizer_step(distill_loss, self.noise_critic_optim)
         metrics.update(prefixed("critic", distill_info))
 
         # ---- latent actor and temperature: SAC on the noise critic ----
@@ -198,16 +194,9 @@ class DSRLNA(Algorithm):
             w_n, log_prob = self.policy.rsample_log_prob(batch.obs)
             q_pi = self.noise_critic(batch.obs, self.noise_of(w_n))
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
-            self.actor_optim.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=self.actor_params)  # no gradient into the noise critic
-            self.actor_optim.step()
+            optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the noise critic
             metrics.update(prefixed("actor", actor_info))
-            temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-            if cfg.learn_temperature:
-                self.temperature_optim.zero_grad(set_to_none=True)
-                temp_loss.backward()
-                self.temperature_optim.step()
-            metrics.update(prefixed("alpha", temp_info))
+            metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
 
         self.num_updates += 1
         return metrics_to_floats(metrics)

@@ -41,13 +41,12 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm
+from rlft.algos.base import AlgoConfig, Algorithm, optimizer_step
 from rlft.algos.dsrl_awmle import latent_kl_to_prior
 from rlft.algos.losses import Info, metrics_to_floats
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import ValueNet
-
 
 LOG_RATIO_MAX = 20.0
 """Clamp of log pi - log pi_old before exp in the PPO ratio."""
@@ -188,10 +187,7 @@ class DSRLPPO(Algorithm):
                 entropy = -logp_sample.mean()
                 kl = latent_kl_to_prior(logp_sample - log_scale, nz.unnormalize_action(w_n)).mean()
                 loss = pi_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy + cfg.kl_prior_coef * kl
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optim.step()
+                optimizer_step(loss, self.optim, max_grad_norm=cfg.max_grad_norm)
                 step = {**info, "value_loss": value_loss.detach(), "entropy": entropy.detach(), "kl_loss": kl.detach()}
                 for k, x in step.items():
                     sums[k] = sums.get(k, 0.0) + x

@@ -33,11 +33,10 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.algos.losses import Info, iql_critic_target, metrics_to_floats, prefixed, td_loss
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, td_loss, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import soft_update
-from rlft.nets.ensemble import aggregate_q
+from rlft.nets.ensemble import aggregate_q, soft_update
 from rlft.policies.flow import FlowPolicy
 from rlft.policies.onestep import OneStepFlowPolicy
 
@@ -131,7 +130,7 @@ class FQL(Algorithm):
         with torch.no_grad():
             next_action = pi.sample(batch.next_obs)
             next_q = aggregate_q(self.target_critic(batch.next_obs, next_action), cfg.q_agg)
-            y = iql_critic_target(batch.reward, batch.bootstrap, next_q)
+            y = td_target(batch.reward, batch.bootstrap, next_q)
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
 

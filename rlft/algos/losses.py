@@ -65,6 +65,14 @@ def td_loss(q: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, Info]:
     return loss, info
 
 
+def td_target(reward: torch.Tensor, bootstrap: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
+    """The TD target of every critic here: ``y = r + bootstrap * next_value`` with ``bootstrap = gamma^k (1 -
+    terminated)`` (``ChunkBatch.bootstrap``: the chunk's discount, 0 at a terminal). ``next_value`` is what the
+    algorithm backs up: IQL's V(s'), a (subset) min or mean of target critics at the policy's next action, SAC's
+    soft value; all [B]. Call under ``torch.no_grad``."""
+    return reward + bootstrap * next_value
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # IQL
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,11 +83,6 @@ def iql_value_loss(q_target_min: torch.Tensor, v: torch.Tensor, tau: float) -> t
     """
     loss = expectile_loss(q_target_min - v, tau)
     return loss, {"value_loss": loss.detach(), "v_mean": v.detach().mean()}
-
-
-def iql_critic_target(reward: torch.Tensor, bootstrap: torch.Tensor, next_v: torch.Tensor) -> torch.Tensor:
-    """IQL TD target ``y = r + bootstrap * V(s')`` with ``bootstrap = gamma^k (1 - terminated)``; all [B]."""
-    return reward + bootstrap * next_v
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ def sac_critic_target(
     """
     q = next_q if subset_idx is None else next_q.index_select(0, subset_idx)
     soft_v = q.min(dim=0).values - alpha * next_log_prob
-    return reward + bootstrap * soft_v
+    return td_target(reward, bootstrap, soft_v)
 
 
 def sac_actor_loss(

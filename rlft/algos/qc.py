@@ -36,11 +36,10 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.algos.losses import iql_critic_target, metrics_to_floats, prefixed, td_loss
+from rlft.algos.losses import metrics_to_floats, prefixed, td_loss, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import soft_update
-from rlft.nets.ensemble import aggregate_q
+from rlft.nets.ensemble import aggregate_q, soft_update
 from rlft.policies.best_of_n import BestOfNPolicy, best_of_n
 from rlft.policies.flow import FlowPolicy
 
@@ -126,7 +125,7 @@ class QC(Algorithm):
             cands = pi.candidates(batch.next_obs, z)
             next_action, _ = best_of_n(cands, pi.score(batch.next_obs, cands))
             next_q = aggregate_q(self.target_critic(batch.next_obs, next_action), cfg.q_agg)
-            y = iql_critic_target(batch.reward, batch.bootstrap, next_q)
+            y = td_target(batch.reward, batch.bootstrap, next_q)
         q = pi.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
 

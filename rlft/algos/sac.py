@@ -36,21 +36,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
 from rlft.algos.losses import (
     metrics_to_floats,
     prefixed,
     sac_actor_loss,
     sac_critic_target,
     td_loss,
-    temperature_loss,
 )
+from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -134,24 +133,17 @@ class SAC(Algorithm):
             )
         self.critic = self.critic_ensemble(act_horizon * action_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
-        self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
+        auto = cfg.target_entropy is None  # the rule in the module docstring
+        self.temperature = Temperature(
+            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+            cfg.target_entropy_per_dim * act_horizon * action_dim if auto else cfg.target_entropy,
+            cap_at_first_policy=auto and cfg.target_entropy_from_policy, device=self.device)
         self.generator = torch.Generator()  # on the CPU: the subset indices are host-side (no device sync)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        self.target_entropy: float | None = cfg.target_entropy  # resolved on the first update when None
         self.actor_update_every = cfg.actor_update_every or max(1, cfg.utd_ratio)
-
-    # ---- target entropy rule (see module docstring) ----
-    def _resolve_target_entropy(self, log_prob: torch.Tensor) -> float:
-        if self.target_entropy is None:
-            value = self.cfg.target_entropy_per_dim * self.act_horizon * self.action_dim
-            if self.cfg.target_entropy_from_policy:
-                value = min(value, float(-log_prob.detach().mean()))
-            self.target_entropy = value
-        return self.target_entropy
 
     def _subset(self) -> torch.Tensor | None:
         n, k = self.cfg.num_critics, self.cfg.critic_subset
@@ -161,7 +153,7 @@ class SAC(Algorithm):
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.temperature.alpha
         metrics: dict[str, object] = {}
 
         # ---- critic ----
@@ -174,9 +166,7 @@ class SAC(Algorithm):
             )
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         soft_update(self.target_critic, self.critic, cfg.tau)
         metrics.update(prefixed("critic", critic_info))
 
@@ -191,30 +181,20 @@ class SAC(Algorithm):
                 actor_loss = actor_loss + cfg.bc_coef * bc
                 metrics["actor/bc_loss"] = bc.detach()
                 actor_info["actor_loss"] = actor_loss.detach()
-            self.actor_optim.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
-            self.actor_optim.step()
+            optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
             metrics.update(prefixed("actor", actor_info))
 
-            target_entropy = self._resolve_target_entropy(log_prob)
-            temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, target_entropy)
-            if cfg.learn_temperature:
-                self.temperature_optim.zero_grad(set_to_none=True)
-                temp_loss.backward()
-                self.temperature_optim.step()
-            metrics.update(prefixed("alpha", temp_info))
+            metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
 
         self.num_updates += 1
         return metrics_to_floats(metrics)
 
-    # ---- persistence: add the subset generator and the resolved target entropy ----
+    # ---- persistence: add the subset generator ----
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["generator"] = self.generator.get_state()
-        sd["target_entropy"] = self.target_entropy
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         super().load_state_dict(sd)
         self.generator.set_state(sd["generator"])
-        self.target_entropy = sd["target_entropy"]

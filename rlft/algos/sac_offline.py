@@ -40,7 +40,7 @@ in the awr/iql losses, alpha cannot raise the entropy). It is logged as ``alpha/
 e.g. ``target_entropy: -28`` (-0.5 per dimension) or ``learn_temperature: false`` to test the fix.
 
 Flow actor: it has no tractable density, so no temperature is learnt, no entropy term is added anywhere and no
-``alpha/*`` metric is logged (the module has no ``log_alpha`` then); ``init_temperature`` etc. are ignored. Every
+``alpha/*`` metric is logged (the algorithm has no ``temperature`` then); ``init_temperature`` etc. are ignored. Every
 other part (critic, value net, weights, lambda) is identical, so ``policy.kind`` alone switches Gaussian vs flow.
 """
 
@@ -48,14 +48,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
 
 from rlft.algos import register
 from rlft.algos.awr import awr_weights
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
 from rlft.algos.losses import (
     Info,
     iql_value_loss,
@@ -65,9 +64,10 @@ from rlft.algos.losses import (
     sac_actor_loss,
     sac_critic_target,
     td_loss,
-    temperature_loss,
+    td_target,
 )
 from rlft.algos.td3bc import td3bc_actor_loss
+from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -178,21 +178,19 @@ class SACOffline(Algorithm):
         if cfg.actor_loss_type == "iql":
             self.value = self.value_net()
             self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
-        self.target_entropy = (
-            float(cfg.target_entropy) if cfg.target_entropy is not None else -float(act_horizon * action_dim)
-        )
         if self.stochastic:
-            self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
-            if cfg.learn_temperature:
-                self.temperature_optim = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr, fused=True)
+            self.temperature = Temperature(
+                cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+                cfg.target_entropy if cfg.target_entropy is not None else -float(act_horizon * action_dim),
+                device=self.device)
 
     # ---- pieces ----
     def _alpha(self) -> torch.Tensor | float:
-        return self.log_alpha.detach().exp() if self.stochastic else 0.0
+        return self.temperature.alpha if self.stochastic else 0.0
 
     def _critic_target(self, batch: ChunkBatch, alpha) -> torch.Tensor:
         if self.cfg.critic_backup == "value":
-            return batch.reward + batch.bootstrap * self.value(batch.next_obs)
+            return td_target(batch.reward, batch.bootstrap, self.value(batch.next_obs))
         if self.stochastic:
             a_next, logp_next = self.policy.rsample_log_prob(batch.next_obs)
         else:
@@ -220,9 +218,7 @@ class SACOffline(Algorithm):
             y = self._critic_target(batch, alpha)
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         soft_update(self.target_critic, self.critic, cfg.tau)
         metrics.update(prefixed("critic", critic_info))
 
@@ -232,9 +228,7 @@ class SACOffline(Algorithm):
                 q_t = self.target_critic(batch.obs, batch.action).min(dim=0).values
             v = self.value(batch.obs)
             v_loss, v_info = iql_value_loss(q_t, v, cfg.iql_expectile)
-            self.value_optim.zero_grad(set_to_none=True)
-            v_loss.backward()
-            self.value_optim.step()
+            optimizer_step(v_loss, self.value_optim)
             metrics.update(prefixed("critic", v_info))
 
         # ---- actor ----
@@ -276,19 +270,12 @@ class SACOffline(Algorithm):
         if self.stochastic:
             info["entropy"] = -log_prob.detach().mean()
         info["actor_loss"] = actor_loss.detach()
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
-        self.actor_optim.step()
+        optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
         metrics.update(prefixed("actor", info))
 
         # ---- temperature (Gaussian actor, every loss type) ----
         if self.stochastic:
-            temp_loss, temp_info = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-            if cfg.learn_temperature:
-                self.temperature_optim.zero_grad(set_to_none=True)
-                temp_loss.backward()
-                self.temperature_optim.step()
-            metrics.update(prefixed("alpha", temp_info))
+            metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
 
         self.num_updates += 1
         return metrics_to_floats(metrics)

@@ -33,8 +33,8 @@ from typing import ClassVar
 import torch
 
 from rlft.algos import register
-from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig
-from rlft.algos.losses import Info, metrics_to_floats, prefixed, td_loss
+from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, td_loss, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -139,12 +139,10 @@ class TD3BC(Algorithm):
         with torch.no_grad():
             a_next = self.target_policy.sample(batch.next_obs, deterministic=True)
             a_next = smoothed_target_action(a_next, torch.randn_like(a_next), cfg.policy_noise, cfg.noise_clip)
-            y = batch.reward + batch.bootstrap * self.target_critic(batch.next_obs, a_next).min(dim=0).values
+            y = td_target(batch.reward, batch.bootstrap, self.target_critic(batch.next_obs, a_next).min(dim=0).values)
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
+        optimizer_step(critic_loss, self.critic_optim)
         metrics.update(prefixed("critic", critic_info))
 
         # ---- delayed actor and target updates ----
@@ -152,9 +150,7 @@ class TD3BC(Algorithm):
             pi = self.policy.sample(batch.obs, deterministic=True)
             q_pi = self.critic(batch.obs, pi, members=self._first)[0]
             actor_loss, actor_info = td3bc_actor_loss(q_pi, pi, batch.action, batch.valid_mask, cfg.alpha)
-            self.actor_optim.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=self.actor_params)  # no gradient into the critics
-            self.actor_optim.step()
+            optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
             soft_update(self.target_critic, self.critic, cfg.tau)
             soft_update(self.target_policy, self.policy, cfg.tau)
             metrics.update(prefixed("actor", actor_info))
