@@ -17,6 +17,8 @@ and names the replay buffer's extra fields.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from rlft.data.episodes import Episode
@@ -149,17 +151,28 @@ class ResidualAdapter(ChunkAdapter):
         return ResidualPolicy.compose(self.base, actor, self.bound)
 
 
-def make_adapter(base_mode: str, base: Policy | None, obs_dim: int, action_dim: int, act_horizon: int,
-                 action_magnitude: float, residual_bound=None) -> ChunkAdapter:
-    """The adapter for a stage: no base policy -> chunks; with one, ``base_mode`` 'noise' (DSRL) or 'residual'
-    (``residual_bound`` [A], ``rlft.envs.residual.residual_bound``)."""
+def make_adapter(cfg, base: Policy | None, info: dict, episodes: Callable[[], list[Episode] | None],
+                 settings: dict) -> ChunkAdapter:
+    """The adapter for a stage (``cfg`` a ``TrainConfig``; ``info`` the env's ``env_info``): no base policy ->
+    chunks; with one, ``cfg.base_mode`` 'noise' (DSRL) or 'residual'. The residual's bound [A] is
+    ``cfg.residual_scale`` x ``cfg.residual_unit`` (``rlft.envs.residual.residual_bound``; 'action_std' measures the
+    dataset's episodes, ``episodes()`` reads them); a continued residual composite (``settings`` from ``split_composite``) must keep its
+    bound."""
     if base is None:
-        return ChunkAdapter(obs_dim, action_dim, act_horizon)
-    if base_mode == "noise":
-        return NoiseAdapter(base, action_magnitude)
-    if base_mode == "residual":
-        return ResidualAdapter(base, residual_bound)
-    raise ConfigError(f"base_mode: {base_mode!r} is not 'noise' or 'residual'")
+        return ChunkAdapter(info["obs_dim"], info["action_dim"], cfg.env.act_horizon)
+    if cfg.base_mode == "noise":
+        return NoiseAdapter(base, cfg.action_magnitude)
+    if cfg.base_mode != "residual":
+        raise ConfigError(f"base_mode: {cfg.base_mode!r} is not 'noise' or 'residual'")
+    from rlft.envs.residual import residual_bound
+
+    data = episodes()
+    actions = None if data is None else np.concatenate([e.actions for e in data])
+    bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"], actions)
+    if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
+        raise ConfigError(f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
+                          f"{cfg.init_policy} was trained with {settings['residual_bound']}")
+    return ResidualAdapter(base, bound)
 
 
 def split_composite(policy: Policy) -> tuple[Policy | None, Policy, str | None, dict]:

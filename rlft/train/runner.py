@@ -27,17 +27,11 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from rlft.algos import get_algorithm
 from rlft.config import save_yaml, to_dict
-from rlft.data.dataset import ChunkDataset
-from rlft.envs.datasets import load_dataset_for_env
 from rlft.data.mixer import MixedSampler
-from rlft.data.replay import ReplayBuffer
-from rlft.envs import env_info, make_env
-from rlft.envs.residual import residual_bound
+from rlft.envs import make_env
 from rlft.errors import CheckpointError, ConfigError, TrainingError
-from rlft.policies import load_policy
-from rlft.train.adapters import make_adapter, split_composite
+from rlft.train.stage import build_stage
 from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
 from rlft.rollout import Evaluator, evaluate_policy
@@ -101,15 +95,6 @@ def load_training_state(path: str | Path, device, field: str = "run.resume") -> 
     return state
 
 
-def _check_policy_matches(policy, obs_dim: int, action_dim: int, act_horizon: int, source: str) -> None:
-    got = (policy.obs_dim, policy.action_dim, policy.act_horizon)
-    want = (obs_dim, action_dim, act_horizon)
-    if got != want:
-        raise CheckpointError(
-            f"{source}: policy has (obs_dim, action_dim, act_horizon) = {got} but the env/config needs {want}"
-        )
-
-
 class Trainer:
     """Builds everything a stage needs from a TrainConfig, then ``run()``."""
 
@@ -121,114 +106,17 @@ class Trainer:
         self.device = resolve_device(cfg.run.device)
         self.run_dir = Path(run_dir) if run_dir else _run_dir(cfg)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if cfg.mode == "offline" and not cfg.dataset:
-            raise ConfigError("dataset: an offline stage needs a dataset file")
-        algo_cls = get_algorithm(cfg.algo)
-        ac = cfg.algo_cfg
-        if cfg.mode == "online" and ac.rollout_steps > 0 and (ac.offline_ratio > 0 or ac.rollout_steps > cfg.replay_capacity):
-            raise ConfigError(f"algo_cfg.rollout_steps: an on-policy rollout of {ac.rollout_steps} macro-steps needs "
-                              f"offline_ratio 0 and replay_capacity >= rollout_steps ({cfg.replay_capacity})")
-        if cfg.mode == "online" and ac.offline_ratio > 0 and not cfg.dataset:
-            raise ConfigError(f"dataset: algo_cfg.offline_ratio={ac.offline_ratio} needs an offline dataset file")
-
-        data_h = ac.data_horizon(cfg.env.act_horizon)  # action steps per training chunk (> H for DQC's chunk critic)
-        if cfg.mode == "online" and data_h != cfg.env.act_horizon:
-            raise ConfigError(f"mode: {cfg.algo} trains on {data_h}-step chunks but online replay holds the executed "
-                              f"{cfg.env.act_horizon}-step chunks (env.act_horizon); run it in offline mode")
-
-        # environment dims
-        env_kw = {} if cfg.env.max_episode_steps is None else {"max_episode_steps": cfg.env.max_episode_steps}
-        if cfg.env.reward_mode is not None:
-            env_kw["reward_mode"] = cfg.env.reward_mode
-        probe = make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **env_kw)
-        info = env_info(probe)
-        probe.close()
-        self.obs_dim, self.action_dim, H = info["obs_dim"], info["action_dim"], cfg.env.act_horizon
-        self.env_kw = env_kw
-
-        # the frozen base policy (DSRL / residual RL) and the actor this stage trains, pretrained or fresh
-        base, policy, mode, settings = None, None, cfg.base_mode, {}
-        if cfg.init_policy:
-            loaded = load_policy(cfg.init_policy)
-            _check_policy_matches(loaded, self.obs_dim, self.action_dim, H, cfg.init_policy)
-            base, policy, saved_mode, settings = split_composite(loaded)  # a composite brings its frozen base policy
-            if saved_mode is not None and saved_mode != cfg.base_mode:
-                raise ConfigError(f"base_mode: {cfg.init_policy} is a {saved_mode} composite; set base_mode "
-                                  f"{saved_mode} to continue it")
-        if cfg.base_policy:
-            if policy is not None and base is None:
-                raise ConfigError("init_policy: with base_policy set, init_policy must be a composite of the same "
-                                  "kind (its actor is continued) or unset")
-            base = load_policy(cfg.base_policy, map_location=self.device)
-            _check_policy_matches(base, self.obs_dim, self.action_dim, H, cfg.base_policy)
-        if base is not None:
-            base.to(self.device).requires_grad_(False).eval()
-        episodes, bound = None, None
-        if base is not None and mode == "residual":  # the bound is sized by the dataset's actions
-            episodes = load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)[0] if cfg.dataset else None
-            bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"],
-                                   None if episodes is None else np.concatenate([e.actions for e in episodes]))
-            if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
-                raise ConfigError(f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
-                                  f"{cfg.init_policy} was trained with {settings['residual_bound']}")
-        self.adapter = adapter = make_adapter(mode, base, self.obs_dim, self.action_dim, H, cfg.action_magnitude,
-                                              bound)
-        act_h, act_dim = adapter.act_horizon, adapter.action_dim
-        if base is not None and not adapter.offline_data and (cfg.mode == "offline" or ac.offline_ratio > 0) \
-                and not algo_cls.uses_base_policy:
-            raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
-                              f"learn from it in the noise space; run it online with offline_ratio 0")
-        if policy is None:
-            policy = adapter.fresh_actor(ac.policy)
-        elif base is not None:
-            adapter.check_actor(policy, f"{cfg.init_policy} (actor)")
-        stats_from = base if base is not None else (policy if cfg.init_policy else None)  # whose statistics data use
-        if episodes is None and cfg.dataset:
-            episodes, _ = load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)
-        self.dataset = None
-        if episodes is not None:
-            o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
-            if (o, a) != (self.obs_dim, self.action_dim):
-                raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
-                                  f"{cfg.env.env_id} ({self.obs_dim}, {self.action_dim})")
-            low, high = info["action_low"], info["action_high"]
-            if adapter.data_obs_horizon is not None:  # data in the actor's own space (residual: delta, base action)
-                episodes = adapter.actor_episodes(episodes, cfg.env.obs_horizon)
-                data_h, obs_h, stats_from, low, high = act_h, adapter.data_obs_horizon, policy, -1.0, 1.0
-            else:
-                obs_h = cfg.env.obs_horizon
-            ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=obs_h,
-                              normalizer=stats_from.normalizer if stats_from is not None else None, device=self.device,
-                              act_low=low, act_high=high)
-            if stats_from is None:
-                policy.normalizer.load_state_dict(ds.normalizer.state_dict())
-                ds.normalizer = policy.normalizer
-            self.dataset = ds
-        elif stats_from is None:
-            low, high = info["action_low"], info["action_high"]
-            policy.normalizer.set_stats(np.zeros(self.obs_dim), np.ones(self.obs_dim), low, high)
-        if algo_cls.uses_base_policy and base is None:
-            raise ConfigError(f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy "
-                              f"to a steered policy)")
-        if algo_cls.needs_pretrained_critic and not cfg.init_critic:
-            raise ConfigError(f"init_critic: {cfg.algo} needs pretrained critics (a previous stage's "
-                              f"checkpoints/state.pt)")
-        algo_kw = {"base_policy": base} if algo_cls.uses_base_policy else {}
-        self.algo = algo_cls(ac, adapter.obs_dim, act_dim, act_h, policy=policy, device=self.device, **algo_kw)
-        self.base_policy = base
-        # the deployable artifact: the composite (frozen base + trained actor) when acting through a base policy
-        live = adapter.compose(self.algo.policy)
-        # what is evaluated and saved: the live policy, or an EMA of its weights (TrainConfig.policy_ema)
-        self.ema = PolicyEMA(live, cfg.policy_ema) if cfg.policy_ema != 0 else None
-        self.policy = live if self.ema is None else self.ema.policy
+        stage = build_stage(cfg, self.device)
+        self.env_kw, self.adapter = stage.env_kwargs, stage.adapter
+        self.algo, self.dataset, self.replay = stage.algo, stage.dataset, stage.replay
+        # what is evaluated and saved: the deployable policy, or an EMA of its weights (TrainConfig.policy_ema)
+        self.ema = PolicyEMA(stage.policy, cfg.policy_ema) if cfg.policy_ema != 0 else None
+        self.policy = stage.policy if self.ema is None else self.ema.policy
         if cfg.init_critic:
             self._warm_start(cfg.init_critic)
         # the rewards seen so far (data, then env): with gamma they bound every value estimate (live divergence check)
         # one list, shared with the live diagnosis' context and widened in place by the online loop ([] = none yet)
-        self.reward_range: list[float] = []
-        if episodes is not None:
-            r = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes])
-            self.reward_range[:] = [float(r.min()), float(r.max())] if len(r) else []
+        self.reward_range: list[float] = stage.reward_range
         self._diag_ctx: dict = {}  # the live diagnosis' context (``_live_diagnosis``)
         self.step = 0
         self.best = -1.0
@@ -237,10 +125,6 @@ class Trainer:
         self._t_run = time.time()
         self._loop: dict | None = None  # online: the episode in progress and the loop's counters (checkpointed)
         self._eval_step = -1  # env/update step of the latest evaluation
-        self.replay: ReplayBuffer | None = None
-        if cfg.mode == "online":
-            self.replay = ReplayBuffer(cfg.replay_capacity, adapter.obs_dim, act_h, act_dim,
-                                       self.algo.policy.normalizer, device=self.device, **adapter.replay_fields())
         self.evaluator: Evaluator | None = None
 
     def _warm_start(self, path: str) -> None:
