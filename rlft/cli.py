@@ -16,7 +16,7 @@ from typing import Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # GNU OpenMP spins while waiting for its other threads; next to another busy process that made 2-thread updates
-# 10-100x slower (BENCHMARKS.md). Passive waiting removes the collapse; it must be set before torch is imported.
+# 10-100x slower (docs/notebook/benchmarks.md §3). Passive waiting removes the collapse; it must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,dsrl-check} [--config FILE.yaml] [--field VALUE ...]

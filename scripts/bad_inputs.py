@@ -1,4 +1,4 @@
-"""Try the inputs a careless or hostile user gives rlft and tabulate what each gets (BENCHMARKS, "Bad inputs").
+"""Try the inputs a careless or hostile user gives rlft and tabulate what each gets (docs/results.md, "Trust").
 
 Each case runs the real ``rlft`` command line in a subprocess (one tiny OGBench cube-single dataset and run made
 here first) and is judged by its exit status and output:

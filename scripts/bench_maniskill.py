@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_maniskill.py [--env-id LiftPegUpright-v1] [--steps 3000] [--demos 20]
 
-Prints one JSON object (BENCHMARKS.md "ManiSkill3 on CPU"). Random actions in [-1, 1], state observations,
-pd_ee_delta_pose, rlft's time limit (episodes reset when they end).
+Prints one JSON object (docs/results.md, "Simulator speed, demonstration cost, CI cost"). Random actions in
+[-1, 1], state observations, pd_ee_delta_pose, rlft's time limit (episodes reset when they end).
 """
 
 from __future__ import annotations

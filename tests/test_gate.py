@@ -1,5 +1,5 @@
 """The pipeline's deploy gate: Wilson and Newcombe intervals by hand, and its choice on stage results measured with
-rlft (BENCHMARKS.md), including the ManiSkill pipeline whose online stage regressed."""
+rlft (docs/notebook/benchmarks.md), including the ManiSkill pipeline whose online stage regressed."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _rows(*stages):
 
 
 def test_gate_on_measured_stage_results():
-    # ManiSkill LiftPegUpright, seed 0 (BENCHMARKS section 5, 50 episodes): BC 0.68 -> offline IQL 0.82 -> online
+    # ManiSkill LiftPegUpright, seed 0 (docs/notebook/benchmarks.md §5, 50 episodes): BC 0.68 -> offline IQL 0.82 -> online
     # IQL 0.14: the online stage regressed from both and the offline policy ships; the regression is reported
     # against the best earlier stage (the largest drop)
     g = gate(_rows(("bc", 34, 50), ("offline", 41, 50), ("online", 7, 50)))
@@ -42,11 +42,11 @@ def test_gate_on_measured_stage_results():
     assert [(r["stage"], r["from"]) for r in g["regressions"]] == [("online", "offline")]
     assert g["regressions"][0]["diff"] == pytest.approx(7 / 50 - 41 / 50)
     assert g["regressions"][0]["interval"][1] < 0
-    # OGBench default, seed 0 (BENCHMARKS section 2): 0.36 -> 0.34 -> 0.96: the online stage ships, offline's dip
+    # OGBench default, seed 0 (docs/notebook/benchmarks.md §2): 0.36 -> 0.34 -> 0.96: the online stage ships, offline's dip
     # is inside the interval (no regression)
     g = gate(_rows(("bc", 18, 50), ("offline", 17, 50), ("online", 48, 50)))
     assert g["deployed"] == "online" and g["regressions"] == []
-    # 100-episode results of 2026-12-02 (BENCHMARKS section 12): the default pipeline, seed 0 (BC 0.40, IQL 0.21,
+    # 100-episode results of 2026-12-02 (docs/notebook/benchmarks.md §12): the default pipeline, seed 0 (BC 0.40, IQL 0.21,
     # online IQL 0.87: offline regressed from BC, online ships) and LiftPegUpright with online IQL, seed 0 (0.67,
     # 0.77, 0.21: online regressed, offline ships)
     g = gate(_rows(("bc", 40, 100), ("offline", 21, 100), ("online", 87, 100)))

@@ -302,7 +302,7 @@ def test_entropy_settling_at_its_target_is_not_a_collapse():
 
 
 def test_offline_sac_study_gaussian_stays_uniform_over_the_box():
-    """REAL (seed 001's configuration on our data, BENCHMARKS §9): with init_temperature 1 the tanh-Gaussian chunk
+    """REAL (the offline SAC study's configuration on our data, docs/notebook/benchmarks.md §8): with init_temperature 1 the tanh-Gaussian chunk
     actor never leaves the uniform distribution on [-1, 1]^40 (entropy 27.3 of at most 40 log 2 = 27.7)."""
     found = _diag("sac_offline_uniform_box")
     f = found["entropy_at_box_maximum"]

@@ -208,7 +208,7 @@ def test_online_run_killed_at_random_moments_resumes_bit_for_bit(tmp_path):
             proc.kill()
             kills += 1
         proc.wait()
-    print(f"killed with SIGKILL {kills} times")  # (pytest -s shows it; BENCHMARKS quotes a run)
+    print(f"killed with SIGKILL {kills} times")  # (pytest -s shows it; docs/results.md quotes a run)
     assert kills >= 1
     if not (tmp_path / "cut" / "summary.json").exists():
         assert main(["train", *ONLINE, "--run.out-dir", str(tmp_path), "--run.name", "cut", "--run.resume"]) == 0

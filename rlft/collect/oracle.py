@@ -114,7 +114,7 @@ def _worker_run(index: int) -> tuple[int, int, Episode, float]:
 def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
     # one BLAS thread for the oracles: their numpy maths then rounds the same whatever the caller's thread settings
     # (with several OpenBLAS threads the play oracle's actions differed by ~1e-8 and one 1000-step episode in 20
-    # diverged; BENCHMARKS.md §2). In a worker process for good, in this process only while collecting.
+    # diverged; docs/notebook/benchmarks.md §2). In a worker process for good, in this process only while collecting.
     from threadpoolctl import threadpool_limits
 
     if n_workers == 1:

@@ -39,7 +39,7 @@ import numpy as np
 
 from rlft.errors import EnvError
 
-INSTALL_HINT = 'pip install -e ".[maniskill]"  (mani_skill 3.0.1 with numpy<2; see README "ManiSkill3")'
+INSTALL_HINT = 'pip install -e ".[maniskill]"  (mani_skill 3.0.1 with numpy<2; see docs/guide.md, ManiSkill3)'
 DEFAULT_CONTROL_MODE = "pd_ee_delta_pose"
 DEFAULT_REWARD_MODE = "normalized_dense"
 REWARD_OFFSETS = {"normalized_dense": -1.0, "sparse": -1.0}

@@ -1,6 +1,6 @@
 """Flow-matching policy over action chunks (rectified-flow / conditional flow matching).
 
-Convention (pinned here and in DESIGN.md): t = 0 is noise ``x0 ~ N(0, I)``, t = 1 is the (normalised) action chunk
+Convention (pinned here): t = 0 is noise ``x0 ~ N(0, I)``, t = 1 is the (normalised) action chunk
 ``x1``; the path is ``x_t = (1 - t) x0 + t x1`` and the regression target of the velocity net is ``x1 - x0``
 (see ``flow_matching_target``).
 

@@ -111,7 +111,7 @@ class RunConfig:
     seed: int = 0
     """Seed of torch/numpy/env resets for training."""
     threads: int = 1
-    """torch intra-op threads (1 is fastest for small nets on a shared 2-core CPU; see DESIGN.md)."""
+    """torch intra-op threads (1 is fastest for small nets on a shared 2-core CPU; docs/notebook/benchmarks.md §3)."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto'."""
     log_every: int = 1000
