@@ -61,3 +61,16 @@ def test_no_module_imports_from_a_layer_above_it():
     upward = [f"{path.relative_to(RLFT.parent)}:{line}: {module} imports {target}"
               for module, target, line, path in _imports() if _layer(target) > _layer(module)]
     assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_readme_sketch_is_this_table():
+    """README "How the code is layered" lists the layers top down, one per line (video shares rollout's line)."""
+    import re
+
+    readme = (RLFT.parent / "README.md").read_text()
+    block = re.search(r"## How the code is layered.*?```\n(.*?)```", readme, flags=re.S).group(1)
+    firsts = [line.split()[0] for line in block.strip().splitlines()[:-1]]  # the last line is the bottom layer
+    units = [u.removeprefix("rlft.") for layer in LAYERS[1:] for u in sorted(layer) if u not in ("rlft.video",
+                                                                                                 "rlft.__main__")]
+    assert firsts[::-1] == units
+    assert "video" in block

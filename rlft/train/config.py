@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Generic, Literal, Optional, TypeVar
 
-from rlft.algos import AlgoConfig, get_algorithm
+from rlft.algos import AlgoConfig, get_algorithm, import_plugins
 from rlft.config import from_dict, read_yaml
 from rlft.errors import ConfigError
 
@@ -150,6 +150,10 @@ class TrainConfig(Generic[A]):
     """The algorithm's own hyper-parameters (fields depend on ``algo``)."""
     algo: str = "bc"
     """Registered algorithm name (bc, iql, sac, ...)."""
+    plugins: list[str] = dataclasses.field(default_factory=list)
+    """Algorithm files from outside rlft to import first (``.py`` paths, relative to this YAML's folder or the
+    working directory, or module names); each registers its algorithm with ``@register`` so ``algo`` can name it
+    (docs/add-an-algorithm.md)."""
     mode: Literal["offline", "online"] = "offline"
     """offline: ``steps`` gradient steps on ``dataset``; online: ``steps`` env steps with a replay buffer."""
     steps: int = 10_000
@@ -216,6 +220,11 @@ def train_config_type(algo: str) -> type:
 def train_config_from_dict(data: dict, where: str) -> TrainConfig:
     """Strictly build a TrainConfig: ``algo`` picks the type of ``algo_cfg`` (errors name ``where`` and the field)."""
     data = dict(data)
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{where}.plugins: expected a list of .py paths or module names, got {plugins!r}")
+    folder = str(Path(where).parent) if Path(where).suffix in (".yaml", ".yml") else None
+    data["plugins"] = import_plugins(plugins, folder)
     algo = data.get("algo", "bc")
     if not isinstance(algo, str):
         raise ConfigError(f"{where}.algo: expected an algorithm name, got {algo!r}")
