@@ -137,87 +137,112 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     return cfg
 
 
+def _parse_stages(cfg: PipelineConfig) -> list[dict]:
+    """Every stage's YAML merged with its overrides and parsed now, so a typo fails before minutes of collection."""
+    first = cfg.stages[0] if cfg.stages else None
+    for flag in ("inherit_critic", "base_from_previous", "distil_episodes"):
+        if first is not None and getattr(first, flag):
+            raise ConfigError(f"stages[0].{flag}: the first stage ({first.name}) has no previous stage")
+    stage_dicts = []
+    for st in cfg.stages:
+        d = _deep_merge(read_yaml(st.config), st.overrides)
+        train_config_from_dict(d, st.config)
+        stage_dicts.append(d)
+    return stage_dicts
+
+
+def _handoff(st: StageSpec, prev_policy: str | None, prev_state: str | None) -> dict:
+    """What a stage takes from the one before, by kind: a continued stage starts from its policy (and, with
+    ``inherit_critic``, its critics); a steering stage (``base_from_previous``: DSRL, residual RL) trains a fresh actor
+    through it as the frozen base policy; a distillation stage (``distil_episodes``) and the first stage start
+    fresh."""
+    fresh = prev_policy is None or st.base_from_previous or st.distil_episodes > 0
+    return {"init_policy": None if fresh else prev_policy,
+            **({"base_policy": prev_policy} if st.base_from_previous else {}),
+            "init_critic": prev_state if st.inherit_critic else None}
+
+
+def _distil_data(cfg: PipelineConfig, st: StageSpec, prev: StageSpec, prev_policy: str,
+                 run_dir: Path) -> tuple[str, dict]:
+    """A distillation stage's data: rollouts of the previous stage's policy (``rlft collect --mode policy``)."""
+    tc = time.time()
+    n = max(1, round(st.distil_episodes * cfg.budget_scale))
+    console.rule(escape(f"stage {st.name}: {n} rollouts of {prev.name}'s policy"))
+    path = str(run_collect(CollectConfig(
+        env_id=cfg.env.env_id, mode="policy", policy=prev_policy, num_episodes=n, seed=cfg.seed,
+        max_episode_steps=cfg.env.max_episode_steps, only_success=st.distil_only_success,
+        num_workers=cfg.eval.num_workers, out=str(run_dir / "data" / f"{st.name}-rollouts.h5"),
+        progress=not cfg.quiet)))
+    return path, {"stage": f"{st.name} data", "algo": f"rollouts of {prev.name}", "wall_s": time.time() - tc}
+
+
+def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handoff: dict, run_dir: Path):
+    """The stage's TrainConfig: its YAML with the pipeline's env, evaluation, data, seed and budget imposed."""
+    every = int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)
+    d = _deep_merge(d, {
+        "env": to_dict(cfg.env), "eval": _deep_merge(to_dict(cfg.eval), {"every": every}), "dataset": data, **handoff,
+        "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
+    })
+    d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
+    if cfg.policy_kind is not None and handoff["init_policy"] is None and not st.base_from_previous:
+        d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
+    return train_config_from_dict(d, st.config)
+
+
+def _stage_row(st: StageSpec, tcfg, summary: dict) -> dict:
+    """The pipeline table's row of a trained stage (its final evaluation, when it had one)."""
+    ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
+    n_eval = 0 if ev is None else int(ev["eval/num_episodes"])
+    scores = {} if ev is None else {
+        "success_once": ev["eval/success_once"], "success_at_end": ev["eval/success_at_end"],
+        "return": ev["eval/return"], "best_success_once": summary["best_success_once"],
+        "successes": int(round(ev["eval/success_once"] * n_eval)), "episodes": n_eval}
+    return {"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps, **scores,
+            "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
+            "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors")}
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     t0 = time.time()
     name = cfg.name or f"pipeline-{cfg.env.env_id}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out_dir) / name
     if (run_dir / "pipeline_summary.json").exists():
         raise ConfigError(f"name: {run_dir} already holds a finished pipeline; choose another name")
+    stage_dicts = _parse_stages(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "pipeline.yaml")
-    # parse every stage config up front so a typo fails before minutes of collection
-    stage_dicts = []
-    for st in cfg.stages:
-        d = _deep_merge(read_yaml(st.config), st.overrides)
-        train_config_from_dict(d, st.config)
-        stage_dicts.append(d)
-
     rows: list[dict] = []
-    if cfg.dataset:
-        dataset = cfg.dataset
-    else:
+    dataset = cfg.dataset
+    if not dataset:
         tc = time.time()
         dataset, label = collect_dataset([cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed,
                                          run_dir / "data", cfg.budget_scale)
         rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
-
-    init_policy: str | None = None
-    prev_state: str | None = None
+    prev_policy, prev_state = None, None
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
-        if st.inherit_critic and i == 0:
-            raise ConfigError(f"stages[0].inherit_critic: the first stage ({st.name}) has no previous stage")
-        if st.base_from_previous and i == 0:
-            raise ConfigError(f"stages[0].base_from_previous: the first stage ({st.name}) has no previous stage")
-        stage_data = dataset
+        data = dataset
         if st.distil_episodes > 0:
-            if i == 0:
-                raise ConfigError(f"stages[0].distil_episodes: the first stage ({st.name}) has no previous stage")
-            tc = time.time()
-            n = max(1, round(st.distil_episodes * cfg.budget_scale))
-            console.rule(escape(f"stage {st.name}: {n} rollouts of {cfg.stages[i - 1].name}'s policy"))
-            stage_data = str(run_collect(CollectConfig(
-                env_id=cfg.env.env_id, mode="policy", policy=init_policy, num_episodes=n, seed=cfg.seed,
-                max_episode_steps=cfg.env.max_episode_steps,
-                only_success=st.distil_only_success, num_workers=cfg.eval.num_workers,
-                out=str(run_dir / "data" / f"{st.name}-rollouts.h5"), progress=not cfg.quiet)))
-            rows.append({"stage": f"{st.name} data", "algo": f"rollouts of {cfg.stages[i - 1].name}",
-                         "wall_s": time.time() - tc})
-        fresh = init_policy is None or st.base_from_previous or st.distil_episodes > 0
-        d = _deep_merge(d, {
-            "env": to_dict(cfg.env),
-            "eval": _deep_merge(to_dict(cfg.eval), {"every": int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)}),
-            "dataset": stage_data,
-            "init_policy": None if fresh else init_policy,
-            **({"base_policy": init_policy} if st.base_from_previous else {}),
-            "init_critic": prev_state if st.inherit_critic else None,
-            "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
-        })
-        d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
-        if cfg.policy_kind is not None and fresh and not st.base_from_previous:
-            d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
-        tcfg = train_config_from_dict(d, st.config)
+            data, row = _distil_data(cfg, st, cfg.stages[i - 1], prev_policy, run_dir)
+            rows.append(row)
+        tcfg = _stage_config(cfg, st, d, data, _handoff(st, prev_policy, prev_state), run_dir)
         console.rule(escape(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)"))
         summary = run_train(tcfg, quiet=cfg.quiet)
-        ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
-        n_eval = 0 if ev is None else int(ev["eval/num_episodes"])
-        rows.append({"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps,
-                     **({} if ev is None else {"success_once": ev["eval/success_once"],
-                                               "success_at_end": ev["eval/success_at_end"], "return": ev["eval/return"],
-                                               "best_success_once": summary["best_success_once"],
-                                               "successes": int(round(ev["eval/success_once"] * n_eval)),
-                                               "episodes": n_eval}),
-                     "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
-                     "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors")})
-        init_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
+        rows.append(_stage_row(st, tcfg, summary))
+        prev_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
         prev_state = str(Path(summary["run_dir"]) / "checkpoints" / "state.pt")
+    return _finish(cfg, run_dir, rows, dataset, prev_policy, time.time() - t0)
 
+
+def _finish(cfg: PipelineConfig, run_dir: Path, rows: list[dict], dataset: str, final_policy: str | None,
+            wall_s: float) -> dict:
+    """The deploy gate, then pipeline_summary.json, results.md and the printed table."""
     import resource
 
     peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
     decision = deploy(rows, run_dir)
     result = {"run_dir": str(run_dir), "env_id": cfg.env.env_id, "seed": cfg.seed, "dataset": dataset,
-              "stages": rows, "wall_s": time.time() - t0, "final_policy": init_policy, "peak_rss_mb": peak_mb,
+              "stages": rows, "wall_s": wall_s, "final_policy": final_policy, "peak_rss_mb": peak_mb,
               "deployed": decision["deployed"], "deployed_policy": decision.get("policy"),
               "regressions": decision["regressions"]}
     atomic_write_text(run_dir / "pipeline_summary.json", json.dumps(result, indent=2))
