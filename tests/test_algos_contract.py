@@ -165,3 +165,24 @@ def test_register_refuses_a_config_shared_by_two_algorithms():
     with pytest.raises(TypeError, match="already the config of 'iql'"):
         register(twin)
     assert "iql_twin" not in ALGORITHMS and iql.Config.algo_name == "iql"
+
+
+def test_composites_are_continued_only_by_the_algorithms_that_declare_them():
+    """Policies name no algorithm: a ``needs_own_trainer`` policy is continued by the algorithms listing its class in
+    ``continues`` and refused by every other, with a message naming the ones that continue it."""
+    from rlft.policies import POLICY_CLASSES
+
+    owned = [c for c in POLICY_CLASSES.values() if getattr(c, "needs_own_trainer", False)]
+    assert {c.__name__ for c in owned} == {"BestOfNPolicy", "OneStepFlowPolicy"}
+    for policy_cls in owned:
+        owners = sorted(n for n, a in ALGORITHMS.items() if policy_cls in a.continues)
+        assert owners, f"{policy_cls.__name__}: no algorithm continues it"
+        policy = make(owners[0], "flow", 0).policy
+        assert isinstance(policy, policy_cls)
+        make_with = lambda name: ALGORITHMS[name](small_config(ALGORITHMS[name], "flow"), OBS, ACT, H,  # noqa: E731
+                                                  policy=policy)
+        for name in owners:
+            make_with(name)  # continued
+        with pytest.raises(ConfigError, match=f"cannot start from a {policy_cls.__name__} .*continue with "
+                                              f"{'/'.join(owners)}"):
+            make_with("iql")

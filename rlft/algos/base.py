@@ -137,15 +137,18 @@ class Algorithm:
     """Base class. Subclasses set ``Config`` and ``name`` and implement ``update``.
 
     Construction: ``Algo(cfg, obs_dim, action_dim, act_horizon, policy=None, device='cpu')`` -- ``policy`` is a
-    pretrained policy to start from (from an earlier stage); otherwise one is built from ``cfg.policy``. A composite
-    policy that only particular algorithms can train (FQL's one-step policy, QC/DQC's best-of-N policy) names them in
-    its class attribute ``trainable_by``; any other algorithm refuses it here with ``ConfigError``.
+    pretrained policy to start from (from an earlier stage); otherwise one is built from ``cfg.policy``. A policy
+    class marked ``needs_own_trainer`` (FQL's one-step policy, QC/DQC's best-of-N policy: parts only their algorithm
+    knows how to train) is continued only by an algorithm that lists it in ``continues``; any other refuses it here
+    with ``ConfigError``. Policies name no algorithm.
     """
 
     Config: ClassVar[type[AlgoConfig]] = AlgoConfig
     name: ClassVar[str] = "base"
     #: policy kinds (PolicyConfig.kind) the algorithm can train; the contract test runs each
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
+    #: composite policy classes (``Policy.needs_own_trainer``) this algorithm continues from an earlier stage
+    continues: ClassVar[tuple[type[Policy], ...]] = ()
     #: the algorithm steers a frozen base policy (DSRL variants): it is built with ``base_policy=`` (the runner passes
     #: ``TrainConfig.base_policy``) and its ``policy`` acts in the base policy's noise space
     uses_base_policy: ClassVar[bool] = False
@@ -167,11 +170,13 @@ class Algorithm:
         self.cfg = cfg
         self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
         self.device = torch.device(device)
-        allowed = getattr(policy, "trainable_by", None)  # composite artifacts name the algorithms that train them
-        if allowed is not None and self.name not in allowed:
+        if policy is not None and type(policy).needs_own_trainer and not isinstance(policy, self.continues):
+            from rlft.algos import ALGORITHMS
+
+            owners = "/".join(n for n, c in sorted(ALGORITHMS.items()) if isinstance(policy, c.continues)) or "none"
             raise ConfigError(
-                f"{self.name}: cannot start from a {type(policy).__name__} (the deployable artifact of "
-                f"{'/'.join(allowed)}); continue with {'/'.join(allowed)}, or start {self.name} from a plain policy"
+                f"{self.name}: cannot start from a {type(policy).__name__} (the deployable artifact of {owners}); "
+                f"continue with {owners}, or start {self.name} from a plain policy"
             )
         kind = cfg.policy.kind if policy is None else policy_kind(policy)  # None: a class without a kind
         if kind is not None and kind not in self.supported_policies:

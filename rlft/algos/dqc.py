@@ -145,6 +145,7 @@ class DQC(Algorithm):
     Config: ClassVar[type[AlgoConfig]] = DQCConfig
     name: ClassVar[str] = "dqc"
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
+    continues: ClassVar[tuple[type, ...]] = (BestOfNPolicy,)
     explore = QC.explore  # best-of-N with scaled candidate noise (DQC itself trains offline only)
 
     def __init__(self, cfg: DQCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):

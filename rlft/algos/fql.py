@@ -106,6 +106,7 @@ class FQL(Algorithm):
     Config: ClassVar[type[AlgoConfig]] = FQLConfig
     name: ClassVar[str] = "fql"
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
+    continues: ClassVar[tuple[type, ...]] = (OneStepFlowPolicy,)
 
     def __init__(self, cfg: FQLConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)

@@ -94,6 +94,7 @@ class QC(Algorithm):
     Config: ClassVar[type[AlgoConfig]] = QCConfig
     name: ClassVar[str] = "qc"
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
+    continues: ClassVar[tuple[type, ...]] = (BestOfNPolicy,)
 
     def __init__(self, cfg: QCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)

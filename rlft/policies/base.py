@@ -40,6 +40,9 @@ class Policy(nn.Module):
 
     #: whether ``rsample_log_prob``/``log_prob`` exist (reparameterised density, needed by SAC-style actor losses)
     has_log_prob: bool = False
+    #: the policy holds parts that only the algorithm that built it knows how to train (best-of-N's critics, FQL's
+    #: one-step actor): only algorithms that list the class in ``Algorithm.continues`` start from it
+    needs_own_trainer: bool = False
 
     def __init__(self, obs_dim: int, action_dim: int, act_horizon: int, **kwargs: Any):
         super().__init__()

@@ -22,7 +22,8 @@ Noise and determinism:
 
 Cost: N flow integrations per chunk (N x flow_steps velocity-net calls plus N critic calls per observation).
 
-Only QC and DQC train this policy (``trainable_by``); other algorithms refuse the hand-off with ``ConfigError``.
+Only QC and DQC continue this policy (``needs_own_trainer``; they list it in ``Algorithm.continues``); other
+algorithms refuse the hand-off with ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def best_of_n(candidates: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Ten
 class BestOfNPolicy(Policy):
     """Flow BC policy + critic ensemble with best-of-N selection; see the module docstring."""
 
-    trainable_by: ClassVar[tuple[str, ...]] = ("qc", "dqc")
+    needs_own_trainer: ClassVar[bool] = True
 
     def __init__(
         self,

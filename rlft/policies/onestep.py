@@ -15,8 +15,9 @@ pipeline): ``flow`` (a ``FlowPolicy`` or subclass, the BC teacher; saved as clas
 
 The output is clamped to [-1, 1]. ``bc_loss`` is the teacher's flow-matching loss (FQL's BC term).
 
-Only FQL trains this policy (``trainable_by``): an algorithm that only knows ``bc_loss`` (BC, IQL) would train the
-teacher and never the actor that acts, so ``Algorithm`` refuses the hand-off with ``ConfigError``.
+Only FQL continues this policy (``needs_own_trainer``; FQL lists it in ``Algorithm.continues``): an algorithm that
+only knows ``bc_loss`` (BC, IQL) would train the teacher and never the actor that acts, so ``Algorithm`` refuses the
+hand-off with ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def build_inner_flow(flow_class: str, flow_kwargs: dict[str, Any], dims: tuple[i
 class OneStepFlowPolicy(Policy):
     """FQL's one-step actor ``mu(s, z)`` plus its flow BC teacher; see the module docstring."""
 
-    trainable_by: ClassVar[tuple[str, ...]] = ("fql",)
+    needs_own_trainer: ClassVar[bool] = True
 
     def __init__(
         self,
