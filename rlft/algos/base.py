@@ -173,7 +173,7 @@ class Algorithm:
         if policy is not None and type(policy).needs_own_trainer and not isinstance(policy, self.continues):
             from rlft.algos import ALGORITHMS
 
-            owners = "/".join(n for n, c in sorted(ALGORITHMS.items()) if isinstance(policy, c.continues)) or "none"
+            owners = "/".join(n for n, c in ALGORITHMS.items() if isinstance(policy, c.continues)) or "none"
             raise ConfigError(
                 f"{self.name}: cannot start from a {type(policy).__name__} (the deployable artifact of {owners}); "
                 f"continue with {owners}, or start {self.name} from a plain policy"
