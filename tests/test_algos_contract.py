@@ -6,7 +6,12 @@ For each algorithm x each policy kind it declares in ``supported_policies``:
 * two instances built and updated under the same seed give identical metrics and parameters;
 * ``state_dict`` survives ``torch.save``/``torch.load`` (weights_only) into a differently initialised instance, after
   which both give identical results on the next update;
-* a policy kind it does not support is refused with ``ConfigError`` at construction.
+* a policy kind it does not support is refused with ``ConfigError`` at construction;
+* ``explore`` returns finite chunks for one observation or a batch, reproducibly under a seed;
+* ``load_pretrained`` warm-starts every trained network but the policy from another instance's state;
+* "it learns": every algorithm that learns from rewards prefers the rewarded action of a two-action bandit dataset
+  after 400 updates with its default config.
+Run it on an algorithm from outside rlft with ``pytest tests/test_algos_contract.py --plugin FILE.py``.
 """
 
 from __future__ import annotations
@@ -186,3 +191,71 @@ def test_composites_are_continued_only_by_the_algorithms_that_declare_them():
         with pytest.raises(ConfigError, match=f"cannot start from a {policy_cls.__name__} .*continue with "
                                               f"{'/'.join(owners)}"):
             make_with("iql")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# explore(), load_pretrained(), and "it learns": the parts of the contract the runner relies on beyond update()
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, kind", CASES)
+def test_explore_gives_finite_chunks_reproducibly(name, kind):
+    """``explore`` takes raw observations, one or a batch, and returns finite chunks [(N,) H, A]; the same torch seed
+    gives the same chunk."""
+    algo = make(name, kind, seed=0)
+    g = torch.Generator().manual_seed(3)
+    one, many = torch.randn(OBS, generator=g).numpy(), torch.randn(4, OBS, generator=g).numpy()
+    torch.manual_seed(7)
+    a = algo.explore(one)
+    torch.manual_seed(7)
+    assert torch.equal(algo.explore(one), a)
+    assert tuple(a.shape) == (H, ACT) and bool(torch.isfinite(a).all())
+    b = algo.explore(many)
+    assert tuple(b.shape) == (4, H, ACT) and bool(torch.isfinite(b).all())
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_load_pretrained_warm_starts_every_network_but_the_policy(name, kind):
+    """``load_pretrained`` (``init_critic``: critics from an earlier stage) loads every trained network attribute other
+    than the policy (a DSRL variant's frozen ``base_policy`` is the stage's input, not its state) from another
+    instance's state, leaves the policy alone, and reports what it loaded."""
+    a = make(name, kind, seed=0)
+    update(a, batch(1, a), seed=1)
+    c = make(name, kind, seed=123)
+    policy_before = {k: v.clone() for k, v in c.policy.state_dict().items()}
+    loaded = c.load_pretrained(a.state_dict())
+    nets = {k for k, v in vars(c).items() if isinstance(v, torch.nn.Module) and k not in ("policy", "base_policy")}
+    assert set(loaded) == nets
+    for k in nets:
+        for n, t in getattr(c, k).state_dict().items():
+            assert torch.equal(t, getattr(a, k).state_dict()[n]), f"{name}: {k}.{n} not loaded"
+    assert all(torch.equal(v, c.policy.state_dict()[k]) for k, v in policy_before.items())
+
+
+def bandit_batch(n: int, horizon: int, g: torch.Generator) -> ChunkBatch:
+    """One-step episodes: half the rows hold the good chunk (all +0.5, reward 1), half the bad one (all -0.5,
+    reward 0), each with small noise, from random states; every row terminates."""
+    good = torch.rand(n, generator=g) < 0.5
+    action = (torch.where(good, 0.5, -0.5)[:, None, None] + 0.05 * torch.randn(n, horizon, ACT, generator=g))
+    obs = torch.randn(n, OBS, generator=g)
+    base = ChunkBatch.random(n, OBS, horizon, ACT, generator=g)
+    return dataclasses.replace(base, obs=obs, action=action, reward=good.float(), next_obs=obs.clone(),
+                               terminated=torch.ones(n), valid_mask=torch.ones(n, horizon), is_offline=torch.ones(n),
+                               mc_return=good.float())
+
+
+LEARNERS = [(name, kind) for name, kind in CASES
+            if name != "bc" and not ALGORITHMS[name].uses_base_policy and kind == _supported(ALGORITHMS[name])[0]]
+
+
+@pytest.mark.parametrize("name, kind", LEARNERS)
+def test_it_learns_the_better_action_of_a_bandit(name, kind):
+    """Every algorithm that learns from rewards (all but BC, and the DSRL variants, which steer a base policy), with
+    its default config: after 400 updates on a two-action bandit dataset, the deterministic policy's chunk leans
+    towards the rewarded action in at least 90 % of 256 fresh states."""
+    algo = make(name, kind, seed=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        algo.update(bandit_batch(64, algo.cfg.data_horizon(H), g))
+    with torch.no_grad():
+        chunk = algo.policy.sample(torch.randn(256, OBS, generator=g), deterministic=True)
+    lean = chunk.mean(dim=(1, 2))
+    assert float((lean > 0).float().mean()) >= 0.9, f"{name}: mean chunk {float(lean.mean()):+.3f}"

@@ -139,8 +139,10 @@ class CQLConfig(CriticConfig):
     """Adam learning rate of the policy (CQL: 1e-4)."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
-    init_temperature: float = 1.0
-    """Initial SAC temperature alpha."""
+    init_temperature: float = 0.1
+    """Initial SAC temperature alpha. The log-density of a chunk sums H x A dimensions, so alpha * log pi outweighs Q
+    differences of the reward's scale at alpha = 1 (the policy then stays spread over the whole box); 0.1, as in
+    ``rlft.algos.sac``, lets the actor follow Q from the start (the contract test's bandit check)."""
     learn_temperature: bool = True
     """Tune alpha towards the target entropy (False: alpha stays at init_temperature)."""
     target_entropy: float | None = None
