@@ -61,8 +61,9 @@ class FilteredBC(Algorithm):
     name: ClassVar[str] = "filtered_bc"
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
 
-    def __init__(self, cfg: FilteredBCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None,
-                 device="cpu"):
+    def __init__(
+        self, cfg: FilteredBCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"
+    ):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: FilteredBCConfig = cfg
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
@@ -73,5 +74,6 @@ class FilteredBC(Algorithm):
         loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=w / w.mean())
         optimizer_step(loss, self.actor_optim)
         self.num_updates += 1
-        return metrics_to_floats({**prefixed("actor", info), "actor/actor_loss": loss.detach(),
-                                  "actor/kept_fraction": w.mean()})
+        return metrics_to_floats(
+            {**prefixed("actor", info), "actor/actor_loss": loss.detach(), "actor/kept_fraction": w.mean()}
+        )

@@ -149,13 +149,22 @@ def cmd_eval(args: list[str]) -> None:
     env_id = cfg.env_id or extra.get("env_id")
     if not env_id:
         raise ConfigError(f"env_id: {cfg.policy} records no env id; pass --env-id")
-    summary, results = evaluate_policy(policy, env_id, cfg.num_episodes, cfg.seed,
-                                       extra.get("gamma", 0.99), extra.get("obs_horizon", 1), cfg.max_episode_steps,
-                                       cfg.deterministic, cfg.num_workers)
+    summary, results = evaluate_policy(
+        policy,
+        env_id,
+        cfg.num_episodes,
+        cfg.seed,
+        extra.get("gamma", 0.99),
+        extra.get("obs_horizon", 1),
+        cfg.max_episode_steps,
+        cfg.deterministic,
+        cfg.num_workers,
+    )
     print(json.dumps(summary, indent=2))
     if cfg.out:
-        atomic_write_text(cfg.out, json.dumps({"summary": summary, "episodes": [dataclasses.asdict(r) for r in results]},
-                                              indent=2))
+        atomic_write_text(
+            cfg.out, json.dumps({"summary": summary, "episodes": [dataclasses.asdict(r) for r in results]}, indent=2)
+        )
 
 
 def cmd_pipeline(args: list[str]) -> None:
@@ -184,12 +193,18 @@ def cmd_report(args: list[str]) -> None:
 
     from rlft.report.build import build_report, default_out_dir, print_report
 
-    ap = argparse.ArgumentParser(prog="rlft report", description="HTML report (metric pages, evaluation videos, "
-                                 "results table) and a diagnosis of known failure modes of one or several runs; a "
-                                 "pipeline directory is expanded into its stages.")
+    ap = argparse.ArgumentParser(
+        prog="rlft report",
+        description="HTML report (metric pages, evaluation videos, "
+        "results table) and a diagnosis of known failure modes of one or several runs; a "
+        "pipeline directory is expanded into its stages.",
+    )
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of rlft train or rlft pipeline")
-    ap.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one directory, "
-                    "./rlft-report for several)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: RUN_DIR/report for one directory, ./rlft-report for several)",
+    )
     ns = ap.parse_args(args)
     res = build_report(ns.runs, ns.out if ns.out is not None else default_out_dir(ns.runs))
     print_report(res)

@@ -107,9 +107,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -165,11 +163,20 @@ def check_dir_name(name: str | None, field: str) -> None:
     ``field``."""
     if name is None:
         return
-    bad = (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
-           or "\0" in name or Path(name).is_absolute())
+    bad = (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or Path(name).is_absolute()
+    )
     if bad:
-        raise ConfigError(f"{field}: {name!r} is not a plain directory name (one path component, no '/', '..' or "
-                          f"absolute path); it names the folder created inside out_dir")
+        raise ConfigError(
+            f"{field}: {name!r} is not a plain directory name (one path component, no '/', '..' or "
+            f"absolute path); it names the folder created inside out_dir"
+        )
 
 
 def parse_cli(cls: type[T], default: T, args: list[str], prog: str | None = None, description: str | None = None) -> T:

@@ -61,7 +61,7 @@ class StepRecorder(gymnasium.Wrapper):
 
     def _raw(self, o) -> np.ndarray:
         o = np.asarray(o, dtype=np.float32).reshape(-1)
-        return o[-(o.shape[0] // self.obs_horizon):]
+        return o[-(o.shape[0] // self.obs_horizon) :]
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -90,16 +90,29 @@ class StepRecorder(gymnasium.Wrapper):
         T = len(rec["actions"])
         terminated, truncated = np.zeros(T, bool), np.zeros(T, bool)
         terminated[-1], truncated[-1] = rec["end"]
-        return Episode(np.stack(rec["obs"]), np.stack(rec["actions"]), np.asarray(rec["rewards"], np.float32),
-                       terminated, truncated, np.asarray(rec["success"], bool))
+        return Episode(
+            np.stack(rec["obs"]),
+            np.stack(rec["actions"]),
+            np.asarray(rec["rewards"], np.float32),
+            terminated,
+            truncated,
+            np.asarray(rec["success"], bool),
+        )
 
 
 class Evaluator:
     """Holds ``n_parallel`` envs and runs seeded evaluation episodes with a policy, each env driven through the
     policy's ``executor`` (a chunk executor for chunk policies, a per-step residual wrapper for residual ones)."""
 
-    def __init__(self, env_id: str, gamma: float = 0.99, obs_horizon: int = 1, max_episode_steps: int | None = None,
-                 n_parallel: int = 4, video: VideoSpec | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        gamma: float = 0.99,
+        obs_horizon: int = 1,
+        max_episode_steps: int | None = None,
+        n_parallel: int = 4,
+        video: VideoSpec | None = None,
+    ):
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         self.recorders: list[FrameRecorder | None] = []
         self.steps: list[StepRecorder] = []
@@ -128,8 +141,14 @@ class Evaluator:
             return False
 
     @torch.no_grad()
-    def run(self, policy: Policy, seeds: list[int], deterministic: bool = True,
-            record_seeds: set[int] | frozenset[int] = frozenset(), keep_episodes: bool = False) -> list[EpisodeResult]:
+    def run(
+        self,
+        policy: Policy,
+        seeds: list[int],
+        deterministic: bool = True,
+        record_seeds: set[int] | frozenset[int] = frozenset(),
+        keep_episodes: bool = False,
+    ) -> list[EpisodeResult]:
         results: list[EpisodeResult] = []
         pending = list(seeds)
         envs = [policy.executor(e, self.gamma) for e in self.steps]  # thin wrappers over the held envs
@@ -178,8 +197,8 @@ class Evaluator:
 def _worker(args):
     cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel, record, keep = args
     torch.set_num_threads(1)
-    from rlft.policies.base import POLICY_CLASSES
     import rlft.policies  # noqa: F401
+    from rlft.policies.base import POLICY_CLASSES
 
     policy = POLICY_CLASSES[cls_name](**kwargs)
     policy.load_state_dict(state)
@@ -191,8 +210,17 @@ def _worker(args):
         ev.close()
 
 
-def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic: bool, num_workers: int,
-                  parallel_envs: int, record: frozenset[int], keep_episodes: bool, evaluator: Evaluator | None = None):
+def _run_episodes(
+    policy: Policy,
+    seeds: list[int],
+    env_kw: dict,
+    deterministic: bool,
+    num_workers: int,
+    parallel_envs: int,
+    record: frozenset[int],
+    keep_episodes: bool,
+    evaluator: Evaluator | None = None,
+):
     """Run ``seeds`` in this process (``num_workers <= 1``) or sharded over spawned processes; returns
     ``(results sorted by seed, videos, video errors, episodes)``."""
     was_training = policy.training
@@ -210,8 +238,21 @@ def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic:
             return out
         state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
         shards = [seeds[w::num_workers] for w in range(num_workers)]
-        jobs = [(type(policy).__name__, policy.kwargs, state, env_kw, sh, deterministic,
-                 min(parallel_envs, max(1, len(sh))), record & set(sh), keep_episodes) for sh in shards if sh]
+        jobs = [
+            (
+                type(policy).__name__,
+                policy.kwargs,
+                state,
+                env_kw,
+                sh,
+                deterministic,
+                min(parallel_envs, max(1, len(sh))),
+                record & set(sh),
+                keep_episodes,
+            )
+            for sh in shards
+            if sh
+        ]
         from rlft.utils import exit_with_parent
 
         with mp.get_context("spawn").Pool(len(jobs), initializer=exit_with_parent) as pool:  # die with this process
@@ -228,11 +269,22 @@ def _run_episodes(policy: Policy, seeds: list[int], env_kw: dict, deterministic:
         policy.train(was_training)
 
 
-def evaluate_policy(policy: Policy, env_id: str, num_episodes: int, seed: int, gamma: float = 0.99,
-                    obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
-                    num_workers: int = 1, evaluator: Evaluator | None = None, parallel_envs: int = 4,
-                    video: VideoSpec | None = None, video_dir: str | Path | None = None,
-                    video_prefix: str = "") -> tuple[dict[str, float], list[EpisodeResult]]:
+def evaluate_policy(
+    policy: Policy,
+    env_id: str,
+    num_episodes: int,
+    seed: int,
+    gamma: float = 0.99,
+    obs_horizon: int = 1,
+    max_episode_steps: int | None = None,
+    deterministic: bool = True,
+    num_workers: int = 1,
+    evaluator: Evaluator | None = None,
+    parallel_envs: int = 4,
+    video: VideoSpec | None = None,
+    video_dir: str | Path | None = None,
+    video_prefix: str = "",
+) -> tuple[dict[str, float], list[EpisodeResult]]:
     """Evaluate ``policy`` on episodes seeded ``seed .. seed+num_episodes-1``; returns (summary, per-episode).
 
     With ``video.episodes > 0`` and a ``video_dir``, the first ``video.episodes`` episodes are written there as mp4
@@ -240,10 +292,16 @@ def evaluate_policy(policy: Policy, env_id: str, num_episodes: int, seed: int, g
     seeds = [seed + i for i in range(num_episodes)]
     want_video = video is not None and video.episodes > 0 and video_dir is not None
     record = frozenset(seeds[: video.episodes]) if want_video else frozenset()
-    env_kw = dict(env_id=env_id, gamma=gamma, obs_horizon=obs_horizon, max_episode_steps=max_episode_steps,
-                  video=video if want_video else None)
-    results, videos, errors, _ = _run_episodes(policy, seeds, env_kw, deterministic, num_workers, parallel_envs,
-                                               record, False, evaluator)
+    env_kw = dict(
+        env_id=env_id,
+        gamma=gamma,
+        obs_horizon=obs_horizon,
+        max_episode_steps=max_episode_steps,
+        video=video if want_video else None,
+    )
+    results, videos, errors, _ = _run_episodes(
+        policy, seeds, env_kw, deterministic, num_workers, parallel_envs, record, False, evaluator
+    )
     if want_video:
         if videos:
             save_videos(videos, {r.seed: r.success_once for r in results}, video_dir, video_prefix, video.fps)
@@ -253,17 +311,27 @@ def evaluate_policy(policy: Policy, env_id: str, num_episodes: int, seed: int, g
 
             Console(stderr=True, soft_wrap=True).print(
                 f"[yellow]warning[/yellow] no evaluation video: offscreen rendering failed ({escape(errors[0])}); "
-                f"{VIDEO_HELP}", highlight=False)
+                f"{VIDEO_HELP}",
+                highlight=False,
+            )
     return summarize(results), results
 
 
-def rollout_episodes(policy: Policy, env_id: str, seeds: list[int], gamma: float = 0.99,
-                     obs_horizon: int = 1, max_episode_steps: int | None = None, deterministic: bool = True,
-                     num_workers: int = 1, parallel_envs: int = 4) -> list[tuple[EpisodeResult, Episode]]:
+def rollout_episodes(
+    policy: Policy,
+    env_id: str,
+    seeds: list[int],
+    gamma: float = 0.99,
+    obs_horizon: int = 1,
+    max_episode_steps: int | None = None,
+    deterministic: bool = True,
+    num_workers: int = 1,
+    parallel_envs: int = 4,
+) -> list[tuple[EpisodeResult, Episode]]:
     """Roll ``policy`` out on one episode per env-reset seed (the evaluation loop) and keep every inner env step:
     ``[(result, Episode)]`` in seed order, the Episode with unstacked observations and the executed actions."""
-    env_kw = dict(env_id=env_id, gamma=gamma, obs_horizon=obs_horizon, max_episode_steps=max_episode_steps,
-                  video=None)
-    results, _, _, episodes = _run_episodes(policy, list(seeds), env_kw, deterministic, num_workers, parallel_envs,
-                                            frozenset(), True)
+    env_kw = dict(env_id=env_id, gamma=gamma, obs_horizon=obs_horizon, max_episode_steps=max_episode_steps, video=None)
+    results, _, _, episodes = _run_episodes(
+        policy, list(seeds), env_kw, deterministic, num_workers, parallel_envs, frozenset(), True
+    )
     return [(r, episodes[r.seed]) for r in results]

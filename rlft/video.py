@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
 import gymnasium
 import numpy as np
 
@@ -86,9 +87,17 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
 
     h, w = frames[0].shape[:2]
     with atomic_path(path) as tmp:
-        gen = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                          quality=7, macro_block_size=16, ffmpeg_log_level="error",
-                                          output_params=["-f", "mp4", "-movflags", "+faststart"])
+        gen = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (w, h),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            quality=7,
+            macro_block_size=16,
+            ffmpeg_log_level="error",
+            output_params=["-f", "mp4", "-movflags", "+faststart"],
+        )
         gen.send(None)
         for f in frames:
             gen.send(np.ascontiguousarray(f))
@@ -117,12 +126,19 @@ class VideoSpec:
     fps: float = 10.0
 
 
-VIDEO_HELP = ("install EGL + Mesa (apt-get install libegl1 libgl1-mesa-dri; MUJOCO_GL=egl) or OSMesa "
-               "(libosmesa6; MUJOCO_GL=osmesa)")
+VIDEO_HELP = (
+    "install EGL + Mesa (apt-get install libegl1 libgl1-mesa-dri; MUJOCO_GL=egl) or OSMesa "
+    "(libosmesa6; MUJOCO_GL=osmesa)"
+)
 
 
-def save_videos(videos: dict[int, list[np.ndarray]], success: dict[int, bool], video_dir: str | Path,
-                prefix: str = "", fps: float = 10.0) -> list[Path]:
+def save_videos(
+    videos: dict[int, list[np.ndarray]],
+    success: dict[int, bool],
+    video_dir: str | Path,
+    prefix: str = "",
+    fps: float = 10.0,
+) -> list[Path]:
     """Write each recorded episode (``videos``: seed -> frames; ``success``: seed -> success_once) as
     ``<prefix>ep<k>_seed<seed>_<success|fail>.mp4`` plus a PNG of its last frame."""
     out = []

@@ -23,9 +23,12 @@ def main(dirs: list[str]) -> str:
             if r["stage"] not in order:
                 order.append(r["stage"])
             by_stage[r["stage"]].append(r)
-    lines = [f"Runs: {', '.join(Path(d).name for d in dirs)}", "",
-             "| stage | algo | success_once mean (per seed) | success_at_end mean | wall s (median) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Runs: {', '.join(Path(d).name for d in dirs)}",
+        "",
+        "| stage | algo | success_once mean (per seed) | success_at_end mean | wall s (median) |",
+        "|---|---|---|---|---|",
+    ]
     for st in order:
         rows = by_stage[st]
         wall = float(np.median([r["wall_s"] for r in rows]))
@@ -34,8 +37,10 @@ def main(dirs: list[str]) -> str:
             continue
         so = [r["success_once"] for r in rows]
         se = [r["success_at_end"] for r in rows]
-        lines.append(f"| {st} | {rows[0]['algo']} | {np.mean(so):.3f} ({', '.join(f'{x:.2f}' for x in so)}) | "
-                     f"{np.mean(se):.3f} | {wall:.0f} |")
+        lines.append(
+            f"| {st} | {rows[0]['algo']} | {np.mean(so):.3f} ({', '.join(f'{x:.2f}' for x in so)}) | "
+            f"{np.mean(se):.3f} | {wall:.0f} |"
+        )
     totals = [res["wall_s"] for res in results]
     lines += ["", f"Pipeline wall time: median {np.median(totals):.0f} s, max {max(totals):.0f} s."]
     peaks = [res.get("peak_rss_mb") for res in results if res.get("peak_rss_mb")]

@@ -24,14 +24,24 @@ from pathlib import Path
 import numpy as np
 
 ENV = "cube-single-singletask-v0"
-TINY = ["--env.max-episode-steps", "30", "--eval.num-episodes", "1", "--eval.parallel-envs", "1",
-        "--run.no-tensorboard", "--run.log-every", "10"]
+TINY = [
+    "--env.max-episode-steps",
+    "30",
+    "--eval.num-episodes",
+    "1",
+    "--eval.parallel-envs",
+    "1",
+    "--run.no-tensorboard",
+    "--run.log-every",
+    "10",
+]
 
 
 def rlft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    return subprocess.run([sys.executable, "-m", "rlft.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "rlft.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 class Payload:
@@ -55,8 +65,12 @@ def main() -> int:
 
     data = w / "demos.h5"
     if not data.exists():
-        assert rlft("collect", "--env-id", ENV, "--num-episodes", "3", "--num-workers", "1", "--out", str(data),
-                    cwd=w).returncode == 0
+        assert (
+            rlft(
+                "collect", "--env-id", ENV, "--num-episodes", "3", "--num-workers", "1", "--out", str(data), cwd=w
+            ).returncode
+            == 0
+        )
     eps, meta = read_episodes(data)
     info = meta["env_info"]
 
@@ -91,82 +105,228 @@ def main() -> int:
         import torch
 
         shutil.copytree(good, crafted)
-        torch.save({"algo": {}, "step": 0, "best": 0.0, "x": Payload(str(w / "PAYLOAD-RAN"))},
-                   crafted / "checkpoints" / "state.pt")
+        torch.save(
+            {"algo": {}, "step": 0, "best": 0.0, "x": Payload(str(w / "PAYLOAD-RAN"))},
+            crafted / "checkpoints" / "state.pt",
+        )
     from safetensors.torch import save_file
 
     bad_policies = {
         "kwargs not JSON": {"class": "GaussianPolicy", "kwargs": "{oops"},
         "kwargs a list": {"class": "GaussianPolicy", "kwargs": "[]"},
-        "unknown constructor argument": {"class": "GaussianPolicy",
-                                         "kwargs": '{"obs_dim": 28, "action_dim": 5, "act_horizon": 5, "x": 1}'},
+        "unknown constructor argument": {
+            "class": "GaussianPolicy",
+            "kwargs": '{"obs_dim": 28, "action_dim": 5, "act_horizon": 5, "x": 1}',
+        },
         "missing kwargs": {"class": "GaussianPolicy"},
         "unknown class": {"class": "Evil", "kwargs": "{}"},
     }
     for k, meta_ in bad_policies.items():
-        save_file({"w": torch_zeros()}, str(w / f"{k.replace(' ', '_')}.safetensors"), metadata={
-            **meta_, "extra": json.dumps({"env_id": ENV})})
+        save_file(
+            {"w": torch_zeros()},
+            str(w / f"{k.replace(' ', '_')}.safetensors"),
+            metadata={**meta_, "extra": json.dumps({"env_id": ENV})},
+        )
 
     # (what was tried, command args, expected: 'refused' + words the error names, or a check function)
     cases = [
-        ("batch_size -5", [*iql, "--dataset", str(data), "--algo-cfg.batch-size", "-5", "--run.name", "b1", *TINY],
-         ["batch_size"], "b1"),
-        ("batch_size 0", [*iql, "--dataset", str(data), "--algo-cfg.batch-size", "0", "--run.name", "b2", *TINY],
-         ["batch_size"], "b2"),
+        (
+            "batch_size -5",
+            [*iql, "--dataset", str(data), "--algo-cfg.batch-size", "-5", "--run.name", "b1", *TINY],
+            ["batch_size"],
+            "b1",
+        ),
+        (
+            "batch_size 0",
+            [*iql, "--dataset", str(data), "--algo-cfg.batch-size", "0", "--run.name", "b2", *TINY],
+            ["batch_size"],
+            "b2",
+        ),
         ("--steps -5", [*iql, "--dataset", str(data), "--steps", "-5", "--run.name", "b3", *TINY], ["steps"], "b3"),
-        ("offline_ratio 1.5", [*iql, "--dataset", str(data), "--algo-cfg.offline-ratio", "1.5", "--run.name", "b4",
-                               *TINY], ["offline_ratio"], "b4"),
-        ("rlft eval --num-episodes 0", ["eval", "--policy", str(good / "checkpoints/policy_final.safetensors"),
-                                        "--num-episodes", "0"], ["num_episodes"], None),
-        ("rlft eval --num-episodes -1", ["eval", "--policy", str(good / "checkpoints/policy_final.safetensors"),
-                                         "--num-episodes", "-1"], ["num_episodes"], None),
-        ("actions 40x outside the action box", [*iql, "--dataset", str(wide), "--run.name", "b5", *TINY],
-         [str(wide), "actions"], "b5"),
-        ("sidecar with an env id that does not exist", [*iql, "--dataset", str(unknown_env), "--run.name", "b6",
-                                                        *TINY], ["unknown_env", "cube-sixteen-v9"], "b6"),
-        ("sidecar of another env", [*iql, "--dataset", str(other_env), "--run.name", "b7", *TINY],
-         ["puzzle-3x3-singletask-v0"], "b7"),
-        ("episodes with different action dims", [*iql, "--dataset", str(mixed), "--run.name", "b8", *TINY],
-         [str(mixed), "actions"], "b8"),
-        ("resume with another critic lr", [*iql, "--dataset", str(data), "--steps", "40", "--run.name", "good",
-                                           "--algo-cfg.critic-lr", "1e-9", "--run.resume", *TINY],
-         ["algo_cfg.critic_lr"], None),
-        ("crafted state.pt (pickle payload), --run.resume", [*iql, "--dataset", str(data), "--steps", "40",
-                                                             "--run.name", "crafted", "--run.resume", *TINY],
-         ["state.pt"], None),
-        ("crafted state.pt (pickle payload), --init-critic",
-         ["train", "--config", str(cfg / "online_iql.yaml"), "--dataset", str(data), "--run.out-dir", str(w / "runs"),
-          "--init-critic", str(crafted / "checkpoints/state.pt"), "--run.name", "b9", *TINY], ["init_critic"], "b9"),
-        *[(f"policy metadata: {k}", ["eval", "--policy", str(w / f"{k.replace(' ', '_')}.safetensors")],
-           [f"{k.replace(' ', '_')}.safetensors"], None) for k in bad_policies],
+        (
+            "offline_ratio 1.5",
+            [*iql, "--dataset", str(data), "--algo-cfg.offline-ratio", "1.5", "--run.name", "b4", *TINY],
+            ["offline_ratio"],
+            "b4",
+        ),
+        (
+            "rlft eval --num-episodes 0",
+            ["eval", "--policy", str(good / "checkpoints/policy_final.safetensors"), "--num-episodes", "0"],
+            ["num_episodes"],
+            None,
+        ),
+        (
+            "rlft eval --num-episodes -1",
+            ["eval", "--policy", str(good / "checkpoints/policy_final.safetensors"), "--num-episodes", "-1"],
+            ["num_episodes"],
+            None,
+        ),
+        (
+            "actions 40x outside the action box",
+            [*iql, "--dataset", str(wide), "--run.name", "b5", *TINY],
+            [str(wide), "actions"],
+            "b5",
+        ),
+        (
+            "sidecar with an env id that does not exist",
+            [*iql, "--dataset", str(unknown_env), "--run.name", "b6", *TINY],
+            ["unknown_env", "cube-sixteen-v9"],
+            "b6",
+        ),
+        (
+            "sidecar of another env",
+            [*iql, "--dataset", str(other_env), "--run.name", "b7", *TINY],
+            ["puzzle-3x3-singletask-v0"],
+            "b7",
+        ),
+        (
+            "episodes with different action dims",
+            [*iql, "--dataset", str(mixed), "--run.name", "b8", *TINY],
+            [str(mixed), "actions"],
+            "b8",
+        ),
+        (
+            "resume with another critic lr",
+            [
+                *iql,
+                "--dataset",
+                str(data),
+                "--steps",
+                "40",
+                "--run.name",
+                "good",
+                "--algo-cfg.critic-lr",
+                "1e-9",
+                "--run.resume",
+                *TINY,
+            ],
+            ["algo_cfg.critic_lr"],
+            None,
+        ),
+        (
+            "crafted state.pt (pickle payload), --run.resume",
+            [*iql, "--dataset", str(data), "--steps", "40", "--run.name", "crafted", "--run.resume", *TINY],
+            ["state.pt"],
+            None,
+        ),
+        (
+            "crafted state.pt (pickle payload), --init-critic",
+            [
+                "train",
+                "--config",
+                str(cfg / "online_iql.yaml"),
+                "--dataset",
+                str(data),
+                "--run.out-dir",
+                str(w / "runs"),
+                "--init-critic",
+                str(crafted / "checkpoints/state.pt"),
+                "--run.name",
+                "b9",
+                *TINY,
+            ],
+            ["init_critic"],
+            "b9",
+        ),
+        *[
+            (
+                f"policy metadata: {k}",
+                ["eval", "--policy", str(w / f"{k.replace(' ', '_')}.safetensors")],
+                [f"{k.replace(' ', '_')}.safetensors"],
+                None,
+            )
+            for k in bad_policies
+        ],
         ("run name ../../x", [*iql, "--dataset", str(data), "--run.name", "../../x", *TINY], ["run.name"], None),
-        ("absolute run name", [*iql, "--dataset", str(data), "--run.name", str(w / "abs"), *TINY], ["run.name"],
-         None),
-        ("run name a[/b]c (rich markup)", [*iql, "--dataset", str(data), "--run.name", "a[/b]c", *TINY],
-         ["run.name"], None),
-        ("critic lr 1e6, a checkpoint every step", [*iql, "--dataset", str(data), "--steps", "200", "--run.name",
-                                                    "lr1e6", "--algo-cfg.critic-lr", "1e6", "--algo-cfg.value-lr",
-                                                    "1e6", "--run.checkpoint-every", "1", *TINY], ["diverged"], None),
-        ("critic lr 1e3 with --run.stop-on-divergence", [*iql, "--dataset", str(data), "--steps", "300",
-                                                         "--run.name", "lr1e3", "--algo-cfg.critic-lr", "1e3",
-                                                         "--algo-cfg.value-lr", "1e3", "--run.stop-on-divergence",
-                                                         *TINY], ["q_out_of_range"], None),
+        ("absolute run name", [*iql, "--dataset", str(data), "--run.name", str(w / "abs"), *TINY], ["run.name"], None),
+        (
+            "run name a[/b]c (rich markup)",
+            [*iql, "--dataset", str(data), "--run.name", "a[/b]c", *TINY],
+            ["run.name"],
+            None,
+        ),
+        (
+            "critic lr 1e6, a checkpoint every step",
+            [
+                *iql,
+                "--dataset",
+                str(data),
+                "--steps",
+                "200",
+                "--run.name",
+                "lr1e6",
+                "--algo-cfg.critic-lr",
+                "1e6",
+                "--algo-cfg.value-lr",
+                "1e6",
+                "--run.checkpoint-every",
+                "1",
+                *TINY,
+            ],
+            ["diverged"],
+            None,
+        ),
+        (
+            "critic lr 1e3 with --run.stop-on-divergence",
+            [
+                *iql,
+                "--dataset",
+                str(data),
+                "--steps",
+                "300",
+                "--run.name",
+                "lr1e3",
+                "--algo-cfg.critic-lr",
+                "1e3",
+                "--algo-cfg.value-lr",
+                "1e3",
+                "--run.stop-on-divergence",
+                *TINY,
+            ],
+            ["q_out_of_range"],
+            None,
+        ),
     ]
     handled = [
-        ("critic lr 1e3 (finite blow-up)", [*iql, "--dataset", str(data), "--steps", "300", "--run.name", "w1e3",
-                                            "--algo-cfg.critic-lr", "1e3", "--algo-cfg.value-lr", "1e3", *TINY],
-         lambda r: r.returncode == 0 and "q_out_of_range" in r.stderr, "trains, with a live q_out_of_range error line"),
-        ("actor lr 10", [*iql, "--dataset", str(data), "--steps", "300", "--run.name", "alr10",
-                         "--algo-cfg.actor-lr", "10", *TINY],
-         lambda r: "loss_explosion" in r.stderr or "diverged" in r.stderr,
-         "a live loss_explosion line (or stops as diverged)"),
-        ("run name iql[lr=3e-4] (rich markup)", [*iql, "--dataset", str(data), "--steps", "5", "--run.name",
-                                                 "iql[lr=3e-4]", *TINY],
-         lambda r: r.returncode == 0 and json.loads(r.stdout[r.stdout.index("{"):])["run_dir"].endswith(
-             "iql[lr=3e-4]"), "trains; prints the real path"),
-        ("actions 40x outside, --clip-dataset-actions", [*iql, "--dataset", str(wide), "--steps", "5",
-                                                         "--clip-dataset-actions", "--run.name", "clip", *TINY],
-         lambda r: r.returncode == 0, "trains on the clipped actions"),
+        (
+            "critic lr 1e3 (finite blow-up)",
+            [
+                *iql,
+                "--dataset",
+                str(data),
+                "--steps",
+                "300",
+                "--run.name",
+                "w1e3",
+                "--algo-cfg.critic-lr",
+                "1e3",
+                "--algo-cfg.value-lr",
+                "1e3",
+                *TINY,
+            ],
+            lambda r: r.returncode == 0 and "q_out_of_range" in r.stderr,
+            "trains, with a live q_out_of_range error line",
+        ),
+        (
+            "actor lr 10",
+            [*iql, "--dataset", str(data), "--steps", "300", "--run.name", "alr10", "--algo-cfg.actor-lr", "10", *TINY],
+            lambda r: "loss_explosion" in r.stderr or "diverged" in r.stderr,
+            "a live loss_explosion line (or stops as diverged)",
+        ),
+        (
+            "run name iql[lr=3e-4] (rich markup)",
+            [*iql, "--dataset", str(data), "--steps", "5", "--run.name", "iql[lr=3e-4]", *TINY],
+            lambda r: (
+                r.returncode == 0 and json.loads(r.stdout[r.stdout.index("{") :])["run_dir"].endswith("iql[lr=3e-4]")
+            ),
+            "trains; prints the real path",
+        ),
+        (
+            "actions 40x outside, --clip-dataset-actions",
+            [*iql, "--dataset", str(wide), "--steps", "5", "--clip-dataset-actions", "--run.name", "clip", *TINY],
+            lambda r: r.returncode == 0,
+            "trains on the clipped actions",
+        ),
     ]
 
     rows, failures = [], 0
@@ -174,12 +334,22 @@ def main() -> int:
         r = rlft(*args, cwd=w)
         err = r.stderr.strip().splitlines()
         line = next((ln for ln in err if ln.startswith("error:")), "")
-        good_refusal = (r.returncode == 2 and line and all(n in r.stderr for n in names)
-                        and "Traceback" not in r.stderr and not (w / "PAYLOAD-RAN").exists()
-                        and (forbidden is None or not (w / "runs" / forbidden).exists()))
+        good_refusal = (
+            r.returncode == 2
+            and line
+            and all(n in r.stderr for n in names)
+            and "Traceback" not in r.stderr
+            and not (w / "PAYLOAD-RAN").exists()
+            and (forbidden is None or not (w / "runs" / forbidden).exists())
+        )
         failures += not good_refusal
-        rows.append((what, "refused" if good_refusal else f"NOT refused clearly (exit {r.returncode})",
-                     line[len("error: "):][:160] if line else " / ".join(err[-2:])[:160]))
+        rows.append(
+            (
+                what,
+                "refused" if good_refusal else f"NOT refused clearly (exit {r.returncode})",
+                line[len("error: ") :][:160] if line else " / ".join(err[-2:])[:160],
+            )
+        )
     for what, args, check, expect in handled:
         r = rlft(*args, cwd=w)
         ok_ = bool(check(r))
@@ -189,9 +359,11 @@ def main() -> int:
     for what, outcome, msg in rows:
         print(f"| {what} | {outcome} | {msg.replace('|', '/')} |")
     n_ref = sum(o == "refused" for _, o, _ in rows)
-    print(f"\n{n_ref} of {len(cases)} bad inputs refused with one clear line; "
-          f"{sum(o == 'handled' for _, o, _ in rows)} of {len(handled)} handled cases as expected; "
-          f"payload ran: {(w / 'PAYLOAD-RAN').exists()}")
+    print(
+        f"\n{n_ref} of {len(cases)} bad inputs refused with one clear line; "
+        f"{sum(o == 'handled' for _, o, _ in rows)} of {len(handled)} handled cases as expected; "
+        f"payload ran: {(w / 'PAYLOAD-RAN').exists()}"
+    )
     return 1 if failures else 0
 
 

@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlft.algos import ALGORITHMS  # noqa: E402
-from rlft.policies.config import PolicyConfig  # noqa: E402
 from rlft.data.batch import ChunkBatch  # noqa: E402
 from rlft.policies import build_policy  # noqa: E402
+from rlft.policies.config import PolicyConfig  # noqa: E402
 from rlft.utils import set_threads  # noqa: E402
 from scripts.bench_updates import sync  # noqa: E402
 
@@ -107,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  FAILED {failed[-1]}", file=sys.stderr, flush=True)
 
     gpu = f", {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ""
-    print(f"\nupdates/s (median of 3 timings of ~{args.seconds:g} s); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {args.batch}, obs {OBS}, chunk {H}x{ACT}, "
-          "default configs\n")
+    print(
+        f"\nupdates/s (median of 3 timings of ~{args.seconds:g} s); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU thread(s){gpu}; batch {args.batch}, obs {OBS}, chunk {H}x{ACT}, "
+        "default configs\n"
+    )
     cols = [str(d) for d in devices]
     ratio = len(cols) == 2
     print("| algorithm | policy | critics | " + " | ".join(cols) + (f" | {cols[1]} / {cols[0]} |" if ratio else " |"))

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlft.algos import ALGORITHMS  # noqa: E402
-from rlft.policies.config import PolicyConfig  # noqa: E402
 from rlft.data.batch import ChunkBatch  # noqa: E402
+from rlft.policies.config import PolicyConfig  # noqa: E402
 from rlft.utils import resolve_device, set_threads  # noqa: E402
 
 OBS, ACT, BATCH, HIDDEN = 28, 5, 256, (256, 256, 256)
@@ -39,8 +39,12 @@ def build(algo: str, impl: str, horizon: int, policy_kind: str, device: torch.de
     torch.manual_seed(0)
     cls = ALGORITHMS[algo]
     cfg = dataclasses.replace(
-        cls.Config(), critic_impl=impl, critic_hidden_dims=HIDDEN, batch_size=BATCH,
-        policy=PolicyConfig(kind=policy_kind, hidden_dims=HIDDEN), **overrides,
+        cls.Config(),
+        critic_impl=impl,
+        critic_hidden_dims=HIDDEN,
+        batch_size=BATCH,
+        policy=PolicyConfig(kind=policy_kind, hidden_dims=HIDDEN),
+        **overrides,
     )
     return cls(cfg, OBS, ACT, horizon, device=device)
 

@@ -66,7 +66,9 @@ SETUPS: dict[str, tuple[str, str, dict]] = {
     "rlft sac loop, actor every update": ("rlft", "sac", {"impl": "loop", "actor_update_every": 1}),
     "rlft sac batched, actor every update": ("rlft", "sac", {"impl": "batched", "actor_update_every": 1}),
     "rlft sac loop, actor every update, subset=10": (
-        "rlft", "sac", {"impl": "loop", "actor_update_every": 1, "critic_subset": 10},
+        "rlft",
+        "sac",
+        {"impl": "loop", "actor_update_every": 1, "critic_subset": 10},
     ),
     "rlft sac loop, default (actor every 4th)": ("rlft", "sac", {"impl": "loop"}),
     "rlft sac batched, default (actor every 4th)": ("rlft", "sac", {"impl": "batched"}),
@@ -98,8 +100,8 @@ def _build_rlft(algo: str, opts: dict):
 
     sys.path.insert(0, str(REPO))
     from rlft.algos import ALGORITHMS
-    from rlft.policies.config import PolicyConfig
     from rlft.data.batch import ChunkBatch
+    from rlft.policies.config import PolicyConfig
 
     torch.manual_seed(0)
     cls = ALGORITHMS[algo]
@@ -110,8 +112,13 @@ def _build_rlft(algo: str, opts: dict):
     else:
         overrides = {"num_critics": 2}
     cfg = dataclasses.replace(
-        cls.Config(), critic_impl=opts["impl"], critic_hidden_dims=HIDDEN, critic_layernorm=True, batch_size=BATCH,
-        policy=PolicyConfig(kind="gaussian", hidden_dims=HIDDEN, layernorm=True), **overrides,
+        cls.Config(),
+        critic_impl=opts["impl"],
+        critic_hidden_dims=HIDDEN,
+        critic_layernorm=True,
+        batch_size=BATCH,
+        policy=PolicyConfig(kind="gaussian", hidden_dims=HIDDEN, layernorm=True),
+        **overrides,
     )
     alg = cls(cfg, OBS, ACT, 1, device="cpu")
     g = torch.Generator().manual_seed(0)
@@ -135,9 +142,8 @@ def _build_d3rlpy(algo: str, opts: dict):
     import warnings
 
     warnings.filterwarnings("ignore")
-    import numpy as np
-
     import d3rlpy
+    import numpy as np
     from d3rlpy.models.encoders import VectorEncoderFactory
     from d3rlpy.torch_utility import TorchMiniBatch
 
@@ -152,15 +158,33 @@ def _build_d3rlpy(algo: str, opts: dict):
     enc = VectorEncoderFactory(hidden_units=list(HIDDEN), use_layer_norm=True)
     if algo == "sac":
         cfg = d3rlpy.algos.SACConfig(
-            actor_encoder_factory=enc, critic_encoder_factory=enc, n_critics=10, batch_size=BATCH,
-            actor_learning_rate=3e-4, critic_learning_rate=3e-4, temp_learning_rate=3e-4, tau=0.005, gamma=0.99,
-            initial_temperature=0.1, compile_graph=False,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            n_critics=10,
+            batch_size=BATCH,
+            actor_learning_rate=3e-4,
+            critic_learning_rate=3e-4,
+            temp_learning_rate=3e-4,
+            tau=0.005,
+            gamma=0.99,
+            initial_temperature=0.1,
+            compile_graph=False,
         )
     else:
         cfg = d3rlpy.algos.IQLConfig(
-            actor_encoder_factory=enc, critic_encoder_factory=enc, value_encoder_factory=enc, n_critics=2,
-            batch_size=BATCH, actor_learning_rate=3e-4, critic_learning_rate=3e-4, tau=0.005, gamma=0.99,
-            expectile=0.7, weight_temp=3.0, max_weight=100.0, compile_graph=False,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            value_encoder_factory=enc,
+            n_critics=2,
+            batch_size=BATCH,
+            actor_learning_rate=3e-4,
+            critic_learning_rate=3e-4,
+            tau=0.005,
+            gamma=0.99,
+            expectile=0.7,
+            weight_temp=3.0,
+            max_weight=100.0,
+            compile_graph=False,
         )
     alg = cfg.create(device="cpu:0")
     rng = np.random.default_rng(0)
@@ -180,8 +204,12 @@ def _build_d3rlpy(algo: str, opts: dict):
 
     def to_torch(b):
         return TorchMiniBatch.from_batch(
-            batch=b, gamma=cfg.gamma, compute_returns_to_go=alg.need_returns_to_go, device=alg._device,
-            observation_scaler=cfg.observation_scaler, action_scaler=cfg.action_scaler,
+            batch=b,
+            gamma=cfg.gamma,
+            compute_returns_to_go=alg.need_returns_to_go,
+            device=alg._device,
+            observation_scaler=cfg.observation_scaler,
+            action_scaler=cfg.action_scaler,
             reward_scaler=cfg.reward_scaler,
         )
 
@@ -249,7 +277,12 @@ class Worker:
             env["OMP_WAIT_POLICY"] = wait
         self.proc = subprocess.Popen(
             [python, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            bufsize=1,
+            env=env,
         )
         self.info: dict = {}
         self.rates: list[float] = []
@@ -299,14 +332,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts (default 1)")
     p.add_argument(
-        "--omp-wait-policy", nargs="+", default=["default"], choices=["default", "passive", "active"],
+        "--omp-wait-policy",
+        nargs="+",
+        default=["default"],
+        choices=["default", "passive", "active"],
         help="OMP_WAIT_POLICY of the workers with more than 1 thread (several: one worker per value); 'default' "
         "leaves it unset (libgomp spins before sleeping)",
     )
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     p.add_argument("--updates", type=int, default=20, help="timed updates per worker per round")
     p.add_argument(
-        "--max-seconds", type=float, default=10.0,
+        "--max-seconds",
+        type=float,
+        default=10.0,
         help="stop a timing early after this many seconds (at least 2 updates; the rate is updates done / wall time), "
         "so a pathological setting (2 threads next to a busy process) cannot stall the run",
     )
@@ -338,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                     workers[-1].wait_ready()  # build + warm up one at a time, so warm-ups do not compete
                     print(f"  ready: {name} ({workers[-1].label})", file=sys.stderr, flush=True)
         for r in range(args.rounds):
-            order = workers[r % len(workers):] + workers[: r % len(workers)]
+            order = workers[r % len(workers) :] + workers[: r % len(workers)]
             for w in order:
                 w.run(args.updates, args.max_seconds)
             summary = ", ".join(f"{w.rates[-1]:.1f}" for w in workers)

@@ -32,13 +32,18 @@ def find_chromium(install: bool = True) -> str:
     print("+ apt-get install chromium (once)", file=sys.stderr)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, env=env,
-                   stdout=sys.stderr)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        check=True,
+        env=env,
+        stdout=sys.stderr,
+    )
     return find_chromium(install=False)
 
 
-def screenshot(html: Path, out: Path, width: int = 1400, height: int = 6000, scroll: int = 0,
-               budget_ms: int = 8000) -> Path:
+def screenshot(
+    html: Path, out: Path, width: int = 1400, height: int = 6000, scroll: int = 0, budget_ms: int = 8000
+) -> Path:
     """Render ``html`` at ``width`` x ``height`` (after scrolling ``scroll`` pixels) into the PNG ``out``."""
     chromium = find_chromium()
     html = html.resolve()
@@ -46,15 +51,27 @@ def screenshot(html: Path, out: Path, width: int = 1400, height: int = 6000, scr
     with tempfile.TemporaryDirectory() as tmp:
         if scroll:  # a tiny wrapper page that scrolls the report in an iframe-free way: load it with a fragment offset
             wrapper = Path(tmp) / "scroll.html"
-            wrapper.write_text(f"<html><body style='margin:0;overflow:hidden'><iframe src='{url}' "
-                               f"style='border:0;width:{width}px;height:{height + scroll}px;margin-top:-{scroll}px'>"
-                               f"</iframe></body></html>")
+            wrapper.write_text(
+                f"<html><body style='margin:0;overflow:hidden'><iframe src='{url}' "
+                f"style='border:0;width:{width}px;height:{height + scroll}px;margin-top:-{scroll}px'>"
+                f"</iframe></body></html>"
+            )
             url = wrapper.as_uri()
         out = out.resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--allow-file-access-from-files", f"--user-data-dir={tmp}/profile", f"--window-size={width},{height}",
-               f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url]
+        cmd = [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={tmp}/profile",
+            f"--window-size={width},{height}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={out}",
+            url,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if r.returncode != 0 or not out.is_file():
             sys.exit(f"error: chromium failed ({r.returncode}): {r.stderr[-2000:]}")

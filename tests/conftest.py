@@ -11,9 +11,14 @@ torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--plugin", action="append", default=[], metavar="FILE.py",
-                     help="an algorithm file from outside rlft to register before collection, so the contract test "
-                          "(tests/test_algos_contract.py) covers it (docs/add-an-algorithm.md)")
+    parser.addoption(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="an algorithm file from outside rlft to register before collection, so the contract test "
+        "(tests/test_algos_contract.py) covers it (docs/add-an-algorithm.md)",
+    )
 
 
 def pytest_configure(config):

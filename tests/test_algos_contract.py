@@ -113,8 +113,9 @@ def test_update_changes_params_and_returns_named_finite_metrics(name, kind):
     for k, o in optims.items():
         after = [p.detach() for g in o.param_groups for p in g["params"]]
         assert any(not torch.equal(a, b) for a, b in zip(before[k], after)), f"{name}: {k} changed no parameter"
-    trained_policy = any(p is q for o in optims.values() for g in o.param_groups for p in g["params"]
-                         for q in algo.policy.parameters())
+    trained_policy = any(
+        p is q for o in optims.values() for g in o.param_groups for p in g["params"] for q in algo.policy.parameters()
+    )
     if trained_policy:
         assert any(not torch.equal(a, b.detach()) for a, b in zip(policy_before, algo.policy.parameters()))
     if hasattr(algo, "critic"):
@@ -184,12 +185,15 @@ def test_composites_are_continued_only_by_the_algorithms_that_declare_them():
         assert owners, f"{policy_cls.__name__}: no algorithm continues it"
         policy = make(owners[0], "flow", 0).policy
         assert isinstance(policy, policy_cls)
-        make_with = lambda name: ALGORITHMS[name](small_config(ALGORITHMS[name], "flow"), OBS, ACT, H,  # noqa: E731
-                                                  policy=policy)
+
+        def make_with(name, policy=policy):
+            return ALGORITHMS[name](small_config(ALGORITHMS[name], "flow"), OBS, ACT, H, policy=policy)
+
         for name in owners:
             make_with(name)  # continued
-        with pytest.raises(ConfigError, match=f"cannot start from a {policy_cls.__name__} .*continue with "
-                                              f"{'/'.join(owners)}"):
+        with pytest.raises(
+            ConfigError, match=f"cannot start from a {policy_cls.__name__} .*continue with {'/'.join(owners)}"
+        ):
             make_with("iql")
 
 
@@ -234,16 +238,27 @@ def bandit_batch(n: int, horizon: int, g: torch.Generator) -> ChunkBatch:
     """One-step episodes: half the rows hold the good chunk (all +0.5, reward 1), half the bad one (all -0.5,
     reward 0), each with small noise, from random states; every row terminates."""
     good = torch.rand(n, generator=g) < 0.5
-    action = (torch.where(good, 0.5, -0.5)[:, None, None] + 0.05 * torch.randn(n, horizon, ACT, generator=g))
+    action = torch.where(good, 0.5, -0.5)[:, None, None] + 0.05 * torch.randn(n, horizon, ACT, generator=g)
     obs = torch.randn(n, OBS, generator=g)
     base = ChunkBatch.random(n, OBS, horizon, ACT, generator=g)
-    return dataclasses.replace(base, obs=obs, action=action, reward=good.float(), next_obs=obs.clone(),
-                               terminated=torch.ones(n), valid_mask=torch.ones(n, horizon), is_offline=torch.ones(n),
-                               mc_return=good.float())
+    return dataclasses.replace(
+        base,
+        obs=obs,
+        action=action,
+        reward=good.float(),
+        next_obs=obs.clone(),
+        terminated=torch.ones(n),
+        valid_mask=torch.ones(n, horizon),
+        is_offline=torch.ones(n),
+        mc_return=good.float(),
+    )
 
 
-LEARNERS = [(name, kind) for name, kind in CASES
-            if name != "bc" and not ALGORITHMS[name].uses_base_policy and kind == _supported(ALGORITHMS[name])[0]]
+LEARNERS = [
+    (name, kind)
+    for name, kind in CASES
+    if name != "bc" and not ALGORITHMS[name].uses_base_policy and kind == _supported(ALGORITHMS[name])[0]
+]
 
 
 @pytest.mark.parametrize("name, kind", LEARNERS)

@@ -17,12 +17,7 @@ from rlft.data.h5io import load_dataset, read_episodes, sidecar_path, write_epis
 from rlft.data.ogbench_npz import read_ogbench_npz, write_ogbench_npz
 from rlft.envs import env_info, make_env
 from rlft.envs.ogbench_env import ogbench_task_reward_fn
-from rlft.envs.oracles import (
-    collect_demo_episode,
-    collect_play_episode,
-    make_oracle,
-    make_play_env,
-)
+from rlft.envs.oracles import collect_demo_episode, collect_play_episode, make_oracle, make_play_env
 from rlft.errors import ConfigError, DatasetError
 
 SINGLE = "cube-single-singletask-v0"
@@ -51,8 +46,13 @@ def _assert_same(a: list[Episode], b: list[Episode]) -> None:
 
 def _write(tmp_path, real, name="d.h5"):
     path = tmp_path / name
-    write_episodes(path, real["episodes"], real["env_info"], extra={"mode": "test"},
-                   episode_info=[{"episode_seed": s} for s in (1, 2, 3)])
+    write_episodes(
+        path,
+        real["episodes"],
+        real["env_info"],
+        extra={"mode": "test"},
+        episode_info=[{"episode_seed": s} for s in (1, 2, 3)],
+    )
     return path
 
 
@@ -111,13 +111,22 @@ def _corrupt(path, fn):
         (lambda f: f["traj_1"].__delitem__("rewards"), ["traj_1", "rewards"]),
         (lambda f: f["traj_1"].__delitem__("success"), ["traj_1", "success"]),
         (lambda f: f["traj_2"].__delitem__("truncated"), ["traj_2", "truncated"]),
-        (lambda f: (f["traj_0"].__delitem__("rewards"), f["traj_0"].create_dataset("rewards", data=np.zeros(3))),
-         ["traj_0", "rewards", "shape"]),
-        (lambda f: (f["traj_0"].__delitem__("actions"),
-                    f["traj_0"].create_dataset("actions", data=np.array([b"a"] * 3))), ["traj_0", "actions", "dtype"]),
+        (
+            lambda f: (f["traj_0"].__delitem__("rewards"), f["traj_0"].create_dataset("rewards", data=np.zeros(3))),
+            ["traj_0", "rewards", "shape"],
+        ),
+        (
+            lambda f: (
+                f["traj_0"].__delitem__("actions"),
+                f["traj_0"].create_dataset("actions", data=np.array([b"a"] * 3)),
+            ),
+            ["traj_0", "actions", "dtype"],
+        ),
         (lambda f: f["traj_1/obs"].__setitem__((2, 3), np.nan), ["traj_1", "obs", "NaN"]),
-        (lambda f: (f["traj_0"].__delitem__("obs"), f["traj_0"].create_group("obs").create_dataset("x", data=[1])),
-         ["traj_0", "obs", "state"]),
+        (
+            lambda f: (f["traj_0"].__delitem__("obs"), f["traj_0"].create_group("obs").create_dataset("x", data=[1])),
+            ["traj_0", "obs", "state"],
+        ),
     ],
 )
 def test_bad_h5_raises_dataset_error_naming_key(tmp_path, real, how, expect):
@@ -188,8 +197,14 @@ def test_ogbench_npz_transition_layout_round_trip(tmp_path, real):
 
 def test_bad_npz_raises_dataset_error_naming_key(tmp_path, real):
     ep = real["episodes"][0]
-    good = dict(observations=ep.obs[:-1], next_observations=ep.obs[1:], actions=ep.actions, rewards=ep.rewards,
-                masks=1.0 - ep.terminated, terminals=np.arange(len(ep)) == len(ep) - 1)
+    good = dict(
+        observations=ep.obs[:-1],
+        next_observations=ep.obs[1:],
+        actions=ep.actions,
+        rewards=ep.rewards,
+        masks=1.0 - ep.terminated,
+        terminals=np.arange(len(ep)) == len(ep) - 1,
+    )
     cases = {
         "rewards": dict(good, rewards=np.where(np.arange(len(ep)) == 3, np.nan, ep.rewards)),
         "terminals": dict(good, terminals=np.zeros(len(ep), bool)),
@@ -219,8 +234,18 @@ def test_run_collect_independent_of_worker_count(tmp_path):
 
 
 def test_run_collect_play_and_config_errors(tmp_path):
-    out = run_collect(CollectConfig(env_id=SINGLE, mode="play", num_episodes=2, max_episode_steps=40, seed=0,
-                                    num_workers=1, out=str(tmp_path / "play.h5"), progress=False))
+    out = run_collect(
+        CollectConfig(
+            env_id=SINGLE,
+            mode="play",
+            num_episodes=2,
+            max_episode_steps=40,
+            seed=0,
+            num_workers=1,
+            out=str(tmp_path / "play.h5"),
+            progress=False,
+        )
+    )
     eps, meta = read_episodes(out)
     assert [len(e) for e in eps] == [40, 40]
     assert meta["source"]["oracle"] == "plan" and meta["env_info"]["env_kwargs"]["mode"] == "data_collection"
@@ -239,8 +264,11 @@ def test_play_collection_does_not_depend_on_blas_threads(tmp_path):
     runs = []
     for n in (1, 4):
         with threadpool_limits(n):
-            out = run_collect(CollectConfig(env_id=SINGLE, mode="play", num_episodes=1, num_workers=1,
-                                            seed=0, out=str(tmp_path / f"p{n}.h5")))
+            out = run_collect(
+                CollectConfig(
+                    env_id=SINGLE, mode="play", num_episodes=1, num_workers=1, seed=0, out=str(tmp_path / f"p{n}.h5")
+                )
+            )
         runs.append(read_episodes(out)[0][0].actions)
     assert np.array_equal(runs[0], runs[1])
 
@@ -265,8 +293,9 @@ def test_collect_policy_rollouts_replay_step_for_step(tmp_path):
     """Each kept rollout is exactly what happened: resetting the env with the stored episode seed and stepping the
     stored actions reproduces every stored observation, reward, success flag and the time-limit cut."""
     pol = _saved_flow_policy(tmp_path / "p.safetensors")
-    base = dict(mode="policy", policy=str(pol), num_episodes=2, only_success=False, max_episode_steps=30, seed=3,
-                progress=False)
+    base = dict(
+        mode="policy", policy=str(pol), num_episodes=2, only_success=False, max_episode_steps=30, seed=3, progress=False
+    )
     out = run_collect(CollectConfig(**base, num_workers=1, out=str(tmp_path / "r.h5")))
     eps, meta = read_episodes(out)
     assert [len(e) for e in eps] == [30, 30]
@@ -279,8 +308,12 @@ def test_collect_policy_rollouts_replay_step_for_step(tmp_path):
         for t in range(len(ep)):
             obs, r, term, trunc, step_info = env.step(ep.actions[t])
             np.testing.assert_array_equal(obs, ep.obs[t + 1])
-            assert (r, bool(step_info["success"]), term, trunc) == (ep.rewards[t], ep.success[t], ep.terminated[t],
-                                                                    ep.truncated[t])
+            assert (r, bool(step_info["success"]), term, trunc) == (
+                ep.rewards[t],
+                ep.success[t],
+                ep.terminated[t],
+                ep.truncated[t],
+            )
         assert trunc and not ep.terminated.any()
     env.close()
     # the same rollouts whatever the number of worker processes, up to the float rounding of batched policy queries
@@ -308,6 +341,16 @@ def test_collect_policy_config_errors_name_the_field(tmp_path):
     from rlft.errors import RlftError
 
     with pytest.raises(RlftError, match="no successful rollout"):
-        run_collect(CollectConfig(mode="policy", policy=pol, num_episodes=1, max_attempts_factor=0.0,
-                                  max_episode_steps=6, num_workers=1, out=out, progress=False))
+        run_collect(
+            CollectConfig(
+                mode="policy",
+                policy=pol,
+                num_episodes=1,
+                max_attempts_factor=0.0,
+                max_episode_steps=6,
+                num_workers=1,
+                out=out,
+                progress=False,
+            )
+        )
     assert not os.path.exists(out)

@@ -117,7 +117,10 @@ def test_chunk_stops_at_a_terminal_step_inside_the_episode():
 
 def test_obs_history_repeats_first_observation():
     ds = ChunkDataset(
-        [episode_truncated(), episode_terminal()], act_horizon=2, gamma=0.5, obs_horizon=3,
+        [episode_truncated(), episode_terminal()],
+        act_horizon=2,
+        gamma=0.5,
+        obs_horizon=3,
         normalizer=identity_normalizer(obs_dim=6),
     )
     assert ds.obs_dim == 6 and ds.obs_horizon == 3

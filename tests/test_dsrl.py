@@ -28,7 +28,7 @@ from rlft.data.replay import ReplayBuffer
 from rlft.envs import ChunkExecutor, make_env
 from rlft.envs.noise_action import NoiseActionWrapper
 from rlft.envs.oracles import collect_demo_episode, make_oracle
-from rlft.errors import CheckpointError, ConfigError
+from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.policies import build_policy, load_policy
 from rlft.policies.config import PolicyConfig
 from rlft.policies.steered import SteeredFlowPolicy, split_steered
@@ -41,8 +41,9 @@ O, A, H, M = 28, 5, 3, 1.5  # cube-single obs/action dims, chunk length, noise m
 
 def flow_policy(obs_dim=O, action_dim=A, horizon=H, seed=0):
     torch.manual_seed(seed)
-    p = build_policy(PolicyConfig(kind="flow", hidden_dims=(32, 32), flow_steps=3, time_embed_dim=8),
-                     obs_dim, action_dim, horizon)
+    p = build_policy(
+        PolicyConfig(kind="flow", hidden_dims=(32, 32), flow_steps=3, time_embed_dim=8), obs_dim, action_dim, horizon
+    )
     p.normalizer.set_stats(np.zeros(obs_dim), np.ones(obs_dim), -np.ones(action_dim), np.ones(action_dim))
     return p
 
@@ -65,8 +66,16 @@ def dsrl_replay(base, latent, capacity=8):
 
 
 def add(replay, obs, w, R, next_obs, term, info):
-    replay.add(obs[None], w[None], np.array([R]), next_obs[None], np.array([float(term)]),
-               np.array([info["discount"]]), np.array([info["k"]]), exec_chunk=info["decoded_action"][None])
+    replay.add(
+        obs[None],
+        w[None],
+        np.array([R]),
+        next_obs[None],
+        np.array([float(term)]),
+        np.array([info["discount"]]),
+        np.array([info["k"]]),
+        exec_chunk=info["decoded_action"][None],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -158,13 +167,23 @@ def test_replay_with_executed_chunks_round_trips_and_batches_concatenate():
     r = dsrl_replay(base, latent, capacity=4)
     g = np.random.default_rng(0)
     for _ in range(5):  # wraps around
-        r.add(g.normal(size=(1, O)), g.uniform(-M, M, (1, H, A)), [-1.0], g.normal(size=(1, O)), [0.0], [0.9], [2],
-              exec_chunk=g.uniform(-1, 1, (1, H, A)))
+        r.add(
+            g.normal(size=(1, O)),
+            g.uniform(-M, M, (1, H, A)),
+            [-1.0],
+            g.normal(size=(1, O)),
+            [0.0],
+            [0.9],
+            [2],
+            exec_chunk=g.uniform(-1, 1, (1, H, A)),
+        )
     r2 = dsrl_replay(base, latent, capacity=4)
     r2.load_state_dict(r.state_dict())
     b1, b2 = r.get(torch.arange(4)), r2.get(torch.arange(4))
-    assert sorted(b1.exec_action.sum(dim=(1, 2)).tolist()) == pytest.approx(sorted(b2.exec_action.sum(dim=(1, 2)).tolist()))
-    with pytest.raises(Exception):
+    assert sorted(b1.exec_action.sum(dim=(1, 2)).tolist()) == pytest.approx(
+        sorted(b2.exec_action.sum(dim=(1, 2)).tolist())
+    )
+    with pytest.raises(TrainingError, match="exec_chunk must be given"):
         r.add(np.zeros((1, O)), np.zeros((1, H, A)), [0.0], np.zeros((1, O)), [0.0], [0.9], [1])  # exec chunk missing
     # a dataset batch (no exec_action: its action is the executed chunk) concatenates with a replay batch
     off = ChunkBatch.random(3, O, H, A)
@@ -186,8 +205,10 @@ def test_steered_policy_decodes_the_latent_actors_noise_and_round_trips(tmp_path
     assert w.abs().max() <= M
     torch.testing.assert_close(steered.act(obs), base.act(obs, noise=w))
     eps = torch.randn(4, H, A)
-    torch.testing.assert_close(steered.act(obs, noise=eps, deterministic=False),
-                               base.act(obs, noise=latent.act(obs, noise=eps, deterministic=False)))
+    torch.testing.assert_close(
+        steered.act(obs, noise=eps, deterministic=False),
+        base.act(obs, noise=latent.act(obs, noise=eps, deterministic=False)),
+    )
     steered.save(tmp_path / "p.safetensors")
     loaded = load_policy(tmp_path / "p.safetensors")
     assert isinstance(loaded, SteeredFlowPolicy)
@@ -241,8 +262,14 @@ def test_dsrl_na_learns_from_executed_chunks_and_never_reads_the_stored_latent()
     assert runs["base"] == runs["latent"]  # batch.action (the latent) is not an input of any loss
     assert runs["base"]["critic/q_mean"] != runs["exec"]["critic/q_mean"]  # Q^A sees the executed chunk
     assert runs["base"]["alpha/target_entropy"] == pytest.approx(-0.5 * 3 * 2)
-    for k in ("critic/td_error", "critic/distill_loss", "critic/qw_mean", "actor/actor_loss", "actor/entropy",
-              "alpha/temperature"):
+    for k in (
+        "critic/td_error",
+        "critic/distill_loss",
+        "critic/qw_mean",
+        "actor/actor_loss",
+        "actor/entropy",
+        "alpha/temperature",
+    ):
         assert k in runs["base"]
 
 
@@ -310,8 +337,9 @@ def test_pearson_corr_by_hand():
 def test_awmle_moves_the_latent_actor_towards_high_q_noise():
     """A linear frozen critic Q(s, a) = sum(a) and a near-identity flow: AW-MLE must learn to put the latent actor's
     noise where the decoded chunk sums high, so E[Q] under the actor ends above E[Q] under the prior."""
-    algo = _dsrl_algo("dsrl_awmle", num_candidates=16, critic_hidden_dims=(), lr=3e-3, kl_coef=1e-3,
-                      critic_layernorm=False)
+    algo = _dsrl_algo(
+        "dsrl_awmle", num_candidates=16, critic_hidden_dims=(), lr=3e-3, kl_coef=1e-3, critic_layernorm=False
+    )
     with torch.no_grad():
         for p in algo.base_policy.parameters():  # velocity ~ 0: the flow decodes w to clamp(w, -1, 1)
             p.mul_(1e-3)
@@ -346,14 +374,28 @@ def test_awmle_refuses_a_state_without_a_matching_critic():
 def _stage(tmp_path, base_path, **over):
     from rlft.train.config import train_config_from_dict
 
-    d = {"algo": "sac", "mode": "online", "steps": 45, "base_policy": str(base_path), "action_magnitude": M,
-         "env": {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 20},
-         "eval": {"num_episodes": 1, "parallel_envs": 1},
-         "run": {"out_dir": str(tmp_path), "name": "dsrl", "log_every": 5, "tensorboard": False},
-         "algo_cfg": {"batch_size": 8, "utd_ratio": 1, "warmup_steps": 15, "offline_ratio": 0.0, "num_critics": 2,
-                      "critic_hidden_dims": [32], "target_entropy_per_dim": -0.5,
-                      "target_entropy_from_policy": False, "actor_update_every": 1,
-                      "policy": {"kind": "gaussian", "hidden_dims": [32]}}}
+    d = {
+        "algo": "sac",
+        "mode": "online",
+        "steps": 45,
+        "base_policy": str(base_path),
+        "action_magnitude": M,
+        "env": {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 20},
+        "eval": {"num_episodes": 1, "parallel_envs": 1},
+        "run": {"out_dir": str(tmp_path), "name": "dsrl", "log_every": 5, "tensorboard": False},
+        "algo_cfg": {
+            "batch_size": 8,
+            "utd_ratio": 1,
+            "warmup_steps": 15,
+            "offline_ratio": 0.0,
+            "num_critics": 2,
+            "critic_hidden_dims": [32],
+            "target_entropy_per_dim": -0.5,
+            "target_entropy_from_policy": False,
+            "actor_update_every": 1,
+            "policy": {"kind": "gaussian", "hidden_dims": [32]},
+        },
+    }
     for k, v in over.items():
         d[k] = v
     return train_config_from_dict(d, "test")
@@ -391,8 +433,16 @@ def test_base_policy_misuse_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="dataset holds env actions"):  # SAC cannot learn latents from env actions
         Trainer(_stage(tmp_path, tmp_path / "base.safetensors", mode="offline", dataset="x.h5"), quiet=True)
     with pytest.raises(ConfigError, match="base_policy"):  # a DSRL algorithm without a base policy
-        Trainer(_stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_na", base_policy=None,
-                       algo_cfg={"offline_ratio": 0.0}), quiet=True)
+        Trainer(
+            _stage(
+                tmp_path,
+                tmp_path / "base.safetensors",
+                algo="dsrl_na",
+                base_policy=None,
+                algo_cfg={"offline_ratio": 0.0},
+            ),
+            quiet=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -407,8 +457,7 @@ def _write_metrics(run_dir, rows, gamma=0.99):
 def test_dsrl_check_stage1_compares_q_under_the_actor_and_the_prior(tmp_path):
     from rlft.report.dsrl_check import dsrl_checklist
 
-    rows = [{"step": i, "actor/q_policy": -10.0 + i, "actor/q_prior": -8.0, "actor/eff_num": 20.0}
-            for i in range(10)]
+    rows = [{"step": i, "actor/q_policy": -10.0 + i, "actor/q_prior": -8.0, "actor/eff_num": 20.0} for i in range(10)]
     # last 20% = 2 points: q_policy -2, -1 (mean -1.5) vs q_prior -8: pass
     _write_metrics(tmp_path / "s1", rows)
     (res,) = dsrl_checklist(tmp_path / "s1")
@@ -422,13 +471,29 @@ def test_dsrl_check_stage2_items(tmp_path):
     from rlft.report.dsrl_check import dsrl_checklist
 
     n = 9
-    good = [{"step": i, "critic/td_error": 2.0 - 0.1 * i, "critic/q_mean": -50.0 + i, "alpha/temperature": 0.1,
-             "actor/entropy": 5.0 - 0.1 * i} for i in range(n)]
+    good = [
+        {
+            "step": i,
+            "critic/td_error": 2.0 - 0.1 * i,
+            "critic/q_mean": -50.0 + i,
+            "alpha/temperature": 0.1,
+            "actor/entropy": 5.0 - 0.1 * i,
+        }
+        for i in range(n)
+    ]
     _write_metrics(tmp_path / "good", good)
     res = {r.item: r.status for r in dsrl_checklist(tmp_path / "good")}
     assert set(res.values()) == {"PASS"} and len(res) == 4
-    bad = [{**r, "critic/td_error": 1.0 + 0.1 * i, "critic/q_mean": -50.0 - 30 * i, "alpha/temperature": 0.1 * 2**i,
-            "actor/entropy": 5.0 - 100.0 * i} for i, r in enumerate(good)]
+    bad = [
+        {
+            **r,
+            "critic/td_error": 1.0 + 0.1 * i,
+            "critic/q_mean": -50.0 - 30 * i,
+            "alpha/temperature": 0.1 * 2**i,
+            "actor/entropy": 5.0 - 100.0 * i,
+        }
+        for i, r in enumerate(good)
+    ]
     _write_metrics(tmp_path / "bad", bad)
     res = {r.item: r for r in dsrl_checklist(tmp_path / "bad")}
     assert all(r.status == "FAIL" for r in res.values())
@@ -492,9 +557,19 @@ def test_dsrl_ppo_runs_on_policy_rollouts_in_the_noise_space(tmp_path):
     from rlft.train.runner import Trainer
 
     flow_policy().save(tmp_path / "base.safetensors")
-    cfg = _stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_ppo", steps=30,
-                 algo_cfg={"rollout_steps": 4, "update_epochs": 2, "minibatch_size": 2, "value_hidden_dims": [16],
-                           "policy": {"kind": "gaussian", "hidden_dims": [16]}})
+    cfg = _stage(
+        tmp_path,
+        tmp_path / "base.safetensors",
+        algo="dsrl_ppo",
+        steps=30,
+        algo_cfg={
+            "rollout_steps": 4,
+            "update_epochs": 2,
+            "minibatch_size": 2,
+            "value_hidden_dims": [16],
+            "policy": {"kind": "gaussian", "hidden_dims": [16]},
+        },
+    )
     tr = Trainer(cfg, quiet=True)
     seen = []
     update = tr.algo.update
@@ -507,8 +582,16 @@ def test_dsrl_ppo_runs_on_policy_rollouts_in_the_noise_space(tmp_path):
     torch.testing.assert_close(first.next_obs[:-1], first.obs[1:])
     assert first.exec_action is not None and len(tr.replay) < 4  # the rollout was discarded after its update
     with pytest.raises(ConfigError, match="rollout_steps"):
-        Trainer(_stage(tmp_path, tmp_path / "base.safetensors", algo="dsrl_ppo", replay_capacity=2,
-                       algo_cfg={"rollout_steps": 4}), quiet=True)
+        Trainer(
+            _stage(
+                tmp_path,
+                tmp_path / "base.safetensors",
+                algo="dsrl_ppo",
+                replay_capacity=2,
+                algo_cfg={"rollout_steps": 4},
+            ),
+            quiet=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------

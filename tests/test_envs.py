@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 
 from rlft.envs import ChunkExecutor, env_info, make_env
-from rlft.envs.ogbench_env import (
-    cube_xyzs_from_obs,
-    cube_xyzs_from_qpos,
-    ogbench_task_reward_fn,
-    task_goal_xyzs,
-)
-from rlft.envs.oracles import (
-    collect_demo_episode,
-    collect_play_episode,
-    make_oracle,
-    make_play_env,
-)
+from rlft.envs.ogbench_env import cube_xyzs_from_obs, cube_xyzs_from_qpos, ogbench_task_reward_fn, task_goal_xyzs
+from rlft.envs.oracles import collect_demo_episode, collect_play_episode, make_oracle, make_play_env
 from rlft.errors import EnvError
 
 SINGLE = "cube-single-singletask-v0"

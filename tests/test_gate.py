@@ -76,7 +76,16 @@ def test_deploy_copies_the_chosen_policy_and_says_where_it_came_from(tmp_path):
     a, b = load_policy(tmp_path / "run" / "deploy" / "policy.safetensors"), load_policy(rows[1]["policy"])
     x = np.zeros((1, 4), np.float32)
     assert np.array_equal(a.act(x).numpy(), b.act(x).numpy())
-    md = results_markdown({"env_id": "e", "seed": 0, "stages": rows, "wall_s": 3.0, "run_dir": "r",
-                           "deployed": decision["deployed"], "deployed_policy": decision["policy"],
-                           "regressions": decision["regressions"]})
+    md = results_markdown(
+        {
+            "env_id": "e",
+            "seed": 0,
+            "stages": rows,
+            "wall_s": 3.0,
+            "run_dir": "r",
+            "deployed": decision["deployed"],
+            "deployed_policy": decision["policy"],
+            "regressions": decision["regressions"],
+        }
+    )
     assert "| offline | offline | 0.65 | [0.55, 0.74] |" in md and "Regression: online is below" in md

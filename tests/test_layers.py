@@ -58,8 +58,11 @@ def test_every_module_has_a_layer():
 
 
 def test_no_module_imports_from_a_layer_above_it():
-    upward = [f"{path.relative_to(RLFT.parent)}:{line}: {module} imports {target}"
-              for module, target, line, path in _imports() if _layer(target) > _layer(module)]
+    upward = [
+        f"{path.relative_to(RLFT.parent)}:{line}: {module} imports {target}"
+        for module, target, line, path in _imports()
+        if _layer(target) > _layer(module)
+    ]
     assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
 
 
@@ -70,7 +73,11 @@ def test_the_readme_sketch_is_this_table():
     readme = (RLFT.parent / "README.md").read_text()
     block = re.search(r"## How the code is layered.*?```\n(.*?)```", readme, flags=re.S).group(1)
     firsts = [line.split()[0] for line in block.strip().splitlines()[:-1]]  # the last line is the bottom layer
-    units = [u.removeprefix("rlft.") for layer in LAYERS[1:] for u in sorted(layer) if u not in ("rlft.video",
-                                                                                                 "rlft.__main__")]
+    units = [
+        u.removeprefix("rlft.")
+        for layer in LAYERS[1:]
+        for u in sorted(layer)
+        if u not in ("rlft.video", "rlft.__main__")
+    ]
     assert firsts[::-1] == units
     assert "video" in block

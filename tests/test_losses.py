@@ -83,8 +83,14 @@ def test_sac_critic_target_subset_min_entropy_and_bootstrap():
     reward = T([1.0, -1.0])
     # chunk of k=2 steps, gamma=0.9 -> discount 0.81; second transition terminated -> no bootstrap
     batch = ChunkBatch(
-        obs=torch.zeros(2, 1), action=torch.zeros(2, 2, 1), reward=reward, next_obs=torch.zeros(2, 1),
-        terminated=T([0.0, 1.0]), discount=T([0.81, 0.81]), valid_mask=torch.ones(2, 2), is_offline=torch.ones(2),
+        obs=torch.zeros(2, 1),
+        action=torch.zeros(2, 2, 1),
+        reward=reward,
+        next_obs=torch.zeros(2, 1),
+        terminated=T([0.0, 1.0]),
+        discount=T([0.81, 0.81]),
+        valid_mask=torch.ones(2, 2),
+        is_offline=torch.ones(2),
     )
     assert batch.bootstrap.tolist() == pytest.approx([0.81, 0.0])
     # subset {0, 1}: min = [1, 2]; soft value = min - 0.5 * logp = [0, 3]
@@ -130,8 +136,14 @@ def test_chunk_discount_convention_in_iql_target():
     reward = T([-1.0 + g * -1.0 + g**2 * 0.0, -1.0])
     discount = T([g**3, g**1])  # second chunk was cut short after k=1 step by a time-limit truncation
     batch = ChunkBatch(
-        obs=torch.zeros(2, 1), action=torch.zeros(2, 3, 1), reward=reward, next_obs=torch.zeros(2, 1),
-        terminated=T([0.0, 0.0]), discount=discount, valid_mask=T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]), is_offline=torch.ones(2),
+        obs=torch.zeros(2, 1),
+        action=torch.zeros(2, 3, 1),
+        reward=reward,
+        next_obs=torch.zeros(2, 1),
+        terminated=T([0.0, 0.0]),
+        discount=discount,
+        valid_mask=T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+        is_offline=torch.ones(2),
     )
     next_v = T([-5.0, -5.0])
     y = td_target(batch.reward, batch.bootstrap, next_v)
@@ -156,9 +168,14 @@ def _bandit_batch(n: int, good: float, gen: torch.Generator, obs_dim: int = 3, h
     """One-step problem: reward = -sum (a - good)^2 over the chunk, always terminated (y = r)."""
     action = torch.rand(n, horizon, 1, generator=gen) * 1.8 - 0.9
     return ChunkBatch(
-        obs=torch.randn(n, obs_dim, generator=gen), action=action, reward=-(action - good).square().sum((1, 2)),
-        next_obs=torch.randn(n, obs_dim, generator=gen), terminated=torch.ones(n), discount=torch.full((n,), 0.99),
-        valid_mask=torch.ones(n, horizon), is_offline=torch.ones(n),
+        obs=torch.randn(n, obs_dim, generator=gen),
+        action=action,
+        reward=-(action - good).square().sum((1, 2)),
+        next_obs=torch.randn(n, obs_dim, generator=gen),
+        terminated=torch.ones(n),
+        discount=torch.full((n,), 0.99),
+        valid_mask=torch.ones(n, horizon),
+        is_offline=torch.ones(n),
     )
 
 

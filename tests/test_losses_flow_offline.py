@@ -61,7 +61,7 @@ def test_cpql_actor_loss_unnormalised_uses_min_over_critics():
     assert info["actor_lam"].item() == pytest.approx(2.0)
     # a single critic normalises by itself
     loss, _ = cpql_actor_loss(T(0.0), T([[2.0, -4.0]]), bc_coef=1.0, eta=1.0, q_index=0, normalize=True)
-    assert loss.item() == pytest.approx(-(-1.0) / 3.0)
+    assert loss.item() == pytest.approx(1.0 / 3.0)  # -(-1) / 3
 
 
 def test_cpql_q_term_moves_the_policy_up_a_fixed_critic():
@@ -141,7 +141,9 @@ def test_actor_loss_is_the_policy_bc_loss_with_normalised_advantage_weights(name
     assert m["actor/eff_num"] == pytest.approx((w.sum() ** 2 / (w**2).sum() / B).item(), rel=1e-5)
     assert m["actor/bc_loss"] == pytest.approx(pol_info["bc_loss"].item(), rel=1e-5)
     extra = "consistency_loss" if name == "awcp" else "shortcut_loss"
-    assert {"critic/value_loss", "critic/v_mean", "critic/q_mean", "actor/awr_advantage_mean", f"actor/{extra}"} <= set(m)
+    assert {"critic/value_loss", "critic/v_mean", "critic/q_mean", "actor/awr_advantage_mean", f"actor/{extra}"} <= set(
+        m
+    )
 
 
 @pytest.mark.parametrize("name", ["awcp", "aw_shortcut"])

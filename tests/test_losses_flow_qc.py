@@ -247,8 +247,10 @@ def test_dqc_distill_loss_by_hand():
     assert info["distill_loss"].item() == pytest.approx(0.6)
     assert info["action_q_mean"].item() == pytest.approx(1.0)
     loss.backward()  # dL/dQ^a = -2 w u / B per member
-    assert q_action.grad.tolist() == [pytest.approx([-2 * 0.8 / 3, 2 * 0.2 / 3, 0.0]),
-                                      pytest.approx([0.0, 2 * 0.2 * 2 / 3, 0.0])]
+    assert q_action.grad.tolist() == [
+        pytest.approx([-2 * 0.8 / 3, 2 * 0.2 / 3, 0.0]),
+        pytest.approx([0.0, 2 * 0.2 * 2 / 3, 0.0]),
+    ]
 
 
 def test_dqc_value_loss_expectile_and_quantile_by_hand():
@@ -299,14 +301,30 @@ def test_runner_builds_data_horizon_chunks_and_refuses_online_for_longer_ones(tm
     for T_ in (12, 20):
         term = np.zeros(T_, bool)
         term[-1] = True
-        eps.append(Episode(obs=rng.normal(size=(T_ + 1, 28)).astype(np.float32),
-                           actions=rng.uniform(-1, 1, (T_, 5)).astype(np.float32), rewards=-np.ones(T_, np.float32),
-                           terminated=term, truncated=np.zeros(T_, bool), success=term.copy()))
+        eps.append(
+            Episode(
+                obs=rng.normal(size=(T_ + 1, 28)).astype(np.float32),
+                actions=rng.uniform(-1, 1, (T_, 5)).astype(np.float32),
+                rewards=-np.ones(T_, np.float32),
+                terminated=term,
+                truncated=np.zeros(T_, bool),
+                success=term.copy(),
+            )
+        )
     data = write_episodes(tmp_path / "d.h5", eps, {"env_id": "cube-single-singletask-v0", "max_episode_steps": 200})
-    small = {"backup_horizon": 8, "critic_hidden_dims": [16], "num_samples": 2,
-             "policy": {"kind": "flow", "hidden_dims": [16], "flow_steps": 2, "time_embed_dim": 8}}
-    base = {"algo": "dqc", "dataset": str(data), "env": {"env_id": "cube-single-singletask-v0", "act_horizon": 3},
-            "algo_cfg": small, "run": {"out_dir": str(tmp_path)}}
+    small = {
+        "backup_horizon": 8,
+        "critic_hidden_dims": [16],
+        "num_samples": 2,
+        "policy": {"kind": "flow", "hidden_dims": [16], "flow_steps": 2, "time_embed_dim": 8},
+    }
+    base = {
+        "algo": "dqc",
+        "dataset": str(data),
+        "env": {"env_id": "cube-single-singletask-v0", "act_horizon": 3},
+        "algo_cfg": small,
+        "run": {"out_dir": str(tmp_path)},
+    }
     tr = Trainer(train_config_from_dict(base, "test"), run_dir=tmp_path / "r", quiet=True)
     assert tr.dataset.act_horizon == 8 and tr.policy.act_horizon == 3
     bt = tr.dataset.sample(4, tr.gen)

@@ -22,9 +22,13 @@ def _batch(n: int, obs_dim: int, horizon: int, gen: torch.Generator, action=None
     if action is None:
         action = torch.rand(n, horizon, 1, generator=gen) * 1.8 - 0.9
     return ChunkBatch(
-        obs=torch.randn(n, obs_dim, generator=gen), action=action,
-        reward=reward if reward is not None else torch.zeros(n), next_obs=torch.randn(n, obs_dim, generator=gen),
-        terminated=torch.ones(n), discount=torch.full((n,), 0.99), valid_mask=torch.ones(n, horizon),
+        obs=torch.randn(n, obs_dim, generator=gen),
+        action=action,
+        reward=reward if reward is not None else torch.zeros(n),
+        next_obs=torch.randn(n, obs_dim, generator=gen),
+        terminated=torch.ones(n),
+        discount=torch.full((n,), 0.99),
+        valid_mask=torch.ones(n, horizon),
         is_offline=torch.ones(n),
     )
 
@@ -227,8 +231,15 @@ def test_awac_prefers_the_better_dataset_action(kind):
 # ---------------------------------------------------------------------------------------------------------------
 def _gap_inputs():
     # N=1 critic, B=1 state, M=1 sample per proposal, D=2 chunk dims (uniform density 1/4)
-    return dict(q_rand=T([[[1.0]]]), q_pi=T([[[2.0]]]), q_next_pi=T([[[0.0]]]), log_prob_pi=T([[0.5]]),
-                log_prob_next_pi=T([[-1.0]]), q_data=T([[1.5]]), log_density_rand=-math.log(4.0))
+    return dict(
+        q_rand=T([[[1.0]]]),
+        q_pi=T([[[2.0]]]),
+        q_next_pi=T([[[0.0]]]),
+        log_prob_pi=T([[0.5]]),
+        log_prob_next_pi=T([[-1.0]]),
+        q_data=T([[1.5]]),
+        log_density_rand=-math.log(4.0),
+    )
 
 
 def test_cql_gap_importance_sampled_logsumexp():
@@ -372,18 +383,31 @@ def test_chunk_dataset_mc_return_and_batch_default():
 
     def ep(rewards, terminated):
         n = len(rewards)
-        return Episode(obs=np.zeros((n + 1, 2), np.float32), actions=np.zeros((n, 1), np.float32),
-                       rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terminated, bool),
-                       truncated=np.asarray([False] * (n - 1) + [not terminated[-1]], bool), success=np.zeros(n, bool))
+        return Episode(
+            obs=np.zeros((n + 1, 2), np.float32),
+            actions=np.zeros((n, 1), np.float32),
+            rewards=np.asarray(rewards, np.float32),
+            terminated=np.asarray(terminated, bool),
+            truncated=np.asarray([False] * (n - 1) + [not terminated[-1]], bool),
+            success=np.zeros(n, bool),
+        )
 
-    ds = ChunkDataset([ep([1, 2, 4], [0, 0, 0]), ep([-1, 0], [0, 1])], act_horizon=2, gamma=0.5,
-                      normalizer=Normalizer(2, 1, eps=0.0))
+    ds = ChunkDataset(
+        [ep([1, 2, 4], [0, 0, 0]), ep([-1, 0], [0, 1])], act_horizon=2, gamma=0.5, normalizer=Normalizer(2, 1, eps=0.0)
+    )
     offline = ds.all_starts()
     assert offline.mc_return.tolist() == pytest.approx([4.0, 6.0, 8.0, -1.0, 0.0])  # from each chunk's start
     # a batch built without mc_return (e.g. online replay rows) has -inf: "unknown", no Cal-QL bound
-    online = ChunkBatch(obs=torch.zeros(2, 2), action=torch.zeros(2, 2, 1), reward=torch.zeros(2),
-                        next_obs=torch.zeros(2, 2), terminated=torch.zeros(2), discount=torch.ones(2),
-                        valid_mask=torch.ones(2, 2), is_offline=torch.zeros(2))
+    online = ChunkBatch(
+        obs=torch.zeros(2, 2),
+        action=torch.zeros(2, 2, 1),
+        reward=torch.zeros(2),
+        next_obs=torch.zeros(2, 2),
+        terminated=torch.zeros(2),
+        discount=torch.ones(2),
+        valid_mask=torch.ones(2, 2),
+        is_offline=torch.zeros(2),
+    )
     assert torch.isneginf(online.mc_return).all()
     mixed = ChunkBatch.cat([offline, online]).to("cpu")
     assert mixed.mc_return.shape == (7,) and torch.isneginf(mixed.mc_return[5:]).all()
@@ -422,8 +446,14 @@ SEED_METRICS = {
     "sac": {"actor/actor_q", "actor/bc_loss"},
     "td3bc": {"actor/actor_q", "actor/actor_lam", "actor/bc_loss"},
     "awr": {"actor/awr_weights_mean", "actor/awr_weights_max", "actor/awr_advantage_mean", "actor/bc_loss"},
-    "iql": {"actor/iql_weights_mean", "actor/iql_weights_max", "actor/iql_advantage_mean", "actor/bc_loss",
-            "critic/value_loss", "critic/v_mean"},
+    "iql": {
+        "actor/iql_weights_mean",
+        "actor/iql_weights_max",
+        "actor/iql_advantage_mean",
+        "actor/bc_loss",
+        "critic/value_loss",
+        "critic/v_mean",
+    },
 }
 TEMPERATURE_METRICS = {"alpha/temperature", "alpha/temperature_loss", "alpha/target_entropy", "actor/entropy"}
 
@@ -494,8 +524,15 @@ def test_sac_offline_value_backup_and_config_errors():
 def test_sac_offline_weighted_losses_prefer_the_better_dataset_action(loss_type, kind):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    algo = _small("sac_offline", kind, actor_loss_type=loss_type, critic_lr=3e-3, actor_lr=3e-3, value_lr=3e-3,
-                  temperature_lr=3e-3)
+    algo = _small(
+        "sac_offline",
+        kind,
+        actor_loss_type=loss_type,
+        critic_lr=3e-3,
+        actor_lr=3e-3,
+        value_lr=3e-3,
+        temperature_lr=3e-3,
+    )
     for _ in range(150):
         algo.update(_two_action_batch(64, gen))
     a = algo.policy.sample(torch.randn(64, 3, generator=gen), deterministic=True)

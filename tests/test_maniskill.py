@@ -105,8 +105,27 @@ def test_demo_replays_in_our_env(demos):
 
 
 def test_bc_train_and_eval_report_success(demos, tmp_path, capsys):
-    rc = main(["train", "--config", "configs/bc.yaml", "--dataset", str(demos), "--env.env-id", ENV, "--steps", "50",
-               "--eval.num-episodes", "2", "--run.out-dir", str(tmp_path), "--run.name", "bc", "--run.log-every", "25"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "configs/bc.yaml",
+            "--dataset",
+            str(demos),
+            "--env.env-id",
+            ENV,
+            "--steps",
+            "50",
+            "--eval.num-episodes",
+            "2",
+            "--run.out-dir",
+            str(tmp_path),
+            "--run.name",
+            "bc",
+            "--run.log-every",
+            "25",
+        ]
+    )
     assert rc == 0
     final = json.loads((tmp_path / "bc" / "summary.json").read_text())["final"]
     assert {"eval/success_once", "eval/success_at_end"} <= set(final) and final["eval/num_episodes"] == 2

@@ -22,9 +22,26 @@ EXAMPLE = ROOT / "examples" / "filtered_bc.py"
 
 
 def test_the_contract_test_covers_a_plugin():
-    r = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
-                        "tests/test_algos_contract.py", "--plugin", str(EXAMPLE), "-k", "filtered_bc"],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-o",
+            "addopts=",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_algos_contract.py",
+            "--plugin",
+            str(EXAMPLE),
+            "-k",
+            "filtered_bc",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", r.stdout).group(1))
     assert passed >= 5 * 3  # five policy kinds x (update, determinism, state round trip)
@@ -44,11 +61,44 @@ def test_top_fraction_weights_by_hand():
 
 def test_a_plugin_trains_from_its_yaml(tmp_path):
     data = tmp_path / "demos.h5"
-    assert main(["collect", "--env-id", "cube-single-singletask-v0", "--num-episodes", "2", "--num-workers", "1",
-                 "--out", str(data)]) == 0
-    assert main(["train", "--config", str(ROOT / "examples" / "filtered_bc.yaml"), "--dataset", str(data),
-                 "--steps", "20", "--eval.num-episodes", "1", "--run.out-dir", str(tmp_path), "--run.name", "pbc",
-                 "--run.log-every", "10"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--env-id",
+                "cube-single-singletask-v0",
+                "--num-episodes",
+                "2",
+                "--num-workers",
+                "1",
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(ROOT / "examples" / "filtered_bc.yaml"),
+                "--dataset",
+                str(data),
+                "--steps",
+                "20",
+                "--eval.num-episodes",
+                "1",
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "pbc",
+                "--run.log-every",
+                "10",
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "pbc"
     assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == [str(EXAMPLE)]  # resumable from anywhere
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

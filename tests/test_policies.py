@@ -60,8 +60,11 @@ def test_squashed_log_prob_matches_torch_and_closed_form():
     # 1-D closed form: N(0, 1), action a = 0.5 -> u = atanh(0.5); p(a) = N(u) / (1 - a^2)
     ua = math.atanh(0.5)
     hand = -0.5 * ua**2 - 0.5 * math.log(2 * math.pi) - math.log(1 - 0.25)
-    got = squashed_gaussian_log_prob(torch.tensor([ua], dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
-                                     torch.zeros(1, dtype=torch.float64))
+    got = squashed_gaussian_log_prob(
+        torch.tensor([ua], dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+    )
     assert abs(got.item() - hand) < 1e-12
 
 
@@ -228,8 +231,10 @@ def test_unet_seed_size_param_count():
 # ---------------------------------------------------------------- deployment API and persistence
 def _set_stats(pol):
     pol.normalizer.set_stats(
-        obs_mean=torch.linspace(-1, 1, O), obs_std=torch.linspace(0.5, 2, O),
-        act_low=torch.tensor([0.0, -2.0, -1.0]), act_high=torch.tensor([10.0, 2.0, 1.0]),
+        obs_mean=torch.linspace(-1, 1, O),
+        obs_std=torch.linspace(0.5, 2, O),
+        act_low=torch.tensor([0.0, -2.0, -1.0]),
+        act_high=torch.tensor([10.0, 2.0, 1.0]),
     )
 
 

@@ -28,13 +28,7 @@ from rlft.policies.diffusion import (
     diffusion_forward,
     flow_time,
 )
-from rlft.policies.shortcut import (
-    ShortcutFlowPolicy,
-    bootstrap_levels,
-    bootstrap_times,
-    shortcut_target,
-    step_level,
-)
+from rlft.policies.shortcut import ShortcutFlowPolicy, bootstrap_levels, bootstrap_times, shortcut_target, step_level
 
 torch.set_num_threads(1)
 T = torch.tensor
@@ -172,8 +166,14 @@ def test_consistency_function_and_residual_by_hand():
 
 def test_consistency_residual_equals_direct_difference():
     g = torch.Generator().manual_seed(0)
-    x0, x1 = torch.randn(4, 3, 2, generator=g, dtype=torch.float64), torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
-    v_t, v_r = torch.randn(4, 3, 2, generator=g, dtype=torch.float64), torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    x0, x1 = (
+        torch.randn(4, 3, 2, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 2, generator=g, dtype=torch.float64),
+    )
+    v_t, v_r = (
+        torch.randn(4, 3, 2, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 2, generator=g, dtype=torch.float64),
+    )
     t = T([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
     end = segment_end(t, 2)
     r = adjacent_time(t, 0.05, end)
@@ -309,14 +309,40 @@ def test_save_load_round_trip(kind, net, tmp_path):
 
 def test_build_policy_maps_config_fields():
     base = dict(hidden_dims=(16,), time_embed_dim=8)
-    s = build_policy(PolicyConfig(kind="shortcut", shortcut_steps=2, shortcut_max_steps=16,
-                                  shortcut_bootstrap_frac=0.125, **base), O, A, H)
+    s = build_policy(
+        PolicyConfig(kind="shortcut", shortcut_steps=2, shortcut_max_steps=16, shortcut_bootstrap_frac=0.125, **base),
+        O,
+        A,
+        H,
+    )
     assert (s.shortcut_steps, s.max_steps, s.bootstrap_frac, s.num_levels, s.sample_level) == (2, 16, 0.125, 4, 1)
-    c = build_policy(PolicyConfig(kind="consistency", consistency_steps=2, consistency_delta=0.1,
-                                  consistency_coef=3.0, consistency_flow_coef=0.0, **base), O, A, H)
+    c = build_policy(
+        PolicyConfig(
+            kind="consistency",
+            consistency_steps=2,
+            consistency_delta=0.1,
+            consistency_coef=3.0,
+            consistency_flow_coef=0.0,
+            **base,
+        ),
+        O,
+        A,
+        H,
+    )
     assert (c.segments, c.consistency_delta, c.consistency_coef, c.flow_coef) == (2, 0.1, 3.0, 0.0)
-    d = build_policy(PolicyConfig(kind="diffusion", diffusion_train_steps=50, diffusion_inference_steps=5,
-                                  diffusion_beta_schedule="linear", diffusion_clip_sample=False, **base), O, A, H)
+    d = build_policy(
+        PolicyConfig(
+            kind="diffusion",
+            diffusion_train_steps=50,
+            diffusion_inference_steps=5,
+            diffusion_beta_schedule="linear",
+            diffusion_clip_sample=False,
+            **base,
+        ),
+        O,
+        A,
+        H,
+    )
     assert (d.train_steps, d.timesteps, d.clip_sample) == (50, [49, 39, 29, 19, 9], False)
     assert [policy_kind(x) for x in (s, c, d)] == ["shortcut", "consistency", "diffusion"]
 

@@ -27,7 +27,7 @@ def test_setup_script_installs_system_packages_and_the_cpu_torch_wheel():
     """Both README commands start with scripts/setup.sh, which installs the system packages itself (the Vulkan
     driver with the maniskill extra) and pins the CPU torch wheel; .ci/run adds nothing to the README's command."""
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert "pip\" install -q torch==2.13.0" in setup and "apt-get install" in setup
+    assert 'pip" install -q torch==2.13.0' in setup and "apt-get install" in setup
     assert "mesa-vulkan-drivers" in setup and "libegl1" in setup
     second = _bash_blocks()[1].strip()
     assert second.startswith("bash scripts/setup.sh test,maniskill ")
@@ -42,12 +42,13 @@ def test_setup_script_without_root_says_what_to_run(tmp_path):
 
     fake = tmp_path / "bin"
     fake.mkdir()
-    for name, body in {"id": 'echo 1000', "dpkg": 'exit 1'}.items():  # a non-root user on a bare machine
+    for name, body in {"id": "echo 1000", "dpkg": "exit 1"}.items():  # a non-root user on a bare machine
         (fake / name).write_text(f"#!/bin/sh\n{body}\n")
         (fake / name).chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}:/usr/bin:/bin")
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), "maniskill"], env=env, capture_output=True,
-                       text=True, cwd=tmp_path)
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup.sh"), "maniskill"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
     assert r.returncode == 1
     assert "missing system packages" in r.stderr and "mesa-vulkan-drivers" in r.stderr
     assert "apt-get install -y" in r.stderr

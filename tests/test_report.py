@@ -73,12 +73,17 @@ def test_pipeline_report_is_well_formed_and_complete(tmp_path):
     html = res.index.read_text()
     # results table: one row per stage with its final evaluation (from the stages' summary.json)
     for stage, so in (("bc", "0.20"), ("offline", "0.18"), ("online", "0.40")):
-        assert f">pipeline_f_s0/{stage}</a>" in html
+        assert f">pipeline_f_s0/{stage}</a>" in html and f"<td>{so}</td>" in html
     assert "<td>0.40</td>" in html and "Success after each stage" not in html  # the figure carries that title
     # pages grouped like the seed's: critic, actor, weights/advantages, evaluation, per stage; no leftovers
     figs = {p.name for p in (tmp_path / "rep" / "fig").glob("*.png")}
-    assert {"pipeline_f_s0_online_critic.png", "pipeline_f_s0_online_weights.png", "pipeline_f_s0_online_eval.png",
-            "pipeline_f_s0_bc_actor.png", "stages.png"} <= figs
+    assert {
+        "pipeline_f_s0_online_critic.png",
+        "pipeline_f_s0_online_weights.png",
+        "pipeline_f_s0_online_eval.png",
+        "pipeline_f_s0_bc_actor.png",
+        "stages.png",
+    } <= figs
     assert all(p.stat().st_size > 5000 for p in (tmp_path / "rep" / "fig").glob("*.png"))
     assert c.tags["img"] == len(figs)
     # diagnosis: the default pipeline is healthy, no rule fires (tests/test_report_diagnose.py); config, environment
@@ -100,8 +105,7 @@ def test_sweep_report_overlays_runs_and_aggregates(tmp_path):
 
 
 def test_every_metric_lands_on_one_page():
-    names = [n for r in expand_runs([DATA / "pipeline_f_s0", DATA / "sac_online_collapse"])
-             for n in r.metrics.names]
+    names = [n for r in expand_runs([DATA / "pipeline_f_s0", DATA / "sac_online_collapse"]) for n in r.metrics.names]
     pages = panels_for(names)
     drawn = [n for panels in pages.values() for _, group in panels for n in group]
     assert len(drawn) == len(set(drawn))

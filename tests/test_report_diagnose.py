@@ -40,21 +40,64 @@ def _diag(name: str, **ctx) -> dict[str, dg.Finding]:
 # ---------------------------------------------------------------------------------------------------------------
 # real runs, in the test
 # ---------------------------------------------------------------------------------------------------------------
-ONLINE_TINY = ["--mode", "online", "--env.max-episode-steps", "50", "--eval.num-episodes", "1",
-               "--eval.parallel-envs", "1", "--run.no-tensorboard", "--run.log-every", "50",
-               "--algo-cfg.batch-size", "32", "--algo-cfg.critic-hidden-dims", "32", "32",
-               "--algo-cfg.policy.hidden-dims", "32", "32", "--algo-cfg.num-critics", "2", "--algo-cfg.utd-ratio", "4",
-               "--algo-cfg.actor-update-every", "1", "--algo-cfg.warmup-steps", "100", "--algo-cfg.offline-ratio", "0"]
+ONLINE_TINY = [
+    "--mode",
+    "online",
+    "--env.max-episode-steps",
+    "50",
+    "--eval.num-episodes",
+    "1",
+    "--eval.parallel-envs",
+    "1",
+    "--run.no-tensorboard",
+    "--run.log-every",
+    "50",
+    "--algo-cfg.batch-size",
+    "32",
+    "--algo-cfg.critic-hidden-dims",
+    "32",
+    "32",
+    "--algo-cfg.policy.hidden-dims",
+    "32",
+    "32",
+    "--algo-cfg.num-critics",
+    "2",
+    "--algo-cfg.utd-ratio",
+    "4",
+    "--algo-cfg.actor-update-every",
+    "1",
+    "--algo-cfg.warmup-steps",
+    "100",
+    "--algo-cfg.offline-ratio",
+    "0",
+]
 
 
 @pytest.mark.slow
 def test_temperature_explosion_real_run_warns_once_during_training(tmp_path, capsys):
     """SAC on a 10x5 chunk with the textbook target -dim = -50 and a policy whose log-std is capped at -3: its
     entropy cannot reach -50 (at most ~-79 nats), log_prob + target_entropy stays > 0 and alpha grows."""
-    argv = ["train", "--algo", "sac", *ONLINE_TINY, "--steps", "350", "--env.act-horizon", "10",
-            "--algo-cfg.target-entropy-per-dim", "-1", "--algo-cfg.no-target-entropy-from-policy",
-            "--algo-cfg.policy.log-std-max", "-3", "--algo-cfg.temperature-lr", "0.03",
-            "--run.out-dir", str(tmp_path), "--run.name", "temp"]
+    argv = [
+        "train",
+        "--algo",
+        "sac",
+        *ONLINE_TINY,
+        "--steps",
+        "350",
+        "--env.act-horizon",
+        "10",
+        "--algo-cfg.target-entropy-per-dim",
+        "-1",
+        "--algo-cfg.no-target-entropy-from-policy",
+        "--algo-cfg.policy.log-std-max",
+        "-3",
+        "--algo-cfg.temperature-lr",
+        "0.03",
+        "--run.out-dir",
+        str(tmp_path),
+        "--run.name",
+        "temp",
+    ]
     capsys.readouterr()
     assert main(argv) == 0
     err = capsys.readouterr().err
@@ -77,8 +120,23 @@ def test_temperature_explosion_real_run_warns_once_during_training(tmp_path, cap
 def test_healthy_run_triggers_no_rule(tmp_path, capsys):
     """Online SAC from scratch with rlft's default target-entropy rule: nothing should fire, live or afterwards."""
     capsys.readouterr()
-    assert main(["train", "--algo", "sac", *ONLINE_TINY, "--steps", "300", "--run.out-dir", str(tmp_path),
-                 "--run.name", "ok"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--algo",
+                "sac",
+                *ONLINE_TINY,
+                "--steps",
+                "300",
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "ok",
+            ]
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
     run = load_run(tmp_path / "ok")
     assert run.metrics.has("alpha/temperature") and run.metrics.has("critic/q_std")
@@ -90,8 +148,22 @@ def test_nonfinite_real_diverged_run(tmp_path, capsys):
     naming the metric, the live diagnosis prints its warning, and the diverged update's metrics are in the run's
     metrics.jsonl, so `rlft report` names the metric and the step (no policy is saved)."""
     capsys.readouterr()
-    rc = main(["train", "--algo", "sac", *ONLINE_TINY, "--steps", "300", "--algo-cfg.critic-lr", "1e12",
-               "--run.out-dir", str(tmp_path), "--run.name", "nan"])
+    rc = main(
+        [
+            "train",
+            "--algo",
+            "sac",
+            *ONLINE_TINY,
+            "--steps",
+            "300",
+            "--algo-cfg.critic-lr",
+            "1e12",
+            "--run.out-dir",
+            str(tmp_path),
+            "--run.name",
+            "nan",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "became nan" in err and "training diverged" in err
     assert "] nonfinite at step" in err and err.count("] nonfinite at step") == 1
@@ -269,9 +341,17 @@ def test_q_unbounded_real_divergence_and_not_on_a_fresh_critic_learning_its_scal
     q_mean -0.3 -> -2.5) does not fire, nor does any other real fixture."""
     found = _diag("sac_offline_q_divergence", action_dim=7)
     f = found["q_unbounded"]
-    assert f.metric == "critic/q_mean" and "still growing" in f.evidence and "r_max / (1 - gamma) = 100" in f.explanation
-    for other in ("sac_online_fresh_tiny_replay", "sac_offline_q_overestimation", "sac_offline_uniform_box",
-                  "dsrl_sac_stage2", "sac_online_collapse", "iql_demos_uniform_weights"):
+    assert (
+        f.metric == "critic/q_mean" and "still growing" in f.evidence and "r_max / (1 - gamma) = 100" in f.explanation
+    )
+    for other in (
+        "sac_online_fresh_tiny_replay",
+        "sac_offline_q_overestimation",
+        "sac_offline_uniform_box",
+        "dsrl_sac_stage2",
+        "sac_online_collapse",
+        "iql_demos_uniform_weights",
+    ):
         assert "q_unbounded" not in _diag(other), other
 
 
@@ -317,5 +397,10 @@ def test_lambda_collapse_real_td3bc_run():
     shape (0.35 -> ~0.01 while actor_q 5 -> 100). No other real fixture has lambda fall with actor_q growing."""
     f = _diag("sac_offline_uniform_box")["lambda_collapse"]
     assert f.metric == "actor/actor_lam" and "actor/actor_q 4.67 ->" in f.evidence
-    for other in ("dsrl_sac_stage2", "sac_offline_q_overestimation", "sac_online_collapse", "iql_demos_uniform_weights"):
+    for other in (
+        "dsrl_sac_stage2",
+        "sac_offline_q_overestimation",
+        "sac_online_collapse",
+        "iql_demos_uniform_weights",
+    ):
         assert "lambda_collapse" not in _diag(other)

@@ -48,13 +48,58 @@ def test_frame_recorder_renders_the_real_env_and_writes_a_playable_mp4(tmp_path)
 
 def test_train_records_eval_videos_and_the_report_embeds_them(tmp_path, capsys):
     d = tmp_path / "data.h5"
-    assert main(["collect", "--env-id", ENV, "--mode", "demos", "--num-episodes", "1", "--num-workers", "1",
-                 "--out", str(d)]) == 0
-    assert main(["train", "--config", "configs/bc.yaml", "--dataset", str(d), "--steps", "5",
-                 "--algo-cfg.batch-size", "16", "--algo-cfg.policy.hidden-dims", "16", "16",
-                 "--env.max-episode-steps", "20", "--eval.num-episodes", "3", "--eval.video-episodes", "2",
-                 "--eval.video-width", "160", "--eval.video-height", "112", "--run.no-tensorboard",
-                 "--run.out-dir", str(tmp_path), "--run.name", "bc"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--env-id",
+                ENV,
+                "--mode",
+                "demos",
+                "--num-episodes",
+                "1",
+                "--num-workers",
+                "1",
+                "--out",
+                str(d),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/bc.yaml",
+                "--dataset",
+                str(d),
+                "--steps",
+                "5",
+                "--algo-cfg.batch-size",
+                "16",
+                "--algo-cfg.policy.hidden-dims",
+                "16",
+                "16",
+                "--env.max-episode-steps",
+                "20",
+                "--eval.num-episodes",
+                "3",
+                "--eval.video-episodes",
+                "2",
+                "--eval.video-width",
+                "160",
+                "--eval.video-height",
+                "112",
+                "--run.no-tensorboard",
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "bc",
+            ]
+        )
+        == 0
+    )
     vids = sorted((tmp_path / "bc" / "videos").glob("*.mp4"))
     # the first 2 of the 3 episodes, named by step, episode, seed and outcome; 20 steps at skip 2 -> 11 frames
     assert [v.name.split("_seed")[0] for v in vids] == ["step0000005_ep00", "step0000005_ep01"]
@@ -88,8 +133,9 @@ def test_rendering_failure_keeps_evaluating_and_says_why(tmp_path, capsys, monke
     ev = Evaluator(ENV, max_episode_steps=10, n_parallel=1, video=video)
     capsys.readouterr()
     for _ in range(2):
-        summary, results = evaluate_policy(policy, ENV, 2, 0, max_episode_steps=10, evaluator=ev, video=video,
-                                           video_dir=tmp_path / "videos")
+        summary, results = evaluate_policy(
+            policy, ENV, 2, 0, max_episode_steps=10, evaluator=ev, video=video, video_dir=tmp_path / "videos"
+        )
         assert summary["eval/num_episodes"] == 2 and len(results) == 2
     ev.close()
     err = capsys.readouterr().err

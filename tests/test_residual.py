@@ -111,8 +111,14 @@ def test_offline_rows_are_relabelled_on_the_wrappers_schedule():
     base = flow_base()
     rng = np.random.default_rng(0)
     T = 7
-    ep = Episode(rng.normal(size=(T + 1, O)).astype(np.float32), rng.uniform(-1, 1, (T, A)).astype(np.float32),
-                 -np.ones(T, np.float32), np.zeros(T, bool), np.eye(1, T, T - 1, dtype=bool)[0], np.zeros(T, bool))
+    ep = Episode(
+        rng.normal(size=(T + 1, O)).astype(np.float32),
+        rng.uniform(-1, 1, (T, A)).astype(np.float32),
+        -np.ones(T, np.float32),
+        np.zeros(T, bool),
+        np.eye(1, T, T - 1, dtype=bool)[0],
+        np.zeros(T, bool),
+    )
     (r,) = residual_episodes([ep], base, np.full(A, 0.5, np.float32), 1)
     # chunks start at t = 0, 3, 6: the base action at t is chunk_{t // 3}[t % 3], from the observation at 3 * (t // 3)
     expect = np.stack([base.act(ep.obs[3 * (t // 3)], deterministic=True).numpy()[t % 3] for t in range(T + 1)])
@@ -125,8 +131,11 @@ def test_offline_rows_are_relabelled_on_the_wrappers_schedule():
     s = stacked_obs(ep.obs, 2)
     np.testing.assert_array_equal(s[0], np.concatenate([ep.obs[0], ep.obs[0]]))
     np.testing.assert_array_equal(s[5], np.concatenate([ep.obs[4], ep.obs[5]]))
-    np.testing.assert_allclose(base_actions(flow_base(obs_dim=2 * O), s)[4],
-                               flow_base(obs_dim=2 * O).act(s[3], deterministic=True).numpy()[1], atol=1e-6)
+    np.testing.assert_allclose(
+        base_actions(flow_base(obs_dim=2 * O), s)[4],
+        flow_base(obs_dim=2 * O).act(s[3], deterministic=True).numpy()[1],
+        atol=1e-6,
+    )
 
 
 def test_composite_starts_as_the_base_and_round_trips(tmp_path):
@@ -154,14 +163,29 @@ def test_composite_starts_as_the_base_and_round_trips(tmp_path):
 def _stage(tmp_path, base_path, dataset, **over):
     from rlft.train.config import train_config_from_dict
 
-    d = {"algo": "sac", "mode": "online", "steps": 60, "base_policy": str(base_path), "base_mode": "residual",
-         "residual_scale": 0.2, "dataset": str(dataset),
-         "env": {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 25},
-         "eval": {"num_episodes": 2, "parallel_envs": 2},
-         "run": {"out_dir": str(tmp_path), "name": "residual", "log_every": 10, "tensorboard": False},
-         "algo_cfg": {"batch_size": 16, "utd_ratio": 2, "warmup_steps": 20, "offline_ratio": 0.5, "num_critics": 4,
-                      "critic_subset": 2, "critic_hidden_dims": [32], "actor_warmup_updates": 30,
-                      "policy": {"kind": "gaussian", "hidden_dims": [32]}}}
+    d = {
+        "algo": "sac",
+        "mode": "online",
+        "steps": 60,
+        "base_policy": str(base_path),
+        "base_mode": "residual",
+        "residual_scale": 0.2,
+        "dataset": str(dataset),
+        "env": {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 25},
+        "eval": {"num_episodes": 2, "parallel_envs": 2},
+        "run": {"out_dir": str(tmp_path), "name": "residual", "log_every": 10, "tensorboard": False},
+        "algo_cfg": {
+            "batch_size": 16,
+            "utd_ratio": 2,
+            "warmup_steps": 20,
+            "offline_ratio": 0.5,
+            "num_critics": 4,
+            "critic_subset": 2,
+            "critic_hidden_dims": [32],
+            "actor_warmup_updates": 30,
+            "policy": {"kind": "gaussian", "hidden_dims": [32]},
+        },
+    }
     d.update(over)
     return train_config_from_dict(d, "test")
 
@@ -171,8 +195,9 @@ def demos(tmp_path_factory):
     from rlft.collect import CollectConfig, run_collect
 
     out = tmp_path_factory.mktemp("demos") / "demos.h5"
-    run_collect(CollectConfig(env_id=SINGLE, num_episodes=2, num_workers=1, out=str(out), progress=False,
-                              max_episode_steps=40))
+    run_collect(
+        CollectConfig(env_id=SINGLE, num_episodes=2, num_workers=1, out=str(out), progress=False, max_episode_steps=40)
+    )
     return out
 
 
@@ -200,17 +225,61 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
     assert isinstance(loaded, ResidualPolicy) and loaded.bound == pytest.approx(0.2 * data_actions.std(0), rel=1e-4)
     torch.testing.assert_close(loaded.base.act(torch.zeros(1, O)), base.act(torch.zeros(1, O)))  # base frozen
     # rlft eval and rlft collect --mode policy take the composite
-    assert main(["eval", "--policy", str(path), "--num-episodes", "2", "--max-episode-steps", "15",
-                 "--out", str(tmp_path / "ev.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                str(path),
+                "--num-episodes",
+                "2",
+                "--max-episode-steps",
+                "15",
+                "--out",
+                str(tmp_path / "ev.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ev.json").read_text())["summary"]["eval/episode_length"] == 15
     out = tmp_path / "distil.h5"
-    assert main(["collect", "--mode", "policy", "--policy", str(path), "--env-id", SINGLE, "--num-episodes", "2",
-                 "--no-only-success", "--max-episode-steps", "15", "--num-workers", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--mode",
+                "policy",
+                "--policy",
+                str(path),
+                "--env-id",
+                SINGLE,
+                "--num-episodes",
+                "2",
+                "--no-only-success",
+                "--max-episode-steps",
+                "15",
+                "--num-workers",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     eps, _ = read_episodes(out)
     assert eps[0].obs.shape == (16, O) and eps[0].actions.shape == (15, A)  # env observations and executed actions
     # a later stage continues the residual from the composite; a mismatched scale is refused
-    tr2 = Trainer(_stage(tmp_path, tmp_path / "base.safetensors", demos, base_policy=None, init_policy=str(path),
-                         run={"out_dir": str(tmp_path), "name": "r2", "tensorboard": False}), quiet=True)
+    tr2 = Trainer(
+        _stage(
+            tmp_path,
+            tmp_path / "base.safetensors",
+            demos,
+            base_policy=None,
+            init_policy=str(path),
+            run={"out_dir": str(tmp_path), "name": "r2", "tensorboard": False},
+        ),
+        quiet=True,
+    )
     torch.testing.assert_close(tr2.algo.policy.act(torch.zeros(1, O + A)), loaded.act(torch.zeros(1, O + A)))
     with pytest.raises(ConfigError, match="residual_scale/residual_unit"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), residual_scale=0.3), quiet=True)

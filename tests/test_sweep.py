@@ -10,14 +10,7 @@ import yaml
 
 from rlft.cli import main
 from rlft.errors import ConfigError
-from rlft.train.sweep import (
-    SweepConfig,
-    collect_env_id,
-    expand,
-    load_sweep_config,
-    run_name,
-    set_dotted,
-)
+from rlft.train.sweep import SweepConfig, collect_env_id, expand, load_sweep_config, run_name, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +23,11 @@ def test_set_dotted_creates_nested_copy():
 
 
 def test_expand_is_grid_times_seeds_and_names_are_unique():
-    cfg = SweepConfig(base=str(ROOT / "configs" / "offline_iql.yaml"),
-                      grid={"algo_cfg.beta": [1.0, 3.0], "algo_cfg.expectile": [0.7, 0.9]}, seeds=[0, 1])
+    cfg = SweepConfig(
+        base=str(ROOT / "configs" / "offline_iql.yaml"),
+        grid={"algo_cfg.beta": [1.0, 3.0], "algo_cfg.expectile": [0.7, 0.9]},
+        seeds=[0, 1],
+    )
     runs = expand(cfg)
     assert len(runs) == 8
     assert len({r[0] for r in runs}) == 8
@@ -81,8 +77,9 @@ def test_sweep_cli_runs_grid_and_writes_results(tmp_path):
 
 
 def test_grid_over_base_configs_runs_each_algorithm_file():
-    cfg = SweepConfig(base=str(ROOT / "configs" / "bc.yaml"),
-                      grid={"base": ["offline_iql.yaml", "bc.yaml"], "steps": [7]}, seeds=[3])
+    cfg = SweepConfig(
+        base=str(ROOT / "configs" / "bc.yaml"), grid={"base": ["offline_iql.yaml", "bc.yaml"], "steps": [7]}, seeds=[3]
+    )
     runs = expand(cfg)
     assert [r[0] for r in runs] == ["base=offline_iql,steps=7,s3", "base=bc,steps=7,s3"]
     assert runs[0][3]["algo"] == "iql" and runs[1][3]["algo"] == "bc"
@@ -90,8 +87,11 @@ def test_grid_over_base_configs_runs_each_algorithm_file():
 
 
 def test_base_overrides_apply_to_their_config_only():
-    cfg = SweepConfig(base=str(ROOT / "configs" / "bc.yaml"), grid={"base": ["offline_iql.yaml", "bc.yaml"]},
-                      base_overrides={"offline_iql.yaml": {"algo_cfg": {"beta": 7.0}}})
+    cfg = SweepConfig(
+        base=str(ROOT / "configs" / "bc.yaml"),
+        grid={"base": ["offline_iql.yaml", "bc.yaml"]},
+        base_overrides={"offline_iql.yaml": {"algo_cfg": {"beta": 7.0}}},
+    )
     iql, bc = (r[3] for r in expand(cfg))
     assert iql["algo_cfg"]["beta"] == 7.0 and "beta" not in bc.get("algo_cfg", {})
     with pytest.raises(ConfigError, match="base_overrides"):
@@ -104,8 +104,10 @@ def test_collection_env_is_the_one_the_runs_use():
     base = str(ROOT / "configs" / "offline_iql.yaml")  # its env is cube-single
     cfg = SweepConfig(base=base, grid={"steps": [5]}, overrides={"env": {"env_id": "cube-double-singletask-v0"}})
     assert collect_env_id(cfg, expand(cfg)) == "cube-double-singletask-v0"
-    assert collect_env_id(SweepConfig(base=base, grid={"steps": [5]}), expand(SweepConfig(base=base, grid={"steps": [5]}))) \
+    assert (
+        collect_env_id(SweepConfig(base=base, grid={"steps": [5]}), expand(SweepConfig(base=base, grid={"steps": [5]})))
         == "cube-single-singletask-v0"
+    )
     two = SweepConfig(base=base, grid={"env.env_id": ["cube-single-singletask-v0", "cube-double-singletask-v0"]})
     with pytest.raises(ConfigError, match="several envs"):
         collect_env_id(two, expand(two))

@@ -33,20 +33,34 @@ BOX = {"env_id": SINGLE, "action_low": [-1.0] * 5, "action_high": [1.0] * 5}  # 
 
 def _episodes(n: int = 3, T: int = 12, obs_dim: int = 28, act_dim: int = 5, scale: float = 1.0, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return [Episode(obs=rng.normal(size=(T + 1, obs_dim)).astype(np.float32),
-                    actions=(scale * rng.uniform(-1, 1, (T, act_dim))).astype(np.float32),
-                    rewards=-np.ones(T, np.float32), terminated=np.zeros(T, bool),
-                    truncated=np.arange(T) == T - 1, success=np.zeros(T, bool)) for _ in range(n)]
+    return [
+        Episode(
+            obs=rng.normal(size=(T + 1, obs_dim)).astype(np.float32),
+            actions=(scale * rng.uniform(-1, 1, (T, act_dim))).astype(np.float32),
+            rewards=-np.ones(T, np.float32),
+            terminated=np.zeros(T, bool),
+            truncated=np.arange(T) == T - 1,
+            success=np.zeros(T, bool),
+        )
+        for _ in range(n)
+    ]
 
 
 def _write(path, episodes=None, env_id=SINGLE, **info):
-    return write_episodes(path, episodes if episodes is not None else _episodes(),
-                          {"env_id": env_id, "max_episode_steps": 200, **info})
+    return write_episodes(
+        path, episodes if episodes is not None else _episodes(), {"env_id": env_id, "max_episode_steps": 200, **info}
+    )
 
 
 def _trainer(tmp_path, data, **over):
-    cfg = {"algo": "bc", "dataset": str(data), "env": {"env_id": SINGLE, "act_horizon": 3},
-           "algo_cfg": {"policy": {"hidden_dims": [16]}}, "run": {"out_dir": str(tmp_path)}, **over}
+    cfg = {
+        "algo": "bc",
+        "dataset": str(data),
+        "env": {"env_id": SINGLE, "act_horizon": 3},
+        "algo_cfg": {"policy": {"hidden_dims": [16]}},
+        "run": {"out_dir": str(tmp_path)},
+        **over,
+    }
     return Trainer(train_config_from_dict(cfg, "test"), run_dir=tmp_path / "run", quiet=True)
 
 
@@ -95,8 +109,9 @@ def test_dataset_of_another_env_is_refused_naming_the_file_and_both_ids(tmp_path
 
 def test_dataset_with_an_unknown_env_id_is_refused(tmp_path):
     data = _write(tmp_path / "d.h5", env_id="cube-singel-singletask-v0")
-    with pytest.raises(DatasetError, match="'cube-singel-singletask-v0', not a known environment id, but this run's "
-                                           f"env is '{SINGLE}'"):
+    with pytest.raises(
+        DatasetError, match=f"'cube-singel-singletask-v0', not a known environment id, but this run's env is '{SINGLE}'"
+    ):
         load_dataset_for_env(data, BOX)
 
 
@@ -107,14 +122,30 @@ def test_same_task_under_another_name_and_other_run_settings_are_accepted(tmp_pa
         load_dataset_for_env(_write(tmp_path / "b.h5", env_id="cube-single-singletask-task1-v0"), BOX)
     # a ManiSkill demo file (as rlft.collect writes it: its own time limit in env_kwargs)
     ms = {"env_id": "LiftPegUpright-v1", "action_low": [-1.0] * 7, "action_high": [1.0] * 7}
-    load_dataset_for_env(_write(tmp_path / "m.h5", _episodes(obs_dim=25, act_dim=7), env_id="LiftPegUpright-v1",
-                                env_kwargs={"control_mode": "pd_ee_delta_pose", "max_episode_steps": 100}), ms)
+    load_dataset_for_env(
+        _write(
+            tmp_path / "m.h5",
+            _episodes(obs_dim=25, act_dim=7),
+            env_id="LiftPegUpright-v1",
+            env_kwargs={"control_mode": "pd_ee_delta_pose", "max_episode_steps": 100},
+        ),
+        ms,
+    )
     # an OGBench npz records no env: it loads
     write_ogbench_npz(tmp_path / "o.npz", _episodes(), layout="transitions")
     assert load_dataset_for_env(tmp_path / "o.npz", BOX)[1]["env_info"]["env_id"] is None
     # our own collection, trained with another time limit and stacked observations
-    out = run_collect(CollectConfig(env_id=SINGLE, mode="play", num_episodes=1, max_episode_steps=20, num_workers=1,
-                                    out=str(tmp_path / "c.h5"), progress=False))
+    out = run_collect(
+        CollectConfig(
+            env_id=SINGLE,
+            mode="play",
+            num_episodes=1,
+            max_episode_steps=20,
+            num_workers=1,
+            out=str(tmp_path / "c.h5"),
+            progress=False,
+        )
+    )
     run_env = make_env(SINGLE, obs_horizon=2, max_episode_steps=50)
     load_dataset_for_env(out, env_info(run_env))
     run_env.close()
@@ -162,7 +193,8 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     atomic_write_text(tmp_path / "d.h5", "new")  # the next write of d.h5 removes its dead writer's leftovers
     assert (tmp_path / "d.h5").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["d.h5", live.name, other_host.name, other_file.name, not_ours.name])
+        ["d.h5", live.name, other_host.name, other_file.name, not_ours.name]
+    )
     assert remove_stale_temps(tmp_path) == [other_file]  # the whole folder: every dead writer of this host
 
 
@@ -204,9 +236,24 @@ def _still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.P
 def test_killed_collect_takes_its_workers_along_and_a_rerun_leaves_no_temporaries(tmp_path):
     out = tmp_path / "d.h5"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlft.collect", "--env-id", SINGLE, "--num-episodes", "50", "--num-workers", "2",
-         "--out", str(out), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "rlft.collect",
+            "--env-id",
+            SINGLE,
+            "--num-episodes",
+            "50",
+            "--num-workers",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         workers = _collect_workers(psutil.Process(proc.pid), 2)
         time.sleep(0.5)  # mid-episode

@@ -17,38 +17,66 @@ from rlft.errors import TrainingError
 from rlft.train.runner import Trainer, load_training_state, nonfinite_tensors
 
 ENV = "cube-single-singletask-v0"
-TINY_EVAL = ["--eval.num-episodes", "1", "--eval.parallel-envs", "1", "--env.max-episode-steps", "30",
-             "--run.no-tensorboard"]
+TINY_EVAL = [
+    "--eval.num-episodes",
+    "1",
+    "--eval.parallel-envs",
+    "1",
+    "--env.max-episode-steps",
+    "30",
+    "--run.no-tensorboard",
+]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "demos.h5"
-    assert main(["collect", "--env-id", ENV, "--mode", "demos", "--num-episodes", "3", "--num-workers", "1",
-                 "--action-noise", "0.1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--env-id",
+                ENV,
+                "--mode",
+                "demos",
+                "--num-episodes",
+                "3",
+                "--num-workers",
+                "1",
+                "--action-noise",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _train(tmp_path, name, *args) -> int:
-    return main(["train", *args, "--run.out-dir", str(tmp_path), "--run.name", name, "--run.log-every", "10",
-                 *TINY_EVAL])
+    return main(
+        ["train", *args, "--run.out-dir", str(tmp_path), "--run.name", name, "--run.log-every", "10", *TINY_EVAL]
+    )
 
 
-@pytest.mark.parametrize("args,field", [
-    (["--algo-cfg.batch-size", "-5"], "batch_size"),
-    (["--algo-cfg.batch-size", "0"], "batch_size"),
-    (["--steps", "-5"], "steps"),
-    (["--steps", "0"], "steps"),
-    (["--algo-cfg.offline-ratio", "1.5"], "offline_ratio"),
-    (["--algo-cfg.utd-ratio", "0"], "utd_ratio"),
-    (["--policy-ema", "1.0"], "policy_ema"),
-    (["--eval.every", "-1"], "eval.every"),
-    (["--run.checkpoint-every", "-1"], "run.checkpoint_every"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["--algo-cfg.batch-size", "-5"], "batch_size"),
+        (["--algo-cfg.batch-size", "0"], "batch_size"),
+        (["--steps", "-5"], "steps"),
+        (["--steps", "0"], "steps"),
+        (["--algo-cfg.offline-ratio", "1.5"], "offline_ratio"),
+        (["--algo-cfg.utd-ratio", "0"], "utd_ratio"),
+        (["--policy-ema", "1.0"], "policy_ema"),
+        (["--eval.every", "-1"], "eval.every"),
+        (["--run.checkpoint-every", "-1"], "run.checkpoint_every"),
+    ],
+)
 def test_bad_numbers_are_refused_naming_the_field_and_write_nothing(tmp_path, dataset, capsys, args, field):
     capsys.readouterr()
-    rc = _train(tmp_path, "bad", "--config", "configs/offline_iql.yaml",
-                "--dataset", str(dataset), *args)
+    rc = _train(tmp_path, "bad", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset), *args)
     err = capsys.readouterr().err
     assert rc == 2 and field in err and "Traceback" not in err, err
     assert not (tmp_path / "bad").exists()
@@ -94,8 +122,22 @@ def test_a_checkpoint_is_never_written_from_nonfinite_weights(tmp_path, dataset)
 def test_a_diverging_run_with_a_checkpoint_every_step_keeps_a_finite_resumable_state(tmp_path, dataset, capsys):
     """The reported case: critic lr 1e6 and a checkpoint after every update. Whatever the run writes is finite."""
     capsys.readouterr()
-    rc = _train(tmp_path, "div", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset), "--steps", "200",
-                "--algo-cfg.critic-lr", "1e6", "--algo-cfg.value-lr", "1e6", "--run.checkpoint-every", "1")
+    rc = _train(
+        tmp_path,
+        "div",
+        "--config",
+        "configs/offline_iql.yaml",
+        "--dataset",
+        str(dataset),
+        "--steps",
+        "200",
+        "--algo-cfg.critic-lr",
+        "1e6",
+        "--algo-cfg.value-lr",
+        "1e6",
+        "--run.checkpoint-every",
+        "1",
+    )
     err = capsys.readouterr().err
     state = tmp_path / "div" / "checkpoints" / "state.pt"
     assert rc == 2 and "diverged" in err, err
@@ -104,8 +146,18 @@ def test_a_diverging_run_with_a_checkpoint_every_step_keeps_a_finite_resumable_s
 
 def test_finite_blowup_is_flagged_live_and_stops_when_asked(tmp_path, dataset, capsys):
     """Critic lr 1e3: Q runs far outside [-1/(1-gamma), 0] = [-100, 0] while every number stays finite."""
-    args = ["--config", "configs/offline_iql.yaml", "--dataset", str(dataset), "--steps", "300",
-            "--algo-cfg.critic-lr", "1e3", "--algo-cfg.value-lr", "1e3"]
+    args = [
+        "--config",
+        "configs/offline_iql.yaml",
+        "--dataset",
+        str(dataset),
+        "--steps",
+        "300",
+        "--algo-cfg.critic-lr",
+        "1e3",
+        "--algo-cfg.value-lr",
+        "1e3",
+    ]
     capsys.readouterr()
     assert _train(tmp_path, "warn", *args) == 0
     err = capsys.readouterr().err
@@ -144,8 +196,9 @@ class _Payload:
 
 
 def test_a_crafted_state_pt_is_refused_and_never_runs(tmp_path, dataset, capsys):
-    assert _train(tmp_path, "c", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset),
-                  "--steps", "10") == 0
+    assert (
+        _train(tmp_path, "c", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset), "--steps", "10") == 0
+    )
     marker = tmp_path / "payload-ran"
     crafted = tmp_path / "c" / "checkpoints" / "state.pt"
     torch.save({"algo": {}, "step": 0, "best": 0.0, "x": _Payload(marker)}, crafted, pickle_protocol=2)
@@ -156,11 +209,36 @@ def test_a_crafted_state_pt_is_refused_and_never_runs(tmp_path, dataset, capsys)
     assert (tmp_path / "probe-ran").exists()
 
     capsys.readouterr()
-    assert _train(tmp_path, "c", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset),
-                  "--steps", "20", "--run.resume") == 2
+    assert (
+        _train(
+            tmp_path,
+            "c",
+            "--config",
+            "configs/offline_iql.yaml",
+            "--dataset",
+            str(dataset),
+            "--steps",
+            "20",
+            "--run.resume",
+        )
+        == 2
+    )
     assert "not a readable rlft training state" in capsys.readouterr().err
-    assert _train(tmp_path, "w", "--config", "configs/online_iql.yaml", "--dataset", str(dataset), "--steps", "20",
-                  "--init-critic", str(crafted)) == 2
+    assert (
+        _train(
+            tmp_path,
+            "w",
+            "--config",
+            "configs/online_iql.yaml",
+            "--dataset",
+            str(dataset),
+            "--steps",
+            "20",
+            "--init-critic",
+            str(crafted),
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "init_critic:" in err and "not a readable rlft training state" in err, err
     assert not marker.exists()
@@ -169,12 +247,45 @@ def test_a_crafted_state_pt_is_refused_and_never_runs(tmp_path, dataset, capsys)
 # ---------------------------------------------------------------------------------------------------------------
 # kill -9 during an online run, then --run.resume: the same run, bit for bit
 # ---------------------------------------------------------------------------------------------------------------
-ONLINE = ["--algo", "sac", "--mode", "online", "--steps", "600", "--env.max-episode-steps", "60",
-          "--eval.num-episodes", "1", "--eval.parallel-envs", "1", "--eval.every", "200", "--run.no-tensorboard",
-          "--run.log-every", "20", "--run.checkpoint-every", "25", "--algo-cfg.batch-size", "32",
-          "--algo-cfg.critic-hidden-dims", "32", "32", "--algo-cfg.policy.hidden-dims", "32", "32",
-          "--algo-cfg.num-critics", "4", "--algo-cfg.utd-ratio", "2", "--algo-cfg.warmup-steps", "50",
-          "--algo-cfg.offline-ratio", "0", "--replay-capacity", "60"]  # a replay that wraps around
+ONLINE = [
+    "--algo",
+    "sac",
+    "--mode",
+    "online",
+    "--steps",
+    "600",
+    "--env.max-episode-steps",
+    "60",
+    "--eval.num-episodes",
+    "1",
+    "--eval.parallel-envs",
+    "1",
+    "--eval.every",
+    "200",
+    "--run.no-tensorboard",
+    "--run.log-every",
+    "20",
+    "--run.checkpoint-every",
+    "25",
+    "--algo-cfg.batch-size",
+    "32",
+    "--algo-cfg.critic-hidden-dims",
+    "32",
+    "32",
+    "--algo-cfg.policy.hidden-dims",
+    "32",
+    "32",
+    "--algo-cfg.num-critics",
+    "4",
+    "--algo-cfg.utd-ratio",
+    "2",
+    "--algo-cfg.warmup-steps",
+    "50",
+    "--algo-cfg.offline-ratio",
+    "0",
+    "--replay-capacity",
+    "60",
+]  # a replay that wraps around
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -198,8 +309,9 @@ def test_online_run_killed_at_random_moments_resumes_bit_for_bit(tmp_path):
     state = tmp_path / "cut" / "checkpoints" / "state.pt"
     rng, kills = random.Random(0), 0
     for attempt in range(5):  # start (then resume) and kill -9 at a random moment after a checkpoint exists
-        proc = subprocess.Popen(cmd + (["--run.resume"] if attempt else []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd + (["--run.resume"] if attempt else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         t0 = time.time()
         while not state.exists() and proc.poll() is None and time.time() - t0 < 120:
             time.sleep(0.05)
@@ -223,19 +335,33 @@ def test_online_run_killed_at_random_moments_resumes_bit_for_bit(tmp_path):
     assert times == sorted(times)  # the clock continues across the resumes, it does not restart at 0
 
 
-@pytest.mark.parametrize("meta,why", [
-    ({"class": "GaussianPolicy", "kwargs": "{not json"}, "not valid JSON"),
-    ({"class": "GaussianPolicy", "kwargs": "[1, 2]"}, "must be a JSON object"),
-    ({"class": "GaussianPolicy"}, "not valid JSON"),
-    ({"class": "Nope", "kwargs": "{}"}, "unknown policy class"),
-    ({"class": "GaussianPolicy", "kwargs": '{"obs_dim": 3, "action_dim": 2, "act_horizon": 1, "evil": 1}'},
-     "unknown arguments ['evil']"),
-    ({"class": "GaussianPolicy", "kwargs": '{"obs_dim": 3}'}, "missing arguments"),
-    ({"class": "GaussianPolicy", "kwargs": '{"obs_dim": "x", "action_dim": 2, "act_horizon": 1}'}, "does not build"),
-    ({"class": "ResidualPolicy", "kwargs": '{"obs_dim": 3, "action_dim": 2, "act_horizon": 1, "base_class": "X", '
-                                          '"base_kwargs": {}, "residual_class": "Y", "residual_kwargs": {}, '
-                                          '"bound": [1, 1]}'}, "unknown policy class"),
-])
+@pytest.mark.parametrize(
+    "meta,why",
+    [
+        ({"class": "GaussianPolicy", "kwargs": "{not json"}, "not valid JSON"),
+        ({"class": "GaussianPolicy", "kwargs": "[1, 2]"}, "must be a JSON object"),
+        ({"class": "GaussianPolicy"}, "not valid JSON"),
+        ({"class": "Nope", "kwargs": "{}"}, "unknown policy class"),
+        (
+            {"class": "GaussianPolicy", "kwargs": '{"obs_dim": 3, "action_dim": 2, "act_horizon": 1, "evil": 1}'},
+            "unknown arguments ['evil']",
+        ),
+        ({"class": "GaussianPolicy", "kwargs": '{"obs_dim": 3}'}, "missing arguments"),
+        (
+            {"class": "GaussianPolicy", "kwargs": '{"obs_dim": "x", "action_dim": 2, "act_horizon": 1}'},
+            "does not build",
+        ),
+        (
+            {
+                "class": "ResidualPolicy",
+                "kwargs": '{"obs_dim": 3, "action_dim": 2, "act_horizon": 1, "base_class": "X", '
+                '"base_kwargs": {}, "residual_class": "Y", "residual_kwargs": {}, '
+                '"bound": [1, 1]}',
+            },
+            "unknown policy class",
+        ),
+    ],
+)
 def test_crafted_policy_metadata_is_refused_in_one_line(tmp_path, capsys, meta, why):
     from safetensors.torch import save_file
 
@@ -251,8 +377,22 @@ def test_crafted_policy_metadata_is_refused_in_one_line(tmp_path, capsys, meta, 
 def test_run_names_cannot_write_outside_out_dir(tmp_path, dataset, capsys, name):
     out = tmp_path / "deep" / "out"
     capsys.readouterr()
-    rc = main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "5",
-               "--run.out-dir", str(out), "--run.name", name, *TINY_EVAL])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "configs/bc.yaml",
+            "--dataset",
+            str(dataset),
+            "--steps",
+            "5",
+            "--run.out-dir",
+            str(out),
+            "--run.name",
+            name,
+            *TINY_EVAL,
+        ]
+    )
     assert rc == 2 and "run.name" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "x").exists() and not Path("/tmp/rlft-abs-run").exists()
     assert main(["pipeline", "--out-dir", str(out), "--name", name, "--budget-scale", "0.001"]) == 2
@@ -261,21 +401,69 @@ def test_run_names_cannot_write_outside_out_dir(tmp_path, dataset, capsys, name)
 def test_markup_in_run_names_is_printed_as_text(tmp_path, dataset, capsys):
     """``a[/b]c`` (a MarkupError before) holds a '/', so it is refused like any nested name; bracketed names that
     are plain names train and print the real path."""
-    assert main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--run.out-dir", str(tmp_path),
-                 "--run.name", "a[/b]c"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/bc.yaml",
+                "--dataset",
+                str(dataset),
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "a[/b]c",
+            ]
+        )
+        == 2
+    )
     assert "run.name" in capsys.readouterr().err
     for name in ("iql[lr=3e-4]", "x[bold]y"):
         capsys.readouterr()
-        assert main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "5",
-                     "--run.out-dir", str(tmp_path), "--run.name", name, *TINY_EVAL]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    "configs/bc.yaml",
+                    "--dataset",
+                    str(dataset),
+                    "--steps",
+                    "5",
+                    "--run.out-dir",
+                    str(tmp_path),
+                    "--run.name",
+                    name,
+                    *TINY_EVAL,
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         assert (tmp_path / name / "summary.json").is_file()
-        assert json.loads(out[out.index("{"):])["run_dir"] == str(tmp_path / name)
+        assert json.loads(out[out.index("{") :])["run_dir"] == str(tmp_path / name)
 
 
 def test_report_escapes_what_it_reads_from_summary_json(tmp_path, dataset):
-    assert main(["train", "--config", "configs/bc.yaml", "--dataset", str(dataset), "--steps", "5",
-                 "--run.out-dir", str(tmp_path), "--run.name", "r", *TINY_EVAL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/bc.yaml",
+                "--dataset",
+                str(dataset),
+                "--steps",
+                "5",
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "r",
+                *TINY_EVAL,
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     s["wall_s"], s["best_success_once"] = "<script>alert(1)</script>", "<img src=x onerror=alert(2)>"
     (tmp_path / "r" / "summary.json").write_text(json.dumps(s))
@@ -287,8 +475,21 @@ def test_report_escapes_what_it_reads_from_summary_json(tmp_path, dataset):
 def test_a_loss_exploding_within_the_first_log_interval_is_flagged_live(tmp_path, dataset, capsys):
     """Actor lr 10: the Gaussian NLL is ~1e10 by the first log point (10 updates), so the start is the first update's."""
     capsys.readouterr()
-    assert _train(tmp_path, "alr", "--config", "configs/offline_iql.yaml", "--dataset", str(dataset), "--steps", "60",
-                  "--algo-cfg.actor-lr", "10") == 0
+    assert (
+        _train(
+            tmp_path,
+            "alr",
+            "--config",
+            "configs/offline_iql.yaml",
+            "--dataset",
+            str(dataset),
+            "--steps",
+            "60",
+            "--algo-cfg.actor-lr",
+            "10",
+        )
+        == 0
+    )
     assert "] loss_explosion at step" in capsys.readouterr().err
 
 
@@ -298,5 +499,22 @@ def test_a_moved_run_directory_resumes(tmp_path, dataset):
     base = ["--config", "configs/offline_iql.yaml", "--dataset", str(dataset)]
     assert _train(tmp_path, "m", *base, "--steps", "20") == 0
     shutil.move(str(tmp_path / "m"), str(tmp_path / "moved"))
-    assert main(["train", *base, "--steps", "30", "--run.resume", "--run.out-dir", str(tmp_path), "--run.name",
-                 "moved", "--run.log-every", "10", *TINY_EVAL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *base,
+                "--steps",
+                "30",
+                "--run.resume",
+                "--run.out-dir",
+                str(tmp_path),
+                "--run.name",
+                "moved",
+                "--run.log-every",
+                "10",
+                *TINY_EVAL,
+            ]
+        )
+        == 0
+    )

@@ -42,8 +42,10 @@ def import_plugins(specs: list[str] | tuple[str, ...], base_dir: str | None = No
         candidates = [Path(base_dir) / spec] if base_dir and not Path(spec).is_absolute() else []
         path = next((c for c in [*candidates, Path(spec)] if c.is_file()), None)
         if path is None:
-            raise ConfigError(f"plugins: file not found: {spec}" + (f" (looked in {base_dir} and the working "
-                                                                      "directory)" if base_dir else ""))
+            raise ConfigError(
+                f"plugins: file not found: {spec}"
+                + (f" (looked in {base_dir} and the working directory)" if base_dir else "")
+            )
         path = path.resolve()
         resolved.append(str(path))
         name = "rlft_plugin_" + "_".join(path.with_suffix("").parts[1:]).replace("-", "_").replace(".", "_")
@@ -88,5 +90,13 @@ from rlft.algos import sac as _sac  # noqa: E402,F401
 from rlft.algos import sac_offline as _sac_offline  # noqa: E402,F401
 from rlft.algos import td3bc as _td3bc  # noqa: E402,F401
 
-__all__ = ["ALGORITHMS", "AlgoConfig", "Algorithm", "CriticConfig", "PolicyConfig", "get_algorithm", "import_plugins",
-           "register"]
+__all__ = [
+    "ALGORITHMS",
+    "AlgoConfig",
+    "Algorithm",
+    "CriticConfig",
+    "PolicyConfig",
+    "get_algorithm",
+    "import_plugins",
+    "register",
+]

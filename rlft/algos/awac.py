@@ -32,13 +32,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    Info,
-    metrics_to_floats,
-    prefixed,
-    sac_critic_target,
-    td_loss,
-)
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, sac_critic_target, td_loss
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update
@@ -92,7 +86,9 @@ class AWACConfig(CriticConfig):
         if self.lam <= 0:
             raise ConfigError(f"awac.lam must be > 0, got {self.lam}")
         if self.weight_normalization not in ("softmax", "exp"):
-            raise ConfigError(f"awac.weight_normalization must be 'softmax' or 'exp', got {self.weight_normalization!r}")
+            raise ConfigError(
+                f"awac.weight_normalization must be 'softmax' or 'exp', got {self.weight_normalization!r}"
+            )
         if self.max_weight <= 0:
             raise ConfigError(f"awac.max_weight must be > 0, got {self.max_weight}")
         if self.num_value_samples < 1:
@@ -134,8 +130,9 @@ class AWAC(Algorithm):
         # ---- critic ----
         with torch.no_grad():
             a_next, logp_next = self._next_action(batch.next_obs)
-            y = sac_critic_target(self.target_critic(batch.next_obs, a_next), logp_next, batch.reward,
-                                  batch.bootstrap, cfg.entropy_coef)
+            y = sac_critic_target(
+                self.target_critic(batch.next_obs, a_next), logp_next, batch.reward, batch.bootstrap, cfg.entropy_coef
+            )
         q = self.critic(batch.obs, batch.action)
         critic_loss, critic_info = td_loss(q, y)
         optimizer_step(critic_loss, self.critic_optim)

@@ -124,8 +124,9 @@ class AWR(Algorithm):
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
         with torch.no_grad():
-            target = awr_return_target(batch.reward, batch.bootstrap, self.target_value(batch.next_obs),
-                                       batch.mc_return, cfg.value_target)
+            target = awr_return_target(
+                batch.reward, batch.bootstrap, self.target_value(batch.next_obs), batch.mc_return, cfg.value_target
+            )
 
         # value regression (the advantage uses V before this step)
         v = self.value(batch.obs)

@@ -22,8 +22,12 @@ from rlft.policies.base import Policy
 from rlft.policies.config import PolicyConfig
 
 
-def optimizer_step(loss: torch.Tensor, optim: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-                   inputs: list[torch.Tensor] | None = None, max_grad_norm: float | None = None) -> torch.Tensor | None:
+def optimizer_step(
+    loss: torch.Tensor,
+    optim: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    inputs: list[torch.Tensor] | None = None,
+    max_grad_norm: float | None = None,
+) -> torch.Tensor | None:
     """One gradient step on ``loss``: zero the gradients, backpropagate, optionally clip, step.
 
     ``optim``: one optimiser, or several whose parameters ``loss`` reaches (one backward, then each steps);
@@ -183,9 +187,9 @@ class Algorithm:
             raise ConfigError(
                 f"{self.name}: policy kind {kind!r} is not supported; supported: {', '.join(self.supported_policies)}"
             )
-        self.policy: Policy = (policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)).to(
-            self.device
-        )
+        self.policy: Policy = (
+            policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)
+        ).to(self.device)
         self.num_updates = 0
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
@@ -198,7 +202,11 @@ class Algorithm:
 
         cfg = self.cfg
         return CriticEnsemble(
-            self.obs_dim, action_in_dim, cfg.num_critics, tuple(cfg.critic_hidden_dims), cfg.critic_layernorm,
+            self.obs_dim,
+            action_in_dim,
+            cfg.num_critics,
+            tuple(cfg.critic_hidden_dims),
+            cfg.critic_layernorm,
             cfg.critic_impl,
         ).to(self.device)
 

@@ -45,12 +45,7 @@ from rlft.policies.config import PolicyConfig
 # pure losses
 # ---------------------------------------------------------------------------------------------------------------
 def cpql_actor_loss(
-    bc_loss: torch.Tensor,
-    q_pi: torch.Tensor,
-    bc_coef: float,
-    eta: float,
-    q_index: int = 0,
-    normalize: bool = True,
+    bc_loss: torch.Tensor, q_pi: torch.Tensor, bc_coef: float, eta: float, q_index: int = 0, normalize: bool = True
 ) -> tuple[torch.Tensor, Info]:
     """CPQL's actor loss ``bc_coef * bc_loss + eta * L_q`` (module docstring).
 

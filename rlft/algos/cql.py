@@ -43,14 +43,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    Info,
-    metrics_to_floats,
-    prefixed,
-    sac_actor_loss,
-    sac_critic_target,
-    td_loss,
-)
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, sac_actor_loss, sac_critic_target, td_loss
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -195,8 +188,12 @@ class CQL(Algorithm):
             self.lagrange_optim = torch.optim.Adam([self.log_alpha_prime], lr=cfg.lagrange_lr, fused=True)
         dim = act_horizon * action_dim
         self.temperature = Temperature(
-            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
-            cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * dim, device=self.device)
+            cfg.init_temperature,
+            cfg.temperature_lr,
+            cfg.learn_temperature,
+            cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * dim,
+            device=self.device,
+        )
         self.log_density_rand = -dim * math.log(2.0)  # uniform over [-1, 1]^dim
 
     def policy_q_lower_bound(self, batch: ChunkBatch) -> torch.Tensor | None:
@@ -213,8 +210,17 @@ class CQL(Algorithm):
         # one critic pass over all 3*B*M (state, chunk) pairs
         q = self.critic(obs_rep.repeat(3, 1), torch.cat([a_rand, a_pi, a_next], 0))
         q_rand, q_pi, q_next = q.reshape(q.shape[0], 3, B, M).unbind(1)
-        return cql_gap(q_rand, q_pi, q_next, logp_pi.reshape(B, M), logp_next.reshape(B, M), q_data,
-                       self.log_density_rand, self.cfg.cql_temperature, self.policy_q_lower_bound(batch))
+        return cql_gap(
+            q_rand,
+            q_pi,
+            q_next,
+            logp_pi.reshape(B, M),
+            logp_next.reshape(B, M),
+            q_data,
+            self.log_density_rand,
+            self.cfg.cql_temperature,
+            self.policy_q_lower_bound(batch),
+        )
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
@@ -224,8 +230,13 @@ class CQL(Algorithm):
         # ---- critic: TD + conservative penalty ----
         with torch.no_grad():
             a_next, logp_next = self.policy.rsample_log_prob(batch.next_obs)
-            y = sac_critic_target(self.target_critic(batch.next_obs, a_next), logp_next, batch.reward,
-                                  batch.bootstrap, alpha if cfg.backup_entropy else 0.0)
+            y = sac_critic_target(
+                self.target_critic(batch.next_obs, a_next),
+                logp_next,
+                batch.reward,
+                batch.bootstrap,
+                alpha if cfg.backup_entropy else 0.0,
+            )
         q_data = self.critic(batch.obs, batch.action)
         td, td_info = td_loss(q_data, y)
         gap, gap_info = self._conservative_gap(batch, q_data)

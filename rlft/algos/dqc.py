@@ -42,14 +42,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    Info,
-    expectile_loss,
-    metrics_to_floats,
-    prefixed,
-    td_loss,
-    td_target,
-)
+from rlft.algos.losses import Info, expectile_loss, metrics_to_floats, prefixed, td_loss, td_target
 from rlft.algos.qc import QC, as_best_of_n
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError, TrainingError
@@ -164,8 +157,10 @@ class DQC(Algorithm):
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg, pi, H = self.cfg, self.policy, self.act_horizon
         if batch.action.shape[1] != self.backup_horizon:
-            raise TrainingError(f"dqc: batches must hold backup_horizon={self.backup_horizon} actions per chunk "
-                                f"(DQCConfig.data_horizon), got {batch.action.shape[1]}")
+            raise TrainingError(
+                f"dqc: batches must hold backup_horizon={self.backup_horizon} actions per chunk "
+                f"(DQCConfig.data_horizon), got {batch.action.shape[1]}"
+            )
         action_h, mask_h = batch.action[:, :H], batch.valid_mask[:, :H]  # the policy's chunk
         row_mask = batch.valid_mask[:, H - 1]  # its last step executed: the short chunk is real data
 

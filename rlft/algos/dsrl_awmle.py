@@ -60,8 +60,9 @@ def soft_baseline(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return tau * (torch.logsumexp(scores / tau, dim=-1) - math.log(M))
 
 
-def awmle_weights(scores: torch.Tensor, tau: float, beta: float, advantage_clip: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def awmle_weights(
+    scores: torch.Tensor, tau: float, beta: float, advantage_clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``A = clip(S - soft_baseline(S, tau), +-advantage_clip)`` and ``omega = softmax_j(beta * A)``; both [B, M]."""
     adv = (scores - soft_baseline(scores, tau).unsqueeze(-1)).clamp(-advantage_clip, advantage_clip)
     return torch.softmax(beta * adv, dim=-1), adv
@@ -84,8 +85,9 @@ def pearson_corr(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.T
     return (xc * yc).mean() / (xc.square().mean().sqrt() * yc.square().mean().sqrt() + eps)
 
 
-def awmle_loss(log_probs: torch.Tensor, weights: torch.Tensor, kl: torch.Tensor, kl_coef: float,
-               advantage: torch.Tensor) -> tuple[torch.Tensor, Info]:
+def awmle_loss(
+    log_probs: torch.Tensor, weights: torch.Tensor, kl: torch.Tensor, kl_coef: float, advantage: torch.Tensor
+) -> tuple[torch.Tensor, Info]:
     """AW-MLE loss ``L = -mean_b sum_j omega_bj log pi(w_bj|s_b) + kl_coef * mean_b KL_b``.
 
     ``log_probs`` [B, M] (with grad), ``weights`` [B, M] (no grad, rows sum to 1), ``kl`` [B] (with grad),
@@ -166,20 +168,34 @@ class DSRLAWMLE(Algorithm):
     uses_base_policy: ClassVar[bool] = True
     needs_pretrained_critic: ClassVar[bool] = True
 
-    def __init__(self, cfg: DSRLAWMLEConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None,
-                 device="cpu", base_policy=None):
+    def __init__(
+        self,
+        cfg: DSRLAWMLEConfig,
+        obs_dim: int,
+        action_dim: int,
+        act_horizon: int,
+        policy=None,
+        device="cpu",
+        base_policy=None,
+    ):
         if base_policy is None:
-            raise ConfigError("dsrl_awmle: needs the frozen base policy whose noise it steers (TrainConfig.base_policy)")
+            raise ConfigError(
+                "dsrl_awmle: needs the frozen base policy whose noise it steers (TrainConfig.base_policy)"
+            )
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: DSRLAWMLEConfig = cfg
         if not getattr(self.policy, "has_log_prob", False):
-            raise ConfigError(f"dsrl_awmle: the latent actor ({type(self.policy).__name__}) needs a tractable "
-                              "log-probability; use policy.kind: gaussian")
+            raise ConfigError(
+                f"dsrl_awmle: the latent actor ({type(self.policy).__name__}) needs a tractable "
+                "log-probability; use policy.kind: gaussian"
+            )
         self.base_policy = base_policy.to(self.device).requires_grad_(False)
         noise = tuple(getattr(base_policy, "noise_shape", base_policy.chunk_shape))
         if noise != (act_horizon, action_dim):
-            raise ConfigError(f"dsrl_awmle: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
-                              f"policy's noise shape {noise}")
+            raise ConfigError(
+                f"dsrl_awmle: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
+                f"policy's noise shape {noise}"
+            )
         # frozen scoring critic over env chunks; named `critic` so init_critic loads an offline stage's critic into it
         self.critic = self.critic_ensemble(base_policy.act_horizon * base_policy.action_dim).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, fused=True)
@@ -210,14 +226,16 @@ class DSRLAWMLE(Algorithm):
         with torch.no_grad():  # the stage-1 check: Q of the actor's noise vs the prior's
             q_pi = self.critic(obs, self.base_policy.sample(obs, noise=nz.unnormalize_action(w_pi_n.detach())))
         metrics: dict[str, object] = prefixed("actor", info)
-        metrics.update({
-            "actor/actor_loss": loss.detach(),
-            "actor/entropy": -log_prob_pi_n.detach().mean(),
-            "actor/q_policy": q_pi.mean(),
-            "actor/q_prior": q.mean(),
-            "critic/q_mean": q.mean(),
-            "critic/q_std": q.std(dim=0, correction=0).mean(),
-        })
+        metrics.update(
+            {
+                "actor/actor_loss": loss.detach(),
+                "actor/entropy": -log_prob_pi_n.detach().mean(),
+                "actor/q_policy": q_pi.mean(),
+                "actor/q_prior": q.mean(),
+                "critic/q_mean": q.mean(),
+                "critic/q_std": q.std(dim=0, correction=0).mean(),
+            }
+        )
         self.num_updates += 1
         return metrics_to_floats(metrics)
 

@@ -36,14 +36,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    Info,
-    metrics_to_floats,
-    prefixed,
-    sac_actor_loss,
-    td_loss,
-    td_target,
-)
+from rlft.algos.losses import Info, metrics_to_floats, prefixed, sac_actor_loss, td_loss, td_target
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -126,20 +119,32 @@ class DSRLNA(Algorithm):
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian",)
     uses_base_policy: ClassVar[bool] = True
 
-    def __init__(self, cfg: DSRLNAConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu",
-                 base_policy=None):
+    def __init__(
+        self,
+        cfg: DSRLNAConfig,
+        obs_dim: int,
+        action_dim: int,
+        act_horizon: int,
+        policy=None,
+        device="cpu",
+        base_policy=None,
+    ):
         if base_policy is None:
             raise ConfigError("dsrl_na: needs the frozen base policy whose noise it steers (TrainConfig.base_policy)")
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: DSRLNAConfig = cfg
         if not getattr(self.policy, "has_log_prob", False):
-            raise ConfigError(f"dsrl_na: the latent actor ({type(self.policy).__name__}) needs a tractable "
-                              "log-probability; use policy.kind: gaussian")
+            raise ConfigError(
+                f"dsrl_na: the latent actor ({type(self.policy).__name__}) needs a tractable "
+                "log-probability; use policy.kind: gaussian"
+            )
         self.base_policy = base_policy.to(self.device).requires_grad_(False)
         noise = tuple(getattr(base_policy, "noise_shape", base_policy.chunk_shape))
         if noise != (act_horizon, action_dim):
-            raise ConfigError(f"dsrl_na: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
-                              f"policy's noise shape {noise}")
+            raise ConfigError(
+                f"dsrl_na: the latent actor's chunk ({act_horizon}, {action_dim}) must equal the base "
+                f"policy's noise shape {noise}"
+            )
         exec_dim = base_policy.act_horizon * base_policy.action_dim
         self.critic = self.critic_ensemble(exec_dim)  # Q^A(s, a)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -149,9 +154,14 @@ class DSRLNA(Algorithm):
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.noise_critic_optim = torch.optim.Adam(self.noise_critic.parameters(), lr=cfg.noise_critic_lr, fused=True)
         self.temperature = Temperature(
-            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
-            cfg.target_entropy if cfg.target_entropy is not None else cfg.target_entropy_per_dim * act_horizon * action_dim,
-            device=self.device)
+            cfg.init_temperature,
+            cfg.temperature_lr,
+            cfg.learn_temperature,
+            cfg.target_entropy
+            if cfg.target_entropy is not None
+            else cfg.target_entropy_per_dim * act_horizon * action_dim,
+            device=self.device,
+        )
 
     # ---- the frozen decoder ----
     def noise_of(self, w_n: torch.Tensor) -> torch.Tensor:
@@ -173,8 +183,9 @@ class DSRLNA(Algorithm):
         with torch.no_grad():
             w_next_n, _ = self.policy.rsample_log_prob(batch.next_obs)
             a_next = self.decode(batch.next_obs, self.noise_of(w_next_n))
-            y = na_critic_target(self.target_critic(batch.next_obs, a_next), batch.reward, batch.bootstrap,
-                                 cfg.target_agg)
+            y = na_critic_target(
+                self.target_critic(batch.next_obs, a_next), batch.reward, batch.bootstrap, cfg.target_agg
+            )
         q = self.critic(batch.obs, batch.executed_action)
         critic_loss, critic_info = td_loss(q, y)
         optimizer_step(critic_loss, self.critic_optim)

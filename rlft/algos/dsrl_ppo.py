@@ -65,8 +65,15 @@ def episode_continues(obs: torch.Tensor, next_obs: torch.Tensor, terminated: tor
     return c
 
 
-def smdp_gae(reward: torch.Tensor, v: torch.Tensor, v_next: torch.Tensor, terminated: torch.Tensor,
-             discount: torch.Tensor, continues: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def smdp_gae(
+    reward: torch.Tensor,
+    v: torch.Tensor,
+    v_next: torch.Tensor,
+    terminated: torch.Tensor,
+    discount: torch.Tensor,
+    continues: torch.Tensor,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over macro-steps (all [T], in collection order); see the module docstring. Returns ``(A, G = A + V)``."""
     delta = reward + discount * (1.0 - terminated) * v_next - v
     adv = torch.zeros_like(delta)
@@ -77,8 +84,9 @@ def smdp_gae(reward: torch.Tensor, v: torch.Tensor, v_next: torch.Tensor, termin
     return adv, adv + v
 
 
-def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor, clip: float
-                  ) -> tuple[torch.Tensor, Info]:
+def ppo_clip_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, Info]:
     """PPO's clipped surrogate ``L = -mean(min(r A, clip(r, 1 - clip, 1 + clip) A))``, ``r = exp(logp - logp_old)``.
 
     info: ``actor_loss``, ``approx_kl`` (mean of (r - 1) - log r), ``clip_frac`` (fraction with |r - 1| > clip).
@@ -89,8 +97,11 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch
     ratio = log_ratio.exp()
     loss = -torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv).mean()
     with torch.no_grad():
-        info = {"actor_loss": loss.detach(), "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
-                "clip_frac": ((ratio - 1.0).abs() > clip).float().mean()}
+        info = {
+            "actor_loss": loss.detach(),
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "clip_frac": ((ratio - 1.0).abs() > clip).float().mean(),
+        }
     return loss, info
 
 
@@ -139,7 +150,9 @@ class DSRLPPOConfig(AlgoConfig):
         if self.lr <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("dsrl_ppo.lr and dsrl_ppo.max_grad_norm must be > 0")
         if self.explore_noise_scale != 1.0:
-            raise ConfigError("dsrl_ppo.explore_noise_scale must be 1: PPO's ratios need actions sampled from pi itself")
+            raise ConfigError(
+                "dsrl_ppo.explore_noise_scale must be 1: PPO's ratios need actions sampled from pi itself"
+            )
 
 
 @register
@@ -154,8 +167,10 @@ class DSRLPPO(Algorithm):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: DSRLPPOConfig = cfg
         if not getattr(self.policy, "has_log_prob", False):
-            raise ConfigError(f"dsrl_ppo: the actor ({type(self.policy).__name__}) needs a tractable log-probability; "
-                              "use policy.kind: gaussian")
+            raise ConfigError(
+                f"dsrl_ppo: the actor ({type(self.policy).__name__}) needs a tractable log-probability; "
+                "use policy.kind: gaussian"
+            )
         self.value = ValueNet(obs_dim, tuple(cfg.value_hidden_dims), cfg.value_layernorm).to(self.device)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optim = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
@@ -167,8 +182,7 @@ class DSRLPPO(Algorithm):
             v, v_next = self.value(batch.obs), self.value(batch.next_obs)
             old_log_prob = self.policy.log_prob(batch.obs, batch.action)
             cont = episode_continues(batch.obs, batch.next_obs, batch.terminated)
-            adv_all, ret_all = smdp_gae(batch.reward, v, v_next, batch.terminated, batch.discount, cont,
-                                        cfg.gae_lambda)
+            adv_all, ret_all = smdp_gae(batch.reward, v, v_next, batch.terminated, batch.discount, cont, cfg.gae_lambda)
         log_scale = torch.log(0.5 * (nz.act_high - nz.act_low)).sum() * self.act_horizon  # raw-noise Jacobian
         mb = min(cfg.minibatch_size, T)
         sums: dict[str, torch.Tensor] = {}
@@ -176,7 +190,7 @@ class DSRLPPO(Algorithm):
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(T, device=batch.obs.device)
             for start in range(0, T - mb + 1, mb):
-                idx = perm[start:start + mb]
+                idx = perm[start : start + mb]
                 obs, adv = batch.obs[idx], adv_all[idx]
                 if cfg.normalize_advantage and mb > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -195,9 +209,14 @@ class DSRLPPO(Algorithm):
         avg = {k: x / n for k, x in sums.items()}
         self.num_updates += 1
         metrics: dict[str, object] = {
-            "actor/actor_loss": avg["actor_loss"], "actor/approx_kl": avg["approx_kl"],
-            "actor/clip_frac": avg["clip_frac"], "actor/entropy": avg["entropy"], "actor/kl_loss": avg["kl_loss"],
-            "actor/advantage_mean": adv_all.mean(), "critic/value_loss": avg["value_loss"], "critic/v_mean": v.mean(),
+            "actor/actor_loss": avg["actor_loss"],
+            "actor/approx_kl": avg["approx_kl"],
+            "actor/clip_frac": avg["clip_frac"],
+            "actor/entropy": avg["entropy"],
+            "actor/kl_loss": avg["kl_loss"],
+            "actor/advantage_mean": adv_all.mean(),
+            "critic/value_loss": avg["value_loss"],
+            "critic/v_mean": v.mean(),
             "critic/return_mean": ret_all.mean(),
         }
         return metrics_to_floats(metrics)

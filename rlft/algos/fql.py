@@ -42,11 +42,7 @@ from rlft.policies.onestep import OneStepFlowPolicy
 
 
 def fql_actor_loss(
-    q_pi: torch.Tensor,
-    mu: torch.Tensor,
-    flow_target: torch.Tensor,
-    alpha: float,
-    normalize_q_loss: bool = False,
+    q_pi: torch.Tensor, mu: torch.Tensor, flow_target: torch.Tensor, alpha: float, normalize_q_loss: bool = False
 ) -> tuple[torch.Tensor, Info]:
     """FQL's one-step actor loss (the BC flow term is separate):
 

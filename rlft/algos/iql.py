@@ -24,14 +24,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    iql_value_loss,
-    iql_weights,
-    metrics_to_floats,
-    prefixed,
-    td_loss,
-    td_target,
-)
+from rlft.algos.losses import iql_value_loss, iql_weights, metrics_to_floats, prefixed, td_loss, td_target
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
 from rlft.nets.ensemble import soft_update

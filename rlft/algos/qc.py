@@ -76,13 +76,19 @@ def as_best_of_n(policy, cfg, who: str) -> BestOfNPolicy:
         p = policy
     elif isinstance(policy, FlowPolicy):
         p = BestOfNPolicy.from_flow(
-            policy, num_critics=cfg.num_critics, critic_hidden_dims=tuple(cfg.critic_hidden_dims),
-            critic_layernorm=cfg.critic_layernorm, critic_impl=cfg.critic_impl, num_samples=cfg.num_samples,
+            policy,
+            num_critics=cfg.num_critics,
+            critic_hidden_dims=tuple(cfg.critic_hidden_dims),
+            critic_layernorm=cfg.critic_layernorm,
+            critic_impl=cfg.critic_impl,
+            num_samples=cfg.num_samples,
             q_agg=cfg.q_agg,
         )
     else:
-        raise ConfigError(f"{who}: needs a flow policy (policy.kind: flow) or a best-of-N policy "
-                          f"from a QC/DQC stage, got {type(policy).__name__}")
+        raise ConfigError(
+            f"{who}: needs a flow policy (policy.kind: flow) or a best-of-N policy "
+            f"from a QC/DQC stage, got {type(policy).__name__}"
+        )
     p.set_selection(cfg.num_samples, cfg.q_agg)
     return p
 

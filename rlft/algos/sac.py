@@ -42,13 +42,7 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import (
-    metrics_to_floats,
-    prefixed,
-    sac_actor_loss,
-    sac_critic_target,
-    td_loss,
-)
+from rlft.algos.losses import metrics_to_floats, prefixed, sac_actor_loss, sac_critic_target, td_loss
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -138,9 +132,13 @@ class SAC(Algorithm):
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         auto = cfg.target_entropy is None  # the rule in the module docstring
         self.temperature = Temperature(
-            cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+            cfg.init_temperature,
+            cfg.temperature_lr,
+            cfg.learn_temperature,
             cfg.target_entropy_per_dim * act_horizon * action_dim if auto else cfg.target_entropy,
-            cap_at_first_policy=auto and cfg.target_entropy_from_policy, device=self.device)
+            cap_at_first_policy=auto and cfg.target_entropy_from_policy,
+            device=self.device,
+        )
         self.generator = torch.Generator()  # on the CPU: the subset indices are host-side (no device sync)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         self.actor_update_every = cfg.actor_update_every or max(1, cfg.utd_ratio)
@@ -176,8 +174,12 @@ class SAC(Algorithm):
             q_pi = self.critic(batch.obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
             if cfg.bc_coef > 0:  # BC anchor on the offline rows only (never imitate the policy's own exploration)
-                bc, _ = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask,
-                                            weights=batch.is_offline / batch.is_offline.mean().clamp_min(1e-6))
+                bc, _ = self.policy.bc_loss(
+                    batch.obs,
+                    batch.action,
+                    batch.valid_mask,
+                    weights=batch.is_offline / batch.is_offline.mean().clamp_min(1e-6),
+                )
                 actor_loss = actor_loss + cfg.bc_coef * bc
                 metrics["actor/bc_loss"] = bc.detach()
                 actor_info["actor_loss"] = actor_loss.detach()

@@ -137,8 +137,9 @@ class SACOfflineConfig(CriticConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.actor_loss_type not in ACTOR_LOSS_TYPES:
-            raise ConfigError(f"sac_offline.actor_loss_type must be one of {ACTOR_LOSS_TYPES}, got "
-                              f"{self.actor_loss_type!r}")
+            raise ConfigError(
+                f"sac_offline.actor_loss_type must be one of {ACTOR_LOSS_TYPES}, got {self.actor_loss_type!r}"
+            )
         if self.critic_backup not in ("policy", "value"):
             raise ConfigError(f"sac_offline.critic_backup must be 'policy' or 'value', got {self.critic_backup!r}")
         if self.critic_backup == "value" and self.actor_loss_type != "iql":
@@ -165,8 +166,9 @@ class SACOffline(Algorithm):
     name: ClassVar[str] = "sac_offline"
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
 
-    def __init__(self, cfg: SACOfflineConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None,
-                 device="cpu"):
+    def __init__(
+        self, cfg: SACOfflineConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"
+    ):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
         self.cfg: SACOfflineConfig = cfg
         self.stochastic = bool(getattr(self.policy, "has_log_prob", False))  # entropy terms exist (Gaussian)
@@ -180,9 +182,12 @@ class SACOffline(Algorithm):
             self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
         if self.stochastic:
             self.temperature = Temperature(
-                cfg.init_temperature, cfg.temperature_lr, cfg.learn_temperature,
+                cfg.init_temperature,
+                cfg.temperature_lr,
+                cfg.learn_temperature,
                 cfg.target_entropy if cfg.target_entropy is not None else -float(act_horizon * action_dim),
-                device=self.device)
+                device=self.device,
+            )
 
     # ---- pieces ----
     def _alpha(self) -> torch.Tensor | float:
@@ -195,8 +200,13 @@ class SACOffline(Algorithm):
             a_next, logp_next = self.policy.rsample_log_prob(batch.next_obs)
         else:
             a_next, logp_next = self.policy.sample(batch.next_obs), torch.zeros_like(batch.reward)
-        return sac_critic_target(self.target_critic(batch.next_obs, a_next), logp_next, batch.reward, batch.bootstrap,
-                                 alpha if self.cfg.backup_entropy else 0.0)
+        return sac_critic_target(
+            self.target_critic(batch.next_obs, a_next),
+            logp_next,
+            batch.reward,
+            batch.bootstrap,
+            alpha if self.cfg.backup_entropy else 0.0,
+        )
 
     def _weighted_likelihood(self, batch: ChunkBatch, weights: torch.Tensor) -> tuple[torch.Tensor, Info]:
         """``mean_b w_b * nll_b`` of the data chunks: chunk NLL (Gaussian) or flow matching (flow)."""
@@ -249,8 +259,9 @@ class SACOffline(Algorithm):
                 info = {"actor_q": q_pi.detach().mean(), "bc_loss": bc_info["bc_loss"]}
         elif kind == "td3bc":
             q_pi = self.critic(batch.obs, a_pi).mean(dim=0)
-            actor_loss, info = td3bc_actor_loss(q_pi, a_pi, batch.action, batch.valid_mask, cfg.td3bc_alpha,
-                                                cfg.td3bc_lam_form)
+            actor_loss, info = td3bc_actor_loss(
+                q_pi, a_pi, batch.action, batch.valid_mask, cfg.td3bc_alpha, cfg.td3bc_lam_form
+            )
         elif kind == "awr":
             with torch.no_grad():
                 q_data = self.critic(batch.obs, batch.action).min(dim=0).values

@@ -23,8 +23,15 @@ from rlft.algos.losses import Info, temperature_loss
 class Temperature:
     """``log_alpha`` with its Adam optimiser and target entropy; ``step(log_prob)`` is one temperature update."""
 
-    def __init__(self, init: float, lr: float, learn: bool, target_entropy: float,
-                 cap_at_first_policy: bool = False, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        init: float,
+        lr: float,
+        learn: bool,
+        target_entropy: float,
+        cap_at_first_policy: bool = False,
+        device: str | torch.device = "cpu",
+    ):
         self.log_alpha = torch.tensor(math.log(init), device=device, requires_grad=True)
         self.optim = torch.optim.Adam([self.log_alpha], lr=lr, fused=True)
         self.learn = learn
@@ -49,8 +56,12 @@ class Temperature:
         return info
 
     def state_dict(self) -> dict[str, Any]:
-        return {"log_alpha": self.log_alpha.detach().clone(), "optim": self.optim.state_dict(),
-                "target_entropy": self.target_entropy, "cap_pending": self.cap_pending}
+        return {
+            "log_alpha": self.log_alpha.detach().clone(),
+            "optim": self.optim.state_dict(),
+            "target_entropy": self.target_entropy,
+            "cap_pending": self.cap_pending,
+        }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         with torch.no_grad():

@@ -86,6 +86,8 @@ def first_kept(kept: dict[int, tuple[int, Episode]], n: int, n_attempts: int, co
     """The first ``n`` kept attempts in index order: ``(indices, episodes)``; warns when fewer than ``n`` exist."""
     order = sorted(kept)[:n]
     if len(order) < n:
-        console.print(f"[yellow]warning:[/] only {len(order)} successful {what} in {n_attempts} attempts "
-                      f"(asked for {n}); writing those")
+        console.print(
+            f"[yellow]warning:[/] only {len(order)} successful {what} in {n_attempts} attempts "
+            f"(asked for {n}); writing those"
+        )
     return order, [kept[i][1] for i in order]

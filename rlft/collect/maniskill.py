@@ -34,8 +34,9 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
     env_id, attempts, limit, keep_failures = job
     seeds = [s for _, s in attempts]
     with tempfile.TemporaryDirectory(prefix="rlft-mp-") as tmp:
-        path, stats = plan_and_convert(env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit,
-                                       keep_failures=keep_failures)
+        path, stats = plan_and_convert(
+            env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit, keep_failures=keep_failures
+        )
         converted = converted_episodes(path) if path is not None else {}
     out = []
     for (index, seed), st in zip(attempts, stats):
@@ -63,8 +64,9 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         raise ConfigError("collect.action_noise: motion-planned ManiSkill demos are collected without action noise")
     out = checked_out(cfg, "demos")
     prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
-    probe = make_env(cfg.env_id, **({} if cfg.max_episode_steps is None else
-                                    {"max_episode_steps": cfg.max_episode_steps}))
+    probe = make_env(
+        cfg.env_id, **({} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps})
+    )
     try:
         from rlft.envs.maniskill_demos import motion_planner
 
@@ -78,8 +80,15 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
     n_workers = max(1, min(cfg.num_workers or os.cpu_count() or 1, max_attempts))
     batch = max(1, min(10, -(-cfg.num_episodes // n_workers)))
-    jobs = ((cfg.env_id, [(i, episode_seed(cfg.seed, i)[0]) for i in range(b, min(b + batch, max_attempts))], limit,
-             keep_failures) for b in range(0, max_attempts, batch))
+    jobs = (
+        (
+            cfg.env_id,
+            [(i, episode_seed(cfg.seed, i)[0]) for i in range(b, min(b + batch, max_attempts))],
+            limit,
+            keep_failures,
+        )
+        for b in range(0, max_attempts, batch)
+    )
 
     console = Console(stderr=True, quiet=not cfg.progress)
     kept: dict[int, tuple[int, Episode]] = {}
@@ -88,8 +97,9 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     ep_seconds = 0.0
     t0 = time.time()
     with contextlib.ExitStack() as stack:
-        status = stack.enter_context(console.status(f"collect demos {cfg.env_id} (motion planning, {n_workers} "
-                                                    "worker(s))"))
+        status = stack.enter_context(
+            console.status(f"collect demos {cfg.env_id} (motion planning, {n_workers} worker(s))")
+        )
         if n_workers == 1:
             stream = map(_ms_batch, jobs)
         else:  # leaving the stack terminates the pool (also when enough demos arrived early)
@@ -103,8 +113,10 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
                 if ep is not None and (keep_failures or st["status"] == "ok"):
                     kept[index] = (seed, ep)
             n_ok = sum(v == "ok" for v in statuses.values())
-            status.update(f"collect demos {cfg.env_id}: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} "
-                          f"kept, success {n_ok}/{len(statuses)} attempts")
+            status.update(
+                f"collect demos {cfg.env_id}: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} "
+                f"kept, success {n_ok}/{len(statuses)} attempts"
+            )
             if len(kept) >= cfg.num_episodes:
                 break
     elapsed = time.time() - t0
@@ -112,18 +124,30 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
     order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
     attempted = sorted(statuses)[: max(order) + 1] if order else []
-    info = {**info, "env_kwargs": {"obs_mode": "state", "control_mode": DEFAULT_CONTROL_MODE,
-                                   "reward_mode": DEFAULT_REWARD_MODE, "sim_backend": "physx_cpu",
-                                   "max_episode_steps": limit}}
+    info = {
+        **info,
+        "env_kwargs": {
+            "obs_mode": "state",
+            "control_mode": DEFAULT_CONTROL_MODE,
+            "reward_mode": DEFAULT_REWARD_MODE,
+            "sim_backend": "physx_cpu",
+            "max_episode_steps": limit,
+        },
+    }
     n_success = sum(statuses[i] == "ok" for i in attempted)
     source = {
-        "collector": "rlft.collect (ManiSkill motion planning)", "mode": "demos", "oracle": "maniskill_motionplanning",
-        "action_noise": 0.0, "seed": cfg.seed, "num_attempts": len(attempted), "only_success": not keep_failures,
+        "collector": "rlft.collect (ManiSkill motion planning)",
+        "mode": "demos",
+        "oracle": "maniskill_motionplanning",
+        "action_noise": 0.0,
+        "seed": cfg.seed,
+        "num_attempts": len(attempted),
+        "only_success": not keep_failures,
         "max_episode_steps": limit,
         "planner_success_rate": sum(plan_ok[i] for i in attempted) / max(1, len(attempted)),
         "success_rate": n_success / max(1, len(attempted)),
         "conversion": "mani_skill.trajectory.replay_trajectory -o state -c pd_ee_delta_pose --record-rewards "
-                      "--use-first-env-state; episodes cut at the first terminated (= success) step",
+        "--use-first-env-state; episodes cut at the first terminated (= success) step",
         "reward": f"ManiSkill {DEFAULT_REWARD_MODE} {REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0):+g}",
     }
     episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]

@@ -18,8 +18,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rlft.collect.common import (DEMO_DEFAULT_NOISE, PLAY_DEFAULT_NOISE, PLAY_DEFAULT_STEPS, CollectConfig,
-                                 checked_out, episode_seed, first_kept)
+from rlft.collect.common import (
+    DEMO_DEFAULT_NOISE,
+    PLAY_DEFAULT_NOISE,
+    PLAY_DEFAULT_STEPS,
+    CollectConfig,
+    checked_out,
+    episode_seed,
+    first_kept,
+)
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, RlftError
 from rlft.utils import exit_with_parent
@@ -61,8 +68,16 @@ def _resolve(cfg: CollectConfig) -> _Resolved:
     steps = cfg.max_episode_steps
     if steps is None and cfg.mode == "play":
         steps = PLAY_DEFAULT_STEPS
-    return _Resolved(cfg.env_id, cfg.mode, oracle, float(noise), float(cfg.noise_smoothing),
-                     tuple(cfg.p_stack_range) if cfg.p_stack_range is not None else None, steps, int(cfg.seed))
+    return _Resolved(
+        cfg.env_id,
+        cfg.mode,
+        oracle,
+        float(noise),
+        float(cfg.noise_smoothing),
+        tuple(cfg.p_stack_range) if cfg.p_stack_range is not None else None,
+        steps,
+        int(cfg.seed),
+    )
 
 
 def _env_kwargs(r: _Resolved) -> dict[str, Any]:
@@ -84,8 +99,7 @@ def _worker_init(r: _Resolved) -> None:
     from rlft.envs.oracles import make_oracle
 
     env = make_env(r.env_id, **_env_kwargs(r))
-    _W.update(r=r, env=env, oracle=make_oracle(env, r.oracle, noise=r.action_noise,
-                                               noise_smoothing=r.noise_smoothing))
+    _W.update(r=r, env=env, oracle=make_oracle(env, r.oracle, noise=r.action_noise, noise_smoothing=r.noise_smoothing))
 
 
 def _pool_worker_init(r: _Resolved) -> None:
@@ -105,8 +119,15 @@ def _worker_run(index: int) -> tuple[int, int, Episode, float]:
     if r.mode == "demos":
         ep = collect_demo_episode(_W["env"], _W["oracle"], rng, action_noise=r.action_noise, seed=env_seed)
     else:
-        ep = collect_play_episode(_W["env"], _W["oracle"], rng, oracle_kind=r.oracle, action_noise=r.action_noise,
-                                  p_stack_range=r.p_stack_range, seed=env_seed)
+        ep = collect_play_episode(
+            _W["env"],
+            _W["oracle"],
+            rng,
+            oracle_kind=r.oracle,
+            action_noise=r.action_noise,
+            p_stack_range=r.p_stack_range,
+            seed=env_seed,
+        )
     return index, env_seed, ep, time.perf_counter() - t0
 
 
@@ -136,8 +157,14 @@ def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
 def run_collect_oracle(cfg: CollectConfig) -> Path:
     """Collect ``cfg.num_episodes`` oracle episodes and write them to ``cfg.out`` (h5 + json sidecar); return the path."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from rlft.data.h5io import write_episodes
     from rlft.envs import env_info, make_env
@@ -165,8 +192,14 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
     steps = 0
     ep_seconds = 0.0
     t0 = time.time()
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, disable=not cfg.progress) as progress:
         task = progress.add_task(f"collect {r.mode} {r.env_id}", total=cfg.num_episodes, stats="")
         with contextlib.closing(_results(r, n_workers, iter(range(max_attempts)))) as stream:
@@ -184,17 +217,24 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
                     break
     elapsed = time.time() - t0
     if not kept:
-        raise RlftError(f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
-                        f"(action_noise={r.action_noise}); lower the noise or set only_success=false")
+        raise RlftError(
+            f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
+            f"(action_noise={r.action_noise}); lower the noise or set only_success=false"
+        )
     order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "episodes")
 
     env_kwargs = {"control_mode": "ee_delta_pose", **_env_kwargs(r)}
     info = {**info, "env_kwargs": env_kwargs}
     source = {
-        "collector": "rlft.collect", "mode": r.mode, "oracle": r.oracle, "action_noise": r.action_noise,
+        "collector": "rlft.collect",
+        "mode": r.mode,
+        "oracle": r.oracle,
+        "action_noise": r.action_noise,
         "noise_smoothing": r.noise_smoothing if r.oracle == "plan" else None,
         "p_stack_range": list(r.p_stack_range) if r.p_stack_range is not None else "ogbench_default",
-        "seed": r.seed, "num_attempts": len(attempts), "only_success": not keep_failures,
+        "seed": r.seed,
+        "num_attempts": len(attempts),
+        "only_success": not keep_failures,
         "max_episode_steps": r.max_episode_steps,
         "reward": "singletask reward of the state before each action ('pre')",
     }

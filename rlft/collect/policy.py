@@ -29,23 +29,30 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     if not cfg.policy:
         raise ConfigError("collect.policy: mode 'policy' needs the saved policy file to roll out (--policy PATH)")
     if cfg.action_noise:
-        raise ConfigError("collect.action_noise: mode 'policy' adds no action noise (use deterministic false to "
-                          "sample from the policy)")
+        raise ConfigError(
+            "collect.action_noise: mode 'policy' adds no action noise (use deterministic false to "
+            "sample from the policy)"
+        )
     out = checked_out(cfg, "policy")
     policy = load_policy(cfg.policy)
     extra = policy_extra(cfg.policy)
     if extra.get("env_id") not in (None, cfg.env_id):
         raise ConfigError(f"collect.env_id: {cfg.env_id!r}, but {cfg.policy} was trained on {extra['env_id']!r}")
     obs_horizon = int(extra.get("obs_horizon", 1))
-    probe = make_env(cfg.env_id, obs_horizon=obs_horizon,
-                     **({} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}))
+    probe = make_env(
+        cfg.env_id,
+        obs_horizon=obs_horizon,
+        **({} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}),
+    )
     try:
         info = env_info(probe)
     finally:
         probe.close()
     if info["obs_dim"] != policy.obs_dim or info["action_dim"] != policy.action_dim:
-        raise CheckpointError(f"{cfg.policy}: policy has obs_dim {policy.obs_dim}, action_dim {policy.action_dim}; "
-                              f"{cfg.env_id} (obs_horizon {obs_horizon}) has {info['obs_dim']}, {info['action_dim']}")
+        raise CheckpointError(
+            f"{cfg.policy}: policy has obs_dim {policy.obs_dim}, action_dim {policy.action_dim}; "
+            f"{cfg.env_id} (obs_horizon {obs_horizon}) has {info['obs_dim']}, {info['action_dim']}"
+        )
 
     keep_failures = not cfg.only_success
     max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
@@ -62,32 +69,53 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
             start = len(attempts)  # a round asks for what is missing, at least 4 per worker
             indices = range(start, min(max_attempts, start + max(cfg.num_episodes - len(kept), 4 * n_workers)))
             seed_of = {episode_seed(cfg.seed, i)[0]: i for i in indices}
-            for res, ep in rollout_episodes(policy, cfg.env_id, list(seed_of),
-                                            extra.get("gamma", 0.99), obs_horizon, cfg.max_episode_steps,
-                                            cfg.deterministic, n_workers):
+            for res, ep in rollout_episodes(
+                policy,
+                cfg.env_id,
+                list(seed_of),
+                extra.get("gamma", 0.99),
+                obs_horizon,
+                cfg.max_episode_steps,
+                cfg.deterministic,
+                n_workers,
+            ):
                 i = seed_of[res.seed]
                 attempts[i] = res.success_once
                 if keep_failures or res.success_once:
                     kept[i] = (res.seed, ep)
-            status.update(f"collect rollouts: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} kept, success "
-                          f"{sum(attempts.values())}/{len(attempts)} attempts")
+            status.update(
+                f"collect rollouts: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} kept, success "
+                f"{sum(attempts.values())}/{len(attempts)} attempts"
+            )
     elapsed = time.time() - t0
     if not kept:
-        raise RlftError(f"collect: no successful rollout of {cfg.policy} in {len(attempts)} attempts on "
-                        f"{cfg.env_id}; set only_success=false to keep failures")
+        raise RlftError(
+            f"collect: no successful rollout of {cfg.policy} in {len(attempts)} attempts on "
+            f"{cfg.env_id}; set only_success=false to keep failures"
+        )
     order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "rollouts")
     info.pop("obs_horizon", None)  # stored observations are unstacked
     info["obs_dim"] = int(episodes[0].obs.shape[1])
     attempted = sorted(attempts)[: max(order) + 1]
-    source = {"collector": "rlft.collect (policy rollouts)", "mode": "policy", "policy": str(cfg.policy),
-              "policy_class": type(policy).__name__, "deterministic": cfg.deterministic, "seed": cfg.seed,
-              "num_attempts": len(attempted), "only_success": not keep_failures,
-              "success_rate": sum(attempts[i] for i in attempted) / len(attempted),
-              "max_episode_steps": cfg.max_episode_steps, "reward": "the task env's reward"}
+    source = {
+        "collector": "rlft.collect (policy rollouts)",
+        "mode": "policy",
+        "policy": str(cfg.policy),
+        "policy_class": type(policy).__name__,
+        "deterministic": cfg.deterministic,
+        "seed": cfg.seed,
+        "num_attempts": len(attempted),
+        "only_success": not keep_failures,
+        "success_rate": sum(attempts[i] for i in attempted) / len(attempted),
+        "max_episode_steps": cfg.max_episode_steps,
+        "reward": "the task env's reward",
+    }
     episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
     write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
     n_tr = sum(len(e) for e in episodes)
-    console.print(f"[bold green]wrote[/] {out}: {len(episodes)} rollouts, {n_tr} transitions, mean length "
-                  f"{n_tr / len(episodes):.1f}; attempt success {source['success_rate']:.2f} "
-                  f"({len(attempted)} attempts), {elapsed:.1f}s wall with {n_workers} worker(s)")
+    console.print(
+        f"[bold green]wrote[/] {out}: {len(episodes)} rollouts, {n_tr} transitions, mean length "
+        f"{n_tr / len(episodes):.1f}; attempt success {source['success_rate']:.2f} "
+        f"({len(attempted)} attempts), {elapsed:.1f}s wall with {n_workers} worker(s)"
+    )
     return out

@@ -65,8 +65,12 @@ class ChunkBatch:
         return self.action if self.exec_action is None else self.exec_action
 
     def to(self, device: torch.device | str) -> "ChunkBatch":
-        return ChunkBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                             for f in dataclasses.fields(self)})
+        return ChunkBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @staticmethod
     def cat(batches: list["ChunkBatch"]) -> "ChunkBatch":

@@ -41,9 +41,7 @@ from rlft.data.normalize import Normalizer
 from rlft.errors import ConfigError, DatasetError
 
 
-def discounted_return_to_go(
-    rewards: np.ndarray, terminated: np.ndarray, last: np.ndarray, gamma: float
-) -> np.ndarray:
+def discounted_return_to_go(rewards: np.ndarray, terminated: np.ndarray, last: np.ndarray, gamma: float) -> np.ndarray:
     """Monte-Carlo return-to-go of every transition of concatenated episodes: ``G_j = r_j + gamma * G_{j+1}``.
 
     ``rewards``, ``terminated``, ``last`` [N] (``last`` marks each episode's final transition). The recursion stops

@@ -112,8 +112,13 @@ def write_episodes(
             if "episode_seed" in e:
                 e.setdefault("reset_kwargs", {"seed": e["episode_seed"]})
         entries.append(e)
-    meta = {"env_info": env_meta, "episodes": entries, "source": source, "write_id": write_id,
-            "format_version": FORMAT_VERSION}
+    meta = {
+        "env_info": env_meta,
+        "episodes": entries,
+        "source": source,
+        "write_id": write_id,
+        "format_version": FORMAT_VERSION,
+    }
 
     with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_json:
         with h5py.File(tmp_h5, "w") as f:
@@ -167,9 +172,11 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
         if key not in keys:
             hint = ""
             if "env_states" in keys:  # a ManiSkill recording without observations/rewards (motion-planning output)
-                hint = ("; a raw ManiSkill recording: convert it with `python -m "
-                        "mani_skill.trajectory.replay_trajectory --traj-path FILE -o state -c pd_ee_delta_pose "
-                        "--record-rewards --save-traj`")
+                hint = (
+                    "; a raw ManiSkill recording: convert it with `python -m "
+                    "mani_skill.trajectory.replay_trajectory --traj-path FILE -o state -c pd_ee_delta_pose "
+                    "--record-rewards --save-traj`"
+                )
             raise DatasetError(f"{where}: missing key '{key}' (found: {sorted(keys)}){hint}")
 
     for k in ("obs", "actions", "rewards"):
@@ -195,8 +202,7 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
         success = _read_array(g["info"], "success", f"{where}/info", "bool")
     else:
         raise DatasetError(f"{where}: missing key 'success' (nor 'info/success'); found: {sorted(keys)}")
-    ep = Episode(obs=obs, actions=actions, rewards=rewards, terminated=terminated, truncated=truncated,
-                 success=success)
+    ep = Episode(obs=obs, actions=actions, rewards=rewards, terminated=terminated, truncated=truncated, success=success)
     if T == 0:
         raise DatasetError(f"{where}/actions: episode has no transitions")
     return ep.validate(where)
@@ -209,8 +215,10 @@ def _check_same_dims(episodes: Sequence[Episode], where: Sequence[str]) -> None:
         dims = [getattr(ep, key).shape[1] for ep in episodes]
         for i, d in enumerate(dims):
             if d != dims[0]:
-                raise DatasetError(f"{where[i]}/{key}: episode {i} has {d}-dim {what}s, but episode 0 ({where[0]}) has "
-                                   f"{dims[0]}; every episode of a dataset must have the same {what} dim")
+                raise DatasetError(
+                    f"{where[i]}/{key}: episode {i} has {d}-dim {what}s, but episode 0 ({where[0]}) has "
+                    f"{dims[0]}; every episode of a dataset must have the same {what} dim"
+                )
 
 
 def _meta_from_h5(f: h5py.File) -> dict[str, Any]:
@@ -278,8 +286,12 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
         meta = dict(h5_meta)
         meta["meta_file"] = str(path)
         meta["episodes"] = [
-            {"episode_id": i, "elapsed_steps": len(ep), "success": bool(ep.success.any()),
-             **({"episode_seed": int(s)} if s is not None else {})}
+            {
+                "episode_id": i,
+                "elapsed_steps": len(ep),
+                "success": bool(ep.success.any()),
+                **({"episode_seed": int(s)} if s is not None else {}),
+            }
             for i, (ep, s) in enumerate(zip(episodes, seeds))
         ]
     meta["path"] = str(path)

@@ -63,9 +63,7 @@ def _check(path: Path, arrays: dict[str, np.ndarray], key: str, ndim: int, n: in
 
 
 def read_ogbench_npz(
-    path: str | os.PathLike,
-    reward_fn: RewardFn | None = None,
-    terminal_on_success: bool = False,
+    path: str | os.PathLike, reward_fn: RewardFn | None = None, terminal_on_success: bool = False
 ) -> tuple[list[Episode], dict[str, Any]]:
     """Read an OGBench npz (either layout) into Episodes; return (episodes, meta).
 
@@ -89,8 +87,10 @@ def read_ogbench_npz(
     if layout == "transitions":
         _check(path, arrays, "next_observations", 2, N)
         if arrays["next_observations"].shape != arrays["observations"].shape:
-            raise DatasetError(f"{path}:next_observations: shape {arrays['next_observations'].shape} differs from "
-                               f"observations {arrays['observations'].shape}")
+            raise DatasetError(
+                f"{path}:next_observations: shape {arrays['next_observations'].shape} differs from "
+                f"observations {arrays['observations'].shape}"
+            )
     for key in ("rewards", "masks", "success"):
         if key in arrays:
             _check(path, arrays, key, 1, N)
@@ -99,8 +99,10 @@ def read_ogbench_npz(
     actions = arrays["actions"].astype(np.float32, copy=False)
     ends = np.flatnonzero(arrays["terminals"] > 0.5)
     if len(ends) == 0 or ends[-1] != N - 1:
-        raise DatasetError(f"{path}:terminals: the last row ({N - 1}) does not end an episode "
-                           f"({len(ends)} episode ends found); the file is truncated or not in OGBench's layout")
+        raise DatasetError(
+            f"{path}:terminals: the last row ({N - 1}) does not end an episode "
+            f"({len(ends)} episode ends found); the file is truncated or not in OGBench's layout"
+        )
 
     if "rewards" in arrays:
         rewards = arrays["rewards"].astype(np.float32)
@@ -146,8 +148,14 @@ def read_ogbench_npz(
         trunc = np.zeros(T, bool)
         term = terminated[sl].copy()
         trunc[-1] = not term[-1]
-        ep = Episode(obs=ep_obs, actions=actions[sl], rewards=rewards[sl], terminated=term, truncated=trunc,
-                     success=success[sl].copy())
+        ep = Episode(
+            obs=ep_obs,
+            actions=actions[sl],
+            rewards=rewards[sl],
+            terminated=term,
+            truncated=trunc,
+            success=success[sl].copy(),
+        )
         episodes.append(ep.validate(f"{path}:episode {len(episodes)} (rows {start}..{e})"))
         start = e + 1
     meta = {
@@ -157,8 +165,9 @@ def read_ogbench_npz(
         "reward_source": reward_source,
         "skipped_empty_episodes": skipped,
         "env_info": {"env_id": getattr(reward_fn, "env_id", None)},
-        "extra_keys": sorted(set(arrays) - {"observations", "actions", "terminals", "next_observations", "rewards",
-                                            "masks", "success"}),
+        "extra_keys": sorted(
+            set(arrays) - {"observations", "actions", "terminals", "next_observations", "rewards", "masks", "success"}
+        ),
     }
     return episodes, meta
 

@@ -100,7 +100,7 @@ class ReplayBuffer:
         if exec_chunk is not None:
             vals["exec_chunk"] = self._as("exec_chunk", exec_chunk, (N, *self.exec_chunk.shape[1:]))
         if self.device.type == "cpu":  # a cheap check here; on accelerators it would force a sync per add
-            for name in ("obs", "chunk", "reward", "next_obs", "discount", *self._fields[len(_FIELDS):]):
+            for name in ("obs", "chunk", "reward", "next_obs", "discount", *self._fields[len(_FIELDS) :]):
                 if not torch.isfinite(vals[name]).all():
                     raise TrainingError(f"replay buffer add: {name} contains NaN/inf")
             if ((vals["k"] < 1) | (vals["k"] > H)).any():
@@ -130,7 +130,8 @@ class ReplayBuffer:
             discount=self.discount.index_select(0, idx),
             valid_mask=(self._arange_h[None, :] < k[:, None]).float(),
             is_offline=torch.zeros(idx.shape[0], device=idx.device),
-            exec_action=None if self.exec_chunk is None
+            exec_action=None
+            if self.exec_chunk is None
             else self.exec_normalizer.normalize_action(self.exec_chunk.index_select(0, idx)),
         )
 
@@ -179,5 +180,8 @@ class ReplayBuffer:
         self.ptr = self.size = 0
         if "start" in state and int(np.asarray(state["start"])[1]) == self.capacity and n <= self.capacity:
             self.ptr = int(np.asarray(state["start"])[0])
-        self.add(*(state[name] for name in _FIELDS), exec_chunk=state.get("exec_chunk") if self.exec_chunk is not None else None)
+        self.add(
+            *(state[name] for name in _FIELDS),
+            exec_chunk=state.get("exec_chunk") if self.exec_chunk is not None else None,
+        )
         self.num_added = int(np.asarray(state["num_added"]).reshape(-1)[0])

@@ -43,8 +43,10 @@ def load_dataset_for_env(
             known = ""
         except RlftError:
             known = ", not a known environment id"
-        raise DatasetError(f"{where}: env_info.env_id is {recorded!r}{known}, but this run's env is {env_id!r} "
-                           f"(env.env_id); train on data recorded on {env_id}, or set env.env_id to the data's env")
+        raise DatasetError(
+            f"{where}: env_info.env_id is {recorded!r}{known}, but this run's env is {env_id!r} "
+            f"(env.env_id); train on data recorded on {env_id}, or set env.env_id to the data's env"
+        )
 
     low = np.asarray(env["action_low"], np.float64).reshape(-1)
     high = np.asarray(env["action_high"], np.float64).reshape(-1)
@@ -59,9 +61,11 @@ def load_dataset_for_env(
     if not clip_actions:
         dims = "; ".join(f"dim {d}: [{lo_d[d]:.4g}, {hi_d[d]:.4g}] vs [{low[d]:.4g}, {high[d]:.4g}]" for d in bad[:4])
         more = f"; {len(bad) - 4} more dim(s)" if len(bad) > 4 else ""
-        raise DatasetError(f"{path}: field 'actions' lies outside the action box of {env_id} (measured range vs "
-                           f"box: {dims}{more}); the data are in other units or of another env: rescale them, or "
-                           f"set clip_dataset_actions: true to clip them into the box")
+        raise DatasetError(
+            f"{path}: field 'actions' lies outside the action box of {env_id} (measured range vs "
+            f"box: {dims}{more}); the data are in other units or of another env: rescale them, or "
+            f"set clip_dataset_actions: true to clip them into the box"
+        )
     clipped = [dataclasses.replace(ep, actions=np.clip(ep.actions, low, high).astype(np.float32)) for ep in episodes]
     changed = sum(int(np.count_nonzero(c.actions != ep.actions)) for c, ep in zip(clipped, episodes))
     meta["clipped_actions"] = changed / acts.size

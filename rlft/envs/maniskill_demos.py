@@ -38,22 +38,35 @@ def motion_planner(env_id: str):
     from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
 
     if env_id not in MP_SOLUTIONS:
-        raise EnvError(f"{env_id}: ManiSkill has no motion-planning solution for it (tasks with one: "
-                       f"{', '.join(sorted(MP_SOLUTIONS))})")
+        raise EnvError(
+            f"{env_id}: ManiSkill has no motion-planning solution for it (tasks with one: "
+            f"{', '.join(sorted(MP_SOLUTIONS))})"
+        )
     return MP_SOLUTIONS[env_id]
 
 
-def plan_and_convert(env_id: str, seeds: Sequence[int], workdir: str | Path, tag: str = "0",
-                     max_episode_steps: int | None = None, control_mode: str | None = None,
-                     reward_mode: str | None = None, keep_failures: bool = False,
-                     quiet: bool = True) -> tuple[Path | None, list[dict[str, Any]]]:
+def plan_and_convert(
+    env_id: str,
+    seeds: Sequence[int],
+    workdir: str | Path,
+    tag: str = "0",
+    max_episode_steps: int | None = None,
+    control_mode: str | None = None,
+    reward_mode: str | None = None,
+    keep_failures: bool = False,
+    quiet: bool = True,
+) -> tuple[Path | None, list[dict[str, Any]]]:
     """Motion-plan one episode per seed, then convert with ManiSkill's replay; return (converted .h5 or None, stats).
 
     ``stats[i]`` for ``seeds[i]``: ``seed``, ``plan_success`` (the planner's final step succeeded), ``plan_steps``,
     ``plan_seconds``, ``convert_seconds`` (the batch's conversion time split evenly).
     """
-    from rlft.envs.maniskill_env import (DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, _import_maniskill,
-                                         default_max_episode_steps)
+    from rlft.envs.maniskill_env import (
+        DEFAULT_CONTROL_MODE,
+        DEFAULT_REWARD_MODE,
+        _import_maniskill,
+        default_max_episode_steps,
+    )
 
     registry = _import_maniskill()
     import gymnasium
@@ -70,12 +83,25 @@ def plan_and_convert(env_id: str, seeds: Sequence[int], workdir: str | Path, tag
 
     stats: list[dict[str, Any]] = []
     with _redirect(sink) if quiet else contextlib.nullcontext():
-        env = gymnasium.make(env_id, obs_mode="none", control_mode="pd_joint_pos", render_backend="none",
-                             sim_backend="physx_cpu", reward_mode=reward_mode,
-                             max_episode_steps=PLAN_LIMIT_FACTOR * limit)
-        rec = RecordEpisode(env, output_dir=str(workdir), trajectory_name=f"mp_{tag}", save_video=False,
-                            save_on_reset=False, record_reward=False, source_type="motionplanning",
-                            source_desc="ManiSkill's motion-planning solution (mplib), run by rlft collect")
+        env = gymnasium.make(
+            env_id,
+            obs_mode="none",
+            control_mode="pd_joint_pos",
+            render_backend="none",
+            sim_backend="physx_cpu",
+            reward_mode=reward_mode,
+            max_episode_steps=PLAN_LIMIT_FACTOR * limit,
+        )
+        rec = RecordEpisode(
+            env,
+            output_dir=str(workdir),
+            trajectory_name=f"mp_{tag}",
+            save_video=False,
+            save_on_reset=False,
+            record_reward=False,
+            source_type="motionplanning",
+            source_desc="ManiSkill's motion-planning solution (mplib), run by rlft collect",
+        )
         raw_path = Path(rec._h5_file.filename)
         n_saved = 0
         try:
@@ -91,18 +117,34 @@ def plan_and_convert(env_id: str, seeds: Sequence[int], workdir: str | Path, tag
                 save = ok or (keep_failures and steps > 0)
                 rec.flush_trajectory(save=save)
                 n_saved += int(save)
-                stats.append({"seed": int(seed), "plan_success": ok, "plan_steps": steps,
-                              "plan_seconds": time.perf_counter() - t0, "convert_seconds": 0.0})
+                stats.append(
+                    {
+                        "seed": int(seed),
+                        "plan_success": ok,
+                        "plan_steps": steps,
+                        "plan_seconds": time.perf_counter() - t0,
+                        "convert_seconds": 0.0,
+                    }
+                )
         finally:
             rec.close()  # writes the json sidecar and closes the env
 
         if n_saved == 0:
             return None, stats
         t0 = time.perf_counter()
-        args = replay_trajectory.Args(traj_path=str(raw_path), obs_mode="state", target_control_mode=control_mode,
-                                      save_traj=True, record_rewards=True, reward_mode=reward_mode,
-                                      use_first_env_state=True, allow_failure=keep_failures, num_envs=1,
-                                      sim_backend="physx_cpu", render_mode="rgb_array")
+        args = replay_trajectory.Args(
+            traj_path=str(raw_path),
+            obs_mode="state",
+            target_control_mode=control_mode,
+            save_traj=True,
+            record_rewards=True,
+            reward_mode=reward_mode,
+            use_first_env_state=True,
+            allow_failure=keep_failures,
+            num_envs=1,
+            sim_backend="physx_cpu",
+            render_mode="rgb_array",
+        )
         replay_trajectory.main(args)
         dt = time.perf_counter() - t0
     for s in stats:
@@ -159,7 +201,12 @@ def to_rlft_episode(ep: Episode, max_episode_steps: int, reward_offset: float = 
         why = "timeout"
         trunc = np.zeros(T, bool)
         trunc[-1] = True
-    out = Episode(obs=ep.obs[: T + 1].astype(np.float32), actions=ep.actions[:T].astype(np.float32),
-                  rewards=(ep.rewards[:T] + reward_offset).astype(np.float32), terminated=ep.terminated[:T].astype(bool),
-                  truncated=trunc, success=ep.success[:T].astype(bool))
+    out = Episode(
+        obs=ep.obs[: T + 1].astype(np.float32),
+        actions=ep.actions[:T].astype(np.float32),
+        rewards=(ep.rewards[:T] + reward_offset).astype(np.float32),
+        terminated=ep.terminated[:T].astype(bool),
+        truncated=trunc,
+        success=ep.success[:T].astype(bool),
+    )
     return out, why

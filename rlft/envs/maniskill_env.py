@@ -111,27 +111,45 @@ def _check_assets(env_id: str, registry) -> None:
         from mani_skill.utils import assets
 
         missing = [a for a in ids if a not in assets.DATA_GROUPS and not assets.is_data_source_downloaded(a)]
-        missing += [a for a in ids if a in assets.DATA_GROUPS and not all(
-            assets.is_data_source_downloaded(s) for s in assets.expand_data_group_into_individual_data_source_ids(a))]
+        missing += [
+            a
+            for a in ids
+            if a in assets.DATA_GROUPS
+            and not all(
+                assets.is_data_source_downloaded(s) for s in assets.expand_data_group_into_individual_data_source_ids(a)
+            )
+        ]
         if missing:
-            raise EnvError(f"{env_id} needs ManiSkill assets that are not downloaded ({', '.join(missing)}); rlft does "
-                           f"not download at run time: `python -m mani_skill.utils.download_asset {env_id}` first, or "
-                           f"use one of {', '.join(maniskill_ids())}")
+            raise EnvError(
+                f"{env_id} needs ManiSkill assets that are not downloaded ({', '.join(missing)}); rlft does "
+                f"not download at run time: `python -m mani_skill.utils.download_asset {env_id}` first, or "
+                f"use one of {', '.join(maniskill_ids())}"
+            )
 
 
-def make_maniskill_env(env_id: str, max_episode_steps: int | None = None, control_mode: str = DEFAULT_CONTROL_MODE,
-                       reward_mode: str = DEFAULT_REWARD_MODE, obs_mode: str = "state", sim_backend: str = "physx_cpu",
-                       **kwargs: Any) -> gymnasium.Env:
+def make_maniskill_env(
+    env_id: str,
+    max_episode_steps: int | None = None,
+    control_mode: str = DEFAULT_CONTROL_MODE,
+    reward_mode: str = DEFAULT_REWARD_MODE,
+    obs_mode: str = "state",
+    sim_backend: str = "physx_cpu",
+    **kwargs: Any,
+) -> gymnasium.Env:
     """One CPU-simulated ManiSkill env with the plain gymnasium API (numpy, unbatched) and rlft's time limit.
 
     ``kwargs`` go to ManiSkill's constructor (e.g. ``robot_uids``). Only state observations are supported.
     """
     if obs_mode != "state":
-        raise EnvError(f"{env_id}: obs_mode={obs_mode!r} is not supported (rlft uses state observations; camera "
-                       "images also need a real GPU Vulkan device)")
+        raise EnvError(
+            f"{env_id}: obs_mode={obs_mode!r} is not supported (rlft uses state observations; camera "
+            "images also need a real GPU Vulkan device)"
+        )
     if sim_backend not in CPU_BACKENDS:
-        raise EnvError(f"{env_id}: sim_backend={sim_backend!r}: make_env builds one CPU env; for the GPU simulator use "
-                       "rlft.envs.make_vector_env (many envs in one GPU scene)")
+        raise EnvError(
+            f"{env_id}: sim_backend={sim_backend!r}: make_env builds one CPU env; for the GPU simulator use "
+            "rlft.envs.make_vector_env (many envs in one GPU scene)"
+        )
     registry = _import_maniskill()
     _check_assets(env_id, registry)
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
@@ -139,15 +157,26 @@ def make_maniskill_env(env_id: str, max_episode_steps: int | None = None, contro
     limit = max_episode_steps or default_max_episode_steps(env_id) or registry[env_id].max_episode_steps
     kwargs.setdefault("render_backend", "none")  # no camera: the CPU Vulkan device cannot render reliably
     try:
-        env = gymnasium.make(env_id, obs_mode=obs_mode, control_mode=control_mode, reward_mode=reward_mode,
-                             sim_backend="physx_cpu", max_episode_steps=limit, **kwargs)
+        env = gymnasium.make(
+            env_id,
+            obs_mode=obs_mode,
+            control_mode=control_mode,
+            reward_mode=reward_mode,
+            sim_backend="physx_cpu",
+            max_episode_steps=limit,
+            **kwargs,
+        )
     except (TypeError, AssertionError, NotImplementedError) as e:
-        raise EnvError(f"{env_id}: cannot create the environment (control_mode={control_mode!r}, "
-                       f"reward_mode={reward_mode!r}, kwargs {kwargs}): {e}") from e
+        raise EnvError(
+            f"{env_id}: cannot create the environment (control_mode={control_mode!r}, "
+            f"reward_mode={reward_mode!r}, kwargs {kwargs}): {e}"
+        ) from e
     except RuntimeError as e:
-        raise EnvError(f"{env_id}: SAPIEN could not start ({e}); on a CPU machine install "
-                       "`apt-get install libvulkan1 mesa-vulkan-drivers libvulkan-dev gcc` (rlft builds a small Vulkan "
-                       "layer, see rlft/envs/vk_layer)") from e
+        raise EnvError(
+            f"{env_id}: SAPIEN could not start ({e}); on a CPU machine install "
+            "`apt-get install libvulkan1 mesa-vulkan-drivers libvulkan-dev gcc` (rlft builds a small Vulkan "
+            "layer, see rlft/envs/vk_layer)"
+        ) from e
     env = CPUGymWrapper(env)  # numpy in/out, no batch dimension
     offset = REWARD_OFFSETS.get(reward_mode, 0.0)
     if offset:
@@ -164,9 +193,14 @@ def make_maniskill_env(env_id: str, max_episode_steps: int | None = None, contro
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def make_maniskill_gpu_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = None,
-                                  control_mode: str = DEFAULT_CONTROL_MODE, reward_mode: str = DEFAULT_REWARD_MODE,
-                                  **kwargs: Any):
+def make_maniskill_gpu_vector_env(
+    env_id: str,
+    num_envs: int,
+    max_episode_steps: int | None = None,
+    control_mode: str = DEFAULT_CONTROL_MODE,
+    reward_mode: str = DEFAULT_REWARD_MODE,
+    **kwargs: Any,
+):
     """``num_envs`` parallel scenes in one GPU simulation (``sim_backend="physx_cuda"``), wrapped in ManiSkill's
     ``ManiSkillVectorEnv`` (auto-reset, terminate at success): ``reset``/``step`` take and return torch tensors on the
     GPU, batched [num_envs, ...]; ``info['success']`` is a bool tensor, and with ``record_metrics`` the final infos
@@ -176,8 +210,16 @@ def make_maniskill_gpu_vector_env(env_id: str, num_envs: int, max_episode_steps:
     from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
     limit = max_episode_steps or default_max_episode_steps(env_id) or registry[env_id].max_episode_steps
-    env = gymnasium.make(env_id, num_envs=int(num_envs), obs_mode="state", control_mode=control_mode,
-                         reward_mode=reward_mode, sim_backend="physx_cuda", max_episode_steps=limit, **kwargs)
+    env = gymnasium.make(
+        env_id,
+        num_envs=int(num_envs),
+        obs_mode="state",
+        control_mode=control_mode,
+        reward_mode=reward_mode,
+        sim_backend="physx_cuda",
+        max_episode_steps=limit,
+        **kwargs,
+    )
     return ManiSkillVectorEnv(env, int(num_envs), auto_reset=True, ignore_terminations=False, record_metrics=True)
 
 

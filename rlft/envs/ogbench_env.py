@@ -35,6 +35,7 @@ OBS_PER_CUBE = 9
 QPOS_OBJ_START = 14
 QPOS_PER_CUBE = 7
 
+
 def _import_ogbench() -> None:
     """Register OGBench's ids with gymnasium and silence its harmless Box-precision warning.
 
@@ -70,8 +71,10 @@ def make_ogbench_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
     if not is_ogbench_id(env_id):
         raise EnvError(f"'{env_id}' is not an OGBench environment id")
     if env_id.startswith("visual-") or kwargs.get("ob_type") == "pixels":
-        raise EnvError(f"{env_id}: pixel observations are not supported (rlft uses state observations); "
-                       f"use '{env_id.removeprefix('visual-')}'")
+        raise EnvError(
+            f"{env_id}: pixel observations are not supported (rlft uses state observations); "
+            f"use '{env_id.removeprefix('visual-')}'"
+        )
     kwargs.setdefault("disable_env_checker", True)
     try:
         return gymnasium.make(env_id, **kwargs)

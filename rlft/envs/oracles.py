@@ -147,8 +147,9 @@ class TaskTargetSelector:
             choice = self._choose(pos)
             if choice is None and self.block is None:  # every cube already at its goal: hold cube 0 there
                 choice = (0, self.goals[0].copy())
-            if choice is not None and (self.block is None or choice[0] != self.block or
-                                       not np.allclose(choice[1], self.target)):
+            if choice is not None and (
+                self.block is None or choice[0] != self.block or not np.allclose(choice[1], self.target)
+            ):
                 self.block, self.target = choice
                 changed = True
         info = dict(info)
@@ -163,12 +164,7 @@ def _new_seed(rng: np.random.Generator) -> int:
 
 
 def collect_demo_episode(
-    env: gymnasium.Env,
-    oracle: Any,
-    rng: np.random.Generator,
-    *,
-    action_noise: float = 0.0,
-    seed: int | None = None,
+    env: gymnasium.Env, oracle: Any, rng: np.random.Generator, *, action_noise: float = 0.0, seed: int | None = None
 ) -> Episode:
     """One task demo: reset (seeded), run the oracle with N(0, action_noise^2) noise until terminated/truncated.
 
@@ -258,8 +254,9 @@ def make_play_env(env_id: str, max_episode_steps: int = 1000, **kwargs: Any) -> 
     """The singletask ``env_id`` in OGBench's data-collection mode (random targets, never terminates)."""
     from rlft.envs import make_env
 
-    return make_env(env_id, mode="data_collection", terminate_at_goal=False, max_episode_steps=max_episode_steps,
-                    **kwargs)
+    return make_env(
+        env_id, mode="data_collection", terminate_at_goal=False, max_episode_steps=max_episode_steps, **kwargs
+    )
 
 
 def _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l) -> Episode:

@@ -38,8 +38,9 @@ from rlft.data.episodes import Episode
 from rlft.errors import ConfigError
 
 
-def compose_action(a_base: np.ndarray, delta: np.ndarray, bound: np.ndarray, low: np.ndarray,
-                   high: np.ndarray) -> np.ndarray:
+def compose_action(
+    a_base: np.ndarray, delta: np.ndarray, bound: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> np.ndarray:
     """``clip(a_base + bound * clip(delta, -1, 1), low, high)`` (raw env units)."""
     d = np.clip(np.asarray(delta, np.float32), -1.0, 1.0)
     return np.clip(a_base + bound * d, low, high).astype(np.float32)
@@ -51,8 +52,9 @@ def delta_of(actions: np.ndarray, a_base: np.ndarray, bound: np.ndarray) -> np.n
     return np.clip((np.asarray(actions, np.float32) - a_base) / bound, -1.0, 1.0).astype(np.float32)
 
 
-def residual_bound(scale: float, unit: str, low: np.ndarray, high: np.ndarray,
-                   actions: np.ndarray | None = None) -> np.ndarray:
+def residual_bound(
+    scale: float, unit: str, low: np.ndarray, high: np.ndarray, actions: np.ndarray | None = None
+) -> np.ndarray:
     """The per-dimension bound ``scale * unit``: ``unit`` 'action_std' is the standard deviation of ``actions`` (the
     dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
     ``(high - low) / 2``."""
@@ -64,8 +66,10 @@ def residual_bound(scale: float, unit: str, low: np.ndarray, high: np.ndarray,
     if unit != "action_std":
         raise ConfigError(f"residual_unit: {unit!r} is not 'action_std' or 'half_range'")
     if actions is None or len(actions) < 2:
-        raise ConfigError("residual_unit: 'action_std' needs a dataset (its actions' standard deviation sizes the "
-                          "correction); set dataset, or residual_unit: half_range")
+        raise ConfigError(
+            "residual_unit: 'action_std' needs a dataset (its actions' standard deviation sizes the "
+            "correction); set dataset, or residual_unit: half_range"
+        )
     std = np.asarray(actions, np.float64).std(axis=0)
     return (float(scale) * np.maximum(std, 0.01 * half)).astype(np.float32)
 
@@ -80,12 +84,16 @@ class ResidualActionWrapper(gymnasium.Wrapper):
         super().__init__(env)
         space = env.action_space
         if not isinstance(space, Box) or tuple(space.shape) != (base.action_dim,):
-            raise ConfigError(f"residual wrapper: the env's action space {space} is not the base policy's "
-                              f"{base.action_dim}-dim action")
+            raise ConfigError(
+                f"residual wrapper: the env's action space {space} is not the base policy's "
+                f"{base.action_dim}-dim action"
+            )
         obs_space = env.observation_space
         if int(np.prod(obs_space.shape)) != base.obs_dim:
-            raise ConfigError(f"residual wrapper: the env's observations have {int(np.prod(obs_space.shape))} dims but "
-                              f"the base policy takes {base.obs_dim} (obs_horizon mismatch?)")
+            raise ConfigError(
+                f"residual wrapper: the env's observations have {int(np.prod(obs_space.shape))} dims but "
+                f"the base policy takes {base.obs_dim} (obs_horizon mismatch?)"
+            )
         A = base.action_dim
         self.base = base
         self.bound = np.broadcast_to(np.asarray(bound, np.float32), (A,)).copy()
@@ -95,7 +103,9 @@ class ResidualActionWrapper(gymnasium.Wrapper):
         self._action_space = Box(-1.0, 1.0, shape=(A,), dtype=np.float32)
         self._observation_space = Box(
             np.concatenate([np.asarray(obs_space.low, np.float32).reshape(-1), self.low]),
-            np.concatenate([np.asarray(obs_space.high, np.float32).reshape(-1), self.high]), dtype=np.float32)
+            np.concatenate([np.asarray(obs_space.high, np.float32).reshape(-1), self.high]),
+            dtype=np.float32,
+        )
         self._chunk: np.ndarray | None = None
         self._i = 0
 
@@ -144,8 +154,12 @@ def base_actions(base, obs_stacked: np.ndarray, batch: int = 4096) -> np.ndarray
     t = 0, H, 2H, ... (the wrapper's schedule after a reset)."""
     H = base.act_horizon
     starts = np.arange(0, len(obs_stacked), H)
-    chunks = np.concatenate([base.act(obs_stacked[starts[i:i + batch]], deterministic=True).cpu().numpy()
-                             for i in range(0, len(starts), batch)])
+    chunks = np.concatenate(
+        [
+            base.act(obs_stacked[starts[i : i + batch]], deterministic=True).cpu().numpy()
+            for i in range(0, len(starts), batch)
+        ]
+    )
     t = np.arange(len(obs_stacked))
     return chunks[t // H, t % H].astype(np.float32)
 
@@ -157,6 +171,14 @@ def residual_episodes(episodes: Sequence[Episode], base, bound: np.ndarray, obs_
     for ep in episodes:
         o = stacked_obs(ep.obs, obs_horizon)
         a_base = base_actions(base, o)
-        out.append(Episode(np.concatenate([o, a_base], axis=1), delta_of(ep.actions, a_base[:-1], bound),
-                           ep.rewards, ep.terminated, ep.truncated, ep.success))
+        out.append(
+            Episode(
+                np.concatenate([o, a_base], axis=1),
+                delta_of(ep.actions, a_base[:-1], bound),
+                ep.rewards,
+                ep.terminated,
+                ep.truncated,
+                ep.success,
+            )
+        )
     return out

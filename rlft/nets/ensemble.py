@@ -105,7 +105,6 @@ class CriticEnsemble(nn.Module):
         n = self.num_critics if members is None else members.numel()
         return self.batched(x.unsqueeze(0).expand(n, -1, -1), members).squeeze(-1)
 
-
     def load_cycled(self, state: dict[str, torch.Tensor]) -> bool:
         """Fill this ensemble from another ensemble's state_dict of the same architecture but M members: member i
         takes pretrained member i mod M. Returns False if the layouts are incompatible (nothing is changed)."""

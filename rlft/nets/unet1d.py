@@ -62,9 +62,7 @@ class Conv1dBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int):
         super().__init__(
-            nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(n_groups, out_ch),
-            nn.Mish(),
+            nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, out_ch), nn.Mish()
         )
 
 
@@ -133,12 +131,16 @@ class TemporalUNet1D(nn.Module):
         for i in range(len(dims) - 2, -1, -1):  # decoder levels, coarse to fine
             self.upsample.append(nn.ConvTranspose1d(dims[i + 1], dims[i + 1], 4, stride=2, padding=1))
             self.up.append(nn.ModuleList([res(dims[i + 1] + dims[i], dims[i]), res(dims[i], dims[i])]))
-        self.final = nn.Sequential(Conv1dBlock(dims[0], dims[0], kernel_size, n_groups), nn.Conv1d(dims[0], action_dim, 1))
+        self.final = nn.Sequential(
+            Conv1dBlock(dims[0], dims[0], kernel_size, n_groups), nn.Conv1d(dims[0], action_dim, 1)
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         B, H, A = x.shape
         if A != self.action_dim:
-            raise ValueError(f"TemporalUNet1D built for action_dim={self.action_dim}, got chunk of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"TemporalUNet1D built for action_dim={self.action_dim}, got chunk of shape {tuple(x.shape)}"
+            )
         c = torch.cat([self.time_mlp(t.reshape(B)), cond], dim=-1)
         h = x.transpose(1, 2)  # [B, A, H]
         pad = (-H) % self.multiple

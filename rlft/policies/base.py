@@ -53,7 +53,9 @@ class Policy(nn.Module):
         self.normalizer = Normalizer(obs_dim, action_dim)
 
     # ---- training API (normalised space) ----
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def bc_loss(
@@ -73,7 +75,9 @@ class Policy(nn.Module):
     def act(self, obs, noise: torch.Tensor | None = None, deterministic: bool = True) -> torch.Tensor:
         """Raw obs [B, O] (or [O]) -> raw env action chunk [B, H, A] (or [H, A])."""
         device = self.normalizer.obs_mean.device
-        obs_t = torch.as_tensor(np.asarray(obs) if not torch.is_tensor(obs) else obs, dtype=torch.float32, device=device)
+        obs_t = torch.as_tensor(
+            np.asarray(obs) if not torch.is_tensor(obs) else obs, dtype=torch.float32, device=device
+        )
         single = obs_t.ndim == 1
         if single:
             obs_t = obs_t[None]
@@ -107,8 +111,10 @@ class Policy(nn.Module):
         if bad:
             from rlft.errors import TrainingError
 
-            raise TrainingError(f"{path}: not written -- {len(bad)} of the policy's tensors are not finite (first: "
-                                f"{bad[0]}); training diverged (lower the learning rates or check the data)")
+            raise TrainingError(
+                f"{path}: not written -- {len(bad)} of the policy's tensors are not finite (first: "
+                f"{bad[0]}); training diverged (lower the learning rates or check the data)"
+            )
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
 
@@ -133,8 +139,9 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> P
     try:
         policy.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match {meta['class']}({meta['kwargs']}): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path}: weights do not match {meta['class']}({meta['kwargs']}): {str(e).splitlines()[0]}"
+        ) from None
     return policy.to(map_location)
 
 
@@ -153,16 +160,22 @@ def build_from_metadata(meta: dict, path: str | Path) -> "Policy":
     except (json.JSONDecodeError, TypeError):
         raise CheckpointError(f"{path}: the policy metadata 'kwargs' is not valid JSON") from None
     if not isinstance(kwargs, dict):
-        raise CheckpointError(f"{path}: the policy metadata 'kwargs' must be a JSON object, got "
-                              f"{type(kwargs).__name__}")
+        raise CheckpointError(
+            f"{path}: the policy metadata 'kwargs' must be a JSON object, got {type(kwargs).__name__}"
+        )
     params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
     unknown = sorted(set(kwargs) - set(params))
-    missing = sorted(n for n, p in params.items() if p.default is inspect.Parameter.empty
-                     and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in kwargs)
+    missing = sorted(
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in kwargs
+    )
     if unknown or missing:
-        raise CheckpointError(f"{path}: the policy metadata does not describe a {cls_name}"
-                              f"{f' (unknown arguments {unknown})' if unknown else ''}"
-                              f"{f' (missing arguments {missing})' if missing else ''}")
+        raise CheckpointError(
+            f"{path}: the policy metadata does not describe a {cls_name}"
+            f"{f' (unknown arguments {unknown})' if unknown else ''}"
+            f"{f' (missing arguments {missing})' if missing else ''}"
+        )
     try:
         return cls(**kwargs)
     except CheckpointError as e:  # a composite's inner policy class
@@ -180,8 +193,10 @@ def policy_extra(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             extra = json.loads((f.metadata() or {}).get("extra", "{}"))
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable policy checkpoint or its 'extra' metadata is damaged "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a readable policy checkpoint or its 'extra' metadata is damaged "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path}: the policy metadata 'extra' must be a JSON object")
     return extra

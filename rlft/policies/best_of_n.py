@@ -71,20 +71,36 @@ class BestOfNPolicy(Policy):
         if critic_impl == "auto":  # resolved now: the saved weights' layout depends on it
             critic_impl = "batched" if torch.cuda.is_available() else "loop"
         super().__init__(
-            obs_dim, action_dim, act_horizon, flow_class=flow_class, flow_kwargs=flow_kwargs, num_critics=num_critics, critic_hidden_dims=critic_hidden_dims,
-            critic_layernorm=critic_layernorm, critic_impl=critic_impl, num_samples=num_samples, q_agg=q_agg,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            flow_class=flow_class,
+            flow_kwargs=flow_kwargs,
+            num_critics=num_critics,
+            critic_hidden_dims=critic_hidden_dims,
+            critic_layernorm=critic_layernorm,
+            critic_impl=critic_impl,
+            num_samples=num_samples,
+            q_agg=q_agg,
         )
         self.flow = build_inner_flow(flow_class, flow_kwargs, (obs_dim, action_dim, act_horizon))
-        self.critic = CriticEnsemble(obs_dim, act_horizon * action_dim, num_critics, tuple(critic_hidden_dims),
-                                     critic_layernorm, critic_impl)
+        self.critic = CriticEnsemble(
+            obs_dim, act_horizon * action_dim, num_critics, tuple(critic_hidden_dims), critic_layernorm, critic_impl
+        )
         self.register_buffer("eval_noise", torch.zeros(1, act_horizon, action_dim))
         self.set_selection(num_samples, q_agg)
 
     @classmethod
     def from_flow(cls, flow: FlowPolicy, **kwargs: Any) -> "BestOfNPolicy":
         """Wrap a trained flow policy (weights and normalisation copied) with a fresh critic ensemble."""
-        p = cls(flow.obs_dim, flow.action_dim, flow.act_horizon, flow_class=type(flow).__name__,
-                flow_kwargs=dict(flow.kwargs), **kwargs)
+        p = cls(
+            flow.obs_dim,
+            flow.action_dim,
+            flow.act_horizon,
+            flow_class=type(flow).__name__,
+            flow_kwargs=dict(flow.kwargs),
+            **kwargs,
+        )
         p.flow.load_state_dict(flow.state_dict())
         p.normalizer.load_state_dict(flow.normalizer.state_dict())
         return p.to(flow.normalizer.obs_mean.device)
@@ -116,15 +132,19 @@ class BestOfNPolicy(Policy):
         a = self.flow.sample(obs_n.repeat_interleave(N, dim=0), noise=noise.reshape(B * N, *noise.shape[2:]))
         return a.reshape(noise.shape)
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         B = obs_n.shape[0]
         shape = (B, self.num_samples, self.act_horizon, self.action_dim)
         if noise is not None:
             if noise.ndim == 3 and noise.shape[0] == B and tuple(noise.shape[1:]) == shape[2:]:
                 return self.flow.sample(obs_n, noise=noise)  # one explicit start noise: no selection
             if noise.ndim != 4 or noise.shape[0] != B or tuple(noise.shape[2:]) != shape[2:]:
-                raise ValueError(f"BestOfNPolicy noise must be [B, N, H, A] (candidates) or [B, H, A] (one start "
-                                 f"noise) with B={B}, (H, A)={shape[2:]}, got {tuple(noise.shape)}")
+                raise ValueError(
+                    f"BestOfNPolicy noise must be [B, N, H, A] (candidates) or [B, H, A] (one start "
+                    f"noise) with B={B}, (H, A)={shape[2:]}, got {tuple(noise.shape)}"
+                )
             z = noise.to(obs_n)
         elif deterministic:
             z = self.eval_noise.to(obs_n).unsqueeze(0).expand(shape)

@@ -105,12 +105,21 @@ class ConsistencyFlowPolicy(FlowPolicy):
                 ">= 0 and not both 0"
             )
         super().__init__(
-            obs_dim, action_dim, act_horizon, velocity_net=velocity_net, hidden_dims=hidden_dims, layernorm=layernorm,
-            flow_steps=flow_steps, unet_dims=unet_dims, unet_kernel_size=unet_kernel_size,
-            time_embed_dim=time_embed_dim, unet_n_groups=unet_n_groups,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            velocity_net=velocity_net,
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+            flow_steps=flow_steps,
+            unet_dims=unet_dims,
+            unet_kernel_size=unet_kernel_size,
+            time_embed_dim=time_embed_dim,
+            unet_n_groups=unet_n_groups,
         )
         self.kwargs.update(
-            consistency_delta=float(consistency_delta), consistency_coef=float(consistency_coef),
+            consistency_delta=float(consistency_delta),
+            consistency_coef=float(consistency_coef),
             flow_coef=float(flow_coef),
         )
         self.consistency_delta, self.consistency_coef, self.flow_coef = consistency_delta, consistency_coef, flow_coef
@@ -121,7 +130,11 @@ class ConsistencyFlowPolicy(FlowPolicy):
         return self.flow_steps
 
     def bc_loss(
-        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None, weights: torch.Tensor | None = None
+        self,
+        obs_n: torch.Tensor,
+        action_n: torch.Tensor,
+        valid_mask: torch.Tensor | None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Flow-matching + consistency loss (module docstring); ``weights`` [B] per-sample, detached.
 

@@ -88,7 +88,11 @@ def diffusion_forward(action: torch.Tensor, eps: torch.Tensor, abar: torch.Tenso
 
 
 def ddim_step(
-    x_k: torch.Tensor, eps: torch.Tensor, abar_k: torch.Tensor | float, abar_prev: torch.Tensor | float, clip_sample: bool
+    x_k: torch.Tensor,
+    eps: torch.Tensor,
+    abar_k: torch.Tensor | float,
+    abar_prev: torch.Tensor | float,
+    clip_sample: bool,
 ) -> torch.Tensor:
     """One deterministic DDIM step (eta = 0) from level k to the next (less noisy) level; see the module docstring."""
     abar_k = torch.as_tensor(abar_k, dtype=x_k.dtype, device=x_k.device)
@@ -131,18 +135,36 @@ class DiffusionPolicy(Policy):
             )
         betas = beta_schedule(beta_schedule_kind, train_steps)
         super().__init__(
-            obs_dim, action_dim, act_horizon, velocity_net=velocity_net, hidden_dims=hidden_dims, layernorm=layernorm,
-            train_steps=int(train_steps), inference_steps=int(inference_steps), beta_schedule_kind=beta_schedule_kind,
-            clip_sample=bool(clip_sample), unet_dims=unet_dims, unet_kernel_size=unet_kernel_size,
-            time_embed_dim=time_embed_dim, unet_n_groups=unet_n_groups,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            velocity_net=velocity_net,
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+            train_steps=int(train_steps),
+            inference_steps=int(inference_steps),
+            beta_schedule_kind=beta_schedule_kind,
+            clip_sample=bool(clip_sample),
+            unet_dims=unet_dims,
+            unet_kernel_size=unet_kernel_size,
+            time_embed_dim=time_embed_dim,
+            unet_n_groups=unet_n_groups,
         )
         self.train_steps, self.inference_steps, self.clip_sample = int(train_steps), int(inference_steps), clip_sample
         # derived from the kwargs, so not saved (non-persistent); moved with .to()
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas).to(torch.float32), persistent=False)
         self.timesteps = ddim_timesteps(train_steps, inference_steps)
         self.net = build_denoiser_net(
-            obs_dim, action_dim, act_horizon, velocity_net, hidden_dims, layernorm, unet_dims, unet_kernel_size,
-            time_embed_dim, unet_n_groups,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            velocity_net,
+            hidden_dims,
+            layernorm,
+            unet_dims,
+            unet_kernel_size,
+            time_embed_dim,
+            unet_n_groups,
         )
 
     @property
@@ -157,7 +179,9 @@ class DiffusionPolicy(Policy):
         k = k.expand(B) if k.numel() == 1 else k.reshape(B)
         return self.net(x_k, flow_time(k, self.train_steps).to(x_k), obs_n)
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """DDIM from x_T (``noise`` > zeros if deterministic > randn) over ``inference_steps`` levels; clamp [-1, 1]."""
         B = obs_n.shape[0]
         shape = (B, self.act_horizon, self.action_dim)
@@ -174,7 +198,11 @@ class DiffusionPolicy(Policy):
         return x.clamp(-1.0, 1.0)
 
     def bc_loss(
-        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None, weights: torch.Tensor | None = None
+        self,
+        obs_n: torch.Tensor,
+        action_n: torch.Tensor,
+        valid_mask: torch.Tensor | None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DDPM epsilon-prediction loss (module docstring); ``weights`` [B] per-sample, detached.
 

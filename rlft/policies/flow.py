@@ -115,9 +115,17 @@ class FlowPolicy(Policy):
                     f"policy.unet_dims {unet_dims}: every width must be divisible by the GroupNorm groups ({unet_n_groups})"
                 )
         super().__init__(
-            obs_dim, action_dim, act_horizon, velocity_net=velocity_net, hidden_dims=hidden_dims, layernorm=layernorm,
-            flow_steps=flow_steps, unet_dims=unet_dims, unet_kernel_size=unet_kernel_size,
-            time_embed_dim=time_embed_dim, unet_n_groups=unet_n_groups,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            velocity_net=velocity_net,
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+            flow_steps=flow_steps,
+            unet_dims=unet_dims,
+            unet_kernel_size=unet_kernel_size,
+            time_embed_dim=time_embed_dim,
+            unet_n_groups=unet_n_groups,
         )
         self.flow_steps = int(flow_steps)
         self.velocity_net_kind = velocity_net
@@ -138,7 +146,9 @@ class FlowPolicy(Policy):
         t = t.expand(B) if t.numel() == 1 else t.reshape(B)
         return self.net(x_t, t, obs_n)
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """Euler-integrate ``flow_steps`` steps from x0 (``noise`` > zeros if deterministic > randn); clamp to [-1, 1]."""
         B = obs_n.shape[0]
         shape = (B, self.act_horizon, self.action_dim)
@@ -160,7 +170,11 @@ class FlowPolicy(Policy):
         return x
 
     def bc_loss(
-        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None, weights: torch.Tensor | None = None
+        self,
+        obs_n: torch.Tensor,
+        action_n: torch.Tensor,
+        valid_mask: torch.Tensor | None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss with t ~ U(0, 1), x0 ~ N(0, I) (``masked_flow_loss``; padded steps excluded).
 

@@ -117,8 +117,14 @@ class GaussianPolicy(Policy):
         if not 0.0 < atanh_eps < 1.0:
             raise ConfigError(f"policy atanh_eps must be in (0, 1), got {atanh_eps}")
         super().__init__(
-            obs_dim, action_dim, act_horizon, hidden_dims=list(hidden_dims), layernorm=layernorm,
-            log_std_min=log_std_min, log_std_max=log_std_max, atanh_eps=atanh_eps,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            hidden_dims=list(hidden_dims),
+            layernorm=layernorm,
+            log_std_min=log_std_min,
+            log_std_max=log_std_max,
+            atanh_eps=atanh_eps,
         )
         self.log_std_min, self.log_std_max, self.atanh_eps = float(log_std_min), float(log_std_max), float(atanh_eps)
         self.flat_dim = act_horizon * action_dim
@@ -147,7 +153,9 @@ class GaussianPolicy(Policy):
         mean, log_std = self.dist_params(obs_n)
         return squashed_gaussian_log_prob(self._pre_squash(action_n), mean, log_std)
 
-    def log_prob(self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(
+        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log pi(a|s) [B] of given chunks; with ``valid_mask`` [B, H] only valid steps' dimensions are summed."""
         return masked_sum(self.log_prob_dims(obs_n, action_n), valid_mask)
 
@@ -161,7 +169,9 @@ class GaussianPolicy(Policy):
         return total / num_samples
 
     # ---- Policy API ----
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """Normalised chunk [B, H, A] in (-1, 1).
 
         ``noise`` (standard normal [B, H, A]) is used as the Gaussian eps and overrides ``deterministic``;
@@ -175,7 +185,11 @@ class GaussianPolicy(Policy):
         return torch.tanh(mean + torch.exp(log_std) * torch.randn_like(mean))
 
     def bc_loss(
-        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None, weights: torch.Tensor | None = None
+        self,
+        obs_n: torch.Tensor,
+        action_n: torch.Tensor,
+        valid_mask: torch.Tensor | None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted NLL per valid dimension (see ``gaussian_bc_nll``); padded steps never enter it.
 

@@ -41,8 +41,10 @@ def build_inner_flow(flow_class: str, flow_kwargs: dict[str, Any], dims: tuple[i
         raise CheckpointError(f"composite policy: {flow_class!r} is not a registered FlowPolicy class")
     flow = cls(**flow_kwargs)
     if (flow.obs_dim, flow.action_dim, flow.act_horizon) != dims:
-        raise CheckpointError(f"composite policy: inner flow dims {(flow.obs_dim, flow.action_dim, flow.act_horizon)} "
-                              f"differ from the composite's {dims}")
+        raise CheckpointError(
+            f"composite policy: inner flow dims {(flow.obs_dim, flow.action_dim, flow.act_horizon)} "
+            f"differ from the composite's {dims}"
+        )
     return flow
 
 
@@ -64,8 +66,15 @@ class OneStepFlowPolicy(Policy):
     ):
         flow_kwargs = dict(flow_kwargs or dict(obs_dim=obs_dim, action_dim=action_dim, act_horizon=act_horizon))
         hidden_dims = [int(h) for h in hidden_dims]
-        super().__init__(obs_dim, action_dim, act_horizon, flow_class=flow_class, flow_kwargs=flow_kwargs,
-                         hidden_dims=hidden_dims, layernorm=layernorm)
+        super().__init__(
+            obs_dim,
+            action_dim,
+            act_horizon,
+            flow_class=flow_class,
+            flow_kwargs=flow_kwargs,
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+        )
         self.flow = build_inner_flow(flow_class, flow_kwargs, (obs_dim, action_dim, act_horizon))
         flat = act_horizon * action_dim
         self.actor = MLP(obs_dim + flat, tuple(hidden_dims), flat, layernorm, act=nn.GELU)
@@ -73,8 +82,15 @@ class OneStepFlowPolicy(Policy):
     @classmethod
     def from_flow(cls, flow: FlowPolicy, hidden_dims=(256, 256, 256), layernorm: bool = False) -> "OneStepFlowPolicy":
         """Wrap a trained flow policy as the teacher (weights and normalisation copied) with a fresh one-step actor."""
-        p = cls(flow.obs_dim, flow.action_dim, flow.act_horizon, flow_class=type(flow).__name__,
-                flow_kwargs=dict(flow.kwargs), hidden_dims=hidden_dims, layernorm=layernorm)
+        p = cls(
+            flow.obs_dim,
+            flow.action_dim,
+            flow.act_horizon,
+            flow_class=type(flow).__name__,
+            flow_kwargs=dict(flow.kwargs),
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+        )
         p.flow.load_state_dict(flow.state_dict())
         p.normalizer.load_state_dict(flow.normalizer.state_dict())
         return p.to(flow.normalizer.obs_mean.device)
@@ -85,7 +101,9 @@ class OneStepFlowPolicy(Policy):
         out = self.actor(torch.cat([obs_n, z.reshape(B, -1).to(obs_n)], dim=-1))
         return out.reshape(B, self.act_horizon, self.action_dim)
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         B = obs_n.shape[0]
         shape = (B, self.act_horizon, self.action_dim)
         if noise is not None:

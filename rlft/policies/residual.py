@@ -38,11 +38,27 @@ def zero_output(policy: Policy) -> Policy:
 class ResidualPolicy(Policy):
     """``base`` (frozen chunk policy) corrected at every step by ``residual``; see the module docstring."""
 
-    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int, base_class: str, base_kwargs: dict,
-                 residual_class: str, residual_kwargs: dict, bound: list[float]):
-        super().__init__(obs_dim, action_dim, act_horizon, base_class=base_class, base_kwargs=dict(base_kwargs),
-                         residual_class=residual_class, residual_kwargs=dict(residual_kwargs),
-                         bound=[float(b) for b in bound])
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        act_horizon: int,
+        base_class: str,
+        base_kwargs: dict,
+        residual_class: str,
+        residual_kwargs: dict,
+        bound: list[float],
+    ):
+        super().__init__(
+            obs_dim,
+            action_dim,
+            act_horizon,
+            base_class=base_class,
+            base_kwargs=dict(base_kwargs),
+            residual_class=residual_class,
+            residual_kwargs=dict(residual_kwargs),
+            bound=[float(b) for b in bound],
+        )
         for cls in (base_class, residual_class):
             if cls not in POLICY_CLASSES:
                 raise CheckpointError(f"residual policy: unknown policy class {cls!r}; known: {sorted(POLICY_CLASSES)}")
@@ -61,7 +77,8 @@ class ResidualPolicy(Policy):
             raise CheckpointError(
                 f"residual policy: the residual actor has (obs_dim, action_dim, act_horizon) = "
                 f"{(r.obs_dim, r.action_dim, r.act_horizon)}; the base policy needs "
-                f"{(b.obs_dim + b.action_dim, b.action_dim, 1)} (its observation plus its action, one step)")
+                f"{(b.obs_dim + b.action_dim, b.action_dim, 1)} (its observation plus its action, one step)"
+            )
         if len(self.bound) != b.action_dim or not all(x > 0 for x in self.bound):
             raise CheckpointError(f"residual policy: bound {self.bound} must hold {b.action_dim} positive values")
 
@@ -71,9 +88,17 @@ class ResidualPolicy(Policy):
         the largest correction per action dimension in env units."""
         self = cls.__new__(cls)
         bound = [float(b) for b in bound]
-        Policy.__init__(self, base.obs_dim, base.action_dim, base.act_horizon, base_class=type(base).__name__,
-                        base_kwargs=dict(base.kwargs), residual_class=type(residual).__name__,
-                        residual_kwargs=dict(residual.kwargs), bound=bound)
+        Policy.__init__(
+            self,
+            base.obs_dim,
+            base.action_dim,
+            base.act_horizon,
+            base_class=type(base).__name__,
+            base_kwargs=dict(base.kwargs),
+            residual_class=type(residual).__name__,
+            residual_kwargs=dict(residual.kwargs),
+            bound=bound,
+        )
         self.base, self.residual, self.bound = base, residual, bound
         self._check()
         self.base.requires_grad_(False)
@@ -86,7 +111,9 @@ class ResidualPolicy(Policy):
 
         return ChunkExecutor(ResidualActionWrapper(env, self.base, self.bound), 1, gamma)
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """The residual actor's normalised ``delta`` [B, 1, A] (``obs_n`` is the executor's normalised observation)."""
         return self.residual.sample(obs_n, noise=noise, deterministic=deterministic)
 
@@ -94,5 +121,3 @@ class ResidualPolicy(Policy):
     def act(self, obs, noise: torch.Tensor | None = None, deterministic: bool = True) -> torch.Tensor:
         """The executor's observation ``concat(o_t, a^base_t)`` [B, O + A] -> ``delta_t`` [B, 1, A] in [-1, 1]."""
         return self.residual.act(obs, noise=noise, deterministic=deterministic)
-
-

@@ -114,9 +114,18 @@ class ShortcutFlowPolicy(Policy):
         if not 0.0 <= bootstrap_frac < 1.0:
             raise ConfigError(f"policy.shortcut_bootstrap_frac must be in [0, 1), got {bootstrap_frac}")
         super().__init__(
-            obs_dim, action_dim, act_horizon, velocity_net=velocity_net, hidden_dims=hidden_dims, layernorm=layernorm,
-            shortcut_steps=int(shortcut_steps), max_steps=int(max_steps), bootstrap_frac=float(bootstrap_frac),
-            unet_dims=unet_dims, unet_kernel_size=unet_kernel_size, time_embed_dim=time_embed_dim,
+            obs_dim,
+            action_dim,
+            act_horizon,
+            velocity_net=velocity_net,
+            hidden_dims=hidden_dims,
+            layernorm=layernorm,
+            shortcut_steps=int(shortcut_steps),
+            max_steps=int(max_steps),
+            bootstrap_frac=float(bootstrap_frac),
+            unet_dims=unet_dims,
+            unet_kernel_size=unet_kernel_size,
+            time_embed_dim=time_embed_dim,
             unet_n_groups=unet_n_groups,
         )
         self.shortcut_steps, self.max_steps, self.bootstrap_frac = int(shortcut_steps), int(max_steps), bootstrap_frac
@@ -124,8 +133,16 @@ class ShortcutFlowPolicy(Policy):
         self.sample_level = sample_level
         self.level_embed = nn.Embedding(num_levels + 1, time_embed_dim)
         self.net = build_denoiser_net(
-            obs_dim + time_embed_dim, action_dim, act_horizon, velocity_net, hidden_dims, layernorm, unet_dims,
-            unet_kernel_size, time_embed_dim, unet_n_groups,
+            obs_dim + time_embed_dim,
+            action_dim,
+            act_horizon,
+            velocity_net,
+            hidden_dims,
+            layernorm,
+            unet_dims,
+            unet_kernel_size,
+            time_embed_dim,
+            unet_n_groups,
         )
 
     @property
@@ -156,7 +173,9 @@ class ShortcutFlowPolicy(Policy):
             x = x + dt * self.velocity(obs_n, x, k * dt, level)
         return x
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """``shortcut_steps`` shortcut steps from x0 (``noise`` > zeros if deterministic > randn); clamp to [-1, 1]."""
         B = obs_n.shape[0]
         shape = (B, self.act_horizon, self.action_dim)
@@ -169,7 +188,11 @@ class ShortcutFlowPolicy(Policy):
         return self.integrate(obs_n, x).clamp(-1.0, 1.0)
 
     def bc_loss(
-        self, obs_n: torch.Tensor, action_n: torch.Tensor, valid_mask: torch.Tensor | None, weights: torch.Tensor | None = None
+        self,
+        obs_n: torch.Tensor,
+        action_n: torch.Tensor,
+        valid_mask: torch.Tensor | None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Flow-matching + self-consistency loss (module docstring); ``weights`` [B] per-sample, detached.
 

@@ -27,10 +27,25 @@ from rlft.policies.base import POLICY_CLASSES, Policy, register_policy
 class SteeredFlowPolicy(Policy):
     """``base`` (frozen) decoding the noise chosen by ``latent``; see the module docstring."""
 
-    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int, base_class: str, base_kwargs: dict,
-                 latent_class: str, latent_kwargs: dict):
-        super().__init__(obs_dim, action_dim, act_horizon, base_class=base_class, base_kwargs=dict(base_kwargs),
-                         latent_class=latent_class, latent_kwargs=dict(latent_kwargs))
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        act_horizon: int,
+        base_class: str,
+        base_kwargs: dict,
+        latent_class: str,
+        latent_kwargs: dict,
+    ):
+        super().__init__(
+            obs_dim,
+            action_dim,
+            act_horizon,
+            base_class=base_class,
+            base_kwargs=dict(base_kwargs),
+            latent_class=latent_class,
+            latent_kwargs=dict(latent_kwargs),
+        )
         for cls in (base_class, latent_class):
             if cls not in POLICY_CLASSES:
                 raise CheckpointError(f"steered policy: unknown policy class {cls!r}; known: {sorted(POLICY_CLASSES)}")
@@ -55,9 +70,16 @@ class SteeredFlowPolicy(Policy):
         """Wrap existing modules (shared, not copied: training ``latent`` trains the composite). The composite's own
         normaliser is a copy of the base policy's (it maps raw obs and env actions)."""
         self = cls.__new__(cls)
-        Policy.__init__(self, base.obs_dim, base.action_dim, base.act_horizon, base_class=type(base).__name__,
-                        base_kwargs=dict(base.kwargs), latent_class=type(latent).__name__,
-                        latent_kwargs=dict(latent.kwargs))
+        Policy.__init__(
+            self,
+            base.obs_dim,
+            base.action_dim,
+            base.act_horizon,
+            base_class=type(base).__name__,
+            base_kwargs=dict(base.kwargs),
+            latent_class=type(latent).__name__,
+            latent_kwargs=dict(latent.kwargs),
+        )
         self.base, self.latent = base, latent
         self._check()
         self.base.requires_grad_(False)
@@ -69,13 +91,16 @@ class SteeredFlowPolicy(Policy):
         """Upper bound of the latent box (per action dim), from the latent actor's normaliser."""
         return self.latent.normalizer.act_high
 
-    def latent_noise(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None,
-                     deterministic: bool = False) -> torch.Tensor:
+    def latent_noise(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """The latent actor's noise chunk w [B, H, A] in raw noise units (within the box)."""
         w_n = self.latent.sample(obs_n, noise=noise, deterministic=deterministic)
         return self.latent.normalizer.unnormalize_action(w_n.clamp(-1.0, 1.0))
 
-    def sample(self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    def sample(
+        self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
+    ) -> torch.Tensor:
         """Normalised env chunk: ``base.sample(obs_n, noise=w)`` with ``w`` the latent actor's noise. ``noise`` and
         ``deterministic`` go to the latent actor (its eps / its mean); the base policy is always driven by ``w``.
         ``obs_n`` is normalised with the base policy's statistics, which the latent actor shares."""

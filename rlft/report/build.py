@@ -86,9 +86,11 @@ def _groups(runs: list[RunData]) -> dict[str, list[RunData]]:
 
 
 def _results_rows(runs: list[RunData], findings: dict[str, list[Finding]]) -> str:
-    head = ("<tr><th class=l>run</th><th class=l>algo</th><th class=l>mode</th><th>steps</th><th>success_once</th>"
-            "<th>success_at_end</th><th>return</th><th>best success_once</th><th>start success</th><th>wall (s)</th>"
-            "<th>findings</th></tr>")
+    head = (
+        "<tr><th class=l>run</th><th class=l>algo</th><th class=l>mode</th><th>steps</th><th>success_once</th>"
+        "<th>success_at_end</th><th>return</th><th>best success_once</th><th>start success</th><th>wall (s)</th>"
+        "<th>findings</th></tr>"
+    )
     rows = []
     for r in runs:
         ev = r.final_eval()
@@ -101,7 +103,8 @@ def _results_rows(runs: list[RunData], findings: dict[str, list[Finding]]) -> st
             f"<td class=l>{_e(r.mode)}</td><td>{_e(steps)}</td><td>{_fmt(ev.get('eval/success_once'))}</td>"
             f"<td>{_fmt(ev.get('eval/success_at_end'))}</td><td>{_fmt(ev.get('eval/return'), 1)}</td>"
             f"<td>{_fmt(best)}</td><td>{_fmt(r.start_success)}</td><td>{_fmt(s.get('wall_s'), 0)}</td>"
-            f"<td>{len(fs) if fs else ''}</td></tr>")
+            f"<td>{len(fs) if fs else ''}</td></tr>"
+        )
     return "<table>" + head + "".join(rows) + "</table>"
 
 
@@ -120,16 +123,19 @@ def _group_table(groups: dict[str, list[RunData]]) -> str:
             else:
                 cells.append("<td></td>")
         rows.append(f"<tr><td class=l>{_e(g_)}</td><td>{len(rs)}</td>{''.join(cells)}</tr>")
-    return ("<h3>Across runs (mean &plusmn; std of the final evaluation)</h3><table><tr><th class=l>group</th>"
-            "<th>runs</th><th>success_once</th><th>success_at_end</th><th>return</th></tr>" + "".join(rows) +
-            "</table>")
+    return (
+        "<h3>Across runs (mean &plusmn; std of the final evaluation)</h3><table><tr><th class=l>group</th>"
+        "<th>runs</th><th>success_once</th><th>success_at_end</th><th>return</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _finding_html(f: Finding, with_run: bool) -> str:
     run = f"<b>{_e(f.run)}</b> &middot; " if with_run else ""
-    return (f"<div class='finding {_e(f.severity)}'><span class=sev>{_e(f.severity)}</span> {run}"
-            f"<b>{_e(f.title)}</b> <span class=muted>({_e(f.rule)}, step {f.step})</span>"
-            f"<div class=evidence>{_e(f.evidence)}</div><div>{_e(f.explanation)}</div></div>")
+    return (
+        f"<div class='finding {_e(f.severity)}'><span class=sev>{_e(f.severity)}</span> {run}"
+        f"<b>{_e(f.title)}</b> <span class=muted>({_e(f.rule)}, step {f.step})</span>"
+        f"<div class=evidence>{_e(f.evidence)}</div><div>{_e(f.explanation)}</div></div>"
+    )
 
 
 def _env_summary(r: RunData) -> str:
@@ -138,19 +144,26 @@ def _env_summary(r: RunData) -> str:
     meta = r.policy_meta
     pol = (c.get("algo_cfg", {}) or {}).get("policy", {}) or {}
     rows = [
-        ("environment", env.get("env_id")), ("act_horizon (chunk H)", env.get("act_horizon")),
-        ("obs_horizon", env.get("obs_horizon")), ("gamma", env.get("gamma")),
+        ("environment", env.get("env_id")),
+        ("act_horizon (chunk H)", env.get("act_horizon")),
+        ("obs_horizon", env.get("obs_horizon")),
+        ("gamma", env.get("gamma")),
         ("max_episode_steps", env.get("max_episode_steps") or "env default"),
         ("obs_dim / action_dim", f"{meta.get('obs_dim', '?')} / {meta.get('action_dim', '?')}" if meta else None),
         ("policy", f"{meta.get('policy_class') or pol.get('kind')}"),
-        ("dataset", c.get("dataset")), ("init_policy", c.get("init_policy")), ("init_critic", c.get("init_critic")),
-        ("seed", (c.get("run", {}) or {}).get("seed")), ("device / threads",
-         f"{(c.get('run', {}) or {}).get('device')} / {(c.get('run', {}) or {}).get('threads')}"),
+        ("dataset", c.get("dataset")),
+        ("init_policy", c.get("init_policy")),
+        ("init_critic", c.get("init_critic")),
+        ("seed", (c.get("run", {}) or {}).get("seed")),
+        ("device / threads", f"{(c.get('run', {}) or {}).get('device')} / {(c.get('run', {}) or {}).get('threads')}"),
         ("evaluation", ", ".join(f"{k}={v}" for k, v in (c.get("eval", {}) or {}).items())),
         ("run directory", str(r.path)),
     ]
-    return "<table>" + "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in rows
-                               if v not in (None, "")) + "</table>"
+    return (
+        "<table>"
+        + "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in rows if v not in (None, ""))
+        + "</table>"
+    )
 
 
 def _report_environment() -> str:
@@ -162,9 +175,11 @@ def _report_environment() -> str:
             vers.append(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
             pass
-    return (f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node()} "
-            f"({platform.platform()}, Python {sys.version.split()[0]}; {', '.join(vers)}). Runs record their config "
-            f"but not the machine they ran on.")
+    return (
+        f"Report generated {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node()} "
+        f"({platform.platform()}, Python {sys.version.split()[0]}; {', '.join(vers)}). Runs record their config "
+        f"but not the machine they ran on."
+    )
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -187,8 +202,11 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
         findings[r.name] = fs
 
     title = "rlft report: " + ", ".join(str(Path(p).name) for p in paths)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
     parts.append("<h2 id='results'>Results</h2>" + _results_rows(runs, findings))
     groups = _groups(runs)
     parts.append(_group_table(groups))
@@ -200,9 +218,11 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
         p = plot_stages(pipelines, fig_dir / "stages.png")
         files.append(p)
         parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='success after each stage'>")
-    parts.append("<p class=muted>success_once: the task succeeded at any step of an evaluation episode; "
-                 "success_at_end: at its last step; start success: final success of the policy the run started "
-                 "from (previous stage or init_policy's run), when known.</p>")
+    parts.append(
+        "<p class=muted>success_once: the task succeeded at any step of an evaluation episode; "
+        "success_at_end: at its last step; start success: final success of the policy the run started "
+        "from (previous stage or init_policy's run), when known.</p>"
+    )
 
     # diagnosis
     parts.append("<h2 id='diagnosis'>Diagnosis</h2>")
@@ -223,27 +243,36 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
         for pid, ptitle in PAGES:
             if pid not in pages:
                 continue
-            p = plot_page([(r.name, r.metrics) for r in rs], pages[pid], fig_dir / f"compare_{slug(g_)}_{pid}.png",
-                          f"{g_}: {ptitle}")
+            p = plot_page(
+                [(r.name, r.metrics) for r in rs],
+                pages[pid],
+                fig_dir / f"compare_{slug(g_)}_{pid}.png",
+                f"{g_}: {ptitle}",
+            )
             files.append(p)
             parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
 
     # per run
     for r in runs:
-        parts.append(f"<h2 id='{_e(slug(r.name))}'>{_e(r.name)} <span class=muted>({_e(r.algo)}, {_e(r.mode)}"
-                     f")</span></h2>")
+        parts.append(
+            f"<h2 id='{_e(slug(r.name))}'>{_e(r.name)} <span class=muted>({_e(r.algo)}, {_e(r.mode)})</span></h2>"
+        )
         markers: dict[str, list[tuple[int, str]]] = {}
         for f in findings[r.name]:
             markers.setdefault(f.metric, []).append((f.step, f.rule))
         if findings[r.name]:
-            parts.append("<p>Findings: " + ", ".join(f"<b>{_e(f.rule)}</b> (step {f.step})" for f in findings[r.name])
-                         + " &mdash; see <a href='#diagnosis'>Diagnosis</a>; marked on the curves below.</p>")
+            parts.append(
+                "<p>Findings: "
+                + ", ".join(f"<b>{_e(f.rule)}</b> (step {f.step})" for f in findings[r.name])
+                + " &mdash; see <a href='#diagnosis'>Diagnosis</a>; marked on the curves below.</p>"
+            )
         pages = panels_for(r.metrics.names)
         for pid, ptitle in PAGES:
             if pid not in pages:
                 continue
-            p = plot_page([(r.name, r.metrics)], pages[pid], fig_dir / f"{slug(r.name)}_{pid}.png",
-                          f"{r.name}: {ptitle}", markers)
+            p = plot_page(
+                [(r.name, r.metrics)], pages[pid], fig_dir / f"{slug(r.name)}_{pid}.png", f"{r.name}: {ptitle}", markers
+            )
             files.append(p)
             parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
         vids = r.videos()
@@ -259,19 +288,24 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
                     files.append(_copy(poster, media_dir / slug(r.name) / poster.name))
                     poster_attr = f" poster='media/{_e(slug(r.name))}/{_e(poster.name)}'"
                 if v.suffix == ".gif":
-                    parts.append(f"<figure><img src='{_e(rel)}' width=320 alt='{_e(v.stem)}'>"
-                                 f"<figcaption>{_e(v.stem)}</figcaption></figure>")
+                    parts.append(
+                        f"<figure><img src='{_e(rel)}' width=320 alt='{_e(v.stem)}'>"
+                        f"<figcaption>{_e(v.stem)}</figcaption></figure>"
+                    )
                 else:
-                    parts.append(f"<figure><video controls muted loop preload='metadata' width=320{poster_attr}>"
-                                 f"<source src='{_e(rel)}' type='video/mp4'></video>"
-                                 f"<figcaption>{_e(v.stem)}</figcaption></figure>")
+                    parts.append(
+                        f"<figure><video controls muted loop preload='metadata' width=320{poster_attr}>"
+                        f"<source src='{_e(rel)}' type='video/mp4'></video>"
+                        f"<figcaption>{_e(v.stem)}</figcaption></figure>"
+                    )
             parts.append("</div>")
         parts.append("<h3>Environment and config</h3>" + _env_summary(r))
         cfg_text = (r.path / "config.yaml").read_text() if (r.path / "config.yaml").is_file() else "(no config.yaml)"
         parts.append(f"<details><summary>config.yaml</summary><pre>{_e(cfg_text)}</pre></details>")
         if r.summary:
-            parts.append(f"<details><summary>summary.json</summary><pre>{_e(json.dumps(r.summary, indent=2))}"
-                         f"</pre></details>")
+            parts.append(
+                f"<details><summary>summary.json</summary><pre>{_e(json.dumps(r.summary, indent=2))}</pre></details>"
+            )
     parts.append(f"<hr><p class=muted>{_e(_report_environment())}</p></body></html>")
     index = out_dir / "index.html"
     atomic_write_text(index, "\n".join(x for x in parts if x))
@@ -290,16 +324,25 @@ def print_report(res: ReportResult, console=None) -> None:
         t.add_column(c, justify="left" if c in ("run", "algo", "mode") else "right")
     for r in res.runs:
         ev = r.final_eval()
-        t.add_row(escape(r.name), r.algo, r.mode, _fmt(ev.get("eval/success_once")),
-                  _fmt(ev.get("eval/success_at_end")), _fmt(ev.get("eval/return"), 1), str(len(res.findings[r.name])))
+        t.add_row(
+            escape(r.name),
+            r.algo,
+            r.mode,
+            _fmt(ev.get("eval/success_once")),
+            _fmt(ev.get("eval/success_at_end")),
+            _fmt(ev.get("eval/return"), 1),
+            str(len(res.findings[r.name])),
+        )
     console.print(t)
     colors = {"error": "bold red", "warning": "yellow", "info": "cyan"}
     any_f = False
     for r in res.runs:
         for f in res.findings[r.name]:
             any_f = True
-            console.print(f"[{colors[f.severity]}]{f.severity}[/] [bold]{escape(r.name)}[/bold] step {f.step}: "
-                          f"[bold]{escape(f.title)}[/bold] ({f.rule})")
+            console.print(
+                f"[{colors[f.severity]}]{f.severity}[/] [bold]{escape(r.name)}[/bold] step {f.step}: "
+                f"[bold]{escape(f.title)}[/bold] ({f.rule})"
+            )
             console.print(f"    [dim]evidence:[/dim] {escape(f.evidence)}")
             console.print(f"    [dim]why:[/dim] {escape(f.explanation)}")
     if not any_f:

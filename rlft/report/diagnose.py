@@ -246,12 +246,20 @@ def nonfinite(m: Metrics, ctx: dict) -> list[Finding]:
         return []
     step, name, val = first
     others = f"; also non-finite: {', '.join(sorted(set(bad) - {name}))}" if len(bad) > 1 else ""
-    return [Finding("nonfinite", "error", step, name, f"{name} became {val}",
-                    f"{name} = {val} at step {step}{others}",
-                    "A NaN/inf in a loss or statistic means the optimisation diverged (exploding Q targets, "
-                    "log-probabilities of actions at the tanh boundary, a zero-variance normaliser); everything "
-                    "logged after it is meaningless. Lower the learning rates, check the data's action range and "
-                    "normalisation, and look at which metric went first.")]
+    return [
+        Finding(
+            "nonfinite",
+            "error",
+            step,
+            name,
+            f"{name} became {val}",
+            f"{name} = {val} at step {step}{others}",
+            "A NaN/inf in a loss or statistic means the optimisation diverged (exploding Q targets, "
+            "log-probabilities of actions at the tanh boundary, a zero-variance normaliser); everything "
+            "logged after it is meaningless. Lower the learning rates, check the data's action range and "
+            "normalisation, and look at which metric went first.",
+        )
+    ]
 
 
 def q_bounds(ctx: dict, m: Metrics | None = None) -> tuple[float, float] | None:
@@ -279,8 +287,16 @@ def q_out_of_range(m: Metrics, ctx: dict) -> list[Finding]:
         return []
     lo, hi = bounds
     margin = max(Q_RANGE_MARGIN * (hi - lo), 1.0)
-    names = [n for n in (m.find("critic/q_mean", "*/q_mean"), m.find("critic/td_target_mean", "*/td_target_mean"),
-                         m.find("critic/v_mean", "*/v_mean"), m.find("actor/actor_q", "*actor_q")) if n]
+    names = [
+        n
+        for n in (
+            m.find("critic/q_mean", "*/q_mean"),
+            m.find("critic/td_target_mean", "*/td_target_mean"),
+            m.find("critic/v_mean", "*/v_mean"),
+            m.find("actor/actor_q", "*actor_q"),
+        )
+        if n
+    ]
     first: tuple[int, str, float] | None = None
     for name in names:
         s, v = _finite(*m.series(name))
@@ -291,14 +307,21 @@ def q_out_of_range(m: Metrics, ctx: dict) -> list[Finding]:
         return []
     step, name, val = first
     rr = ctx["reward_range"]
-    return [Finding(
-        "q_out_of_range", "error", step, name, f"{name} left the range the rewards allow",
-        f"{name} = {g(val)} at step {step}; rewards in [{g(rr[0])}, {g(rr[1])}] with gamma {ctx['gamma']} allow "
-        f"[{g(lo)}, {g(hi)}]",
-        "No return can be worth this: the critic diverged (a learning rate too high for the critic, bootstrapping "
-        "from its own overestimates, or rewards on another scale than the data's). Everything trained on this critic "
-        "since is suspect. Lower the critic lr, check the reward scale and the terminal masking; "
-        "run.stop_on_divergence stops such a run at once, keeping its last checkpoint.")]
+    return [
+        Finding(
+            "q_out_of_range",
+            "error",
+            step,
+            name,
+            f"{name} left the range the rewards allow",
+            f"{name} = {g(val)} at step {step}; rewards in [{g(rr[0])}, {g(rr[1])}] with gamma {ctx['gamma']} allow "
+            f"[{g(lo)}, {g(hi)}]",
+            "No return can be worth this: the critic diverged (a learning rate too high for the critic, bootstrapping "
+            "from its own overestimates, or rewards on another scale than the data's). Everything trained on this critic "
+            "since is suspect. Lower the critic lr, check the reward scale and the terminal masking; "
+            "run.stop_on_divergence stops such a run at once, keeping its last checkpoint.",
+        )
+    ]
 
 
 @rule("loss_explosion")
@@ -315,14 +338,21 @@ def loss_explosion(m: Metrics, ctx: dict) -> list[Finding]:
         idx = np.nonzero(np.abs(v) > LOSS_EXPLOSION_FACTOR * start)[0]
         if len(idx):
             i = int(idx[0])
-            return [Finding(
-                "loss_explosion", "error", int(s[i]), name, f"{name} exploded",
-                f"|{name}| {g(start)} at the start -> {g(v[i])} at step {s[i]} "
-                f"(x{g(abs(v[i]) / start)}, threshold x{g(LOSS_EXPLOSION_FACTOR)})",
-                "A loss three orders of magnitude above where it started means the optimisation diverged (a "
-                "learning rate far too high, or targets that blew up); the weights are no longer a policy or a critic "
-                "worth keeping. Lower the learning rates; run.stop_on_divergence stops such a run at once, keeping "
-                "its last checkpoint.")]
+            return [
+                Finding(
+                    "loss_explosion",
+                    "error",
+                    int(s[i]),
+                    name,
+                    f"{name} exploded",
+                    f"|{name}| {g(start)} at the start -> {g(v[i])} at step {s[i]} "
+                    f"(x{g(abs(v[i]) / start)}, threshold x{g(LOSS_EXPLOSION_FACTOR)})",
+                    "A loss three orders of magnitude above where it started means the optimisation diverged (a "
+                    "learning rate far too high, or targets that blew up); the weights are no longer a policy or a critic "
+                    "worth keeping. Lower the learning rates; run.stop_on_divergence stops such a run at once, keeping "
+                    "its last checkpoint.",
+                )
+            ]
     return []
 
 
@@ -350,22 +380,34 @@ def temperature_explosion(m: Metrics, ctx: dict) -> list[Finding]:
         if d:
             ev += f" ({gap / d:+.2f} per dim over {d} dims)"
         if gap > 0:
-            sign_txt = (f"Here log_prob + target_entropy = {gap:+.3g} > 0 (the policy's entropy {g(ent)} is below the "
-                        f"target {g(tgt)}), so the temperature loss -log(alpha) * (log_prob + target_entropy) pushes "
-                        f"alpha up at every step. ")
+            sign_txt = (
+                f"Here log_prob + target_entropy = {gap:+.3g} > 0 (the policy's entropy {g(ent)} is below the "
+                f"target {g(tgt)}), so the temperature loss -log(alpha) * (log_prob + target_entropy) pushes "
+                f"alpha up at every step. "
+            )
         else:
-            sign_txt = (f"At this step log_prob + target_entropy = {gap:+.3g} <= 0, so alpha is no longer pushed up; "
-                        f"the growth came from an earlier phase where the entropy was below the target. ")
+            sign_txt = (
+                f"At this step log_prob + target_entropy = {gap:+.3g} <= 0, so alpha is no longer pushed up; "
+                f"the growth came from an earlier phase where the entropy was below the target. "
+            )
     d = _chunk_dims(ctx)
     dim_txt = f" For this {d}-dimensional chunk the textbook target -dim is {-d}." if d else ""
-    return [Finding(
-        "temperature_explosion", "warning", step, name, f"temperature exploded (x{g(t[i] / t[0])})", ev,
-        sign_txt + "Alpha only stops growing once the entropy reaches the target. If the actor cannot raise its "
-        "entropy -- its log-std sits at a bound, a BC/advantage-weighted term pulls it narrow, or alpha does not "
-        "enter the actor's main loss term at all (IQL/AWR with an added entropy bonus, seed 001) -- alpha grows "
-        "without bound and the entropy term swamps Q. The auto target -dim is unreachable for a narrow "
-        "(BC-pretrained) chunk policy." + dim_txt + " Use a reachable target (rlft's sac default: "
-        "min(-0.5 * dim, the starting policy's entropy)), a fixed alpha, or no entropy term for weighted-BC actors.")]
+    return [
+        Finding(
+            "temperature_explosion",
+            "warning",
+            step,
+            name,
+            f"temperature exploded (x{g(t[i] / t[0])})",
+            ev,
+            sign_txt + "Alpha only stops growing once the entropy reaches the target. If the actor cannot raise its "
+            "entropy -- its log-std sits at a bound, a BC/advantage-weighted term pulls it narrow, or alpha does not "
+            "enter the actor's main loss term at all (IQL/AWR with an added entropy bonus, seed 001) -- alpha grows "
+            "without bound and the entropy term swamps Q. The auto target -dim is unreachable for a narrow "
+            "(BC-pretrained) chunk policy." + dim_txt + " Use a reachable target (rlft's sac default: "
+            "min(-0.5 * dim, the starting policy's entropy)), a fixed alpha, or no entropy term for weighted-BC actors.",
+        )
+    ]
 
 
 @rule("entropy_collapse")
@@ -384,8 +426,10 @@ def entropy_collapse(m: Metrics, ctx: dict) -> list[Finding]:
     i = int(hit[0])
     step = int(s[i])
     jmax = int(np.argmax(e[: i + 1]))
-    ev = f"{name} {g(e[jmax])} (step {s[jmax]}) -> {g(e[i])} at step {step} (drop {g(e[jmax] - e[i])}; " \
-         f"threshold {thr_txt}); final {g(e[-1])}"
+    ev = (
+        f"{name} {g(e[jmax])} (step {s[jmax]}) -> {g(e[i])} at step {step} (drop {g(e[jmax] - e[i])}; "
+        f"threshold {thr_txt}); final {g(e[-1])}"
+    )
     tgt = _at(m, m.find("alpha/target_entropy", "*/target_entropy"), step)
     t_name = m.find("alpha/temperature", "*/temperature")
     t0, t1 = _at(m, t_name, int(s[0])), _at(m, t_name, int(s[-1]))
@@ -393,13 +437,21 @@ def entropy_collapse(m: Metrics, ctx: dict) -> list[Finding]:
         return []  # a wide initial policy settling at its entropy target while alpha falls: the target at work
     if tgt is not None:
         ev += f"; target_entropy {g(tgt)}"
-    return [Finding(
-        "entropy_collapse", "warning", step, name, f"policy entropy collapsed to {g(e[i])}", ev,
-        "The actor's distribution shrank onto a narrow region: the Q-term drove it to the actions the critic "
-        "overvalues (pure SAC offline, seed 001: entropy +10 -> -40), or the weighted-likelihood term fits the "
-        "mean of near-deterministic data. A collapsed chunk policy no longer explores and its log-probabilities "
-        "become huge, which also feeds a temperature explosion. Anchor to the data (BC term) or keep a reachable "
-        "entropy target.")]
+    return [
+        Finding(
+            "entropy_collapse",
+            "warning",
+            step,
+            name,
+            f"policy entropy collapsed to {g(e[i])}",
+            ev,
+            "The actor's distribution shrank onto a narrow region: the Q-term drove it to the actions the critic "
+            "overvalues (pure SAC offline, seed 001: entropy +10 -> -40), or the weighted-likelihood term fits the "
+            "mean of near-deterministic data. A collapsed chunk policy no longer explores and its log-probabilities "
+            "become huge, which also feeds a temperature explosion. Anchor to the data (BC term) or keep a reachable "
+            "entropy target.",
+        )
+    ]
 
 
 @rule("entropy_at_box_maximum")
@@ -412,25 +464,35 @@ def entropy_at_box_maximum(m: Metrics, ctx: dict) -> list[Finding]:
     if len(e) < 4:
         return []
     h_max = d * math.log(2.0)  # differential entropy of the uniform distribution on the action box [-1, 1]^d
-    late = e[len(e) // 2:]
+    late = e[len(e) // 2 :]
     if float(np.median(late)) < BOX_ENTROPY_FRACTION * h_max:
         return []
     step = int(s[len(e) // 2])
     t0, t1 = _at(m, t_name, int(s[0])), _at(m, t_name, int(s[-1]))
     q_n = m.find("critic/q_mean", "*/q_mean")
     q1 = _at(m, q_n, int(s[-1]))
-    ev = f"{name} median {g(float(np.median(late)))} over the second half of training (from step {step}) vs " \
-         f"{g(h_max)} = {d} dims x log 2, the maximum for actions in [-1, 1]^{d}; {t_name} {g(t0)} -> {g(t1)}"
+    ev = (
+        f"{name} median {g(float(np.median(late)))} over the second half of training (from step {step}) vs "
+        f"{g(h_max)} = {d} dims x log 2, the maximum for actions in [-1, 1]^{d}; {t_name} {g(t0)} -> {g(t1)}"
+    )
     if q1 is not None:
         ev += f"; {q_n} {g(q1)} at the end"
-    return [Finding(
-        "entropy_at_box_maximum", "warning", step, name, "the policy stays uniform over the action box", ev,
-        "The entropy term outweighs the critic: with alpha this large, spreading the chunk uniformly over [-1, 1] "
-        "earns more soft value than any action the critic prefers, so the actor never leaves its initial "
-        "maximum-entropy state (its BC/likelihood term cannot pull it in either). The soft Q then carries "
-        "alpha * H / (1 - gamma) of entropy bonus, which is why q_mean can sit far above what the rewards allow. "
-        "Start from a small temperature (init_temperature 0.01-0.1), raise temperature_lr, or drop the entropy "
-        "bonus from the backup.")]
+    return [
+        Finding(
+            "entropy_at_box_maximum",
+            "warning",
+            step,
+            name,
+            "the policy stays uniform over the action box",
+            ev,
+            "The entropy term outweighs the critic: with alpha this large, spreading the chunk uniformly over [-1, 1] "
+            "earns more soft value than any action the critic prefers, so the actor never leaves its initial "
+            "maximum-entropy state (its BC/likelihood term cannot pull it in either). The soft Q then carries "
+            "alpha * H / (1 - gamma) of entropy bonus, which is why q_mean can sit far above what the rewards allow. "
+            "Start from a small temperature (init_temperature 0.01-0.1), raise temperature_lr, or drop the entropy "
+            "bonus from the backup.",
+        )
+    ]
 
 
 @rule("entropy_rise")
@@ -453,20 +515,26 @@ def entropy_rise(m: Metrics, ctx: dict) -> list[Finding]:
     if t0 is not None and t1 is not None and t1 > t0:
         return []  # the temperature is widening the policy: that is the entropy target at work, not this failure
     step = int(s[i])
-    ev = f"{name} {g(e[jmin])} (step {s[jmin]}) -> {g(e[i])} at step {step} (+{g(e[i] - e[jmin])}; threshold " \
-         f"{thr_txt})"
+    ev = f"{name} {g(e[jmin])} (step {s[jmin]}) -> {g(e[i])} at step {step} (+{g(e[i] - e[jmin])}; threshold {thr_txt})"
     if t0 is not None and t1 is not None:
         ev += f"; meanwhile {t_name} {g(t0)} -> {g(t1)} (not rising)"
     bc = (ctx.get("algo_cfg") or {}).get("bc_coef")
     bc_txt = f" (bc_coef is {bc})" if bc is not None else ""
-    return [Finding(
-        "entropy_rise", "warning", step, name, f"policy widened by {g(e[i] - e[jmin])} nats without the temperature",
-        ev,
-        "The policy's entropy grew although alpha did not rise, so the entropy bonus is not what widened it: the "
-        "-Q term itself rewards spreading the chunk distribution, i.e. the critic values actions away from the "
-        "policy's mean (and away from the data) higher -- extrapolation off the data manifold. A pretrained "
-        "policy drifts away from what made it succeed. Anchor the actor to the offline data with a BC term"
-        f"{bc_txt}, lower the actor learning rate, or warm up the critic before the actor moves.")]
+    return [
+        Finding(
+            "entropy_rise",
+            "warning",
+            step,
+            name,
+            f"policy widened by {g(e[i] - e[jmin])} nats without the temperature",
+            ev,
+            "The policy's entropy grew although alpha did not rise, so the entropy bonus is not what widened it: the "
+            "-Q term itself rewards spreading the chunk distribution, i.e. the critic values actions away from the "
+            "policy's mean (and away from the data) higher -- extrapolation off the data manifold. A pretrained "
+            "policy drifts away from what made it succeed. Anchor the actor to the offline data with a BC term"
+            f"{bc_txt}, lower the actor learning rate, or warm up the critic before the actor moves.",
+        )
+    ]
 
 
 @rule("q_overestimation")
@@ -475,8 +543,11 @@ def q_overestimation(m: Metrics, ctx: dict) -> list[Finding]:
     qn = m.find("critic/q_mean", "*/q_mean")
     an = m.find("actor/actor_q", "*actor_q")
     gamma = ctx.get("gamma")
-    bound_txt = (f" With per-step rewards bounded by r_max, |Q| <= r_max / (1 - gamma) = {g(1 / (1 - gamma))} r_max."
-                 if gamma and 0 < gamma < 1 else "")
+    bound_txt = (
+        f" With per-step rewards bounded by r_max, |Q| <= r_max / (1 - gamma) = {g(1 / (1 - gamma))} r_max."
+        if gamma and 0 < gamma < 1
+        else ""
+    )
     if qn and an:
         qs, qv = m.series(qn)
         table = dict(zip(qs.tolist(), qv.tolist()))
@@ -488,16 +559,23 @@ def q_overestimation(m: Metrics, ctx: dict) -> list[Finding]:
             run = run + 1 if (math.isfinite(gap) and gap >= ACTOR_Q_GAP_REL) else 0
             if run >= ACTOR_Q_MIN_CONSECUTIVE:
                 st0, av0, q0 = rows[k - run + 1]
-                out.append(Finding(
-                    "q_overestimation", "warning", st0, an, "the policy's actions are valued far above the data's",
-                    f"{an} {g(av0)} vs {qn} {g(q0)} at step {st0} (gap {g(av0 - q0)} = "
-                    f"{g((av0 - q0) / max(abs(q0), Q_SCALE_FLOOR))}"
-                    f" x |q_mean|, threshold {ACTOR_Q_GAP_REL}); at step {st}: {g(av)} vs {g(qv_)}",
-                    "Q of the actor's own chunks exceeds Q of the dataset chunks by a wide margin: the actor found "
-                    "actions where the critic extrapolates upward (out-of-distribution overestimation; seed 001: "
-                    "actor_q 5 -> 100). Nothing in the TD targets corrects Q there because those actions never occur "
-                    "in the data. Constrain the actor to the data (BC/TD3+BC weight, IQL/AWR-style weighted BC, CQL) "
-                    "or use pessimistic ensembles." + bound_txt))
+                out.append(
+                    Finding(
+                        "q_overestimation",
+                        "warning",
+                        st0,
+                        an,
+                        "the policy's actions are valued far above the data's",
+                        f"{an} {g(av0)} vs {qn} {g(q0)} at step {st0} (gap {g(av0 - q0)} = "
+                        f"{g((av0 - q0) / max(abs(q0), Q_SCALE_FLOOR))}"
+                        f" x |q_mean|, threshold {ACTOR_Q_GAP_REL}); at step {st}: {g(av)} vs {g(qv_)}",
+                        "Q of the actor's own chunks exceeds Q of the dataset chunks by a wide margin: the actor found "
+                        "actions where the critic extrapolates upward (out-of-distribution overestimation; seed 001: "
+                        "actor_q 5 -> 100). Nothing in the TD targets corrects Q there because those actions never occur "
+                        "in the data. Constrain the actor to the data (BC/TD3+BC weight, IQL/AWR-style weighted BC, CQL) "
+                        "or use pessimistic ensembles." + bound_txt,
+                    )
+                )
                 break
     return out
 
@@ -505,28 +583,39 @@ def q_overestimation(m: Metrics, ctx: dict) -> list[Finding]:
 @rule("q_unbounded")
 def q_unbounded(m: Metrics, ctx: dict) -> list[Finding]:
     gamma = ctx.get("gamma")
-    bound_txt = (f" With per-step rewards bounded by r_max, |Q| <= r_max / (1 - gamma) = {g(1 / (1 - gamma))} r_max."
-                 if gamma and 0 < gamma < 1 else "")
+    bound_txt = (
+        f" With per-step rewards bounded by r_max, |Q| <= r_max / (1 - gamma) = {g(1 / (1 - gamma))} r_max."
+        if gamma and 0 < gamma < 1
+        else ""
+    )
     for name in [n for n in (m.find("critic/q_mean", "*/q_mean"), m.find("actor/actor_q", "*actor_q")) if n]:
         s, v = _finite(*m.series(name))
         n = len(v)
         if n < max(4, Q_GROWTH_LAST_LOGS + 1):
             continue
-        base = float(np.median(np.abs(v[n // 4: max(n // 4 + 1, n // 2)])))  # after the critic found its scale
+        base = float(np.median(np.abs(v[n // 4 : max(n // 4 + 1, n // 2)])))  # after the critic found its scale
         mag = np.abs(v)
         for i in range(n // 2, n):
-            tail = mag[max(0, i - Q_GROWTH_LAST_LOGS): i + 1]
+            tail = mag[max(0, i - Q_GROWTH_LAST_LOGS) : i + 1]
             growing = len(tail) > Q_GROWTH_LAST_LOGS and bool(np.all(np.diff(tail) > 0))
             if mag[i] >= Q_GROWTH_ABS_MIN and mag[i] >= Q_GROWTH_FACTOR * max(base, 1e-8) and growing:
-                return [Finding(
-                    "q_unbounded", "warning", int(s[i]), name, f"{name} keeps growing in magnitude",
-                    f"|{name}| median {g(base)} over the second quarter of the run -> {g(mag[i])} at step {s[i]} "
-                    f"(x{g(mag[i] / max(base, 1e-8))}), still growing over the last {Q_GROWTH_LAST_LOGS} logs",
-                    "Q grows far beyond its early scale and keeps growing: bootstrapping from overestimated "
-                    "next-state values compounds (deadly triad), typically through out-of-distribution actions in "
-                    "the target. Compare with the return scale of the task." + bound_txt +
-                    " Check the target (min over an ensemble, terminated masking), the reward scale and the policy "
-                    "constraint.")]
+                return [
+                    Finding(
+                        "q_unbounded",
+                        "warning",
+                        int(s[i]),
+                        name,
+                        f"{name} keeps growing in magnitude",
+                        f"|{name}| median {g(base)} over the second quarter of the run -> {g(mag[i])} at step {s[i]} "
+                        f"(x{g(mag[i] / max(base, 1e-8))}), still growing over the last {Q_GROWTH_LAST_LOGS} logs",
+                        "Q grows far beyond its early scale and keeps growing: bootstrapping from overestimated "
+                        "next-state values compounds (deadly triad), typically through out-of-distribution actions in "
+                        "the target. Compare with the return scale of the task."
+                        + bound_txt
+                        + " Check the target (min over an ensemble, terminated masking), the reward scale and the policy "
+                        "constraint.",
+                    )
+                ]
     return []
 
 
@@ -557,12 +646,20 @@ def lambda_collapse(m: Metrics, ctx: dict) -> list[Finding]:
     aq1 = _at(m, aq_n, step)
     if aq0 is not None and aq1 is not None:
         ev += f"; {aq_n} {g(aq0)} -> {g(aq1)}"
-    return [Finding(
-        "lambda_collapse", "warning", step, name, f"TD3+BC's lambda collapsed to {g(lam[i])}", ev,
-        "lambda = alpha / mean|Q(s, pi(s))| shrinks because the Q values of the policy's actions grew (seed 001: "
-        "actor_q 5 -> 100 took lambda from 0.35 to ~0.01). The Q-term is normalised by those inflated values, so "
-        "its gradient no longer tracks real improvement and the MSE term dominates: the actor degenerates to BC while "
-        "the critic overestimates. Look at q_overestimation/q_unbounded; fix the critic, not alpha.")]
+    return [
+        Finding(
+            "lambda_collapse",
+            "warning",
+            step,
+            name,
+            f"TD3+BC's lambda collapsed to {g(lam[i])}",
+            ev,
+            "lambda = alpha / mean|Q(s, pi(s))| shrinks because the Q values of the policy's actions grew (seed 001: "
+            "actor_q 5 -> 100 took lambda from 0.35 to ~0.01). The Q-term is normalised by those inflated values, so "
+            "its gradient no longer tracks real improvement and the MSE term dominates: the actor degenerates to BC while "
+            "the critic overestimates. Look at q_overestimation/q_unbounded; fix the critic, not alpha.",
+        )
+    ]
 
 
 def _weight_clip(ctx: dict, weights_max_name: str) -> float | None:
@@ -604,28 +701,44 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
         step = int(s[half])
         clip = _weight_clip(ctx, mx)
         if clip is not None and float(np.median(vmean[half:])) >= 0.5 * clip:
-            out.append(Finding(
-                "uniform_weights", "warning", step, mx,
-                "advantage weights saturate at the clip: weighted BC = plain BC",
-                f"{mean} median {g(float(np.median(vmean[half:])))} and {mx} {g(vmax[-1])} with max_weight {g(clip)} "
-                f"over steps {s[half]}-{s[-1]}",
-                "exp(beta * A) exceeds the clip for most samples, so nearly every weight equals the clip and every "
-                "chunk is imitated equally: IQL/AWR degenerates to BC the other way round -- beta * |A| is far too "
-                "large (a huge beta or a critic whose errors are large). Lower beta or normalise the advantages."))
+            out.append(
+                Finding(
+                    "uniform_weights",
+                    "warning",
+                    step,
+                    mx,
+                    "advantage weights saturate at the clip: weighted BC = plain BC",
+                    f"{mean} median {g(float(np.median(vmean[half:])))} and {mx} {g(vmax[-1])} with max_weight {g(clip)} "
+                    f"over steps {s[half]}-{s[-1]}",
+                    "exp(beta * A) exceeds the clip for most samples, so nearly every weight equals the clip and every "
+                    "chunk is imitated equally: IQL/AWR degenerates to BC the other way round -- beta * |A| is far too "
+                    "large (a huge beta or a critic whose errors are large). Lower beta or normalise the advantages.",
+                )
+            )
             continue
-        ev = f"{mx} / {mean}: median {g(med)} over steps {s[half]}-{s[-1]} (threshold {UNIFORM_WEIGHT_RATIO}); " \
-             f"last {g(vmax[-1])} / {g(vmean[-1])}"
+        ev = (
+            f"{mx} / {mean}: median {g(med)} over steps {s[half]}-{s[-1]} (threshold {UNIFORM_WEIGHT_RATIO}); "
+            f"last {g(vmax[-1])} / {g(vmean[-1])}"
+        )
         beta = (ctx.get("algo_cfg") or {}).get("beta")
         if adv:
             a = _at(m, adv, int(s[-1]))
             ev += f"; {adv} {g(a)}" + (f", beta * |A| = {g(beta * abs(a))}" if beta and a is not None else "")
-        out.append(Finding(
-            "uniform_weights", "warning", step, mx, "advantage weights are nearly uniform: weighted BC = plain BC", ev,
-            "The largest weight in a batch is barely above the mean, so every dataset chunk is imitated almost "
-            "equally: the advantage signal (beta * A) is too small or too noisy to separate good from bad actions "
-            "and IQL/AWR degenerates to BC (seed 001's AWR: advantage mean -0.05, weights ~uniform). Expected on "
-            "expert-only data (nothing to prefer); otherwise raise beta, normalise advantages, or check that the "
-            "critic learned anything (q_std, td_error)."))
+        out.append(
+            Finding(
+                "uniform_weights",
+                "warning",
+                step,
+                mx,
+                "advantage weights are nearly uniform: weighted BC = plain BC",
+                ev,
+                "The largest weight in a batch is barely above the mean, so every dataset chunk is imitated almost "
+                "equally: the advantage signal (beta * A) is too small or too noisy to separate good from bad actions "
+                "and IQL/AWR degenerates to BC (seed 001's AWR: advantage mean -0.05, weights ~uniform). Expected on "
+                "expert-only data (nothing to prefer); otherwise raise beta, normalise advantages, or check that the "
+                "critic learned anything (q_std, td_error).",
+            )
+        )
     return out
 
 
@@ -665,28 +778,41 @@ def weight_outliers(m: Metrics, ctx: dict) -> list[Finding]:
             first = f"first at step {s[i]}: max {g(vmax[i])}, mean {g(vmean[i])}"
             if kind == "saturated":
                 mean_thr = (WEIGHT_NEAR_CLIP + WEIGHT_SATURATED_FRACTION * (1 - WEIGHT_NEAR_CLIP)) * clip
-                out.append(Finding(
-                    "weight_outliers", "warning", int(s[i]), mx,
-                    "advantage weights sit at the clip for a large part of the batch",
-                    f"{mean} >= {g(mean_thr)} with {mx} at max_weight ({g(clip)}) on {100 * frac:.0f}% of log "
-                    f"points ({first}, so at least {100 * near[i]:.0f}% of the batch has a weight >= "
-                    f"{WEIGHT_NEAR_CLIP:g} x max_weight)",
-                    "exp(beta * A) reaches the clip for a large part of the batch, so the ranking among those chunks "
-                    "is lost: they are all imitated with (nearly) the same weight, the highest-advantage ones no more "
-                    "than the merely good -- beta * |A| is far too large for the clip (a huge beta, or a critic whose "
-                    "errors are large). Lower beta or normalise the advantages per batch. A max at the clip with a "
-                    "mean far below it is normal for IQL/AWR (Kostrikov et al. 2022; Peng et al. 2019) and is not "
-                    "flagged."))
+                out.append(
+                    Finding(
+                        "weight_outliers",
+                        "warning",
+                        int(s[i]),
+                        mx,
+                        "advantage weights sit at the clip for a large part of the batch",
+                        f"{mean} >= {g(mean_thr)} with {mx} at max_weight ({g(clip)}) on {100 * frac:.0f}% of log "
+                        f"points ({first}, so at least {100 * near[i]:.0f}% of the batch has a weight >= "
+                        f"{WEIGHT_NEAR_CLIP:g} x max_weight)",
+                        "exp(beta * A) reaches the clip for a large part of the batch, so the ranking among those chunks "
+                        "is lost: they are all imitated with (nearly) the same weight, the highest-advantage ones no more "
+                        "than the merely good -- beta * |A| is far too large for the clip (a huge beta, or a critic whose "
+                        "errors are large). Lower beta or normalise the advantages per batch. A max at the clip with a "
+                        "mean far below it is normal for IQL/AWR (Kostrikov et al. 2022; Peng et al. 2019) and is not "
+                        "flagged.",
+                    )
+                )
             else:
-                out.append(Finding(
-                    "weight_outliers", "warning", int(s[i]), mx, "a few samples dominate the weighted actor loss",
-                    f"{mx} / ({bs} x {mean}) >= {WEIGHT_DOMINANT_SHARE:g} on {100 * frac:.0f}% of log points "
-                    f"({first}: one sample carries {100 * share[i]:.0f}% of the batch's total weight, an effective "
-                    f"sample size of at most {g(1 / share[i] ** 2)} of {bs})",
-                    "One chunk carries most of each batch's weight, so every actor update imitates a handful of "
-                    "samples -- including those whose high advantage is a critic error -- and the gradient's noise is "
-                    "that of a batch of a few. Lower beta, normalise the advantages per batch, or lower the clip (AWR, "
-                    "Peng et al. 2019, clips at 20); check the critic (q_std, td_error) if the advantages are noise."))
+                out.append(
+                    Finding(
+                        "weight_outliers",
+                        "warning",
+                        int(s[i]),
+                        mx,
+                        "a few samples dominate the weighted actor loss",
+                        f"{mx} / ({bs} x {mean}) >= {WEIGHT_DOMINANT_SHARE:g} on {100 * frac:.0f}% of log points "
+                        f"({first}: one sample carries {100 * share[i]:.0f}% of the batch's total weight, an effective "
+                        f"sample size of at most {g(1 / share[i] ** 2)} of {bs})",
+                        "One chunk carries most of each batch's weight, so every actor update imitates a handful of "
+                        "samples -- including those whose high advantage is a critic error -- and the gradient's noise is "
+                        "that of a batch of a few. Lower beta, normalise the advantages per batch, or lower the clip (AWR, "
+                        "Peng et al. 2019, clips at 20); check the critic (q_std, td_error) if the advantages are noise.",
+                    )
+                )
     return out
 
 
@@ -705,15 +831,22 @@ def critic_divergence(m: Metrics, ctx: dict) -> list[Finding]:
         scale = max(abs(q), Q_SCALE_FLOOR) if q is not None else Q_SCALE_FLOOR
         if qs[i] >= QSTD_GROWTH_FACTOR * max(run_min[i], 1e-12) and qs[i] >= QSTD_REL_MIN * scale:
             j = int(np.argmin(qs[: i + 1]))
-            return [Finding(
-                "critic_divergence", "warning", int(s[i]), name, "the critic ensemble members disagree more and more",
-                f"{name} {g(qs[j])} (step {s[j]}) -> {g(qs[i])} at step {s[i]} (x{g(qs[i] / max(qs[j], 1e-12))}); "
-                f"|q_mean| {g(scale)}, so the spread is {g(100 * qs[i] / scale)}% of Q",
-                "The members of the Q ensemble, trained on the same targets, drift apart: they are queried where they "
-                "have no data (out-of-distribution actions in the actor's or the target's samples) or the targets "
-                "themselves oscillate (seed 001's IQL: q_std jumped to 2.5+ after 20k steps). Min-over-ensemble "
-                "targets then become very pessimistic or noisy. Constrain the actor, lower the critic lr, use "
-                "LayerNorm critics.")]
+            return [
+                Finding(
+                    "critic_divergence",
+                    "warning",
+                    int(s[i]),
+                    name,
+                    "the critic ensemble members disagree more and more",
+                    f"{name} {g(qs[j])} (step {s[j]}) -> {g(qs[i])} at step {s[i]} (x{g(qs[i] / max(qs[j], 1e-12))}); "
+                    f"|q_mean| {g(scale)}, so the spread is {g(100 * qs[i] / scale)}% of Q",
+                    "The members of the Q ensemble, trained on the same targets, drift apart: they are queried where they "
+                    "have no data (out-of-distribution actions in the actor's or the target's samples) or the targets "
+                    "themselves oscillate (seed 001's IQL: q_std jumped to 2.5+ after 20k steps). Min-over-ensemble "
+                    "targets then become very pessimistic or noisy. Constrain the actor, lower the critic lr, use "
+                    "LayerNorm critics.",
+                )
+            ]
     return []
 
 
@@ -746,17 +879,24 @@ def td_not_decreasing(m: Metrics, ctx: dict) -> list[Finding]:
     if not (last >= TD_REL_UNFIT and last >= TD_STALL_RATIO * max(start, first)):
         return []
     online = ctx.get("mode") == "online"
-    return [Finding(
-        "td_not_decreasing", "info" if online else "warning", int(s[n - q]), tn, "the TD error is not decreasing",
-        f"td_error / max(|td_target_mean|, 1): median {g(start)} over the first {head} logs and {g(first)} over steps "
-        f"{s[0]}-{s[q - 1]} -> {g(last)} over steps {s[n - q]}-{s[-1]} (raw td_error {g(td[0])} -> {g(td[-1])}); the "
-        f"critic's TD error is still {100 * last:.0f}% of its targets' magnitude (threshold {100 * TD_REL_UNFIT:.0f}%)",
-        "The critic does not fit its own targets better over training, and its error is a large fraction of the "
-        "values it predicts. Offline that points at a critic that does not learn (learning rate, frozen or "
-        "mis-wired parameters) or at moving targets (overestimation feeding back, too large tau); online some of it "
-        "is new data arriving, so read it with q_std and q_mean. A critic that never fits gives the actor noise to "
-        "follow. (A TD error that plateaus at a few per cent of the target is normal: sampled targets carry "
-        "irreducible variance.)")]
+    return [
+        Finding(
+            "td_not_decreasing",
+            "info" if online else "warning",
+            int(s[n - q]),
+            tn,
+            "the TD error is not decreasing",
+            f"td_error / max(|td_target_mean|, 1): median {g(start)} over the first {head} logs and {g(first)} over steps "
+            f"{s[0]}-{s[q - 1]} -> {g(last)} over steps {s[n - q]}-{s[-1]} (raw td_error {g(td[0])} -> {g(td[-1])}); the "
+            f"critic's TD error is still {100 * last:.0f}% of its targets' magnitude (threshold {100 * TD_REL_UNFIT:.0f}%)",
+            "The critic does not fit its own targets better over training, and its error is a large fraction of the "
+            "values it predicts. Offline that points at a critic that does not learn (learning rate, frozen or "
+            "mis-wired parameters) or at moving targets (overestimation feeding back, too large tau); online some of it "
+            "is new data arriving, so read it with q_std and q_mean. A critic that never fits gives the actor noise to "
+            "follow. (A TD error that plateaus at a few per cent of the target is normal: sampled targets carry "
+            "irreducible variance.)",
+        )
+    ]
 
 
 @rule("success_stuck_at_zero")
@@ -773,14 +913,21 @@ def success_stuck_at_zero(m: Metrics, ctx: dict) -> list[Finding]:
             ls, lv = _finite(*m.series(ln))
             if len(lv) >= 2:
                 loss_txt.append(f"{ln} {g(lv[0])} -> {g(lv[-1])}")
-    return [Finding(
-        "success_stuck_at_zero", "warning", int(s[STUCK_MIN_EVALS - 1]), en, "success stays at zero",
-        f"{en} = 0 in all {len(v)} evaluations (steps {s[0]}-{s[-1]})" +
-        (f" while the losses look fine: {'; '.join(loss_txt)}" if loss_txt else ""),
-        "Optimisation runs but the objective does not lead to success: the actor imitates or maximises something "
-        "that never completes the task (an unexpressive actor for the chunk distribution -- seed 001's Gaussian MLP "
-        "with bc_loss stuck at 0.8 --, too little data near the goal, a chunk too long to react, or a critic that "
-        "learned nothing useful). Check BC alone first: if BC cannot succeed, RL on top rarely will.")]
+    return [
+        Finding(
+            "success_stuck_at_zero",
+            "warning",
+            int(s[STUCK_MIN_EVALS - 1]),
+            en,
+            "success stays at zero",
+            f"{en} = 0 in all {len(v)} evaluations (steps {s[0]}-{s[-1]})"
+            + (f" while the losses look fine: {'; '.join(loss_txt)}" if loss_txt else ""),
+            "Optimisation runs but the objective does not lead to success: the actor imitates or maximises something "
+            "that never completes the task (an unexpressive actor for the chunk distribution -- seed 001's Gaussian MLP "
+            "with bc_loss stuck at 0.8 --, too little data near the goal, a chunk too long to react, or a critic that "
+            "learned nothing useful). Check BC alone first: if BC cannot succeed, RL on top rarely will.",
+        )
+    ]
 
 
 @rule("success_regression")
@@ -809,30 +956,49 @@ def success_regression(m: Metrics, ctx: dict) -> list[Finding]:
         ts, tv = _finite(*m.series(tn))
         if len(tv) >= 2:
             j = int(np.argmax(tv))
-            train = f"; online episode success (last 20 episodes) {g(tv[j])} at step {ts[j]} -> {g(tv[-1])} at " \
-                    f"step {ts[-1]}"
+            train = (
+                f"; online episode success (last 20 episodes) {g(tv[j])} at step {ts[j]} -> {g(tv[-1])} at "
+                f"step {ts[-1]}"
+            )
     start = ctx.get("start_success")
-    expl = ("Fine-tuning made the policy worse than where it started: the RL update moved the actor away from "
-            "behaviour that worked before the critic could rank actions reliably (a fresh or mismatched critic, "
-            "Q overestimation off the data, too large actor steps, exploration noise in the replay). Look at the "
-            "entropy and actor_q findings; keep the best checkpoint (policy_best), anchor to the data (BC term), warm "
-            "up the critic before the actor moves, or lower the actor lr.")
+    expl = (
+        "Fine-tuning made the policy worse than where it started: the RL update moved the actor away from "
+        "behaviour that worked before the critic could rank actions reliably (a fresh or mismatched critic, "
+        "Q overestimation off the data, too large actor steps, exploration noise in the replay). Look at the "
+        "entropy and actor_q findings; keep the best checkpoint (policy_best), anchor to the data (BC term), warm "
+        "up the critic before the actor moves, or lower the actor lr."
+    )
     if start is not None:
         bad = [k for k in range(len(v)) if significant(float(start), float(v[k]))]
         if bad:
             k = bad[0]
             src = ctx.get("start_source") or "the initial policy"
-            return [Finding(
-                "success_regression", "warning", int(s[k]), en, f"success fell below the starting policy's "
-                f"({g(start)} -> {g(v[k])})",
-                f"starting policy ({src}) success_once {g(start)}; {en} {g(v[k])} at step {s[k]}, final {g(v[-1])}"
-                f"{f' over {int(n)} episodes' if n else ''}" + train, expl)]
+            return [
+                Finding(
+                    "success_regression",
+                    "warning",
+                    int(s[k]),
+                    en,
+                    f"success fell below the starting policy's ({g(start)} -> {g(v[k])})",
+                    f"starting policy ({src}) success_once {g(start)}; {en} {g(v[k])} at step {s[k]}, final {g(v[-1])}"
+                    f"{f' over {int(n)} episodes' if n else ''}" + train,
+                    expl,
+                )
+            ]
     if len(v) >= 2:
         j = int(np.argmax(v))
         if j < len(v) - 1 and significant(float(v[j]), float(v[-1])):
-            return [Finding(
-                "success_regression", "warning", int(s[-1]), en, f"success fell from its best ({g(v[j])} -> "
-                f"{g(v[-1])})", f"{en} {g(v[j])} at step {s[j]} -> {g(v[-1])} at step {s[-1]}" + train, expl)]
+            return [
+                Finding(
+                    "success_regression",
+                    "warning",
+                    int(s[-1]),
+                    en,
+                    f"success fell from its best ({g(v[j])} -> {g(v[-1])})",
+                    f"{en} {g(v[j])} at step {s[j]} -> {g(v[-1])} at step {s[-1]}" + train,
+                    expl,
+                )
+            ]
     return []
 
 

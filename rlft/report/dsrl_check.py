@@ -103,12 +103,16 @@ def stage1_checks(rows: list[dict]) -> list[CheckResult]:
     if n < 1:
         return [CheckResult("E[Q] under pi_W above under the prior", "SKIP", "actor/q_policy not logged")]
     k = max(1, int(round(TAIL * n)))
-    gap = float((qp[n - k:n] - q0[n - k:n]).mean())
+    gap = float((qp[n - k : n] - q0[n - k : n]).mean())
     ok = gap > 0
-    return [CheckResult(
-        "stage 1: E[Q(s, pi_dp(s, w))] for w ~ pi_W above that for w ~ prior", "PASS" if ok else "FAIL",
-        f"q_policy {qp[n - k:n].mean():.3f} vs q_prior {q0[n - k:n].mean():.3f} (gap {gap:+.3f}, last {k} log points)"
-        + _extras(rows))]
+    return [
+        CheckResult(
+            "stage 1: E[Q(s, pi_dp(s, w))] for w ~ pi_W above that for w ~ prior",
+            "PASS" if ok else "FAIL",
+            f"q_policy {qp[n - k : n].mean():.3f} vs q_prior {q0[n - k : n].mean():.3f} (gap {gap:+.3f}, last {k} log points)"
+            + _extras(rows),
+        )
+    ]
 
 
 def _extras(rows: list[dict]) -> str:
@@ -127,8 +131,9 @@ def stage2_checks(rows: list[dict], gamma: float, reward_bound: float, latent_di
         out.append(CheckResult("td_error decreases", "SKIP", f"{len(td)} log points"))
     else:
         a, b = _thirds(td)
-        out.append(CheckResult("td_error decreases", "PASS" if b < a else "FAIL",
-                               f"first third {a:.4g} -> last third {b:.4g}"))
+        out.append(
+            CheckResult("td_error decreases", "PASS" if b < a else "FAIL", f"first third {a:.4g} -> last third {b:.4g}")
+        )
     q = series(rows, "critic/q_mean")
     bound = Q_SLACK * reward_bound / (1.0 - gamma) if gamma < 1 else math.inf
     if len(q) < MIN_POINTS:
@@ -137,17 +142,26 @@ def stage2_checks(rows: list[dict], gamma: float, reward_bound: float, latent_di
         a, b = _thirds(q)
         peak = float(np.abs(q).max())
         ok = b > a and peak <= bound
-        out.append(CheckResult("q_mean rises without exploding", "PASS" if ok else "FAIL",
-                               f"first third {a:.4g} -> last third {b:.4g}; max |q_mean| {peak:.4g} "
-                               f"(bound {bound:.4g} = {Q_SLACK} * {reward_bound} / (1 - {gamma}))"))
+        out.append(
+            CheckResult(
+                "q_mean rises without exploding",
+                "PASS" if ok else "FAIL",
+                f"first third {a:.4g} -> last third {b:.4g}; max |q_mean| {peak:.4g} "
+                f"(bound {bound:.4g} = {Q_SLACK} * {reward_bound} / (1 - {gamma}))",
+            )
+        )
     alpha = series(rows, "alpha/temperature")
     if len(alpha) < MIN_POINTS:
         out.append(CheckResult("alpha does not explode", "SKIP", f"{len(alpha)} log points"))
     else:
         ok = float(alpha.max()) <= ALPHA_FACTOR * float(alpha[0])
-        out.append(CheckResult("alpha does not explode", "PASS" if ok else "FAIL",
-                               f"first {alpha[0]:.4g}, max {alpha.max():.4g}, last {alpha[-1]:.4g} "
-                               f"(limit {ALPHA_FACTOR} x first)"))
+        out.append(
+            CheckResult(
+                "alpha does not explode",
+                "PASS" if ok else "FAIL",
+                f"first {alpha[0]:.4g}, max {alpha.max():.4g}, last {alpha[-1]:.4g} (limit {ALPHA_FACTOR} x first)",
+            )
+        )
     ent = series(rows, "actor/entropy")
     if len(ent) < MIN_POINTS:
         out.append(CheckResult("entropy does not collapse at once", "SKIP", f"{len(ent)} log points"))
@@ -156,9 +170,14 @@ def stage2_checks(rows: list[dict], gamma: float, reward_bound: float, latent_di
         dim = latent_dim if latent_dim is not None else 1
         floor = float(ent[0]) - ENTROPY_DROP_PER_DIM * dim
         early_min = float(ent[:k].min())
-        out.append(CheckResult("entropy does not collapse at once", "PASS" if early_min >= floor else "FAIL",
-                               f"first {ent[0]:.4g}, min over the first {k} log points {early_min:.4g} (floor "
-                               f"{floor:.4g} = first - {ENTROPY_DROP_PER_DIM} x {dim} latent dims), last {ent[-1]:.4g}"))
+        out.append(
+            CheckResult(
+                "entropy does not collapse at once",
+                "PASS" if early_min >= floor else "FAIL",
+                f"first {ent[0]:.4g}, min over the first {k} log points {early_min:.4g} (floor "
+                f"{floor:.4g} = first - {ENTROPY_DROP_PER_DIM} x {dim} latent dims), last {ent[-1]:.4g}",
+            )
+        )
     return out
 
 
@@ -173,17 +192,26 @@ def dsrl_checklist(run_dir: str | Path, reward_bound: float = 1.0) -> list[Check
     if "critic/td_error" in keys and "alpha/temperature" in keys:
         results += stage2_checks(rows, _gamma(run_dir), reward_bound, _latent_dim(run_dir))
     if not results:
-        raise ConfigError(f"{run_dir}: logged neither stage-1 (actor/q_policy) nor stage-2 (critic/td_error, "
-                          f"alpha/temperature) metrics")
+        raise ConfigError(
+            f"{run_dir}: logged neither stage-1 (actor/q_policy) nor stage-2 (critic/td_error, "
+            f"alpha/temperature) metrics"
+        )
     return results
 
 
 def main(args: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="rlft dsrl-check", description="DSRL debugging checklist (seed 002) on a run "
-                                 "directory's logged metrics: PASS/FAIL per item; exit status 1 if any fails.")
+    ap = argparse.ArgumentParser(
+        prog="rlft dsrl-check",
+        description="DSRL debugging checklist (seed 002) on a run "
+        "directory's logged metrics: PASS/FAIL per item; exit status 1 if any fails.",
+    )
     ap.add_argument("run_dirs", nargs="+", help="run directories (rlft train outputs, or pipeline stage folders)")
-    ap.add_argument("--reward-bound", type=float, default=1.0,
-                    help="largest |reward| per env step (bounds |Q| by reward_bound / (1 - gamma)); default 1")
+    ap.add_argument(
+        "--reward-bound",
+        type=float,
+        default=1.0,
+        help="largest |reward| per env step (bounds |Q| by reward_bound / (1 - gamma)); default 1",
+    )
     ns = ap.parse_args(args)
     failed = False
     for d in ns.run_dirs:

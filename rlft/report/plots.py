@@ -31,10 +31,25 @@ PAGES = [
     ("other", "Other metrics"),
 ]
 COLUMNS = 3
-_FIRST = ["eval/success_once", "eval/success_at_end", "eval/return", "eval/episode_length", "train/episode_success",
-          "train/episode_return", "critic/critic_loss", "critic/q_mean", "critic/td_target_mean", "critic/q_std",
-          "critic/td_error", "actor/actor_loss", "actor/bc_loss", "actor/actor_q", "actor/actor_lam",
-          "alpha/temperature", "alpha/temperature_loss"]
+_FIRST = [
+    "eval/success_once",
+    "eval/success_at_end",
+    "eval/return",
+    "eval/episode_length",
+    "train/episode_success",
+    "train/episode_return",
+    "critic/critic_loss",
+    "critic/q_mean",
+    "critic/td_target_mean",
+    "critic/q_std",
+    "critic/td_error",
+    "actor/actor_loss",
+    "actor/bc_loss",
+    "actor/actor_q",
+    "actor/actor_lam",
+    "alpha/temperature",
+    "alpha/temperature_loss",
+]
 """Metrics drawn first on their page (in this order); the rest follow alphabetically."""
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -90,8 +105,13 @@ def _plot_series(ax, steps: np.ndarray, values: np.ndarray, label: str, color, d
         ax.plot(steps[bad], np.full(bad.sum(), lo), "x", color="red", markersize=7, label=f"{label} (nan/inf)")
 
 
-def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]]], path: Path,
-              title: str, markers: dict[str, list[tuple[int, str]]] | None = None) -> Path:
+def plot_page(
+    runs: list[tuple[str, Metrics]],
+    panels: list[tuple[str, list[str]]],
+    path: Path,
+    title: str,
+    markers: dict[str, list[tuple[int, str]]] | None = None,
+) -> Path:
     """Draw ``panels`` for one or several runs (overlaid, one colour per run) into ``path`` (PNG, written
     atomically). ``markers``: metric -> [(step, label)] drawn as vertical dotted lines (diagnosis findings)."""
     n = len(panels)
@@ -113,8 +133,16 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
         for name in names:
             for step, mlabel in (markers or {}).get(name, []):
                 ax.axvline(step, color="crimson", linestyle=":", linewidth=1.2)
-                ax.annotate(mlabel, (step, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color="crimson",
-                            rotation=90, va="top", ha="right")
+                ax.annotate(
+                    mlabel,
+                    (step, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    color="crimson",
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                )
         if names[0] in ("eval/success_once", "eval/success_at_end", "train/episode_success"):
             ax.set_ylim(-0.03, 1.03)
         elif names[0].endswith("temperature"):  # alpha spans decades when it explodes or collapses
@@ -133,13 +161,25 @@ def plot_page(runs: list[tuple[str, Metrics]], panels: list[tuple[str, list[str]
     head = 0.55 + (0.22 * math.ceil(len(runs) / 4) if several else 0.0)  # inches above the panels
     height = fig.get_figheight()
     width = fig.get_figwidth()
-    fig.subplots_adjust(left=0.65 / width, right=1 - 0.15 / width, bottom=0.45 / height + 0.02, top=1 - head / height,
-                        hspace=0.5, wspace=0.3)
+    fig.subplots_adjust(
+        left=0.65 / width,
+        right=1 - 0.15 / width,
+        bottom=0.45 / height + 0.02,
+        top=1 - head / height,
+        hspace=0.5,
+        wspace=0.3,
+    )
     if several:
-        handles = [plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label)
-                   for r, (label, _) in enumerate(runs)]
-        fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, 1 - 0.3 / height))
+        handles = [
+            plt.Line2D([], [], color=_COLORS[r % len(_COLORS)], label=label) for r, (label, _) in enumerate(runs)
+        ]
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=min(len(runs), 4),
+            fontsize=8,
+            bbox_to_anchor=(0.5, 1 - 0.3 / height),
+        )
     fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")
     fig.supxlabel("step", fontsize=8, y=0.01)
     with atomic_path(path) as tmp:
@@ -156,9 +196,16 @@ def plot_stages(pipelines: dict[str, list[tuple[str, dict[str, float]]]], path: 
         xs = list(range(len(stages)))
         for key, style in (("eval/success_once", "-o"), ("eval/success_at_end", "--s")):
             ys = [ev.get(key, float("nan")) for _, ev in stages]
-            ax.plot(xs, ys, style, color=color, markersize=4,
-                    label=f"{name} {key.split('/')[-1]}" if len(pipelines) > 1 or key.endswith("once") else
-                    key.split("/")[-1])
+            ax.plot(
+                xs,
+                ys,
+                style,
+                color=color,
+                markersize=4,
+                label=f"{name} {key.split('/')[-1]}"
+                if len(pipelines) > 1 or key.endswith("once")
+                else key.split("/")[-1],
+            )
         ax.set_xticks(xs, [s for s, _ in stages], fontsize=8)
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("success", fontsize=8)

@@ -262,8 +262,16 @@ def load_run(path: str | Path, name: str | None = None, group: str = "runs", pip
         except (json.JSONDecodeError, OSError):
             info = {}
         meta.update({k: info[k] for k in ("obs_dim", "action_dim") if isinstance(info.get(k), int)})
-    run = RunData(name=name or p.name, path=p, records=records, config=config,
-                  summary=_read_json(p / "summary.json"), policy_meta=meta, group=group, pipeline=pipeline)
+    run = RunData(
+        name=name or p.name,
+        path=p,
+        records=records,
+        config=config,
+        summary=_read_json(p / "summary.json"),
+        policy_meta=meta,
+        group=group,
+        pipeline=pipeline,
+    )
     init = config.get("init_policy")
     if init:  # .../<run>/checkpoints/policy_x.safetensors -> that run's final success
         src = Path(str(init)).parent.parent

@@ -45,8 +45,10 @@ class ChunkAdapter:
         got = (actor.obs_dim, actor.action_dim, actor.act_horizon)
         want = (self.obs_dim, self.action_dim, self.act_horizon)
         if got != want:
-            raise ConfigError(f"{source}: the actor has (obs_dim, action_dim, act_horizon) = {got} but this stage "
-                              f"trains one with {want}")
+            raise ConfigError(
+                f"{source}: the actor has (obs_dim, action_dim, act_horizon) = {got} but this stage "
+                f"trains one with {want}"
+            )
 
     def actor_episodes(self, episodes: list[Episode], obs_horizon: int) -> list[Episode]:
         return episodes
@@ -94,8 +96,10 @@ class NoiseAdapter(ChunkAdapter):
     def check_actor(self, actor: Policy, source: str) -> None:
         super().check_actor(actor, source)
         if not np.allclose(actor.normalizer.act_high.cpu().numpy(), self.magnitude):
-            raise ConfigError(f"action_magnitude: {self.magnitude} differs from the latent actor's noise bound "
-                              f"{actor.normalizer.act_high.tolist()} in {source}")
+            raise ConfigError(
+                f"action_magnitude: {self.magnitude} differs from the latent actor's noise bound "
+                f"{actor.normalizer.act_high.tolist()} in {source}"
+            )
 
     def wrap_env(self, env, gamma: float):
         from rlft.envs.noise_action import NoiseActionWrapper
@@ -130,9 +134,12 @@ class ResidualAdapter(ChunkAdapter):
         actor = zero_output(super().fresh_actor(policy_cfg))  # delta = 0: the composite starts as the base policy
         nz = self.base.normalizer
         lo, hi = nz.act_low.cpu().numpy(), nz.act_high.cpu().numpy()
-        actor.normalizer.set_stats(np.concatenate([nz.obs_mean.cpu().numpy(), (lo + hi) / 2]),
-                                   np.concatenate([nz.obs_std.cpu().numpy(), (hi - lo) / 2]),
-                                   -np.ones(self.action_dim), np.ones(self.action_dim))
+        actor.normalizer.set_stats(
+            np.concatenate([nz.obs_mean.cpu().numpy(), (lo + hi) / 2]),
+            np.concatenate([nz.obs_std.cpu().numpy(), (hi - lo) / 2]),
+            -np.ones(self.action_dim),
+            np.ones(self.action_dim),
+        )
         return actor
 
     def actor_episodes(self, episodes: list[Episode], obs_horizon: int) -> list[Episode]:
@@ -151,8 +158,9 @@ class ResidualAdapter(ChunkAdapter):
         return ResidualPolicy.compose(self.base, actor, self.bound)
 
 
-def make_adapter(cfg, base: Policy | None, info: dict, episodes: Callable[[], list[Episode] | None],
-                 settings: dict) -> ChunkAdapter:
+def make_adapter(
+    cfg, base: Policy | None, info: dict, episodes: Callable[[], list[Episode] | None], settings: dict
+) -> ChunkAdapter:
     """The adapter for a stage (``cfg`` a ``TrainConfig``; ``info`` the env's ``env_info``): no base policy ->
     chunks; with one, ``cfg.base_mode`` 'noise' (DSRL) or 'residual'. The residual's bound [A] is
     ``cfg.residual_scale`` x ``cfg.residual_unit`` (``rlft.envs.residual.residual_bound``; 'action_std' measures the
@@ -170,8 +178,10 @@ def make_adapter(cfg, base: Policy | None, info: dict, episodes: Callable[[], li
     actions = None if data is None else np.concatenate([e.actions for e in data])
     bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"], actions)
     if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
-        raise ConfigError(f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
-                          f"{cfg.init_policy} was trained with {settings['residual_bound']}")
+        raise ConfigError(
+            f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
+            f"{cfg.init_policy} was trained with {settings['residual_bound']}"
+        )
     return ResidualAdapter(base, bound)
 
 

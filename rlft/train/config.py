@@ -80,15 +80,17 @@ class EvalConfig:
         if self.video_episodes < 0:
             raise ConfigError(f"eval.video_episodes must be >= 0, got {self.video_episodes}")
         if self.video_width < 16 or self.video_height < 16:
-            raise ConfigError(f"eval.video_width/video_height must be >= 16, got {self.video_width}x"
-                              f"{self.video_height}")
+            raise ConfigError(
+                f"eval.video_width/video_height must be >= 16, got {self.video_width}x{self.video_height}"
+            )
         if self.video_frame_skip < 1:
             raise ConfigError(f"eval.video_frame_skip must be >= 1, got {self.video_frame_skip}")
         if self.every < 0:
             raise ConfigError(f"eval.every must be >= 0 (0 = only at the end), got {self.every}")
         if self.num_workers < 1 or self.parallel_envs < 1:
-            raise ConfigError(f"eval.num_workers and eval.parallel_envs must be >= 1, got {self.num_workers} and "
-                              f"{self.parallel_envs}")
+            raise ConfigError(
+                f"eval.num_workers and eval.parallel_envs must be >= 1, got {self.num_workers} and {self.parallel_envs}"
+            )
 
     def video_spec(self):
         """The evaluation's ``VideoSpec`` (None when no video is asked for)."""
@@ -96,8 +98,13 @@ class EvalConfig:
 
         if self.video_episodes <= 0:
             return None
-        return VideoSpec(self.video_episodes, self.video_width, self.video_height, self.video_frame_skip,
-                         fps=20.0 / self.video_frame_skip)
+        return VideoSpec(
+            self.video_episodes,
+            self.video_width,
+            self.video_height,
+            self.video_frame_skip,
+            fps=20.0 / self.video_frame_skip,
+        )
 
 
 @dataclasses.dataclass
@@ -202,8 +209,9 @@ class TrainConfig(Generic[A]):
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1 (gradient steps offline, env steps online), got "
-                              f"{self.steps!r}")
+            raise ConfigError(
+                f"steps must be an integer >= 1 (gradient steps offline, env steps online), got {self.steps!r}"
+            )
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
         if not 0.0 <= self.policy_ema < 1.0:

@@ -58,8 +58,14 @@ def gate(stages: list[dict]) -> dict:
         for e in ev[:i]:
             lo, hi = difference_interval(k, n, int(e["successes"]), int(e["episodes"]))
             if hi < 0:
-                worse.append({"stage": s["stage"], "from": e["stage"],
-                              "diff": k / n - int(e["successes"]) / int(e["episodes"]), "interval": (lo, hi)})
+                worse.append(
+                    {
+                        "stage": s["stage"],
+                        "from": e["stage"],
+                        "diff": k / n - int(e["successes"]) / int(e["episodes"]),
+                        "interval": (lo, hi),
+                    }
+                )
         if worse:
             out["regressions"].append(min(worse, key=lambda r: r["diff"]))
         if best is None or k / n >= best[1]:

@@ -42,9 +42,17 @@ class MetricAverager:
 
 
 class Logger:
-    def __init__(self, run_dir: Path, use_tensorboard: bool = True, track: bool = False, project: str = "rlft",
-                 run_name: str | None = None, config: dict | None = None, resume_step: int | None = None,
-                 elapsed_s: float = 0.0):
+    def __init__(
+        self,
+        run_dir: Path,
+        use_tensorboard: bool = True,
+        track: bool = False,
+        project: str = "rlft",
+        run_name: str | None = None,
+        config: dict | None = None,
+        resume_step: int | None = None,
+        elapsed_s: float = 0.0,
+    ):
         """``resume_step``: continue a run whose checkpoint was written at this step -- records the interrupted
         process logged after it are dropped from metrics.jsonl and TensorBoard (the resumed run logs them again), and
         ``time`` continues from ``elapsed_s``, the run's wall time at the checkpoint."""

@@ -35,8 +35,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlft.collect import CollectConfig, run_collect
-from rlft.data.h5io import merge_datasets
 from rlft.config import read_yaml, save_yaml, to_dict
+from rlft.data.h5io import merge_datasets
 from rlft.errors import ConfigError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
 from rlft.train.runner import run_train
@@ -56,6 +56,7 @@ class StageSpec:
         from rlft.config import check_dir_name
 
         check_dir_name(self.name, "stages[].name")
+
     config: str
     """Path of the stage's ``rlft train`` YAML (relative paths are resolved against the pipeline YAML's folder)."""
     overrides: dict = dataclasses.field(default_factory=dict)
@@ -157,32 +158,52 @@ def _handoff(st: StageSpec, prev_policy: str | None, prev_state: str | None) -> 
     through it as the frozen base policy; a distillation stage (``distil_episodes``) and the first stage start
     fresh."""
     fresh = prev_policy is None or st.base_from_previous or st.distil_episodes > 0
-    return {"init_policy": None if fresh else prev_policy,
-            **({"base_policy": prev_policy} if st.base_from_previous else {}),
-            "init_critic": prev_state if st.inherit_critic else None}
+    return {
+        "init_policy": None if fresh else prev_policy,
+        **({"base_policy": prev_policy} if st.base_from_previous else {}),
+        "init_critic": prev_state if st.inherit_critic else None,
+    }
 
 
-def _distil_data(cfg: PipelineConfig, st: StageSpec, prev: StageSpec, prev_policy: str,
-                 run_dir: Path) -> tuple[str, dict]:
+def _distil_data(
+    cfg: PipelineConfig, st: StageSpec, prev: StageSpec, prev_policy: str, run_dir: Path
+) -> tuple[str, dict]:
     """A distillation stage's data: rollouts of the previous stage's policy (``rlft collect --mode policy``)."""
     tc = time.time()
     n = max(1, round(st.distil_episodes * cfg.budget_scale))
     console.rule(escape(f"stage {st.name}: {n} rollouts of {prev.name}'s policy"))
-    path = str(run_collect(CollectConfig(
-        env_id=cfg.env.env_id, mode="policy", policy=prev_policy, num_episodes=n, seed=cfg.seed,
-        max_episode_steps=cfg.env.max_episode_steps, only_success=st.distil_only_success,
-        num_workers=cfg.eval.num_workers, out=str(run_dir / "data" / f"{st.name}-rollouts.h5"),
-        progress=not cfg.quiet)))
+    path = str(
+        run_collect(
+            CollectConfig(
+                env_id=cfg.env.env_id,
+                mode="policy",
+                policy=prev_policy,
+                num_episodes=n,
+                seed=cfg.seed,
+                max_episode_steps=cfg.env.max_episode_steps,
+                only_success=st.distil_only_success,
+                num_workers=cfg.eval.num_workers,
+                out=str(run_dir / "data" / f"{st.name}-rollouts.h5"),
+                progress=not cfg.quiet,
+            )
+        )
+    )
     return path, {"stage": f"{st.name} data", "algo": f"rollouts of {prev.name}", "wall_s": time.time() - tc}
 
 
 def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handoff: dict, run_dir: Path):
     """The stage's TrainConfig: its YAML with the pipeline's env, evaluation, data, seed and budget imposed."""
     every = int(d.get("eval", {}).get("every", 0) * cfg.budget_scale)
-    d = _deep_merge(d, {
-        "env": to_dict(cfg.env), "eval": _deep_merge(to_dict(cfg.eval), {"every": every}), "dataset": data, **handoff,
-        "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
-    })
+    d = _deep_merge(
+        d,
+        {
+            "env": to_dict(cfg.env),
+            "eval": _deep_merge(to_dict(cfg.eval), {"every": every}),
+            "dataset": data,
+            **handoff,
+            "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
+        },
+    )
     d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))
     if cfg.policy_kind is not None and handoff["init_policy"] is None and not st.base_from_previous:
         d = _deep_merge(d, {"algo_cfg": {"policy": {"kind": cfg.policy_kind}}})
@@ -193,13 +214,28 @@ def _stage_row(st: StageSpec, tcfg, summary: dict) -> dict:
     """The pipeline table's row of a trained stage (its final evaluation, when it had one)."""
     ev = summary["final"]  # None when the stage was not evaluated (eval.num_episodes 0)
     n_eval = 0 if ev is None else int(ev["eval/num_episodes"])
-    scores = {} if ev is None else {
-        "success_once": ev["eval/success_once"], "success_at_end": ev["eval/success_at_end"],
-        "return": ev["eval/return"], "best_success_once": summary["best_success_once"],
-        "successes": int(round(ev["eval/success_once"] * n_eval)), "episodes": n_eval}
-    return {"stage": st.name, "algo": tcfg.algo, "mode": tcfg.mode, "steps": tcfg.steps, **scores,
-            "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
-            "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors")}
+    scores = (
+        {}
+        if ev is None
+        else {
+            "success_once": ev["eval/success_once"],
+            "success_at_end": ev["eval/success_at_end"],
+            "return": ev["eval/return"],
+            "best_success_once": summary["best_success_once"],
+            "successes": int(round(ev["eval/success_once"] * n_eval)),
+            "episodes": n_eval,
+        }
+    )
+    return {
+        "stage": st.name,
+        "algo": tcfg.algo,
+        "mode": tcfg.mode,
+        "steps": tcfg.steps,
+        **scores,
+        "wall_s": summary["wall_s"],
+        "run_dir": summary["run_dir"],
+        "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors"),
+    }
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -215,8 +251,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     dataset = cfg.dataset
     if not dataset:
         tc = time.time()
-        dataset, label = collect_dataset([cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed,
-                                         run_dir / "data", cfg.budget_scale)
+        dataset, label = collect_dataset(
+            [cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed, run_dir / "data", cfg.budget_scale
+        )
         rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
     prev_policy, prev_state = None, None
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
@@ -233,18 +270,30 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return _finish(cfg, run_dir, rows, dataset, prev_policy, time.time() - t0)
 
 
-def _finish(cfg: PipelineConfig, run_dir: Path, rows: list[dict], dataset: str, final_policy: str | None,
-            wall_s: float) -> dict:
+def _finish(
+    cfg: PipelineConfig, run_dir: Path, rows: list[dict], dataset: str, final_policy: str | None, wall_s: float
+) -> dict:
     """The deploy gate, then pipeline_summary.json, results.md and the printed table."""
     import resource
 
-    peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
+    peak_mb = (
+        max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        / 1024.0
+    )
     decision = deploy(rows, run_dir)
-    result = {"run_dir": str(run_dir), "env_id": cfg.env.env_id, "seed": cfg.seed, "dataset": dataset,
-              "stages": rows, "wall_s": wall_s, "final_policy": final_policy, "peak_rss_mb": peak_mb,
-              "deployed": decision["deployed"], "deployed_policy": decision.get("policy"),
-              "regressions": decision["regressions"]}
+    result = {
+        "run_dir": str(run_dir),
+        "env_id": cfg.env.env_id,
+        "seed": cfg.seed,
+        "dataset": dataset,
+        "stages": rows,
+        "wall_s": wall_s,
+        "final_policy": final_policy,
+        "peak_rss_mb": peak_mb,
+        "deployed": decision["deployed"],
+        "deployed_policy": decision.get("policy"),
+        "regressions": decision["regressions"],
+    }
     atomic_write_text(run_dir / "pipeline_summary.json", json.dumps(result, indent=2))
     atomic_write_text(run_dir / "results.md", results_markdown(result))
     print_results(result)
@@ -271,10 +320,21 @@ def deploy(rows: list[dict], run_dir: Path) -> dict:
         with atomic_path(out / "policy.safetensors") as tmp:
             shutil.copyfile(chosen["policy"], tmp)
         decision["policy"] = str(out / "policy.safetensors")
-        atomic_write_text(out / "deploy.json", json.dumps({
-            "stage": chosen["stage"], "algo": chosen["algo"], "source": chosen["policy"],
-            "success_once": chosen["success_once"], "episodes": chosen["episodes"], "interval": chosen["interval"],
-            "regressions": decision["regressions"]}, indent=2))
+        atomic_write_text(
+            out / "deploy.json",
+            json.dumps(
+                {
+                    "stage": chosen["stage"],
+                    "algo": chosen["algo"],
+                    "source": chosen["policy"],
+                    "success_once": chosen["success_once"],
+                    "episodes": chosen["episodes"],
+                    "interval": chosen["interval"],
+                    "regressions": decision["regressions"],
+                },
+                indent=2,
+            ),
+        )
     return decision
 
 
@@ -285,8 +345,10 @@ def _print_regressions(result: dict) -> None:
     by_stage = {r["stage"]: r for r in result["stages"]}
     for reg in result.get("regressions", []):
         lo, hi = reg["interval"]
-        console.print(f"[bold red]regression[/] stage {escape(reg['stage'])} is below stage {escape(reg['from'])} by "
-                      f"{-reg['diff']:.2f} (95% interval of the difference [{lo:+.2f}, {hi:+.2f}]); not deployed")
+        console.print(
+            f"[bold red]regression[/] stage {escape(reg['stage'])} is below stage {escape(reg['from'])} by "
+            f"{-reg['diff']:.2f} (95% interval of the difference [{lo:+.2f}, {hi:+.2f}]); not deployed"
+        )
         try:
             run = load_run(by_stage[reg["stage"]]["run_dir"])
             findings = [f for f in diagnose(run.metrics, run.context()) if f.severity in ("error", "warning")]
@@ -299,14 +361,19 @@ def _print_regressions(result: dict) -> None:
             console.print("  the diagnosis rules found nothing; rlft report shows the curves", highlight=False)
 
 
-def collect_dataset(sources: list[CollectConfig], env_id: str, seed: int, data_dir: Path,
-                    budget_scale: float = 1.0) -> tuple[str, str]:
+def collect_dataset(
+    sources: list[CollectConfig], env_id: str, seed: int, data_dir: Path, budget_scale: float = 1.0
+) -> tuple[str, str]:
     """Run every collection (``env_id`` and seed ``seed + 7919 i`` imposed, episodes scaled by ``budget_scale``) into
     ``data_dir`` and merge them into one file. Returns ``(dataset path, label like '30 demos + 20 play')``."""
     sources = [
-        dataclasses.replace(c, env_id=env_id, seed=seed + 7919 * i,
-                            num_episodes=max(1, round(c.num_episodes * budget_scale)),
-                            out=str(Path(data_dir) / f"source{i}-{c.mode}.h5"))
+        dataclasses.replace(
+            c,
+            env_id=env_id,
+            seed=seed + 7919 * i,
+            num_episodes=max(1, round(c.num_episodes * budget_scale)),
+            out=str(Path(data_dir) / f"source{i}-{c.mode}.h5"),
+        )
         for i, c in enumerate(sources)
     ]
     parts = [run_collect(c) for c in sources]
@@ -315,21 +382,32 @@ def collect_dataset(sources: list[CollectConfig], env_id: str, seed: int, data_d
 
 
 def results_markdown(result: dict) -> str:
-    lines = [f"# rlft pipeline: {result['env_id']} (seed {result['seed']})", "",
-             "| stage | algo | success_once | 95% interval | success_at_end | return | wall (s) | deployed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# rlft pipeline: {result['env_id']} (seed {result['seed']})",
+        "",
+        "| stage | algo | success_once | 95% interval | success_at_end | return | wall (s) | deployed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["stages"]:
         if "success_once" in r:
-            lines.append(f"| {r['stage']} | {r['algo']} | {r['success_once']:.2f} | {_interval(r)} | "
-                         f"{r['success_at_end']:.2f} | {r['return']:.1f} | {r['wall_s']:.0f} | {_mark(r)} |")
+            lines.append(
+                f"| {r['stage']} | {r['algo']} | {r['success_once']:.2f} | {_interval(r)} | "
+                f"{r['success_at_end']:.2f} | {r['return']:.1f} | {r['wall_s']:.0f} | {_mark(r)} |"
+            )
         else:
             lines.append(f"| {r['stage']} | {r['algo']} | | | | | {r['wall_s']:.0f} | |")
     for reg in result.get("regressions", []):
         lo, hi = reg["interval"]
-        lines.append(f"\nRegression: {reg['stage']} is below {reg['from']} by {-reg['diff']:.2f} (95% interval of the "
-                     f"difference [{lo:+.2f}, {hi:+.2f}]); not deployed.")
-    lines += ["", f"Deployed: `{result.get('deployed_policy')}` (stage {result.get('deployed')}).",
-              f"Total wall time: {result['wall_s']:.0f} s. Run directory: `{result['run_dir']}`", ""]
+        lines.append(
+            f"\nRegression: {reg['stage']} is below {reg['from']} by {-reg['diff']:.2f} (95% interval of the "
+            f"difference [{lo:+.2f}, {hi:+.2f}]); not deployed."
+        )
+    lines += [
+        "",
+        f"Deployed: `{result.get('deployed_policy')}` (stage {result.get('deployed')}).",
+        f"Total wall time: {result['wall_s']:.0f} s. Run directory: `{result['run_dir']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -339,15 +417,24 @@ def print_results(result: dict) -> None:
         t.add_column(c, justify="right" if c not in ("stage", "algo") else "left")
     for r in result["stages"]:
         if "success_once" in r:
-            t.add_row(escape(r["stage"]), escape(r["algo"]), f"{r['success_once']:.2f}", _interval(r), f"{r['success_at_end']:.2f}",
-                      f"{r['return']:.1f}", f"{r['wall_s']:.0f}", _mark(r))
+            t.add_row(
+                escape(r["stage"]),
+                escape(r["algo"]),
+                f"{r['success_once']:.2f}",
+                _interval(r),
+                f"{r['success_at_end']:.2f}",
+                f"{r['return']:.1f}",
+                f"{r['wall_s']:.0f}",
+                _mark(r),
+            )
         else:
             t.add_row(escape(r["stage"]), escape(r["algo"]), "", "", "", "", f"{r['wall_s']:.0f}", "")
     console.print(t)
     _print_regressions(result)
     if result.get("deployed_policy"):
-        console.print(f"deployed: stage [bold]{escape(result['deployed'])}[/bold] -> "
-                      f"{escape(str(result['deployed_policy']))}")
+        console.print(
+            f"deployed: stage [bold]{escape(result['deployed'])}[/bold] -> {escape(str(result['deployed_policy']))}"
+        )
     console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{escape(str(result['run_dir']))}[/bold]")
 
 

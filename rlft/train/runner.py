@@ -31,11 +31,11 @@ from rlft.config import save_yaml, to_dict
 from rlft.data.mixer import MixedSampler
 from rlft.envs import make_env
 from rlft.errors import CheckpointError, ConfigError, TrainingError
-from rlft.train.stage import build_stage
+from rlft.rollout import Evaluator, evaluate_policy
 from rlft.train.config import TrainConfig
 from rlft.train.ema import PolicyEMA
-from rlft.rollout import Evaluator, evaluate_policy
 from rlft.train.logger import Logger, MetricAverager
+from rlft.train.stage import build_stage
 from rlft.utils import atomic_path, atomic_write_text, make_console, resolve_device, seed_everything, set_threads
 
 console = make_console()
@@ -49,8 +49,9 @@ def _run_dir(cfg: TrainConfig) -> Path:
 def _check_finite(metrics: dict[str, float], step: int) -> None:
     for k, v in metrics.items():
         if not math.isfinite(v):
-            raise TrainingError(f"metric '{k}' became {v} at step {step}; training diverged (lower the learning "
-                                f"rate or check the data)")
+            raise TrainingError(
+                f"metric '{k}' became {v} at step {step}; training diverged (lower the learning rate or check the data)"
+            )
 
 
 def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
@@ -62,9 +63,22 @@ def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
     return [n for k, v in items for n in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
-RESUME_MAY_CHANGE = ("steps", "run.resume", "run.name", "run.out_dir", "run.log_every", "run.checkpoint_every",
-                     "run.threads", "run.device", "run.track", "run.wandb_project", "run.tensorboard",
-                     "run.stop_on_divergence", "eval.num_workers", "eval.parallel_envs")
+RESUME_MAY_CHANGE = (
+    "steps",
+    "run.resume",
+    "run.name",
+    "run.out_dir",
+    "run.log_every",
+    "run.checkpoint_every",
+    "run.threads",
+    "run.device",
+    "run.track",
+    "run.wandb_project",
+    "run.tensorboard",
+    "run.stop_on_divergence",
+    "eval.num_workers",
+    "eval.parallel_envs",
+)
 """Settings a resumed run may change (``Trainer._check_resume_config``): how long, where the run directory now lies
 (it may have been moved or copied), how it is logged and computed -- nothing that changes what is learned from
 what."""
@@ -74,8 +88,11 @@ def _config_diff(old, new, prefix: str = "") -> list[tuple[str, object, object]]
     """``(dotted key, old, new)`` for every leaf that differs between two nested config dicts (lists compare whole;
     a tuple read back from YAML as a list compares equal)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _config_diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))]
+        return [
+            d
+            for k in sorted(set(old) | set(new), key=str)
+            for d in _config_diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        ]
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     return [] if norm(old) == norm(new) else [(prefix, old, new)]
 
@@ -87,9 +104,11 @@ def load_training_state(path: str | Path, device, field: str = "run.resume") -> 
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{field}: {path} is not a readable rlft training state (it may be corrupt, written by "
-                              f"an older rlft, or hold objects other than tensors, which are never unpickled: "
-                              f"{first})") from None
+        raise CheckpointError(
+            f"{field}: {path} is not a readable rlft training state (it may be corrupt, written by "
+            f"an older rlft, or hold objects other than tensors, which are never unpickled: "
+            f"{first})"
+        ) from None
     if not isinstance(state, dict) or not {"algo", "step", "best"} <= set(state):
         raise CheckpointError(f"{field}: {path} is not an rlft training state (no algo/step/best entries)")
     return state
@@ -139,35 +158,59 @@ class Trainer:
 
     # ---------------- persistence ----------------
     def _extra(self, tag: str) -> dict:
-        return {"env_id": self.cfg.env.env_id, "algo": self.cfg.algo, "stage_step": self.step, "tag": tag,
-                "obs_horizon": self.cfg.env.obs_horizon, "gamma": self.cfg.env.gamma}
+        return {
+            "env_id": self.cfg.env.env_id,
+            "algo": self.cfg.algo,
+            "stage_step": self.step,
+            "tag": tag,
+            "obs_horizon": self.cfg.env.obs_horizon,
+            "gamma": self.cfg.env.gamma,
+        }
 
     def save_state(self) -> None:
         """Write ``state.pt`` -- never from non-finite weights: a diverged run keeps its last good checkpoint."""
-        state = {"algo": self.algo.state_dict(), "step": self.step, "best": self.best,
-                 "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(), "np_rng": np.random.get_state(),
-                 "wall_s": self._elapsed0 + time.time() - self._t_run, "metric_avg": self.avg.state_dict()}
+        state = {
+            "algo": self.algo.state_dict(),
+            "step": self.step,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "gen": self.gen.get_state(),
+            "np_rng": np.random.get_state(),
+            "wall_s": self._elapsed0 + time.time() - self._t_run,
+            "metric_avg": self.avg.state_dict(),
+        }
         if self._loop is not None:
             lp = self._loop
-            state["online_loop"] = {**{k: v for k, v in lp.items() if k not in ("chunks", "recent", "obs")},
-                                    "chunks": torch.from_numpy(np.stack(lp["chunks"])) if lp["chunks"] else
-                                    torch.zeros(0), "recent": torch.tensor(lp["recent"], dtype=torch.float64),
-                                    "obs": torch.from_numpy(np.asarray(lp["obs"], np.float32))}
+            state["online_loop"] = {
+                **{k: v for k, v in lp.items() if k not in ("chunks", "recent", "obs")},
+                "chunks": torch.from_numpy(np.stack(lp["chunks"])) if lp["chunks"] else torch.zeros(0),
+                "recent": torch.tensor(lp["recent"], dtype=torch.float64),
+                "obs": torch.from_numpy(np.asarray(lp["obs"], np.float32)),
+            }
         if self.ema is not None:
             state["policy_ema"] = self.ema.state_dict()
         bad = nonfinite_tensors({"algo": state["algo"], "policy_ema": state.get("policy_ema", {})})
         if bad:
             path = self.ckpt_dir / "state.pt"
             kept = f"{path} keeps the last good checkpoint" if path.exists() else "no checkpoint was written before"
-            raise TrainingError(f"training diverged by step {self.step}: {len(bad)} weight/optimiser tensors are not "
-                                f"finite (first: {bad[0]}); the checkpoint was not written ({kept}). Lower the "
-                                f"learning rates or check the data")
+            raise TrainingError(
+                f"training diverged by step {self.step}: {len(bad)} weight/optimiser tensors are not "
+                f"finite (first: {bad[0]}); the checkpoint was not written ({kept}). Lower the "
+                f"learning rates or check the data"
+            )
         if self.replay is not None:
-            state["replay"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.replay.state_dict().items()}
+            state["replay"] = {
+                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.replay.state_dict().items()
+            }
         # tensors and plain containers only, so that loading never needs pickle's arbitrary objects (weights_only)
         name, keys, pos, has_gauss, cached = state.pop("np_rng")
-        state["np_rng"] = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        state["np_rng"] = {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
         with atomic_path(self.ckpt_dir / "state.pt") as tmp:
             torch.save(state, tmp)
 
@@ -181,8 +224,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen"])
         r = state["np_rng"]
-        np.random.set_state((r["name"], r["keys"].numpy().astype(np.uint32), r["pos"], r["has_gauss"],
-                             r["cached_gaussian"]))
+        np.random.set_state(
+            (r["name"], r["keys"].numpy().astype(np.uint32), r["pos"], r["has_gauss"], r["cached_gaussian"])
+        )
         if self.replay is not None and "replay" in state:
             self.replay.load_state_dict({k: v.cpu().numpy() for k, v in state["replay"].items()})
         self._elapsed0 = float(state.get("wall_s", 0.0))
@@ -196,23 +240,40 @@ class Trainer:
             self._loop = lp
         if self.ema is not None:
             if "policy_ema" not in state:
-                raise CheckpointError(f"{path}: policy_ema={self.cfg.policy_ema} but the checkpoint holds no EMA policy "
-                                      f"(the run was started without it)")
+                raise CheckpointError(
+                    f"{path}: policy_ema={self.cfg.policy_ema} but the checkpoint holds no EMA policy "
+                    f"(the run was started without it)"
+                )
             self.ema.load_state_dict(state["policy_ema"])
 
     # ---------------- evaluation ----------------
     def evaluate(self) -> dict[str, float]:
         e = self.cfg.eval
         if self.evaluator is None and e.num_workers <= 1:
-            self.evaluator = Evaluator(self.cfg.env.env_id, self.cfg.env.gamma,
-                                       self.cfg.env.obs_horizon, self.cfg.env.max_episode_steps,
-                                       n_parallel=min(e.parallel_envs, e.num_episodes), video=e.video_spec())
+            self.evaluator = Evaluator(
+                self.cfg.env.env_id,
+                self.cfg.env.gamma,
+                self.cfg.env.obs_horizon,
+                self.cfg.env.max_episode_steps,
+                n_parallel=min(e.parallel_envs, e.num_episodes),
+                video=e.video_spec(),
+            )
         t0 = time.time()
-        summary, _ = evaluate_policy(self.policy, self.cfg.env.env_id, e.num_episodes,
-                                     e.seed, self.cfg.env.gamma, self.cfg.env.obs_horizon,
-                                     self.cfg.env.max_episode_steps, e.deterministic, e.num_workers, self.evaluator,
-                                     video=e.video_spec(), video_dir=self.run_dir / "videos",
-                                     video_prefix=f"step{self.step:07d}_")
+        summary, _ = evaluate_policy(
+            self.policy,
+            self.cfg.env.env_id,
+            e.num_episodes,
+            e.seed,
+            self.cfg.env.gamma,
+            self.cfg.env.obs_horizon,
+            self.cfg.env.max_episode_steps,
+            e.deterministic,
+            e.num_workers,
+            self.evaluator,
+            video=e.video_spec(),
+            video_dir=self.run_dir / "videos",
+            video_prefix=f"step{self.step:07d}_",
+        )
         summary["time/eval_s"] = time.time() - t0
         self._eval_step = self.step
         if summary["eval/success_once"] > self.best:
@@ -227,20 +288,33 @@ class Trainer:
         from rlft.train.logger import read_metrics
 
         ctx = self._diag_ctx
-        ctx.update({"algo": self.cfg.algo, "mode": self.cfg.mode, "algo_cfg": to_dict(self.cfg.algo_cfg),
-               "act_horizon": self.adapter.act_horizon, "action_dim": self.adapter.action_dim,
-               "gamma": self.cfg.env.gamma, "reward_range": self.reward_range,
-               "init_policy": self.cfg.init_policy})
+        ctx.update(
+            {
+                "algo": self.cfg.algo,
+                "mode": self.cfg.mode,
+                "algo_cfg": to_dict(self.cfg.algo_cfg),
+                "act_horizon": self.adapter.act_horizon,
+                "action_dim": self.adapter.action_dim,
+                "gamma": self.cfg.env.gamma,
+                "reward_range": self.reward_range,
+                "init_policy": self.cfg.init_policy,
+            }
+        )
         warn = Console(stderr=True, soft_wrap=True)
         stop = self.cfg.run.stop_on_divergence
 
         def warn_line(f) -> None:
             if stop and f.rule in DIVERGENCE_RULES:
-                raise TrainingError(f"run.stop_on_divergence: {f.one_line()} -- stopped; "
-                                    f"{self.ckpt_dir / 'state.pt'} keeps the last checkpoint written before "
-                                    f"(rlft report {self.run_dir} explains)")
-            warn.print(f"[yellow]warning[/yellow] {escape(f'[{self.cfg.algo}]')} {escape(f.one_line())} -- rlft report "
-                       f"{self.run_dir} explains", highlight=False)
+                raise TrainingError(
+                    f"run.stop_on_divergence: {f.one_line()} -- stopped; "
+                    f"{self.ckpt_dir / 'state.pt'} keeps the last checkpoint written before "
+                    f"(rlft report {self.run_dir} explains)"
+                )
+            warn.print(
+                f"[yellow]warning[/yellow] {escape(f'[{self.cfg.algo}]')} {escape(f.one_line())} -- rlft report "
+                f"{self.run_dir} explains",
+                highlight=False,
+            )
 
         return LiveDiagnosis(ctx, warn_line, history=read_metrics(self.run_dir) if self.cfg.run.resume else None)
 
@@ -258,12 +332,17 @@ class Trainer:
         path = self.run_dir / "config.yaml"
         if not path.is_file():
             raise CheckpointError(f"run.resume: {path} is missing, so the run's settings are unknown")
-        diffs = [f"{k}: {a!r} -> {b!r}" for k, a, b in _config_diff(read_yaml(path), to_dict(self.cfg))
-                 if not any(k == f or k.startswith(f + ".") for f in RESUME_MAY_CHANGE)]
+        diffs = [
+            f"{k}: {a!r} -> {b!r}"
+            for k, a, b in _config_diff(read_yaml(path), to_dict(self.cfg))
+            if not any(k == f or k.startswith(f + ".") for f in RESUME_MAY_CHANGE)
+        ]
         if diffs:
-            raise ConfigError(f"run.resume: these settings differ from {path}: {'; '.join(diffs[:6])}"
-                              f"{' ...' if len(diffs) > 6 else ''}. A resumed run continues with the settings it was "
-                              f"trained with; start a new run (or init_policy/init_critic from this one) to change them")
+            raise ConfigError(
+                f"run.resume: these settings differ from {path}: {'; '.join(diffs[:6])}"
+                f"{' ...' if len(diffs) > 6 else ''}. A resumed run continues with the settings it was "
+                f"trained with; start a new run (or init_policy/init_critic from this one) to change them"
+            )
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -273,13 +352,22 @@ class Trainer:
             self.load_state()
             resume_step = self.step
         elif (self.run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"run.name: run directory {self.run_dir} already holds a run; pick another name or "
-                              f"pass --run.resume")
+            raise ConfigError(
+                f"run.name: run directory {self.run_dir} already holds a run; pick another name or pass --run.resume"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
         self._t_run = time.time()
-        self.logger = Logger(self.run_dir, cfg.run.tensorboard, cfg.run.track, cfg.run.wandb_project,
-                             self.run_dir.name, to_dict(cfg), resume_step=resume_step, elapsed_s=self._elapsed0)
+        self.logger = Logger(
+            self.run_dir,
+            cfg.run.tensorboard,
+            cfg.run.track,
+            cfg.run.wandb_project,
+            self.run_dir.name,
+            to_dict(cfg),
+            resume_step=resume_step,
+            elapsed_s=self._elapsed0,
+        )
         self.logger.hooks.append(self._live_diagnosis())
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
@@ -292,9 +380,16 @@ class Trainer:
         if not (self.ckpt_dir / "policy_best.safetensors").exists():
             self.policy.save(self.ckpt_dir / "policy_best.safetensors", self._extra("best"))
         self.save_state()
-        summary = {"run_dir": str(self.run_dir), "algo": cfg.algo, "mode": cfg.mode, "steps": self.step,
-                   "wall_s": self._elapsed0 + time.time() - self._t_run, "final": last_eval, "best_success_once": self.best,
-                   "reward_range": self.reward_range or None}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "algo": cfg.algo,
+            "mode": cfg.mode,
+            "steps": self.step,
+            "wall_s": self._elapsed0 + time.time() - self._t_run,
+            "final": last_eval,
+            "best_success_once": self.best,
+            "reward_range": self.reward_range or None,
+        }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if self.evaluator is not None:
             self.evaluator.close()
@@ -303,8 +398,16 @@ class Trainer:
     def _progress(self, desc: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        return Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"), console=console, disable=self.quiet, transient=False)
+        return Progress(
+            TextColumn(desc),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            disable=self.quiet,
+            transient=False,
+        )
 
     def _maybe_eval_and_ckpt(self, prev_step: int, avg: MetricAverager, extra_log: dict) -> dict | None:
         cfg, out = self.cfg, None
@@ -316,8 +419,10 @@ class Trainer:
         if cfg.eval.num_episodes > 0 and crossed(cfg.eval.every):
             out = self.evaluate()
             self.logger.log(self.step, out)
-            self._print(escape(f"[{cfg.algo}]") + f" step {self.step}: success_once {out['eval/success_once']:.2f} "
-                        f"success_at_end {out['eval/success_at_end']:.2f} return {out['eval/return']:.1f}")
+            self._print(
+                escape(f"[{cfg.algo}]") + f" step {self.step}: success_once {out['eval/success_once']:.2f} "
+                f"success_at_end {out['eval/success_at_end']:.2f} return {out['eval/return']:.1f}"
+            )
         if crossed(cfg.run.checkpoint_every):
             self.save_state()
         return out
@@ -376,14 +481,17 @@ class Trainer:
             Console(stderr=True, soft_wrap=True).print(
                 f"[yellow]warning[/yellow] run.resume: {escape(self.cfg.env.env_id)} did not reproduce the episode in "
                 f"progress at step {self.step} (same seed and actions, another observation); a new episode starts, "
-                "so this run will differ from an uninterrupted one", highlight=False)
+                "so this run will differ from an uninterrupted one",
+                highlight=False,
+            )
             return self._new_episode(env)
         return obs
 
     def _online(self) -> dict | None:
         cfg, ac, avg = self.cfg, self.cfg.algo_cfg, self.avg
-        env = self.adapter.wrap_env(make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw),
-                                    cfg.env.gamma)
+        env = self.adapter.wrap_env(
+            make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw), cfg.env.gamma
+        )
         sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
         last_eval = None
         if self._loop is None:  # a fresh run; a resumed one continues the checkpointed episode and counters
@@ -399,9 +507,16 @@ class Trainer:
                 chunk = self.algo.explore(obs).cpu()
                 next_obs, R, term, trunc, info = env.step(chunk.numpy())
                 decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
-                self.replay.add(np.asarray(obs)[None], chunk[None].numpy(), np.array([R]), np.asarray(next_obs)[None],
-                                np.array([float(term)]), np.array([info["discount"]]), np.array([info["k"]]),
-                                exec_chunk=None if decoded is None else np.asarray(decoded)[None])
+                self.replay.add(
+                    np.asarray(obs)[None],
+                    chunk[None].numpy(),
+                    np.array([R]),
+                    np.asarray(next_obs)[None],
+                    np.array([float(term)]),
+                    np.array([info["discount"]]),
+                    np.array([info["k"]]),
+                    exec_chunk=None if decoded is None else np.asarray(decoded)[None],
+                )
                 prev, self.step = self.step, self.step + int(info["k"])
                 rs = np.asarray(info["env_rewards"], np.float64)
                 if len(rs):
@@ -428,15 +543,21 @@ class Trainer:
                     for _ in range(ac.utd_ratio):
                         avg.add(self._update(sampler.sample(ac.batch_size, self.gen).to(self.device)))
                         lp["updates"] += 1
-                extra = {"train/episodes": float(lp["episode"]), "time/updates": float(lp["updates"]),
-                         "time/env_steps_per_s": (self.step - step0) / max(time.time() - t_start, 1e-9)}
+                extra = {
+                    "train/episodes": float(lp["episode"]),
+                    "time/updates": float(lp["updates"]),
+                    "time/env_steps_per_s": (self.step - step0) / max(time.time() - t_start, 1e-9),
+                }
                 if lp["recent"]:
                     extra["train/episode_success"] = float(np.mean([r[0] for r in lp["recent"]]))
                     extra["train/episode_return"] = float(np.mean([r[1] for r in lp["recent"]]))
                 ev = self._maybe_eval_and_ckpt(prev, avg, extra)
                 last_eval = ev or last_eval
-                prog.update(task, completed=min(self.step, cfg.steps),
-                            info=f"ep {lp['episode']} succ(20) {extra.get('train/episode_success', 0):.2f}")
+                prog.update(
+                    task,
+                    completed=min(self.step, cfg.steps),
+                    info=f"ep {lp['episode']} succ(20) {extra.get('train/episode_success', 0):.2f}",
+                )
         env.close()
         return last_eval
 

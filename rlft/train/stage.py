@@ -59,17 +59,20 @@ def check_stage_config(cfg: TrainConfig, algo_cls: type[Algorithm]) -> None:
     if not online and not cfg.dataset:
         raise ConfigError("dataset: an offline stage needs a dataset file")
     if online and ac.rollout_steps > 0 and (ac.offline_ratio > 0 or ac.rollout_steps > cfg.replay_capacity):
-        raise ConfigError(f"algo_cfg.rollout_steps: an on-policy rollout of {ac.rollout_steps} macro-steps needs "
-                          f"offline_ratio 0 and replay_capacity >= rollout_steps ({cfg.replay_capacity})")
+        raise ConfigError(
+            f"algo_cfg.rollout_steps: an on-policy rollout of {ac.rollout_steps} macro-steps needs "
+            f"offline_ratio 0 and replay_capacity >= rollout_steps ({cfg.replay_capacity})"
+        )
     if online and ac.offline_ratio > 0 and not cfg.dataset:
         raise ConfigError(f"dataset: algo_cfg.offline_ratio={ac.offline_ratio} needs an offline dataset file")
     if online and ac.data_horizon(cfg.env.act_horizon) != cfg.env.act_horizon:
-        raise ConfigError(f"mode: {cfg.algo} trains on {ac.data_horizon(cfg.env.act_horizon)}-step chunks but online "
-                          f"replay holds the executed {cfg.env.act_horizon}-step chunks (env.act_horizon); run it "
-                          "in offline mode")
+        raise ConfigError(
+            f"mode: {cfg.algo} trains on {ac.data_horizon(cfg.env.act_horizon)}-step chunks but online "
+            f"replay holds the executed {cfg.env.act_horizon}-step chunks (env.act_horizon); run it "
+            "in offline mode"
+        )
     if algo_cls.needs_pretrained_critic and not cfg.init_critic:
-        raise ConfigError(f"init_critic: {cfg.algo} needs pretrained critics (a previous stage's "
-                          f"checkpoints/state.pt)")
+        raise ConfigError(f"init_critic: {cfg.algo} needs pretrained critics (a previous stage's checkpoints/state.pt)")
 
 
 def probe_env(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -95,8 +98,9 @@ def check_policy_matches(policy: Policy, info: dict[str, Any], act_horizon: int,
         )
 
 
-def load_start_policies(cfg: TrainConfig, info: dict[str, Any],
-                        device: torch.device) -> tuple[Policy | None, Policy | None, dict]:
+def load_start_policies(
+    cfg: TrainConfig, info: dict[str, Any], device: torch.device
+) -> tuple[Policy | None, Policy | None, dict]:
     """``(frozen base policy or None, pretrained actor or None, composite settings)`` from ``init_policy`` (a plain
     policy, or a composite that brings its base) and ``base_policy``."""
     base, actor, settings = None, None, {}
@@ -106,12 +110,15 @@ def load_start_policies(cfg: TrainConfig, info: dict[str, Any],
         check_policy_matches(loaded, info, H, cfg.init_policy)
         base, actor, saved_mode, settings = split_composite(loaded)
         if saved_mode is not None and saved_mode != cfg.base_mode:
-            raise ConfigError(f"base_mode: {cfg.init_policy} is a {saved_mode} composite; set base_mode "
-                              f"{saved_mode} to continue it")
+            raise ConfigError(
+                f"base_mode: {cfg.init_policy} is a {saved_mode} composite; set base_mode {saved_mode} to continue it"
+            )
     if cfg.base_policy:
         if actor is not None and base is None:
-            raise ConfigError("init_policy: with base_policy set, init_policy must be a composite of the same "
-                              "kind (its actor is continued) or unset")
+            raise ConfigError(
+                "init_policy: with base_policy set, init_policy must be a composite of the same "
+                "kind (its actor is continued) or unset"
+            )
         base = load_policy(cfg.base_policy, map_location=device)
         check_policy_matches(base, info, H, cfg.base_policy)
     if base is not None:
@@ -119,22 +126,38 @@ def load_start_policies(cfg: TrainConfig, info: dict[str, Any],
     return base, actor, settings
 
 
-def build_dataset(cfg: TrainConfig, episodes: list[Episode], info: dict[str, Any], adapter: ChunkAdapter,
-                  stats_from: Policy | None, actor: Policy, device: torch.device) -> ChunkDataset:
+def build_dataset(
+    cfg: TrainConfig,
+    episodes: list[Episode],
+    info: dict[str, Any],
+    adapter: ChunkAdapter,
+    stats_from: Policy | None,
+    actor: Policy,
+    device: torch.device,
+) -> ChunkDataset:
     """The offline episodes as chunks in the actor's space, normalised with ``stats_from``'s statistics (a
     pretrained or base policy's), or -- from scratch -- with the data's own, which the actor then adopts."""
     o, a = episodes[0].obs.shape[1] * cfg.env.obs_horizon, episodes[0].actions.shape[1]
     if (o, a) != (info["obs_dim"], info["action_dim"]):
-        raise ConfigError(f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
-                          f"{cfg.env.env_id} ({info['obs_dim']}, {info['action_dim']})")
+        raise ConfigError(
+            f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
+            f"{cfg.env.env_id} ({info['obs_dim']}, {info['action_dim']})"
+        )
     low, high = info["action_low"], info["action_high"]
     data_h, obs_h = cfg.algo_cfg.data_horizon(cfg.env.act_horizon), cfg.env.obs_horizon
     if adapter.data_obs_horizon is not None:  # data in the actor's own space (residual: delta, base action)
         episodes = adapter.actor_episodes(episodes, cfg.env.obs_horizon)
         data_h, obs_h, stats_from, low, high = adapter.act_horizon, adapter.data_obs_horizon, actor, -1.0, 1.0
-    ds = ChunkDataset(episodes, act_horizon=data_h, gamma=cfg.env.gamma, obs_horizon=obs_h,
-                      normalizer=stats_from.normalizer if stats_from is not None else None, device=device,
-                      act_low=low, act_high=high)
+    ds = ChunkDataset(
+        episodes,
+        act_horizon=data_h,
+        gamma=cfg.env.gamma,
+        obs_horizon=obs_h,
+        normalizer=stats_from.normalizer if stats_from is not None else None,
+        device=device,
+        act_low=low,
+        act_high=high,
+    )
     if stats_from is None:
         actor.normalizer.load_state_dict(ds.normalizer.state_dict())
         ds.normalizer = actor.normalizer
@@ -149,17 +172,25 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
     info, env_kw = probe_env(cfg)
     base, actor, settings = load_start_policies(cfg, info, device)
     if algo_cls.uses_base_policy and base is None:
-        raise ConfigError(f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy "
-                          f"to a steered policy)")
+        raise ConfigError(
+            f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy to a steered policy)"
+        )
+
     @functools.cache
     def load_episodes() -> list[Episode] | None:  # read once, when first needed (after the checks that need none)
         return load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)[0] if cfg.dataset else None
 
     adapter = make_adapter(cfg, base, info, load_episodes, settings)
-    if base is not None and not adapter.offline_data and (cfg.mode == "offline" or cfg.algo_cfg.offline_ratio > 0) \
-            and not algo_cls.uses_base_policy:
-        raise ConfigError(f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
-                          f"learn from it in the noise space; run it online with offline_ratio 0")
+    if (
+        base is not None
+        and not adapter.offline_data
+        and (cfg.mode == "offline" or cfg.algo_cfg.offline_ratio > 0)
+        and not algo_cls.uses_base_policy
+    ):
+        raise ConfigError(
+            f"base_policy: the dataset holds env actions, not latent noise, so {cfg.algo} cannot "
+            f"learn from it in the noise space; run it online with offline_ratio 0"
+        )
     episodes = load_episodes()
     if actor is None:
         actor = adapter.fresh_actor(cfg.algo_cfg.policy)
@@ -170,15 +201,24 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
     if episodes is not None:
         dataset = build_dataset(cfg, episodes, info, adapter, stats_from, actor, device)
     elif stats_from is None:
-        actor.normalizer.set_stats(np.zeros(info["obs_dim"]), np.ones(info["obs_dim"]), info["action_low"],
-                                   info["action_high"])
+        actor.normalizer.set_stats(
+            np.zeros(info["obs_dim"]), np.ones(info["obs_dim"]), info["action_low"], info["action_high"]
+        )
     algo_kw = {"base_policy": base} if algo_cls.uses_base_policy else {}
-    algo = algo_cls(cfg.algo_cfg, adapter.obs_dim, adapter.action_dim, adapter.act_horizon, policy=actor,
-                    device=device, **algo_kw)
+    algo = algo_cls(
+        cfg.algo_cfg, adapter.obs_dim, adapter.action_dim, adapter.act_horizon, policy=actor, device=device, **algo_kw
+    )
     replay = None
     if cfg.mode == "online":
-        replay = ReplayBuffer(cfg.replay_capacity, adapter.obs_dim, adapter.act_horizon, adapter.action_dim,
-                              algo.policy.normalizer, device=device, **adapter.replay_fields())
+        replay = ReplayBuffer(
+            cfg.replay_capacity,
+            adapter.obs_dim,
+            adapter.act_horizon,
+            adapter.action_dim,
+            algo.policy.normalizer,
+            device=device,
+            **adapter.replay_fields(),
+        )
     rewards = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes]) if episodes else []
     reward_range = [float(np.min(rewards)), float(np.max(rewards))] if len(rewards) else []
     return Stage(info, env_kw, adapter, base, algo, adapter.compose(algo.policy), dataset, replay, reward_range)

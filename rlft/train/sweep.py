@@ -150,8 +150,10 @@ def collect_env_id(cfg: SweepConfig, runs) -> str | None:
     """The env a sweep collects its dataset on: the one its runs resolve to (base config + overrides + grid)."""
     env_ids = {d.get("env", {}).get("env_id") for *_, d in runs} - {None}
     if len(env_ids) > 1:
-        raise ConfigError(f"collect: the runs use several envs ({', '.join(sorted(env_ids))}); one collected dataset "
-                          f"cannot serve them all -- give `dataset:` or sweep one env at a time")
+        raise ConfigError(
+            f"collect: the runs use several envs ({', '.join(sorted(env_ids))}); one collected dataset "
+            f"cannot serve them all -- give `dataset:` or sweep one env at a time"
+        )
     return next(iter(env_ids), None) or (cfg.collect.env_id if cfg.collect else None)
 
 
@@ -163,33 +165,64 @@ def _summarise(sweep_dir: Path, runs) -> dict:
         ups = [json.loads(line).get("time/updates_per_s") for line in (run_dir / "metrics.jsonl").open()]
         ups = [u for u in ups if u is not None]
         ev = s["final"] or {}  # None when the runs were not evaluated (eval.num_episodes 0)
-        rows.append({"run": name, "point": point, "seed": seed, "success_once": ev.get("eval/success_once", math.nan),
-                     "success_at_end": ev.get("eval/success_at_end", math.nan), "best_success_once": s["best_success_once"],
-                     "wall_s": s["wall_s"], "updates_per_s": statistics.median(ups) if ups else None})
+        rows.append(
+            {
+                "run": name,
+                "point": point,
+                "seed": seed,
+                "success_once": ev.get("eval/success_once", math.nan),
+                "success_at_end": ev.get("eval/success_at_end", math.nan),
+                "best_success_once": s["best_success_once"],
+                "wall_s": s["wall_s"],
+                "updates_per_s": statistics.median(ups) if ups else None,
+            }
+        )
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(json.dumps(r["point"]), []).append(r)
-    means = [{"point": json.loads(k), "seeds": [r["seed"] for r in g],
-              **{m: statistics.mean(r[m] for r in g) for m in ("success_once", "success_at_end", "best_success_once",
-                                                               "wall_s")}}
-             for k, g in groups.items()]
+    means = [
+        {
+            "point": json.loads(k),
+            "seeds": [r["seed"] for r in g],
+            **{
+                m: statistics.mean(r[m] for r in g)
+                for m in ("success_once", "success_at_end", "best_success_once", "wall_s")
+            },
+        }
+        for k, g in groups.items()
+    ]
     return {"sweep_dir": str(sweep_dir), "runs": rows, "means": means}
 
 
 def results_markdown(res: dict) -> str:
     keys = list(res["means"][0]["point"]) if res["means"] else []
     head = " | ".join(keys)
-    lines = [f"# rlft sweep: {res['sweep_dir']}", "", "Mean over seeds:", "",
-             f"| {head} | seeds | success_once | success_at_end | best success_once | wall (s) |",
-             "|" + "---|" * (len(keys) + 5)]
+    lines = [
+        f"# rlft sweep: {res['sweep_dir']}",
+        "",
+        "Mean over seeds:",
+        "",
+        f"| {head} | seeds | success_once | success_at_end | best success_once | wall (s) |",
+        "|" + "---|" * (len(keys) + 5),
+    ]
     for m in res["means"]:
         vals = " | ".join(str(m["point"][k]) for k in keys)
-        lines.append(f"| {vals} | {len(m['seeds'])} | {m['success_once']:.2f} | {m['success_at_end']:.2f} | "
-                     f"{m['best_success_once']:.2f} | {m['wall_s']:.0f} |")
-    lines += ["", "Per run:", "", "| run | success_once | success_at_end | wall (s) | updates/s |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {vals} | {len(m['seeds'])} | {m['success_once']:.2f} | {m['success_at_end']:.2f} | "
+            f"{m['best_success_once']:.2f} | {m['wall_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| run | success_once | success_at_end | wall (s) | updates/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in res["runs"]:
         ups = f"{r['updates_per_s']:.0f}" if r["updates_per_s"] else ""
-        lines.append(f"| {r['run']} | {r['success_once']:.2f} | {r['success_at_end']:.2f} | {r['wall_s']:.0f} | {ups} |")
+        lines.append(
+            f"| {r['run']} | {r['success_once']:.2f} | {r['success_at_end']:.2f} | {r['wall_s']:.0f} | {ups} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -211,10 +244,11 @@ def run_sweep(cfg: SweepConfig, sweep_yaml: str | None = None) -> dict:
         if done is not None:
             dataset = str(done)
         else:
-            dataset, _ = collect_dataset([cfg.collect, *cfg.also_collect], collect_env_id(cfg, runs), 0,
-                                         sweep_dir / "data")
+            dataset, _ = collect_dataset(
+                [cfg.collect, *cfg.also_collect], collect_env_id(cfg, runs), 0, sweep_dir / "data"
+            )
     todo = []
-    for rname, point, seed, d in runs:
+    for rname, _point, _seed, d in runs:
         d = copy.deepcopy(d)
         d["dataset"] = d.get("dataset") or dataset
         d.setdefault("run", {}).update({"out_dir": str(sweep_dir), "name": rname, "threads": 1})
@@ -254,8 +288,10 @@ def _execute(todo: list[tuple[str, Path]], sweep_dir: Path, parallel: int) -> No
             active.remove(item)
             if proc.returncode != 0:
                 failed.append(rname)
-                console.print(f"[red]{escape(rname)} failed (exit {proc.returncode}); see "
-                              f"{escape(str(sweep_dir))}/logs/{escape(rname)}.log[/red]")
+                console.print(
+                    f"[red]{escape(rname)} failed (exit {proc.returncode}); see "
+                    f"{escape(str(sweep_dir))}/logs/{escape(rname)}.log[/red]"
+                )
             else:
                 console.print(f"finished {escape(rname)}")
         if failed and not active:
@@ -268,6 +304,11 @@ def print_results(res: dict) -> None:
     for c in [*keys, "seeds", "success_once", "success_at_end", "wall (s)"]:
         t.add_column(c)
     for m in res["means"]:
-        t.add_row(*(escape(str(m["point"][k])) for k in keys), str(len(m["seeds"])), f"{m['success_once']:.2f}",
-                  f"{m['success_at_end']:.2f}", f"{m['wall_s']:.0f}")
+        t.add_row(
+            *(escape(str(m["point"][k])) for k in keys),
+            str(len(m["seeds"])),
+            f"{m['success_once']:.2f}",
+            f"{m['success_at_end']:.2f}",
+            f"{m['wall_s']:.0f}",
+        )
     console.print(t)

@@ -70,8 +70,9 @@ def build_layer(out_dir: str | os.PathLike | None = None) -> Path:
     if gcc is None:
         raise EnvError(f"building the Vulkan layer for ManiSkill on a CPU machine needs a C compiler; {APT_HINT}")
     if not Path("/usr/include/vulkan/vk_layer.h").is_file() and not os.environ.get("CPATH"):
-        raise EnvError(f"building the Vulkan layer for ManiSkill needs the Vulkan headers (vulkan/vk_layer.h); "
-                       f"{APT_HINT}")
+        raise EnvError(
+            f"building the Vulkan layer for ManiSkill needs the Vulkan headers (vulkan/vk_layer.h); {APT_HINT}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out)
     os.close(fd)
@@ -93,7 +94,7 @@ def build_layer(out_dir: str | os.PathLike | None = None) -> Path:
             "api_version": "1.3.239",
             "implementation_version": "1",
             "description": "rlft: report descriptorBindingPartiallyBound and strip it from vkCreateDevice when the "
-                           "driver lacks it (SAPIEN state-only simulation on lavapipe)",
+            "driver lacks it (SAPIEN state-only simulation on lavapipe)",
         },
     }
     fd, tmpj = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=out)
@@ -127,8 +128,10 @@ def ensure_vulkan_for_sapien() -> str:
         mode = "already"
     else:
         if not _lavapipe_icd_present():
-            raise EnvError("ManiSkill on a CPU machine needs Mesa's CPU Vulkan driver (lavapipe) and the Vulkan "
-                           f"loader; {APT_HINT}")
+            raise EnvError(
+                "ManiSkill on a CPU machine needs Mesa's CPU Vulkan driver (lavapipe) and the Vulkan "
+                f"loader; {APT_HINT}"
+            )
         out = build_layer()
         paths = [p for p in os.environ.get("VK_ADD_LAYER_PATH", "").split(":") if p]
         os.environ["VK_ADD_LAYER_PATH"] = ":".join([str(out)] + [p for p in paths if p != str(out)])
