@@ -337,7 +337,7 @@ def test_cql_pushes_off_data_values_down_and_calql_bounds_the_push_at_the_mc_ret
     def run(name):
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(0)
-        algo = _small(name, cql_alpha=5.0, cql_num_samples=4, critic_lr=3e-3, actor_lr=3e-3)
+        algo = _small(name, cql_alpha=5.0, cql_num_samples=4, critic_lr=3e-3, actor_lr=3e-3, init_temperature=1.0)
         for _ in range(80):
             b = _batch(32, 3, 2, gen, action=torch.full((32, 2, 1), 0.5))
             b.mc_return = torch.zeros(32)

@@ -12,7 +12,7 @@ iql_weights_mean/max, iql_advantage_mean, ...).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -215,6 +215,21 @@ class Algorithm:
         from rlft.nets.ensemble import ValueNet
 
         return ValueNet(self.obs_dim, tuple(self.cfg.critic_hidden_dims), self.cfg.critic_layernorm).to(self.device)
+
+    def online_batches(self, replay, sample: Callable[[], ChunkBatch], env_step: int) -> Iterator[ChunkBatch]:
+        """Online: the batches to update on after one env macro-step, in order (the runner updates on each as it
+        comes). Off-policy (this default): ``utd_ratio`` batches from ``sample()`` (replay, mixed with the offline
+        data by ``offline_ratio``) once ``warmup_steps`` env steps are collected. On-policy
+        (``rollout_steps > 0``, e.g. PPO): one batch of the whole rollout in collection order once it holds
+        ``rollout_steps`` macro-steps, which are then discarded."""
+        cfg = self.cfg
+        if cfg.rollout_steps > 0:
+            if len(replay) >= cfg.rollout_steps:
+                yield replay.ordered()
+                replay.clear()
+        elif env_step >= cfg.warmup_steps and len(replay) > 0:
+            for _ in range(cfg.utd_ratio):
+                yield sample()
 
     @torch.no_grad()
     def explore(self, obs_raw: Any) -> torch.Tensor:

@@ -488,7 +488,7 @@ class Trainer:
         return obs
 
     def _online(self) -> dict | None:
-        cfg, ac, avg = self.cfg, self.cfg.algo_cfg, self.avg
+        cfg, ac = self.cfg, self.cfg.algo_cfg
         env = self.adapter.wrap_env(
             make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw), cfg.env.gamma
         )
@@ -499,67 +499,72 @@ class Trainer:
             obs = self._new_episode(env)
         else:
             obs = self._continue_episode(env)
-        lp = self._loop
         t_start, step0 = time.time(), self.step
         with self._progress(f"{cfg.algo} online") as prog:
             task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
-                chunk = self.algo.explore(obs).cpu()
-                next_obs, R, term, trunc, info = env.step(chunk.numpy())
-                decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
-                self.replay.add(
-                    np.asarray(obs)[None],
-                    chunk[None].numpy(),
-                    np.array([R]),
-                    np.asarray(next_obs)[None],
-                    np.array([float(term)]),
-                    np.array([info["discount"]]),
-                    np.array([info["k"]]),
-                    exec_chunk=None if decoded is None else np.asarray(decoded)[None],
-                )
-                prev, self.step = self.step, self.step + int(info["k"])
-                rs = np.asarray(info["env_rewards"], np.float64)
-                if len(rs):
-                    rr = self.reward_range
-                    lo, hi = float(rs.min()), float(rs.max())
-                    rr[:] = [lo, hi] if not rr else [min(rr[0], lo), max(rr[1], hi)]
-                lp["ret"] += float(np.sum(rs))
-                lp["success"] = lp["success"] or bool(info["success"])
-                lp["length"] += int(info["k"])
-                if term or trunc:
-                    lp["recent"] = (lp["recent"] + [(float(lp["success"]), lp["ret"])])[-20:]
-                    lp["episode"] += 1
-                    obs = self._new_episode(env)
-                else:
-                    lp["chunks"].append(chunk.numpy())
-                    obs = next_obs
-                    lp["obs"] = np.asarray(obs, np.float32)
-                if ac.rollout_steps > 0:  # on-policy (PPO): one update per full rollout, which is then discarded
-                    if len(self.replay) >= ac.rollout_steps:
-                        avg.add(self._update(self.replay.ordered().to(self.device)))
-                        lp["updates"] += 1
-                        self.replay.clear()
-                elif self.step >= ac.warmup_steps and len(self.replay) > 0:
-                    for _ in range(ac.utd_ratio):
-                        avg.add(self._update(sampler.sample(ac.batch_size, self.gen).to(self.device)))
-                        lp["updates"] += 1
-                extra = {
-                    "train/episodes": float(lp["episode"]),
-                    "time/updates": float(lp["updates"]),
-                    "time/env_steps_per_s": (self.step - step0) / max(time.time() - t_start, 1e-9),
-                }
-                if lp["recent"]:
-                    extra["train/episode_success"] = float(np.mean([r[0] for r in lp["recent"]]))
-                    extra["train/episode_return"] = float(np.mean([r[1] for r in lp["recent"]]))
-                ev = self._maybe_eval_and_ckpt(prev, avg, extra)
-                last_eval = ev or last_eval
+                prev = self.step
+                obs = self._env_step(env, obs)
+                # the algorithm decides what it updates on now: replay batches (UTD), a whole rollout, or nothing
+                for batch in self.algo.online_batches(
+                    self.replay, lambda: sampler.sample(ac.batch_size, self.gen), self.step
+                ):
+                    self.avg.add(self._update(batch.to(self.device)))
+                    self._loop["updates"] += 1
+                extra = self._online_metrics(step0, t_start)
+                last_eval = self._maybe_eval_and_ckpt(prev, self.avg, extra) or last_eval
+                succ = extra.get("train/episode_success", 0)
                 prog.update(
-                    task,
-                    completed=min(self.step, cfg.steps),
-                    info=f"ep {lp['episode']} succ(20) {extra.get('train/episode_success', 0):.2f}",
+                    task, completed=min(self.step, cfg.steps), info=f"ep {self._loop['episode']} succ(20) {succ:.2f}"
                 )
         env.close()
         return last_eval
+
+    def _env_step(self, env, obs) -> np.ndarray:
+        """One macro-step of the exploring policy: into the replay, the reward range and the episode's record; returns
+        the next observation (a new episode's first after an episode end)."""
+        lp = self._loop
+        chunk = self.algo.explore(obs).cpu()
+        next_obs, R, term, trunc, info = env.step(chunk.numpy())
+        decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
+        self.replay.add(
+            np.asarray(obs)[None],
+            chunk[None].numpy(),
+            np.array([R]),
+            np.asarray(next_obs)[None],
+            np.array([float(term)]),
+            np.array([info["discount"]]),
+            np.array([info["k"]]),
+            exec_chunk=None if decoded is None else np.asarray(decoded)[None],
+        )
+        self.step += int(info["k"])
+        rs = np.asarray(info["env_rewards"], np.float64)
+        if len(rs):
+            rr, lo, hi = self.reward_range, float(rs.min()), float(rs.max())
+            rr[:] = [lo, hi] if not rr else [min(rr[0], lo), max(rr[1], hi)]
+        lp["ret"] += float(np.sum(rs))
+        lp["success"] = lp["success"] or bool(info["success"])
+        lp["length"] += int(info["k"])
+        if term or trunc:
+            lp["recent"] = (lp["recent"] + [(float(lp["success"]), lp["ret"])])[-20:]
+            lp["episode"] += 1
+            return self._new_episode(env)
+        lp["chunks"].append(chunk.numpy())
+        lp["obs"] = np.asarray(next_obs, np.float32)
+        return next_obs
+
+    def _online_metrics(self, step0: int, t_start: float) -> dict[str, float]:
+        """The online loop's own metrics: episodes, updates, env steps/s, the last 20 episodes' success and return."""
+        lp = self._loop
+        extra = {
+            "train/episodes": float(lp["episode"]),
+            "time/updates": float(lp["updates"]),
+            "time/env_steps_per_s": (self.step - step0) / max(time.time() - t_start, 1e-9),
+        }
+        if lp["recent"]:
+            extra["train/episode_success"] = float(np.mean([r[0] for r in lp["recent"]]))
+            extra["train/episode_return"] = float(np.mean([r[1] for r in lp["recent"]]))
+        return extra
 
 
 def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> dict:
