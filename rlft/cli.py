@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import tyro
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 # GNU OpenMP spins while waiting for its other threads; next to another busy process that made 2-thread updates
 # 10-100x slower (docs/notebook/benchmarks.md §3). Passive waiting removes the collapse; it must be set before torch is imported.
@@ -34,24 +36,13 @@ Run 'rlft <command> --help' for every field of that command's config.
 
 
 def _split_config(args: list[str]) -> tuple[Optional[str], list[str]]:
-    rest, path = [], None
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "--config":
-            if i + 1 >= len(args):
-                from rlft.errors import ConfigError
+    """``--config FILE`` (the YAML that supplies every field's default) and the remaining arguments, for tyro."""
+    import argparse
 
-                raise ConfigError("--config needs a file path")
-            path = args[i + 1]
-            i += 2
-            continue
-        if a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return path, rest
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    ns, rest = pre.parse_known_args(args)
+    return ns.config, rest
 
 
 def _default_config(name: str) -> Optional[Path]:
@@ -59,15 +50,6 @@ def _default_config(name: str) -> Optional[Path]:
     for base in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
         if (base / name).is_file():
             return base / name
-    return None
-
-
-def _peek(args: list[str], flag: str) -> Optional[str]:
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
     return None
 
 
@@ -82,20 +64,51 @@ def cmd_collect(args: list[str]) -> None:
 
 
 def cmd_train(args: list[str]) -> None:
-    from rlft.config import parse_cli, read_yaml
-    from rlft.train.config import train_config_from_dict, train_config_type
+    """``rlft train ALGO [--field VALUE ...]`` or ``rlft train [ALGO] --config STAGE.yaml [--field VALUE ...]``: the
+    algorithm is a subcommand whose options are its Config's fields (``rlft train iql --beta 3``); a YAML names its
+    algorithm in ``algo``, and naming another one on the command line is refused (its ``algo_cfg`` would not apply)."""
     from rlft.train.runner import run_train
 
     path, rest = _split_config(args)
-    data = read_yaml(path) if path else {}
-    algo = _peek(rest, "--algo") or data.get("algo", "bc")
-    data["algo"] = algo
-    if _peek(rest, "--algo") and data.get("algo_cfg") and path and read_yaml(path).get("algo") != algo:
-        data["algo_cfg"] = {}  # the file's algo_cfg belongs to another algorithm
-    default = train_config_from_dict(data, path or "train config")
-    cfg = parse_cli(train_config_type(algo), default, rest, prog="rlft train")
+    cfg = parse_train_args(path, rest)
     summary = run_train(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "final"} | {"final": summary["final"]}, indent=2))
+
+
+def parse_train_args(path: Optional[str], rest: list[str]):
+    """The TrainConfig of ``rlft train``'s arguments (``--config`` already split off): one tyro subcommand per
+    registered algorithm, each defaulting to the YAML's settings where the YAML names it."""
+    from typing import Annotated, Union
+
+    import tyro
+
+    from rlft.algos import ALGORITHMS
+    from rlft.config import read_yaml
+    from rlft.errors import ConfigError
+    from rlft.train.config import TrainConfig, train_config_from_dict, train_config_type
+
+    if path:
+        default = train_config_from_dict(read_yaml(path), path)
+        named = rest[0] if rest and rest[0] in ALGORITHMS else default.algo
+        if named != default.algo:
+            raise ConfigError(
+                f"{path} configures algorithm '{default.algo}' (algo_cfg is its Config); the command line names "
+                f"'{named}'. Use a config for '{named}' or drop the subcommand"
+            )
+        rest = rest[1:] if rest and rest[0] == named else rest
+        return tyro.cli(train_config_type(default.algo), default=default, args=rest, prog=f"rlft train {named}")
+    options = [
+        Annotated[
+            train_config_type(name),
+            tyro.conf.subcommand(name, default=TrainConfig(algo_cfg=cls.Config()), description=_first_line(cls)),
+        ]
+        for name, cls in ALGORITHMS.items()
+    ]
+    return tyro.cli(Union[tuple(options)], args=rest, prog="rlft train")  # noqa: UP007 (a runtime-built union)
+
+
+def _first_line(obj) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
 
 
 @dataclasses.dataclass
@@ -136,13 +149,8 @@ def cmd_eval(args: list[str]) -> None:
     from rlft.utils import atomic_write_text, set_threads
 
     path, rest = _split_config(args)
-    if path:
-        default = load_yaml(EvalCommand, path)
-        cfg = parse_cli(EvalCommand, default, rest, prog="rlft eval")
-    else:
-        import tyro
-
-        cfg = tyro.cli(EvalCommand, args=rest, prog="rlft eval")
+    default = load_yaml(EvalCommand, path) if path else None
+    cfg = parse_cli(EvalCommand, default, rest, prog="rlft eval")
     set_threads(1)
     policy = load_policy(cfg.policy)
     extra = policy_extra(cfg.policy)
@@ -187,37 +195,51 @@ def cmd_pipeline(args: list[str]) -> None:
 COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "pipeline": cmd_pipeline}
 
 
+@dataclasses.dataclass
+class ReportCommand:
+    """HTML report (metric pages, evaluation videos, results table) and a diagnosis of known failure modes of one or
+    several runs; a pipeline directory is expanded into its stages."""
+
+    runs: tyro.conf.Positional[list[str]]
+    """Run directories of rlft train or rlft pipeline."""
+    out: Optional[str] = None
+    """Output folder (default: RUN_DIR/report for one directory, ./rlft-report for several)."""
+
+
 def cmd_report(args: list[str]) -> None:
     """``rlft report RUN_DIR [RUN_DIR ...] [--out DIR]`` (see rlft.report.build)."""
-    import argparse
-
     from rlft.report.build import build_report, default_out_dir, print_report
 
-    ap = argparse.ArgumentParser(
-        prog="rlft report",
-        description="HTML report (metric pages, evaluation videos, "
-        "results table) and a diagnosis of known failure modes of one or several runs; a "
-        "pipeline directory is expanded into its stages.",
-    )
-    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of rlft train or rlft pipeline")
-    ap.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default: RUN_DIR/report for one directory, ./rlft-report for several)",
-    )
-    ns = ap.parse_args(args)
-    res = build_report(ns.runs, ns.out if ns.out is not None else default_out_dir(ns.runs))
+    cfg = tyro.cli(ReportCommand, args=args, prog="rlft report")
+    res = build_report(cfg.runs, cfg.out if cfg.out is not None else default_out_dir(cfg.runs))
     print_report(res)
 
 
 COMMANDS["report"] = cmd_report
 
 
+@dataclasses.dataclass
+class DsrlCheckCommand:
+    """DSRL debugging checklist on run directories' logged metrics: PASS/FAIL per item; exit status 1 if any fails."""
+
+    run_dirs: tyro.conf.Positional[list[str]]
+    """Run directories (rlft train outputs, or pipeline stage folders)."""
+    reward_bound: float = 1.0
+    """Largest |reward| per env step (bounds |Q| by reward_bound / (1 - gamma))."""
+
+    def __post_init__(self) -> None:
+        from rlft.errors import ConfigError
+
+        if not self.run_dirs:
+            raise ConfigError("rlft dsrl-check: no run directory given")
+
+
 def cmd_dsrl_check(args: list[str]) -> None:
     """``rlft dsrl-check RUN_DIR [RUN_DIR ...]`` (see rlft.report.dsrl_check); exit status 1 if an item fails."""
-    from rlft.report.dsrl_check import main as dsrl_check_main
+    from rlft.report.dsrl_check import print_checklist
 
-    if dsrl_check_main(args):
+    cfg = tyro.cli(DsrlCheckCommand, args=args, prog="rlft dsrl-check")
+    if print_checklist(cfg.run_dirs, cfg.reward_bound):
         sys.exit(1)
 
 

@@ -1,7 +1,7 @@
 """Typed configs: dataclasses with a documented field each, loaded from YAML and overridden on the command line.
 
-* ``from_dict(cls, data, where)`` builds a dataclass from a (YAML) mapping strictly: an unknown key, a missing required
-  key or a value of the wrong type raises ``ConfigError`` naming the file and the dotted field path.
+* ``from_dict(cls, data, where)`` builds a dataclass from a (YAML) mapping strictly, with dacite: an unknown key, a
+  missing required key or a value of the wrong type raises ``ConfigError`` naming the file and the dotted field path.
 * ``load_yaml(cls, path)`` does that for a file; ``to_dict``/``save_yaml`` write the resolved config back (every run
   directory keeps its ``config.yaml``).
 * ``parse_cli(cls, default, args)`` applies ``--a.b value`` overrides with tyro on top of a YAML-loaded default, so
@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
+import dacite
 import yaml
 
 from rlft.errors import ConfigError
@@ -24,100 +24,83 @@ from rlft.utils import atomic_write_text
 T = TypeVar("T")
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _number(tp: type) -> Any:
+    """dacite type hook: YAML spells ``1e-4`` as a string and ``100000.0`` as a float; take both where the field is a
+    number (a value that does not convert is left for dacite's type check to report)."""
 
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: value {value!r} matches none of {[_type_name(a) for a in args]}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+    def hook(value: Any) -> Any:
+        if isinstance(value, bool):
             return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {_type_name(tp)}, got {type(value).__name__}")
-        return from_dict(tp, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        inner = args[0] if args else Any
-        out = [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        if tp is float and isinstance(value, (int, str)):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    return float(value)  # YAML reads "1e-4" as a string
-                except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+
+    return hook
+
+
+_DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _number(float), int: _number(int)})
+
+
+def _refuse_unknown(cls: type, data: Any, where: str) -> None:
+    """dacite reports an unknown key without its path; check the keys first so the error names the nested field."""
+    if not isinstance(data, dict):
+        return
+    origin = get_origin(cls) or cls  # a generic dataclass such as TrainConfig[IQL.Config]: resolve its type variables
+    typevars = dict(zip(getattr(origin, "__parameters__", ()), get_args(cls)))
+    fields = {f.name for f in dataclasses.fields(origin) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown} for {origin.__name__}; valid fields: {sorted(fields)}")
+    hints = typing.get_type_hints(origin)
+    for name, value in data.items():
+        tp = typevars.get(hints[name], hints[name])
+        for sub in (tp, *get_args(tp)):  # a dataclass, Optional[dataclass] or list[dataclass] field
+            if dataclasses.is_dataclass(sub) and isinstance(sub, type):
+                for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                    _refuse_unknown(sub, item, f"{where}.{name}" + ("" if i is None else f"[{i}]"))
+                break
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data`` strictly (unknown/missing keys and wrong types raise ConfigError)."""
+    """Build dataclass ``cls`` (possibly generic, e.g. ``TrainConfig[IQL.Config]``) from a YAML mapping with dacite:
+    an unknown key, a missing required field, a value of the wrong type or a choice outside a ``Literal`` raises one
+    ConfigError naming ``where`` and the dotted field path (a dataclass's own ``__post_init__`` checks raise theirs)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: required field '{name}' of {cls.__name__} is missing")
+    _refuse_unknown(cls, data, where)
     try:
-        return cls(**kwargs)
+        return dacite.from_dict(cls, data, config=_DACITE)
+    except dacite.WrongTypeError as e:
+        choices = get_args(e.field_type) if get_origin(e.field_type) is Literal else ()
+        want = f"one of {list(choices)}" if choices else f"a value of type {_type_name(e.field_type)}"
+        raise ConfigError(f"{where}.{e.field_path}: expected {want}, got {e.value!r}") from None
+    except dacite.MissingValueError as e:
+        raise ConfigError(f"{where}.{e.field_path}: required field is missing") from None
+    except dacite.DaciteError as e:
+        raise ConfigError(f"{where}: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_choices(obj: Any, prefix: str) -> None:
+    """Refuse a ``Literal``-typed field of dataclass ``obj`` holding a value outside its choices, as
+    ``{prefix}.{field} must be one of [...], got ...`` (YAML and the command line are checked on load; this catches
+    configs built in Python)."""
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        choices = get_args(tp) if get_origin(tp) is Literal else ()
+        if choices and getattr(obj, name, choices[0]) not in choices:
+            raise ConfigError(f"{prefix}.{name} must be one of {list(choices)}, got {getattr(obj, name)!r}")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -179,8 +162,13 @@ def check_dir_name(name: str | None, field: str) -> None:
         )
 
 
-def parse_cli(cls: type[T], default: T, args: list[str], prog: str | None = None, description: str | None = None) -> T:
-    """Apply command-line overrides (``--field.sub value``) with tyro on top of ``default``."""
+def parse_cli(
+    cls: type[T], default: T | None, args: list[str], prog: str | None = None, description: str | None = None
+) -> T:
+    """Apply command-line overrides (``--field.sub value``) with tyro on top of ``default`` (None: the class's own
+    defaults)."""
     import tyro
 
+    if default is None:
+        return tyro.cli(cls, args=args, prog=prog, description=description)
     return tyro.cli(cls, default=default, args=args, prog=prog, description=description)

@@ -1,9 +1,10 @@
 """Diagnosis rules (rlft.report.diagnose) on real runs.
 
-* Three real short runs here: a run that diverges to NaN; online SAC whose temperature explodes (the seed's failure: a 10x5 chunk, the auto target
-  entropy -dim, a policy that cannot widen enough to reach it), checked end to end through ``rlft train`` -- the
-  one-line warning is printed once, the report's rule gives the sign of log_prob + target_entropy -- and a healthy
-  online SAC run (the default target-entropy rule) that must trigger no rule.
+* Three real short runs here: a run that diverges to NaN; online SAC whose temperature explodes (a common SAC failure
+  on long chunks: a 10x5 chunk, the auto target entropy -dim, a policy that cannot widen enough to reach it), checked
+  end to end through ``rlft train`` -- the one-line warning is printed once, the report's rule gives the sign of
+  log_prob + target_entropy -- and a healthy online SAC run (the default target-entropy rule) that must trigger no
+  rule.
 * Metric series recorded from real runs (tests/data/report/, provenance in its README.md) for triggers that take
   longer than a CI test should.
 * Synthetic series for the plumbing (NaN written by the Logger), next to its real run the lambda-collapse shape,
@@ -52,23 +53,23 @@ ONLINE_TINY = [
     "--run.no-tensorboard",
     "--run.log-every",
     "50",
-    "--algo-cfg.batch-size",
+    "--batch-size",
     "32",
-    "--algo-cfg.critic-hidden-dims",
-    "32",
-    "32",
-    "--algo-cfg.policy.hidden-dims",
+    "--critic-hidden-dims",
     "32",
     "32",
-    "--algo-cfg.num-critics",
+    "--policy.hidden-dims",
+    "32",
+    "32",
+    "--num-critics",
     "2",
-    "--algo-cfg.utd-ratio",
+    "--utd-ratio",
     "4",
-    "--algo-cfg.actor-update-every",
+    "--actor-update-every",
     "1",
-    "--algo-cfg.warmup-steps",
+    "--warmup-steps",
     "100",
-    "--algo-cfg.offline-ratio",
+    "--offline-ratio",
     "0",
 ]
 
@@ -79,19 +80,18 @@ def test_temperature_explosion_real_run_warns_once_during_training(tmp_path, cap
     entropy cannot reach -50 (at most ~-79 nats), log_prob + target_entropy stays > 0 and alpha grows."""
     argv = [
         "train",
-        "--algo",
         "sac",
         *ONLINE_TINY,
         "--steps",
         "350",
         "--env.act-horizon",
         "10",
-        "--algo-cfg.target-entropy-per-dim",
+        "--target-entropy-per-dim",
         "-1",
-        "--algo-cfg.no-target-entropy-from-policy",
-        "--algo-cfg.policy.log-std-max",
+        "--no-target-entropy-from-policy",
+        "--policy.log-std-max",
         "-3",
-        "--algo-cfg.temperature-lr",
+        "--temperature-lr",
         "0.03",
         "--run.out-dir",
         str(tmp_path),
@@ -121,21 +121,7 @@ def test_healthy_run_triggers_no_rule(tmp_path, capsys):
     """Online SAC from scratch with rlft's default target-entropy rule: nothing should fire, live or afterwards."""
     capsys.readouterr()
     assert (
-        main(
-            [
-                "train",
-                "--algo",
-                "sac",
-                *ONLINE_TINY,
-                "--steps",
-                "300",
-                "--run.out-dir",
-                str(tmp_path),
-                "--run.name",
-                "ok",
-            ]
-        )
-        == 0
+        main(["train", "sac", *ONLINE_TINY, "--steps", "300", "--run.out-dir", str(tmp_path), "--run.name", "ok"]) == 0
     )
     assert "warning" not in capsys.readouterr().err
     run = load_run(tmp_path / "ok")
@@ -151,12 +137,11 @@ def test_nonfinite_real_diverged_run(tmp_path, capsys):
     rc = main(
         [
             "train",
-            "--algo",
             "sac",
             *ONLINE_TINY,
             "--steps",
             "300",
-            "--algo-cfg.critic-lr",
+            "--critic-lr",
             "1e12",
             "--run.out-dir",
             str(tmp_path),
@@ -323,7 +308,7 @@ def _synthetic(series: dict[str, list[float]], steps: list[int]) -> Metrics:
 
 
 def test_lambda_collapse_synthetic_td3bc_shape():
-    """SYNTHETIC: the shape seed 001 describes for TD3+BC (lambda 0.35 -> ~0.01 while actor_q 5 -> 100)."""
+    """SYNTHETIC: TD3+BC's lambda collapse under Q overestimation (lambda 0.35 -> ~0.01 while actor_q 5 -> 100)."""
     steps = list(range(1000, 11000, 1000))
     q = list(np.geomspace(5, 100, len(steps)))
     m = _synthetic({"actor/actor_lam": [2.5 / x for x in q], "actor/actor_q": q}, steps)
@@ -393,8 +378,9 @@ def test_offline_sac_study_gaussian_stays_uniform_over_the_box():
 
 
 def test_lambda_collapse_real_td3bc_run():
-    """REAL (the same run: actor_loss_type td3bc): TD3+BC's lambda 0.39 -> 0.04 while actor_q 4.7 -> 56 -- seed 001's
-    shape (0.35 -> ~0.01 while actor_q 5 -> 100). No other real fixture has lambda fall with actor_q growing."""
+    """REAL (the same run: actor_loss_type td3bc): TD3+BC's lambda 0.39 -> 0.04 while actor_q 4.7 -> 56 -- the
+    synthetic test's shape (0.35 -> ~0.01 while actor_q 5 -> 100). No other real fixture has lambda fall with
+    actor_q growing."""
     f = _diag("sac_offline_uniform_box")["lambda_collapse"]
     assert f.metric == "actor/actor_lam" and "actor/actor_q 4.67 ->" in f.evidence
     for other in (

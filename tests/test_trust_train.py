@@ -63,12 +63,12 @@ def _train(tmp_path, name, *args) -> int:
 @pytest.mark.parametrize(
     "args,field",
     [
-        (["--algo-cfg.batch-size", "-5"], "batch_size"),
-        (["--algo-cfg.batch-size", "0"], "batch_size"),
+        (["--batch-size", "-5"], "batch_size"),
+        (["--batch-size", "0"], "batch_size"),
         (["--steps", "-5"], "steps"),
         (["--steps", "0"], "steps"),
-        (["--algo-cfg.offline-ratio", "1.5"], "offline_ratio"),
-        (["--algo-cfg.utd-ratio", "0"], "utd_ratio"),
+        (["--offline-ratio", "1.5"], "offline_ratio"),
+        (["--utd-ratio", "0"], "utd_ratio"),
         (["--policy-ema", "1.0"], "policy_ema"),
         (["--eval.every", "-1"], "eval.every"),
         (["--run.checkpoint-every", "-1"], "run.checkpoint_every"),
@@ -131,9 +131,9 @@ def test_a_diverging_run_with_a_checkpoint_every_step_keeps_a_finite_resumable_s
         str(dataset),
         "--steps",
         "200",
-        "--algo-cfg.critic-lr",
+        "--critic-lr",
         "1e6",
-        "--algo-cfg.value-lr",
+        "--value-lr",
         "1e6",
         "--run.checkpoint-every",
         "1",
@@ -153,9 +153,9 @@ def test_finite_blowup_is_flagged_live_and_stops_when_asked(tmp_path, dataset, c
         str(dataset),
         "--steps",
         "300",
-        "--algo-cfg.critic-lr",
+        "--critic-lr",
         "1e3",
-        "--algo-cfg.value-lr",
+        "--value-lr",
         "1e3",
     ]
     capsys.readouterr()
@@ -177,7 +177,7 @@ def test_resume_refuses_changed_hyperparameters_but_may_run_longer(tmp_path, dat
     assert _train(tmp_path, "r", *base, "--steps", "20") == 0
     recorded = (tmp_path / "r" / "config.yaml").read_text()
     capsys.readouterr()
-    assert _train(tmp_path, "r", *base, "--steps", "40", "--algo-cfg.critic-lr", "1e-9", "--run.resume") == 2
+    assert _train(tmp_path, "r", *base, "--steps", "40", "--critic-lr", "1e-9", "--run.resume") == 2
     err = capsys.readouterr().err
     assert "algo_cfg.critic_lr: 0.0003 -> 1e-09" in err, err
     assert (tmp_path / "r" / "config.yaml").read_text() == recorded  # the record still tells the truth
@@ -248,7 +248,6 @@ def test_a_crafted_state_pt_is_refused_and_never_runs(tmp_path, dataset, capsys)
 # kill -9 during an online run, then --run.resume: the same run, bit for bit
 # ---------------------------------------------------------------------------------------------------------------
 ONLINE = [
-    "--algo",
     "sac",
     "--mode",
     "online",
@@ -267,21 +266,21 @@ ONLINE = [
     "20",
     "--run.checkpoint-every",
     "25",
-    "--algo-cfg.batch-size",
+    "--batch-size",
     "32",
-    "--algo-cfg.critic-hidden-dims",
-    "32",
-    "32",
-    "--algo-cfg.policy.hidden-dims",
+    "--critic-hidden-dims",
     "32",
     "32",
-    "--algo-cfg.num-critics",
+    "--policy.hidden-dims",
+    "32",
+    "32",
+    "--num-critics",
     "4",
-    "--algo-cfg.utd-ratio",
+    "--utd-ratio",
     "2",
-    "--algo-cfg.warmup-steps",
+    "--warmup-steps",
     "50",
-    "--algo-cfg.offline-ratio",
+    "--offline-ratio",
     "0",
     "--replay-capacity",
     "60",
@@ -485,7 +484,7 @@ def test_a_loss_exploding_within_the_first_log_interval_is_flagged_live(tmp_path
             str(dataset),
             "--steps",
             "60",
-            "--algo-cfg.actor-lr",
+            "--actor-lr",
             "10",
         )
         == 0

@@ -1,4 +1,7 @@
-"""The DSRL debugging checklist (seed 002) as code: ``rlft dsrl-check RUN_DIR`` prints PASS/FAIL per item.
+"""A DSRL debugging checklist as code: ``rlft dsrl-check RUN_DIR`` prints PASS/FAIL per item.
+
+The checklist comes from an unpublished off-policy DSRL implementation (docs/algorithms/dsrl_awmle.md,
+docs/algorithms/dsrl_na.md); DSRL: Wagenmaker et al. 2025, "Steering Your Diffusion Policy with Latent Space RL".
 
 It reads a run directory's ``metrics.jsonl`` (and ``config.yaml`` / the saved policy for the discount and the latent
 dimension) and decides from the logged curves:
@@ -6,7 +9,8 @@ dimension) and decides from the logged curves:
 Stage 1 (a run that logged ``actor/q_policy`` -- the AW-MLE warm start):
 
 * E[Q(s, pi_dp(s, w))] for w ~ pi_W above that for w ~ prior: the mean of ``actor/q_policy - actor/q_prior`` over the
-  last ``TAIL`` fraction of log points is > 0 (the seed: "Stage 1 policy should have higher Q-values").
+  last ``TAIL`` fraction of log points is > 0 (after stage 1 the latent actor's noise should decode to chunks
+  with higher Q values than the prior's noise).
 
 Stage 2 (a run that logged ``critic/td_error`` and ``alpha/temperature`` -- DSRL-SAC, DSRL-NA):
 
@@ -24,7 +28,6 @@ Curves too short to judge (fewer than ``MIN_POINTS`` log points) give SKIP. Exit
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -199,24 +202,12 @@ def dsrl_checklist(run_dir: str | Path, reward_bound: float = 1.0) -> list[Check
     return results
 
 
-def main(args: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="rlft dsrl-check",
-        description="DSRL debugging checklist (seed 002) on a run "
-        "directory's logged metrics: PASS/FAIL per item; exit status 1 if any fails.",
-    )
-    ap.add_argument("run_dirs", nargs="+", help="run directories (rlft train outputs, or pipeline stage folders)")
-    ap.add_argument(
-        "--reward-bound",
-        type=float,
-        default=1.0,
-        help="largest |reward| per env step (bounds |Q| by reward_bound / (1 - gamma)); default 1",
-    )
-    ns = ap.parse_args(args)
+def print_checklist(run_dirs: list[str], reward_bound: float = 1.0) -> bool:
+    """Print the checklist of each run directory; True if any item fails (``rlft dsrl-check``)."""
     failed = False
-    for d in ns.run_dirs:
+    for d in run_dirs:
         print(f"{d}:")
-        for r in dsrl_checklist(d, ns.reward_bound):
+        for r in dsrl_checklist(d, reward_bound):
             print("  " + r.line())
             failed = failed or r.status == "FAIL"
-    return 1 if failed else 0
+    return failed

@@ -11,14 +11,16 @@ A stage YAML looks like (see ``configs/``)::
 
 ``algo_cfg`` is typed by the algorithm's own ``Config`` dataclass: ``load_train_config`` reads ``algo`` first, then
 builds ``TrainConfig[ThatConfig]`` strictly, so unknown fields are reported with the file and dotted path, and the
-command line accepts ``--algo-cfg.expectile 0.8`` with help text from the field docstrings.
+command line accepts ``--expectile 0.8`` with help text from the field docstrings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Generic, Literal, Optional, TypeVar
+from typing import Annotated, Generic, Literal, Optional, TypeVar
+
+import tyro
 
 from rlft.algos import AlgoConfig, get_algorithm, import_plugins
 from rlft.config import from_dict, read_yaml
@@ -153,10 +155,12 @@ class RunConfig:
 class TrainConfig(Generic[A]):
     """One training stage: an algorithm, offline on a dataset or online in the environment."""
 
-    algo_cfg: A
-    """The algorithm's own hyper-parameters (fields depend on ``algo``)."""
-    algo: str = "bc"
-    """Registered algorithm name (bc, iql, sac, ...)."""
+    algo_cfg: Annotated[A, tyro.conf.arg(name="")]
+    """The algorithm's own hyper-parameters: its registered ``Config`` (``rlft train iql --beta 3``; in YAML the
+    ``algo_cfg`` mapping)."""
+    algo: tyro.conf.Suppress[str] = "bc"
+    """Registered algorithm name (bc, iql, sac, ...): in YAML it picks the type of ``algo_cfg``; on the command line it
+    is the subcommand. Always the name ``algo_cfg``'s type is registered under."""
     plugins: list[str] = dataclasses.field(default_factory=list)
     """Algorithm files from outside rlft to import first (``.py`` paths, relative to this YAML's folder or the
     working directory, or module names); each registers its algorithm with ``@register`` so ``algo`` can name it
@@ -208,6 +212,7 @@ class TrainConfig(Generic[A]):
     """Outputs, seeding and logging."""
 
     def __post_init__(self) -> None:
+        self.algo = getattr(type(self.algo_cfg), "algo_name", self.algo)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(
                 f"steps must be an integer >= 1 (gradient steps offline, env steps online), got {self.steps!r}"
@@ -240,8 +245,8 @@ def train_config_from_dict(data: dict, where: str) -> TrainConfig:
         cls = get_algorithm(algo)
     except ConfigError as e:
         raise ConfigError(f"{where}.algo: {e}") from None
-    data["algo_cfg"] = from_dict(cls.Config, data.get("algo_cfg") or {}, f"{where}.algo_cfg")
-    return from_dict(TrainConfig, data, where)
+    data["algo_cfg"] = data.get("algo_cfg") or {}
+    return from_dict(TrainConfig[cls.Config], data, where)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
