@@ -1,5 +1,5 @@
 """DSRL: the noise-action env on the real OGBench simulator, the steered (composite) policy, the DSRL algorithms'
-losses checked against values computed by hand, and a short end-to-end DSRL-SAC run through the spine's runner."""
+losses checked against values computed by hand, and a short end-to-end DSRL-SAC run through rlft's training runner."""
 
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ def test_awmle_refuses_a_state_without_a_matching_critic():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# DSRL-SAC = the spine's SAC + online loop on the noise-action env (TrainConfig.base_policy)
+# DSRL-SAC = rlft's SAC (rlft.algos.sac) + online loop on the noise-action env (TrainConfig.base_policy)
 # ------------------------------------------------------------------------------------------------------------
 def _stage(tmp_path, base_path, **over):
     from rlft.train.config import train_config_from_dict

@@ -421,13 +421,13 @@ def test_td3bc_lambda_seed_form():
     q = T([2.0, -4.0])
     pi = torch.zeros(2, 1, 1)
     _, info = td3bc_actor_loss(q, pi, pi, torch.ones(2, 1), alpha=2.5, lam_form="seed")
-    assert info["actor_lam"].item() == pytest.approx(2.5 / (2.5 + 3.0))  # seed 001: alpha / (alpha + mean|Q|)
+    assert info["actor_lam"].item() == pytest.approx(2.5 / (2.5 + 3.0))  # 'seed' form: alpha / (alpha + mean|Q|)
     _, info = td3bc_actor_loss(T([100.0]), pi[:1], pi[:1], torch.ones(1, 1), alpha=2.5, lam_form="seed")
     assert info["actor_lam"].item() == pytest.approx(2.5 / 102.5)  # Q ~ 100 -> lambda ~ 0.02: nearly pure BC
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# offline SAC (seed 001)
+# offline SAC (sac_offline, docs/algorithms/sac_offline.md)
 # ---------------------------------------------------------------------------------------------------------------
 def test_sac_offline_pure_pieces():
     from rlft.algos.sac_offline import entropy_bonus, weighted_nll_loss
@@ -489,7 +489,8 @@ def test_sac_offline_target_entropy_and_temperature_feedback():
     torch.manual_seed(0)
     m = _small("sac_offline", target_entropy=-0.5).update(_batch(16, 3, 2, gen))
     assert m["alpha/target_entropy"] == pytest.approx(-0.5)
-    # seed 001's loop: a target above what the actor's entropy reaches keeps raising alpha under the iql loss
+    # the temperature's positive feedback loop: a target above what the actor's entropy reaches keeps raising alpha
+    # under the iql loss
     torch.manual_seed(0)
     algo = _small("sac_offline", actor_loss_type="iql", target_entropy=20.0, temperature_lr=1e-2)
     temps = [algo.update(_batch(16, 3, 2, gen))["alpha/temperature"] for _ in range(20)]

@@ -220,7 +220,7 @@ def test_unet_levels_and_validation():
 
 
 def test_unet_seed_size_param_count():
-    """The seeds' VelocityUNet1D had 5.93M parameters; (64,128,256) channels with a 256-wide time embedding matches."""
+    """A ~5.9M-parameter 1D velocity U-Net (H=8, A=7): (64,128,256) channels with a 256-wide time embedding."""
     net = TemporalUNet1D(action_dim=7, cond_dim=32, dims=(64, 128, 256), kernel_size=5, time_embed_dim=256)
     n = sum(p.numel() for p in net.parameters())
     assert 5.0e6 < n < 7.0e6, n

@@ -75,7 +75,7 @@ def test_pipeline_report_is_well_formed_and_complete(tmp_path):
     for stage, so in (("bc", "0.20"), ("offline", "0.18"), ("online", "0.40")):
         assert f">pipeline_f_s0/{stage}</a>" in html and f"<td>{so}</td>" in html
     assert "<td>0.40</td>" in html and "Success after each stage" not in html  # the figure carries that title
-    # pages grouped like the seed's: critic, actor, weights/advantages, evaluation, per stage; no leftovers
+    # pages grouped by topic: critic, actor, weights/advantages, evaluation, per stage; no leftovers
     figs = {p.name for p in (tmp_path / "rep" / "fig").glob("*.png")}
     assert {
         "pipeline_f_s0_online_critic.png",

@@ -22,7 +22,7 @@ data. One update:
 Paper defaults: temperature (beta) 1.0, max weight 20. Advantages here are in the scale of the returns (e.g. per-step
 reward -1 and gamma 0.99 give values in [-100, 0]), so the temperature sets how sharply better-than-average chunks
 are preferred; the logged ``actor/awr_advantage_mean`` and ``awr_weights_mean/max`` show whether the weights are
-informative (seed 001: advantages near 0 gave near-uniform weights, i.e. plain BC).
+informative (advantages near 0 give near-uniform weights, i.e. plain BC).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An algorithm owns its critics, target networks, temperature and optimisers, and 
 The runner never branches on an algorithm's name: everything that differs between algorithms and matters to the
 runner is a field of ``AlgoConfig`` (batch size, UTD ratio, warm-up, offline fraction) or a method here.
 
-Metric names: ``critic/...``, ``actor/...``, ``alpha/...``, using the seeds' names where they apply (q_mean, q_std,
+Metric names: ``critic/...``, ``actor/...``, ``alpha/...``, with shared names where they apply (q_mean, q_std,
 td_error, td_target_mean, value_loss, v_mean, temperature, entropy, target_entropy, bc_loss, actor_q, actor_lam,
 iql_weights_mean/max, iql_advantage_mean, ...).
 """

@@ -24,7 +24,8 @@ One update:
   min over its two critics); temperature: ``L_alpha = -log alpha * E[log pi(a|s) + H_target]``.
 
 Target entropy: ``target_entropy`` if set, else ``target_entropy_per_dim * H * A`` (default -0.5 per dimension, not
-SAC's -1: seed 001 traced a temperature explosion to the -dim target on 56-dim chunks); logged as
+SAC's -1: on long chunks the -dim target is unreachable for a narrow policy and drives a temperature explosion,
+e.g. offline SAC on 8 x 7 = 56-dim chunks, docs/algorithms/sac_offline.md); logged as
 ``alpha/target_entropy``. CQL needs log pi for its importance weights and entropy terms, so it trains the Gaussian
 policy only.
 

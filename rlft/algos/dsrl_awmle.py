@@ -6,8 +6,8 @@ through ``TrainConfig.init_critic``) are frozen. For every observation s of a da
 1. draw M candidates ``w_1..w_M ~ N(0, I)`` (the prior), clipped to the latent actor's noise box [-m, m] (the actor
    cannot represent noise outside it; clipping keeps scored and imitated candidates identical);
 2. decode ``a_j = pi_dp(s, w_j)`` and score them with the ensemble: ``S_j = mean_i Q_i(s, a_j) + kappa * std_i Q_i(s, a_j)``
-   (``ensemble_score``; kappa > 0 optimistic as the brief's "mean + kappa*std", kappa < 0 the pessimistic
-   ``mean - |kappa| std`` of the seed's code, 0 the plain mean);
+   (``ensemble_score``; kappa > 0 optimistic, a UCB-style "mean + kappa*std", kappa < 0 the pessimistic
+   ``mean - |kappa| std``, 0 the plain mean);
 3. baseline = tau-soft maximum over the candidates ``b = tau * log((1/M) sum_j exp(S_j / tau))`` (between the mean,
    tau -> inf, and the max, tau -> 0); advantage ``A_j = clip(S_j - b, -advantage_clip, advantage_clip)``;
 4. self-normalised weights ``omega_j = exp(beta * A_j) / sum_l exp(beta * A_l)`` (``awmle_weights``). Because they are
@@ -19,10 +19,10 @@ through ``TrainConfig.init_critic``) are frozen. For every observation s of a da
    the KL estimated with one reparameterised sample ``w ~ pi_W``: ``log pi_W(w|s) - log N(w; 0, I)``, with the
    densities of the *raw* noise (``latent_kl_to_prior``; the tanh actor's density on [-m, m]).
 
-Logged (the seed's names): ``actor/nll_loss``, ``actor/kl_loss``, ``actor/eff_num`` (1 / sum_j omega_j^2 per obs,
+Logged: ``actor/nll_loss``, ``actor/kl_loss``, ``actor/eff_num`` (1 / sum_j omega_j^2 per obs,
 averaged; M for uniform weights, 1 for one winner), ``actor/corr_A_logprob`` (Pearson correlation over all (s, j)
 of A_j and log pi_W(w_j|s): positive when the actor puts mass on high-advantage noise), ``critic/q_mean`` and
-``critic/q_std`` (candidates' ensemble mean / spread), and the stage-1 check of the seed's debugging list:
+``critic/q_std`` (candidates' ensemble mean / spread), and the stage-1 check of the DSRL debugging checklist:
 ``actor/q_policy`` = E[Q(s, pi_dp(s, w))] for w ~ pi_W against ``actor/q_prior`` for w ~ prior (the candidates);
 after stage 1 the first should exceed the second (``rlft dsrl-check``).
 

@@ -21,9 +21,9 @@ A frozen base policy ``pi_dp`` (a flow policy) maps an observation and a start-n
       target entropy H_target = target_entropy_per_dim * H * A unless ``target_entropy`` is given.
 
 ``batch.action`` (the stored latent) is never read: what was executed is all Q^A needs, and Q^W learns from prior
-draws. ``log pi_W`` is the density of the *normalised* latent (the actor's (-1, 1) output), as in the spine's SAC.
-The critic steps on every update, the actor/temperature on every ``actor_update_every``-th; the target critic
-follows the critic by Polyak averaging. Decoding uses the base policy's ``sample(obs_n, noise=w)``.
+draws. ``log pi_W`` is the density of the *normalised* latent (the actor's (-1, 1) output), as in rlft's SAC
+(``rlft.algos.sac``). The critic steps on every update, the actor/temperature on every ``actor_update_every``-th; the
+target critic follows the critic by Polyak averaging. Decoding uses the base policy's ``sample(obs_n, noise=w)``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class DSRLNAConfig(CriticConfig):
     target_entropy: float | None = None
     """Target entropy of the latent actor in nats per chunk (normalised latent); None = per_dim * H * A."""
     target_entropy_per_dim: float = -0.5
-    """Target entropy per latent dimension when ``target_entropy`` is None (the seed: -0.5 * latent_dim)."""
+    """Target entropy per latent dimension when ``target_entropy`` is None (target = this * latent_dim)."""
     actor_update_every: int = 1
     """Update the latent actor and the temperature on every k-th update (the critics on every update)."""
 

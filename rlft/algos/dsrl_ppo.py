@@ -1,5 +1,6 @@
 """On-policy DSRL: PPO with GAE over chunk macro-steps -- in a frozen flow policy's noise space when the run sets
-``TrainConfig.base_policy`` (the reference variant of the seed's DSRL; the off-policy one is the spine's SAC).
+``TrainConfig.base_policy`` (DSRL's on-policy variant, Wagenmaker et al. 2025, "Steering Your Diffusion Policy with
+Latent Space RL"; the off-policy one is DSRL-SAC, ``rlft.algos.sac`` on the noise-action env).
 
 Like DSRL-SAC, nothing here knows about the base policy: the noise-action env decodes the latent chunk w the actor
 samples, so the transitions the loop hands over are ordinary macro-steps whose action is w. The online loop runs

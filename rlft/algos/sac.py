@@ -55,9 +55,8 @@ class SACConfig(CriticConfig):
     updated after every critic step)."""
 
     utd_ratio: int = 4
-    """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; on a 2-core CPU one 10-critic
-    update takes ~40 ms (critic only) to ~75 ms (with the actor step; scripts/bench_updates.py), so 4 keeps the time
-    per macro-step at ~0.2 s."""
+    """Online: gradient updates per environment macro-step (chunk). RLPD uses 20; 4 keeps the update time per
+    macro-step affordable on a CPU (update timings: scripts/bench_updates.py, docs/results.md#update-throughput)."""
     warmup_steps: int = 1000
     """Online: environment steps collected before updates start (the offline half of each batch is there from the
     start, so a short warm-up suffices)."""

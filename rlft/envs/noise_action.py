@@ -10,8 +10,8 @@ chunk ``w`` itself:
 so the macro-step's reward ``R = sum_{i<k} gamma^i r_i``, ``info['k']``, ``info['discount'] = gamma^k``,
 ``terminated`` (a true end: no bootstrap) and ``truncated`` (time limit: bootstrap) are exactly the chunk executor's
 (``rlft.envs.wrappers.ChunkExecutor``), and any off-policy algorithm written for chunk transitions runs unchanged on
-the latent MDP (DSRL-SAC is the spine's SAC on this env). ``info`` gains ``decoded_action`` (the executed env chunk,
-[H, A]) and ``latent_action`` (the clipped w).
+the latent MDP (DSRL-SAC is rlft's SAC, ``rlft.algos.sac``, on this env). ``info`` gains ``decoded_action`` (the
+executed env chunk, [H, A]) and ``latent_action`` (the clipped w).
 
 Conventions:
 

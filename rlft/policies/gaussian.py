@@ -1,4 +1,4 @@
-"""Tanh-squashed diagonal Gaussian policy over flattened action chunks (the seeds' ``DiagGaussianActor``).
+"""Tanh-squashed diagonal Gaussian policy over flattened action chunks (SAC's actor, Haarnoja et al. 2018).
 
 An MLP maps the normalised observation to a mean ``mu`` and a log standard deviation for each of the ``H*A`` chunk
 dimensions. A pre-squash sample is ``u = mu + std * eps`` (eps ~ N(0, I)) and the action is ``a = tanh(u)``, so
