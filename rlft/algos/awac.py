@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -70,7 +70,7 @@ class AWACConfig(CriticConfig):
 
     lam: float = 1.0
     """lambda, the temperature of exp(A / lambda) (the paper's Lagrange multiplier; rlkit uses 0.3 to 2)."""
-    weight_normalization: str = "softmax"
+    weight_normalization: Literal["softmax", "exp"] = "softmax"
     """'softmax' (weights normalised over the batch to mean 1, as the reference code) or 'exp' (raw exp(A/lambda))."""
     max_weight: float = 100.0
     """Upper clip of the weights (after normalisation)."""
@@ -85,10 +85,6 @@ class AWACConfig(CriticConfig):
         super().__post_init__()
         if self.lam <= 0:
             raise ConfigError(f"awac.lam must be > 0, got {self.lam}")
-        if self.weight_normalization not in ("softmax", "exp"):
-            raise ConfigError(
-                f"awac.weight_normalization must be 'softmax' or 'exp', got {self.weight_normalization!r}"
-            )
         if self.max_weight <= 0:
             raise ConfigError(f"awac.max_weight must be > 0, got {self.max_weight}")
         if self.num_value_samples < 1:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -79,7 +79,7 @@ class AWRConfig(AlgoConfig):
     """beta in w = exp(A / beta) (paper: 1.0); smaller = sharper preference for high-advantage chunks."""
     max_weight: float = 20.0
     """Upper clip of the weights (paper: 20)."""
-    value_target: str = "td"
+    value_target: Literal["td", "mc"] = "td"
     """'td' (r + bootstrap * Vtarget(s'), a k-step return over the chunk) or 'mc' (the data's Monte-Carlo
     return-to-go, ``ChunkBatch.mc_return``; rows without one fall back to 'td')."""
     value_hidden_dims: tuple[int, ...] = (256, 256, 256)
@@ -99,8 +99,6 @@ class AWRConfig(AlgoConfig):
             raise ConfigError(f"awr.temperature must be > 0, got {self.temperature}")
         if self.max_weight <= 0:
             raise ConfigError(f"awr.max_weight must be > 0, got {self.max_weight}")
-        if self.value_target not in ("td", "mc"):
-            raise ConfigError(f"awr.value_target must be 'td' or 'mc', got {self.value_target!r}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"awr.tau must be in (0, 1], got {self.tau}")
 

@@ -12,7 +12,7 @@ iql_weights_mean/max, iql_advantage_mean, ...).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -92,10 +92,13 @@ class AlgoConfig:
     algo_name: ClassVar[str] = "algo"
 
     def __post_init__(self) -> None:
-        """Refuse numbers no run can use, naming the algorithm and the field (subclasses call this first)."""
+        """Refuse numbers no run can use and choices outside a ``Literal`` field's, naming the algorithm and the field
+        (subclasses call this first)."""
+        from rlft.config import check_choices
         from rlft.errors import ConfigError
 
         name = self.algo_name
+        check_choices(self, name)
         for field, low in (("batch_size", 1), ("utd_ratio", 1), ("warmup_steps", 0), ("rollout_steps", 0)):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -117,7 +120,7 @@ class CriticConfig(AlgoConfig):
     """Hidden widths of each Q network (and of the V network, where the algorithm has one)."""
     critic_layernorm: bool = True
     """LayerNorm after each hidden layer of the Q (and V) networks."""
-    critic_impl: str = "auto"
+    critic_impl: Literal["auto", "loop", "batched"] = "auto"
     """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
     critic_lr: float = 3e-4
     """Adam learning rate of the Q networks."""
@@ -131,8 +134,6 @@ class CriticConfig(AlgoConfig):
         name = self.algo_name
         if self.num_critics < 1:
             raise ConfigError(f"{name}.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"{name}.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"{name}.tau must be in (0, 1], got {self.tau}")
 

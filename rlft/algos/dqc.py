@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -98,11 +98,11 @@ class DQCConfig(CriticConfig):
     kappa_b: float = 0.9
     """Expectile (or quantile) of the value backup V(s) <- Q^a(s, a_{t:t+H}), in (0, 1) (DQC's cube setting: 0.93
     with its quantile loss)."""
-    backup_loss: str = "expectile"
+    backup_loss: Literal["expectile", "quantile"] = "expectile"
     """Loss of the value backup: 'expectile' (squared, IQL-style) or 'quantile' (absolute; the reference's choice)."""
     num_samples: int = 32
     """N, flow samples per state for best-of-N acting with the action critic (DQC: 32)."""
-    q_agg: str = "mean"
+    q_agg: Literal["mean", "min"] = "mean"
     """Aggregation over the action-critic ensemble for the value target and best-of-N: 'mean' (the reference's
     default) or 'min' (its cube setting)."""
     actor_lr: float = 3e-4
@@ -117,12 +117,8 @@ class DQCConfig(CriticConfig):
         for name in ("kappa_d", "kappa_b"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"dqc.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.backup_loss not in ("expectile", "quantile"):
-            raise ConfigError(f"dqc.backup_loss must be 'expectile' or 'quantile', got {self.backup_loss!r}")
         if self.num_samples < 1:
             raise ConfigError(f"dqc.num_samples must be >= 1, got {self.num_samples}")
-        if self.q_agg not in ("mean", "min"):
-            raise ConfigError(f"dqc.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
 
     def data_horizon(self, act_horizon: int) -> int:
         """The chunk critic's backup horizon Hb: training chunks hold Hb actions (the policy uses the first H)."""

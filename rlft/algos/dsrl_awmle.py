@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -135,7 +135,7 @@ class DSRLAWMLEConfig(AlgoConfig):
     """Hidden widths of the frozen critic; must match the pretrained critic."""
     critic_layernorm: bool = True
     """LayerNorm in the frozen critic; must match the pretrained critic."""
-    critic_impl: str = "auto"
+    critic_impl: Literal["auto", "loop", "batched"] = "auto"
     """Critic ensemble implementation: 'loop', 'batched' or 'auto' (batched on CUDA, loop on CPU)."""
 
     def __post_init__(self) -> None:
@@ -154,8 +154,6 @@ class DSRLAWMLEConfig(AlgoConfig):
             raise ConfigError(f"dsrl_awmle.lr must be > 0, got {self.lr}")
         if self.num_critics < 1:
             raise ConfigError(f"dsrl_awmle.num_critics must be >= 1, got {self.num_critics}")
-        if self.critic_impl not in ("auto", "loop", "batched"):
-            raise ConfigError(f"dsrl_awmle.critic_impl must be 'auto', 'loop' or 'batched', got {self.critic_impl!r}")
 
 
 @register

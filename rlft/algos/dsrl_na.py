@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -80,7 +80,7 @@ class DSRLNAConfig(CriticConfig):
     base policy, so on a CPU a smaller value is usually needed."""
     warmup_steps: int = 5000
     """Online: environment steps collected before updates start."""
-    target_agg: str = "min"
+    target_agg: Literal["min", "mean"] = "min"
     """Aggregation of the target action critic's members in the TD target: 'min' (clipped double Q) or 'mean'."""
     actor_lr: float = 1e-4
     """Adam learning rate of the latent actor."""
@@ -101,8 +101,6 @@ class DSRLNAConfig(CriticConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.target_agg not in ("min", "mean"):
-            raise ConfigError(f"dsrl_na.target_agg must be 'min' or 'mean', got {self.target_agg!r}")
         if self.init_temperature <= 0:
             raise ConfigError(f"dsrl_na.init_temperature must be > 0, got {self.init_temperature}")
         if self.actor_update_every < 1:

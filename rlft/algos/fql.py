@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -73,7 +73,7 @@ class FQLConfig(CriticConfig):
     normalize_q_loss: bool = False
     """Divide the actor's Q term by mean |Q| (no gradient), making alpha independent of the reward scale (the
     reference's option; off by default there)."""
-    q_agg: str = "mean"
+    q_agg: Literal["mean", "min"] = "mean"
     """Aggregation of the target critics in the TD target: 'mean' (FQL's default) or 'min'."""
     actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden widths of the one-step actor mu(s, z) (GELU MLP), used when a new one is built."""
@@ -88,8 +88,6 @@ class FQLConfig(CriticConfig):
         super().__post_init__()
         if self.alpha < 0:
             raise ConfigError(f"fql.alpha must be >= 0, got {self.alpha}")
-        if self.q_agg not in ("mean", "min"):
-            raise ConfigError(f"fql.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
         for name in ("flow_lr", "actor_lr", "critic_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"fql.{name} must be > 0, got {getattr(self, name)}")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class QCConfig(CriticConfig):
 
     num_samples: int = 32
     """N, flow samples per state for best-of-N (target next chunk and acting). QC uses 32."""
-    q_agg: str = "mean"
+    q_agg: Literal["mean", "min"] = "mean"
     """Aggregation over the critic ensemble, for the TD target and for scoring candidates: 'mean' (QC's default) or
     'min'."""
     actor_lr: float = 3e-4
@@ -61,8 +61,6 @@ class QCConfig(CriticConfig):
         super().__post_init__()
         if self.num_samples < 1:
             raise ConfigError(f"qc.num_samples must be >= 1, got {self.num_samples}")
-        if self.q_agg not in ("mean", "min"):
-            raise ConfigError(f"qc.q_agg must be 'mean' or 'min', got {self.q_agg!r}")
         for name in ("actor_lr", "critic_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"qc.{name} must be > 0, got {getattr(self, name)}")

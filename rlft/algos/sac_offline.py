@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -96,9 +96,9 @@ class SACOfflineConfig(CriticConfig):
     """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor. Critics: the TD
     target uses the min over the target copies; the widths apply to the IQL V network too."""
 
-    actor_loss_type: str = "sac"
+    actor_loss_type: Literal["sac", "td3bc", "awr", "iql"] = "sac"
     """'sac' (reparameterised Q maximisation), 'td3bc', 'awr' or 'iql' (see the module docstring)."""
-    critic_backup: str = "policy"
+    critic_backup: Literal["policy", "value"] = "policy"
     """'policy': soft SAC target at a' ~ pi(s'); 'value': r + bootstrap * V(s') (only with actor_loss_type iql)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the policy."""
@@ -118,7 +118,7 @@ class SACOfflineConfig(CriticConfig):
     """Gaussian actor: add alpha * E[log pi(a_pi|s)] to the td3bc/awr/iql actor losses, as the seed's code did."""
     td3bc_alpha: float = 2.5
     """td3bc: the alpha of lambda."""
-    td3bc_lam_form: str = "seed"
+    td3bc_lam_form: Literal["seed", "paper"] = "seed"
     """td3bc: 'seed' (lambda = alpha / (alpha + mean|Q|), the seed's) or 'paper' (alpha / mean|Q|, TD3+BC's)."""
     awr_temperature: float = 1.0
     """awr: w = exp(A / awr_temperature)."""
@@ -140,14 +140,10 @@ class SACOfflineConfig(CriticConfig):
             raise ConfigError(
                 f"sac_offline.actor_loss_type must be one of {ACTOR_LOSS_TYPES}, got {self.actor_loss_type!r}"
             )
-        if self.critic_backup not in ("policy", "value"):
-            raise ConfigError(f"sac_offline.critic_backup must be 'policy' or 'value', got {self.critic_backup!r}")
         if self.critic_backup == "value" and self.actor_loss_type != "iql":
             raise ConfigError("sac_offline.critic_backup 'value' needs the IQL V network: use actor_loss_type iql")
         if self.init_temperature <= 0:
             raise ConfigError(f"sac_offline.init_temperature must be > 0, got {self.init_temperature}")
-        if self.td3bc_lam_form not in ("seed", "paper"):
-            raise ConfigError(f"sac_offline.td3bc_lam_form must be 'seed' or 'paper', got {self.td3bc_lam_form!r}")
         if self.awr_temperature <= 0:
             raise ConfigError(f"sac_offline.awr_temperature must be > 0, got {self.awr_temperature}")
         if self.awr_max_weight <= 0 or self.iql_max_weight <= 0:
