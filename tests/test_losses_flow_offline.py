@@ -24,7 +24,12 @@ OBS, ACT, H, B = 5, 2, 3, 16
 def small(name: str, **fields):
     cls = ALGORITHMS[name]
     cfg = cls.Config()
-    policy = dataclasses.replace(cfg.policy, hidden_dims=(32, 32), time_embed_dim=8, shortcut_max_steps=8)
+    policy = dataclasses.replace(
+        cfg.policy,
+        hidden_dims=(32, 32),
+        time_embed_dim=8,
+        shortcut=dataclasses.replace(cfg.policy.shortcut, max_steps=8),
+    )
     cfg = dataclasses.replace(cfg, policy=policy, critic_hidden_dims=(32, 32), **fields)
     torch.manual_seed(0)
     return cls(cfg, OBS, ACT, H)

@@ -12,7 +12,7 @@ from rlft.errors import CheckpointError, ConfigError
 from rlft.nets.unet1d import SinusoidalTimeEmbedding, TemporalUNet1D
 from rlft.policies import build_policy, load_policy
 from rlft.policies.base import policy_extra
-from rlft.policies.config import PolicyConfig
+from rlft.policies.config import GaussianOptions, PolicyConfig
 from rlft.policies.flow import FlowPolicy, flow_matching_target, masked_flow_loss
 from rlft.policies.gaussian import (
     GaussianPolicy,
@@ -285,7 +285,7 @@ def test_build_policy_from_config_and_errors():
     with pytest.raises(ConfigError, match="unet_dims"):
         build_policy(PolicyConfig(kind="flow", velocity_net="unet", unet_dims=(12, 24)), O, A, H)
     with pytest.raises(ConfigError, match="log_std"):
-        build_policy(PolicyConfig(kind="gaussian", log_std_min=1.0, log_std_max=0.0), O, A, H)
+        build_policy(PolicyConfig(kind="gaussian", gaussian=GaussianOptions(log_std_min=1.0, log_std_max=0.0)), O, A, H)
 
 
 # ---------------------------------------------------------------- BC sanity: each policy fits a tiny dataset

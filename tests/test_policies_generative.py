@@ -11,7 +11,7 @@ from torch import nn
 
 from rlft.errors import ConfigError
 from rlft.policies import build_policy, load_policy, policy_kind
-from rlft.policies.config import PolicyConfig
+from rlft.policies.config import ConsistencyOptions, DiffusionOptions, PolicyConfig, ShortcutOptions
 from rlft.policies.consistency import (
     ConsistencyFlowPolicy,
     adjacent_time,
@@ -310,7 +310,7 @@ def test_save_load_round_trip(kind, net, tmp_path):
 def test_build_policy_maps_config_fields():
     base = dict(hidden_dims=(16,), time_embed_dim=8)
     s = build_policy(
-        PolicyConfig(kind="shortcut", shortcut_steps=2, shortcut_max_steps=16, shortcut_bootstrap_frac=0.125, **base),
+        PolicyConfig(kind="shortcut", shortcut=ShortcutOptions(steps=2, max_steps=16, bootstrap_frac=0.125), **base),
         O,
         A,
         H,
@@ -318,12 +318,7 @@ def test_build_policy_maps_config_fields():
     assert (s.shortcut_steps, s.max_steps, s.bootstrap_frac, s.num_levels, s.sample_level) == (2, 16, 0.125, 4, 1)
     c = build_policy(
         PolicyConfig(
-            kind="consistency",
-            consistency_steps=2,
-            consistency_delta=0.1,
-            consistency_coef=3.0,
-            consistency_flow_coef=0.0,
-            **base,
+            kind="consistency", consistency=ConsistencyOptions(steps=2, delta=0.1, coef=3.0, flow_coef=0.0), **base
         ),
         O,
         A,
@@ -333,10 +328,7 @@ def test_build_policy_maps_config_fields():
     d = build_policy(
         PolicyConfig(
             kind="diffusion",
-            diffusion_train_steps=50,
-            diffusion_inference_steps=5,
-            diffusion_beta_schedule="linear",
-            diffusion_clip_sample=False,
+            diffusion=DiffusionOptions(train_steps=50, inference_steps=5, beta_schedule="linear", clip_sample=False),
             **base,
         ),
         O,
@@ -350,15 +342,15 @@ def test_build_policy_maps_config_fields():
 @pytest.mark.parametrize(
     "fields",
     [
-        dict(kind="shortcut", shortcut_steps=3),
-        dict(kind="shortcut", shortcut_max_steps=100),
-        dict(kind="shortcut", shortcut_steps=256),
-        dict(kind="shortcut", shortcut_bootstrap_frac=1.0),
-        dict(kind="consistency", consistency_delta=0.0),
-        dict(kind="consistency", consistency_coef=0.0, consistency_flow_coef=0.0),
-        dict(kind="consistency", consistency_steps=0),
-        dict(kind="diffusion", diffusion_inference_steps=200),
-        dict(kind="diffusion", diffusion_beta_schedule="quadratic"),
+        dict(kind="shortcut", shortcut=ShortcutOptions(steps=3)),
+        dict(kind="shortcut", shortcut=ShortcutOptions(max_steps=100)),
+        dict(kind="shortcut", shortcut=ShortcutOptions(steps=256)),
+        dict(kind="shortcut", shortcut=ShortcutOptions(bootstrap_frac=1.0)),
+        dict(kind="consistency", consistency=ConsistencyOptions(delta=0.0)),
+        dict(kind="consistency", consistency=ConsistencyOptions(coef=0.0, flow_coef=0.0)),
+        dict(kind="consistency", consistency=ConsistencyOptions(steps=0)),
+        dict(kind="diffusion", diffusion=DiffusionOptions(inference_steps=200)),
+        dict(kind="diffusion", diffusion=DiffusionOptions(beta_schedule="quadratic")),
         dict(kind="diffusion", velocity_net="transformer"),
         dict(kind="nope"),
     ],

@@ -89,7 +89,7 @@ def test_temperature_explosion_real_run_warns_once_during_training(tmp_path, cap
         "--target-entropy-per-dim",
         "-1",
         "--no-target-entropy-from-policy",
-        "--policy.log-std-max",
+        "--policy.gaussian.log-std-max",
         "-3",
         "--temperature-lr",
         "0.03",

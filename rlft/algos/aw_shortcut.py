@@ -4,7 +4,7 @@ AWCP's update (``rlft.algos.awcp``: IQL value/critic losses, actor = the policy'
 ``w_b = min(exp(beta A_b) / mean_c exp(beta A_c), max_weight)``, no Q gradient into the policy) applied to the
 shortcut flow policy (``rlft.policies.shortcut``, Frans et al., 2024), whose BC loss is flow matching on part of the
 batch plus the self-consistency ``s(x_t, t, 2d) ~ sg[(s(x_t, t, d) + s(x'_{t+d}, t + d, d)) / 2]`` on the rest
-(``shortcut_bootstrap_frac``). Each row, flow or self-consistency, carries its sample's advantage weight, so both
+(``policy.shortcut.bootstrap_frac``). Each row, flow or self-consistency, carries its sample's advantage weight, so both
 the flow and the few-step shortcut maps are pulled towards high-advantage actions.
 
 Metrics as AWCP: ``actor/awr_weights_mean``, ``awr_weights_max``, ``awr_advantage_mean``, ``eff_num``, the policy's
@@ -27,7 +27,7 @@ class AWShortcutConfig(AWCPConfig):
     """AW-ShortCut-Flow: AWCP's fields (IQL critic, normalised advantage weights) with a shortcut flow actor."""
 
     policy: PolicyConfig = dataclasses.field(default_factory=lambda: PolicyConfig(kind="shortcut"))
-    """The actor: a shortcut flow policy (``shortcut_steps`` sampler steps)."""
+    """The actor: a shortcut flow policy (``policy.shortcut.steps`` sampler steps)."""
 
 
 @register

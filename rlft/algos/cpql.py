@@ -8,7 +8,7 @@ a Q-maximisation term through its one-step sampler, and a twin critic trained TD
            CPQL's ``diffusion.sample(model=self.actor, state=next_state)``); ``bootstrap = gamma^k (1 - terminated)``.
 * actor:   ``L_pi = bc_coef * L_bc + eta * L_q``  (``cpql_actor_loss``) with ``L_bc = policy.bc_loss(s, a)`` (flow
            matching + consistency, padded steps masked) and, on ``a_pi = pi(s)`` sampled *with* gradient through
-           the sampler (one network call with ``consistency_steps = 1``),
+           the sampler (one network call with ``policy.consistency.steps = 1``),
 
                L_q = -E[Q_i(s, a_pi)] / E|Q_j(s, a_pi)|     (q_normalize; offline CPQL, after Diffusion-QL)
                L_q = -E[min_i Q_i(s, a_pi)]                  (otherwise; CPQL's online form)

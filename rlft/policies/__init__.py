@@ -35,16 +35,9 @@ def policy_kind(policy: Policy) -> str | None:
     return next((k for k, c in POLICY_KIND_CLASSES.items() if c == name), None)
 
 
-def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy:
-    """Build the policy described by a ``PolicyConfig``."""
-    from rlft.errors import ConfigError
-    from rlft.policies.consistency import ConsistencyFlowPolicy
-    from rlft.policies.diffusion import DiffusionPolicy
-    from rlft.policies.flow import FlowPolicy
-    from rlft.policies.gaussian import GaussianPolicy
-    from rlft.policies.shortcut import ShortcutFlowPolicy
-
-    net = dict(
+def _net(cfg) -> dict:
+    """The network-size arguments every generative kind takes."""
+    return dict(
         velocity_net=cfg.velocity_net,
         hidden_dims=tuple(cfg.hidden_dims),
         layernorm=cfg.layernorm,
@@ -52,52 +45,82 @@ def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy
         unet_kernel_size=cfg.unet_kernel_size,
         time_embed_dim=cfg.time_embed_dim,
     )
-    if cfg.kind == "gaussian":
-        return GaussianPolicy(
-            obs_dim,
-            action_dim,
-            act_horizon,
-            hidden_dims=tuple(cfg.hidden_dims),
-            layernorm=cfg.layernorm,
-            log_std_min=cfg.log_std_min,
-            log_std_max=cfg.log_std_max,
-            atanh_eps=cfg.atanh_eps,
-        )
-    if cfg.kind == "flow":
-        return FlowPolicy(obs_dim, action_dim, act_horizon, flow_steps=cfg.flow_steps, **net)
-    if cfg.kind == "shortcut":
-        return ShortcutFlowPolicy(
-            obs_dim,
-            action_dim,
-            act_horizon,
-            shortcut_steps=cfg.shortcut_steps,
-            max_steps=cfg.shortcut_max_steps,
-            bootstrap_frac=cfg.shortcut_bootstrap_frac,
-            **net,
-        )
-    if cfg.kind == "consistency":
-        return ConsistencyFlowPolicy(
-            obs_dim,
-            action_dim,
-            act_horizon,
-            flow_steps=cfg.consistency_steps,
-            consistency_delta=cfg.consistency_delta,
-            consistency_coef=cfg.consistency_coef,
-            flow_coef=cfg.consistency_flow_coef,
-            **net,
-        )
-    if cfg.kind == "diffusion":
-        return DiffusionPolicy(
-            obs_dim,
-            action_dim,
-            act_horizon,
-            train_steps=cfg.diffusion_train_steps,
-            inference_steps=cfg.diffusion_inference_steps,
-            beta_schedule_kind=cfg.diffusion_beta_schedule,
-            clip_sample=cfg.diffusion_clip_sample,
-            **net,
-        )
-    raise ConfigError(f"policy.kind: unknown policy kind {cfg.kind!r}; use one of {sorted(POLICY_KIND_CLASSES)}")
+
+
+def _gaussian_policy(cfg, *dims) -> Policy:
+    from rlft.policies.gaussian import GaussianPolicy
+
+    g = cfg.gaussian
+    return GaussianPolicy(
+        *dims,
+        hidden_dims=tuple(cfg.hidden_dims),
+        layernorm=cfg.layernorm,
+        log_std_min=g.log_std_min,
+        log_std_max=g.log_std_max,
+        atanh_eps=g.atanh_eps,
+    )
+
+
+def _flow_policy(cfg, *dims) -> Policy:
+    from rlft.policies.flow import FlowPolicy
+
+    return FlowPolicy(*dims, flow_steps=cfg.flow_steps, **_net(cfg))
+
+
+def _shortcut_policy(cfg, *dims) -> Policy:
+    from rlft.policies.shortcut import ShortcutFlowPolicy
+
+    o = cfg.shortcut
+    return ShortcutFlowPolicy(
+        *dims, shortcut_steps=o.steps, max_steps=o.max_steps, bootstrap_frac=o.bootstrap_frac, **_net(cfg)
+    )
+
+
+def _consistency_policy(cfg, *dims) -> Policy:
+    from rlft.policies.consistency import ConsistencyFlowPolicy
+
+    o = cfg.consistency
+    return ConsistencyFlowPolicy(
+        *dims,
+        flow_steps=o.steps,
+        consistency_delta=o.delta,
+        consistency_coef=o.coef,
+        flow_coef=o.flow_coef,
+        **_net(cfg),
+    )
+
+
+def _diffusion_policy(cfg, *dims) -> Policy:
+    from rlft.policies.diffusion import DiffusionPolicy
+
+    o = cfg.diffusion
+    return DiffusionPolicy(
+        *dims,
+        train_steps=o.train_steps,
+        inference_steps=o.inference_steps,
+        beta_schedule_kind=o.beta_schedule,
+        clip_sample=o.clip_sample,
+        **_net(cfg),
+    )
+
+
+#: PolicyConfig.kind -> builder(cfg, obs_dim, action_dim, act_horizon)
+_BUILDERS = {
+    "gaussian": _gaussian_policy,
+    "flow": _flow_policy,
+    "shortcut": _shortcut_policy,
+    "consistency": _consistency_policy,
+    "diffusion": _diffusion_policy,
+}
+
+
+def build_policy(cfg, obs_dim: int, action_dim: int, act_horizon: int) -> Policy:
+    """Build the policy described by a ``PolicyConfig``."""
+    from rlft.errors import ConfigError
+
+    if cfg.kind not in _BUILDERS:
+        raise ConfigError(f"policy.kind: unknown policy kind {cfg.kind!r}; use one of {sorted(POLICY_KIND_CLASSES)}")
+    return _BUILDERS[cfg.kind](cfg, obs_dim, action_dim, act_horizon)
 
 
 from rlft.policies import best_of_n as _best_of_n  # noqa: E402,F401  (QC/DQC's best-of-N actor)

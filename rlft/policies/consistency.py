@@ -98,10 +98,10 @@ class ConsistencyFlowPolicy(FlowPolicy):
         flow_coef: float = 1.0,
     ):
         if not 0.0 < consistency_delta <= 1.0:
-            raise ConfigError(f"policy.consistency_delta must be in (0, 1], got {consistency_delta}")
+            raise ConfigError(f"policy.consistency.delta must be in (0, 1], got {consistency_delta}")
         if consistency_coef < 0 or flow_coef < 0 or consistency_coef + flow_coef == 0:
             raise ConfigError(
-                f"policy.consistency_coef ({consistency_coef}) and policy.consistency_flow_coef ({flow_coef}) must be "
+                f"policy.consistency.coef ({consistency_coef}) and policy.consistency.flow_coef ({flow_coef}) must be "
                 ">= 0 and not both 0"
             )
         super().__init__(

@@ -62,7 +62,7 @@ def beta_schedule(kind: str, num_steps: int) -> torch.Tensor:
     if kind == "linear":
         scale = 1000.0 / K
         return torch.linspace(1e-4 * scale, 0.02 * scale, K, dtype=torch.float64).clamp(max=0.999)
-    raise ConfigError(f"policy.diffusion_beta_schedule: unknown schedule {kind!r}; use one of {BETA_SCHEDULES}")
+    raise ConfigError(f"policy.diffusion.beta_schedule: unknown schedule {kind!r}; use one of {BETA_SCHEDULES}")
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
@@ -128,10 +128,10 @@ class DiffusionPolicy(Policy):
         hidden_dims = [int(h) for h in hidden_dims]
         unet_dims = [int(d) for d in unet_dims]
         if train_steps < 1:
-            raise ConfigError(f"policy.diffusion_train_steps must be >= 1, got {train_steps}")
+            raise ConfigError(f"policy.diffusion.train_steps must be >= 1, got {train_steps}")
         if not 1 <= inference_steps <= train_steps:
             raise ConfigError(
-                f"policy.diffusion_inference_steps must be in [1, diffusion_train_steps={train_steps}], got {inference_steps}"
+                f"policy.diffusion.inference_steps must be in [1, diffusion_train_steps={train_steps}], got {inference_steps}"
             )
         betas = beta_schedule(beta_schedule_kind, train_steps)
         super().__init__(

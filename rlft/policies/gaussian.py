@@ -113,9 +113,11 @@ class GaussianPolicy(Policy):
     ):
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if not log_std_min < log_std_max:
-            raise ConfigError(f"policy.log_std_min ({log_std_min}) must be < policy.log_std_max ({log_std_max})")
+            raise ConfigError(
+                f"policy.gaussian.log_std_min ({log_std_min}) must be < policy.gaussian.log_std_max ({log_std_max})"
+            )
         if not 0.0 < atanh_eps < 1.0:
-            raise ConfigError(f"policy atanh_eps must be in (0, 1), got {atanh_eps}")
+            raise ConfigError(f"policy.gaussian.atanh_eps must be in (0, 1), got {atanh_eps}")
         super().__init__(
             obs_dim,
             action_dim,

@@ -54,7 +54,7 @@ def step_level(num_steps: int, max_steps: int) -> int:
     """Level of the step size d = 1/num_steps: ``log2(num_steps)`` (the finest level log2(max_steps) = the flow)."""
     lvl = _log2_exact(int(num_steps))
     if lvl is None or num_steps > max_steps:
-        raise ConfigError(f"policy.shortcut_steps must be a power of two in [1, {max_steps}], got {num_steps}")
+        raise ConfigError(f"policy.shortcut.steps must be a power of two in [1, {max_steps}], got {num_steps}")
     return lvl
 
 
@@ -109,10 +109,10 @@ class ShortcutFlowPolicy(Policy):
         unet_dims = [int(d) for d in unet_dims]
         num_levels = _log2_exact(int(max_steps))
         if num_levels is None or max_steps < 2:
-            raise ConfigError(f"policy.shortcut_max_steps must be a power of two >= 2, got {max_steps}")
+            raise ConfigError(f"policy.shortcut.max_steps must be a power of two >= 2, got {max_steps}")
         sample_level = step_level(shortcut_steps, max_steps)
         if not 0.0 <= bootstrap_frac < 1.0:
-            raise ConfigError(f"policy.shortcut_bootstrap_frac must be in [0, 1), got {bootstrap_frac}")
+            raise ConfigError(f"policy.shortcut.bootstrap_frac must be in [0, 1), got {bootstrap_frac}")
         super().__init__(
             obs_dim,
             action_dim,
@@ -176,7 +176,7 @@ class ShortcutFlowPolicy(Policy):
     def sample(
         self, obs_n: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False
     ) -> torch.Tensor:
-        """``shortcut_steps`` shortcut steps from x0 (``noise`` > zeros if deterministic > randn); clamp to [-1, 1]."""
+        """``policy.shortcut.steps`` shortcut steps from x0 (``noise`` > zeros if deterministic > randn); clamp to [-1, 1]."""
         B = obs_n.shape[0]
         shape = (B, self.act_horizon, self.action_dim)
         if noise is not None:
