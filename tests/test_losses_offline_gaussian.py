@@ -420,9 +420,9 @@ def test_td3bc_lambda_seed_form():
 
     q = T([2.0, -4.0])
     pi = torch.zeros(2, 1, 1)
-    _, info = td3bc_actor_loss(q, pi, pi, torch.ones(2, 1), alpha=2.5, lam_form="seed")
+    _, info = td3bc_actor_loss(q, pi, pi, torch.ones(2, 1), alpha=2.5, lam_form="bounded")
     assert info["actor_lam"].item() == pytest.approx(2.5 / (2.5 + 3.0))  # 'seed' form: alpha / (alpha + mean|Q|)
-    _, info = td3bc_actor_loss(T([100.0]), pi[:1], pi[:1], torch.ones(1, 1), alpha=2.5, lam_form="seed")
+    _, info = td3bc_actor_loss(T([100.0]), pi[:1], pi[:1], torch.ones(1, 1), alpha=2.5, lam_form="bounded")
     assert info["actor_lam"].item() == pytest.approx(2.5 / 102.5)  # Q ~ 100 -> lambda ~ 0.02: nearly pure BC
 
 

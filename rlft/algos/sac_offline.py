@@ -1,9 +1,16 @@
-"""Offline SAC over action chunks as seed 001 ran it, with its four actor losses, for the Gaussian vs flow study.
+"""Offline SAC over action chunks with four interchangeable actor losses on one shared critic: a controlled study of
+why offline SAC fails on demonstration data, and of a Gaussian vs a flow actor under the same critic.
 
-Seed 001 trained a tanh-squashed diagonal Gaussian over the flattened chunk (``GaussianPolicy``) offline with a SAC
-critic ensemble and automatic temperature, under four actor losses, and saw every variant fail (temperature
-explosion, Q exploitation of out-of-data chunks, near-uniform advantage weights). This module reproduces that setup
-so the failure can be measured, and lets the same critic train a flow actor for the comparison the issue asks for.
+The setup is the one practitioners reach for first (and the one an unpublished offline-SAC study on ManiSkill
+LiftPegUpright-v1 ran; docs/algorithms/sac_offline.md): a tanh-squashed diagonal Gaussian over the flattened chunk
+(``GaussianPolicy``) trained offline with a SAC critic ensemble and automatic temperature, under four actor losses.
+Each variant fails in its own way (temperature explosion, Q exploitation of out-of-data chunks, near-uniform advantage
+weights), which ``rlft report`` diagnoses; ``policy.kind: flow`` swaps the actor and keeps everything else.
+
+Why one algorithm and not configs of ``sac``, ``td3bc``, ``awr`` and ``iql``: the study's variable is the actor loss
+alone. Those four algorithms each bring their own critic target, value net, temperature and update order, so a
+difference between them would not isolate the actor loss; here the critic, target, temperature and schedule are
+shared code and ``actor_loss_type`` is the only switch.
 
 One update (critic, then the IQL value net when used, then actor and temperature):
 
@@ -17,7 +24,7 @@ One update (critic, then the IQL value net when used, then actor and temperature
              Flow: ``-E[mean_i Q_i(s, a_pi)] + flow_bc_coef * flow_matching(s, a_data)``, ``a_pi`` the Euler-
              integrated flow from a fresh N(0, I) noise, differentiated through every step (no entropy exists).
   ``td3bc``  ``-lambda * E[mean_i Q_i(s, a_pi)] + mse_valid(a_pi, a_data)``, ``lambda = td3bc_alpha / (td3bc_alpha +
-             mean|Q|)`` (the seed's form; ``td3bc_lam_form='paper'`` gives TD3+BC's ``alpha / mean|Q|``), detached.
+             mean|Q|)`` (``td3bc_lam_form='bounded'``, in (0, 1]; ``'paper'`` gives TD3+BC's ``alpha / mean|Q|``), detached.
   ``awr``    ``E[w * nll(a_data|s)]``, ``w = min(exp(A / awr_temperature), awr_max_weight)``,
              ``A = min_i Q_i(s, a_data) - min_i Q_i(s, a_pi)`` (a one-sample estimate of Q - V, with V(s) = E_pi Q).
   ``iql``    ``E[w * nll(a_data|s)]``, ``w = min(exp(iql_beta * A), iql_max_weight)``,
@@ -26,15 +33,15 @@ One update (critic, then the IQL value net when used, then actor and temperature
 
   ``nll`` is the chunk's negative log-likelihood summed over its valid steps (nats per chunk, the same units as the
   entropy term) for the Gaussian, and the flow-matching loss (weighted per sample) for the flow.
-  ``actor/bc_loss`` is each loss's data term as the seed logged it: the masked MSE for td3bc, the unweighted NLL per
+  ``actor/bc_loss`` is each loss's data term: the masked MSE for td3bc, the unweighted NLL per
   valid dimension (Gaussian) or flow-matching loss (flow) for the others (for Gaussian 'sac' a no-grad diagnostic).
   With a Gaussian actor and ``entropy_bonus`` the td3bc/awr/iql losses also get ``+ alpha * E[log pi(a_pi|s)]`` --
-  the "extra entropy bonus" of the seed's code, the only place alpha enters those losses.
+  an extra entropy bonus some offline-SAC implementations add, the only place alpha enters those losses.
 * temperature (Gaussian only): ``L_alpha = -log alpha * E[log pi(a_pi|s) + H_target]``, every update and every
-  actor loss type, as in the seed.
+  actor loss type.
 
-Target entropy: ``target_entropy`` (nats per chunk); None = SAC's automatic ``-H * A`` (-56 for the seed's 8x7
-chunks). That default is deliberate: it is the value seed 001 identified as the cause of the temperature explosion
+Target entropy: ``target_entropy`` (nats per chunk); None = SAC's automatic ``-H * A`` (-56 for 8x7 chunks). That
+default is deliberate: it is the value that causes the temperature explosion under study
 (a chunk Gaussian fitted to demonstrations has log pi ~ +100, so ``log pi + H_target > 0`` keeps raising alpha while,
 in the awr/iql losses, alpha cannot raise the entropy). It is logged as ``alpha/target_entropy`` every update; set
 e.g. ``target_entropy: -28`` (-0.5 per dimension) or ``learn_temperature: false`` to test the fix.
@@ -93,8 +100,8 @@ def entropy_bonus(log_prob: torch.Tensor, alpha: torch.Tensor | float) -> tuple[
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SACOfflineConfig(CriticConfig):
-    """Offline SAC with seed 001's four actor losses (sac, td3bc, awr, iql), Gaussian or flow actor. Critics: the TD
-    target uses the min over the target copies; the widths apply to the IQL V network too."""
+    """Offline SAC with four actor losses (sac, td3bc, awr, iql) on one critic, Gaussian or flow actor. Critics: the
+    TD target uses the min over the target copies; the widths apply to the IQL V network too."""
 
     actor_loss_type: Literal["sac", "td3bc", "awr", "iql"] = "sac"
     """'sac' (reparameterised Q maximisation), 'td3bc', 'awr' or 'iql' (see the module docstring)."""
@@ -111,15 +118,16 @@ class SACOfflineConfig(CriticConfig):
     learn_temperature: bool = True
     """Tune alpha towards the target entropy (Gaussian actor only)."""
     target_entropy: float | None = None
-    """Target entropy in nats per chunk; None = SAC's automatic -H*A (the value seed 001 blamed; see the docstring)."""
+    """Target entropy in nats per chunk; None = SAC's automatic -H*A (the temperature-explosion setting; see the module
+    docstring)."""
     backup_entropy: bool = True
     """Soft backup: subtract alpha * log pi(a'|s') in the TD target (Gaussian actor, critic_backup 'policy')."""
     entropy_bonus: bool = True
-    """Gaussian actor: add alpha * E[log pi(a_pi|s)] to the td3bc/awr/iql actor losses, as the seed's code did."""
+    """Gaussian actor: add alpha * E[log pi(a_pi|s)] to the td3bc/awr/iql actor losses (an extra entropy bonus)."""
     td3bc_alpha: float = 2.5
     """td3bc: the alpha of lambda."""
-    td3bc_lam_form: Literal["seed", "paper"] = "seed"
-    """td3bc: 'seed' (lambda = alpha / (alpha + mean|Q|), the seed's) or 'paper' (alpha / mean|Q|, TD3+BC's)."""
+    td3bc_lam_form: Literal["bounded", "paper"] = "bounded"
+    """td3bc: 'bounded' (lambda = alpha / (alpha + mean|Q|), in (0, 1]) or 'paper' (alpha / mean|Q|, TD3+BC's)."""
     awr_temperature: float = 1.0
     """awr: w = exp(A / awr_temperature)."""
     awr_max_weight: float = 20.0
@@ -156,7 +164,7 @@ class SACOfflineConfig(CriticConfig):
 
 @register
 class SACOffline(Algorithm):
-    """Seed 001's offline SAC: critic ensemble, auto temperature, four actor losses; Gaussian or flow actor."""
+    """Offline SAC: critic ensemble, auto temperature, four actor losses on one critic; Gaussian or flow actor."""
 
     Config: ClassVar[type[AlgoConfig]] = SACOfflineConfig
     name: ClassVar[str] = "sac_offline"
@@ -213,63 +221,70 @@ class SACOffline(Algorithm):
         loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
         return loss, {"bc_loss": info["bc_loss"]}
 
-    # ---- update ----
-    def update(self, batch: ChunkBatch) -> dict[str, float]:
-        cfg, kind = self.cfg, self.cfg.actor_loss_type
-        alpha = self._alpha()
-        metrics: dict[str, object] = {}
-
-        # ---- critic ----
+    def _critic_step(self, batch: ChunkBatch, alpha) -> Info:
+        """One TD step of the critic ensemble, then the Polyak update of its targets."""
         with torch.no_grad():
             y = self._critic_target(batch, alpha)
-        q = self.critic(batch.obs, batch.action)
-        critic_loss, critic_info = td_loss(q, y)
+        critic_loss, info = td_loss(self.critic(batch.obs, batch.action), y)
         optimizer_step(critic_loss, self.critic_optim)
-        soft_update(self.target_critic, self.critic, cfg.tau)
-        metrics.update(prefixed("critic", critic_info))
+        soft_update(self.target_critic, self.critic, self.cfg.tau)
+        return info
 
-        # ---- IQL value: expectile regression on min_i Qtarget_i(s, a_data) ----
-        if kind == "iql":
-            with torch.no_grad():
-                q_t = self.target_critic(batch.obs, batch.action).min(dim=0).values
-            v = self.value(batch.obs)
-            v_loss, v_info = iql_value_loss(q_t, v, cfg.iql_expectile)
-            optimizer_step(v_loss, self.value_optim)
-            metrics.update(prefixed("critic", v_info))
+    def _value_step(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor, Info]:
+        """IQL's V: one expectile-regression step on ``min_i Qtarget_i(s, a_data)``; returns that target and V(s)."""
+        with torch.no_grad():
+            q_t = self.target_critic(batch.obs, batch.action).min(dim=0).values
+        v = self.value(batch.obs)
+        v_loss, info = iql_value_loss(q_t, v, self.cfg.iql_expectile)
+        optimizer_step(v_loss, self.value_optim)
+        return q_t, v, info
 
-        # ---- actor ----
-        if self.stochastic:
-            a_pi, log_prob = self.policy.rsample_log_prob(batch.obs)
-        else:
-            a_pi, log_prob = self.policy.sample(batch.obs), None  # Euler flow from fresh noise, differentiable
-        info: Info
+    def _actor_loss(self, batch: ChunkBatch, a_pi, log_prob, alpha, q_t, v) -> tuple[torch.Tensor, Info]:
+        """The ``actor_loss_type`` loss at the actor's sample ``a_pi`` (the module docstring's table)."""
+        cfg, kind = self.cfg, self.cfg.actor_loss_type
         if kind == "sac":
             q_pi = self.critic(batch.obs, a_pi)
             if self.stochastic:
                 actor_loss, info = sac_actor_loss(q_pi, log_prob, alpha)
                 with torch.no_grad():  # diagnostic only: how well the actor still explains the data
                     info["bc_loss"] = self._weighted_likelihood(batch, torch.ones_like(batch.reward))[1]["bc_loss"]
-            else:
-                bc, bc_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
-                actor_loss = -q_pi.mean() + cfg.flow_bc_coef * bc
-                info = {"actor_q": q_pi.detach().mean(), "bc_loss": bc_info["bc_loss"]}
-        elif kind == "td3bc":
+                return actor_loss, info
+            bc, bc_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+            return -q_pi.mean() + cfg.flow_bc_coef * bc, {
+                "actor_q": q_pi.detach().mean(),
+                "bc_loss": bc_info["bc_loss"],
+            }
+        if kind == "td3bc":
             q_pi = self.critic(batch.obs, a_pi).mean(dim=0)
-            actor_loss, info = td3bc_actor_loss(
-                q_pi, a_pi, batch.action, batch.valid_mask, cfg.td3bc_alpha, cfg.td3bc_lam_form
-            )
-        elif kind == "awr":
+            return td3bc_actor_loss(q_pi, a_pi, batch.action, batch.valid_mask, cfg.td3bc_alpha, cfg.td3bc_lam_form)
+        if kind == "awr":
             with torch.no_grad():
                 q_data = self.critic(batch.obs, batch.action).min(dim=0).values
                 v_hat = self.critic(batch.obs, a_pi.detach()).min(dim=0).values
             weights, info = awr_weights(q_data - v_hat, cfg.awr_temperature, cfg.awr_max_weight)
             actor_loss, nll_info = self._weighted_likelihood(batch, weights)
             info.update(nll_info, actor_q=v_hat.mean())
-        else:  # iql
-            adv = q_t - v.detach()
-            weights = iql_weights(adv, cfg.iql_beta, cfg.iql_max_weight)
-            actor_loss, info = self._weighted_likelihood(batch, weights)
-            info.update(iql_weights_mean=weights.mean(), iql_weights_max=weights.max(), iql_advantage_mean=adv.mean())
+            return actor_loss, info
+        adv = q_t - v.detach()  # iql
+        weights = iql_weights(adv, cfg.iql_beta, cfg.iql_max_weight)
+        actor_loss, info = self._weighted_likelihood(batch, weights)
+        info.update(iql_weights_mean=weights.mean(), iql_weights_max=weights.max(), iql_advantage_mean=adv.mean())
+        return actor_loss, info
+
+    def update(self, batch: ChunkBatch) -> dict[str, float]:
+        """Critic, then the IQL value net when used, then actor and temperature (the module docstring)."""
+        cfg, kind = self.cfg, self.cfg.actor_loss_type
+        alpha = self._alpha()
+        metrics: dict[str, object] = prefixed("critic", self._critic_step(batch, alpha))
+        q_t = v = None
+        if kind == "iql":
+            q_t, v, v_info = self._value_step(batch)
+            metrics.update(prefixed("critic", v_info))
+        if self.stochastic:
+            a_pi, log_prob = self.policy.rsample_log_prob(batch.obs)
+        else:
+            a_pi, log_prob = self.policy.sample(batch.obs), None  # Euler flow from fresh noise, differentiable
+        actor_loss, info = self._actor_loss(batch, a_pi, log_prob, alpha, q_t, v)
         if self.stochastic and kind != "sac" and cfg.entropy_bonus:
             bonus, bonus_info = entropy_bonus(log_prob, alpha)
             actor_loss = actor_loss + bonus
@@ -279,10 +294,7 @@ class SACOffline(Algorithm):
         info["actor_loss"] = actor_loss.detach()
         optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
         metrics.update(prefixed("actor", info))
-
-        # ---- temperature (Gaussian actor, every loss type) ----
-        if self.stochastic:
+        if self.stochastic:  # temperature: Gaussian actor, every loss type
             metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
-
         self.num_updates += 1
         return metrics_to_floats(metrics)

@@ -69,7 +69,7 @@ def td3bc_actor_loss(
     """TD3+BC actor loss ``-lambda * mean_b Q(s_b, pi(s_b)) + masked_mse(pi(s), a)``.
 
     ``lambda = alpha / mean_b|Q|`` (``lam_form='paper'``, Fujimoto & Gu) or ``alpha / (alpha + mean_b|Q|)``
-    (``'seed'``: the form used by the offline SAC study of docs/algorithms/sac_offline.md, bounded by 1; it falls to
+    (``'bounded'``: the form used by the offline SAC study of docs/algorithms/sac_offline.md, bounded by 1; it falls to
     ~0.01 when Q reaches ~100).
     ``q_pi`` [B] (with grad, the critic at the policy's action); ``pi_action``/``data_action`` [B, H, A];
     ``lambda`` is computed from the detached Q values (a normaliser, not a learnt quantity).

@@ -43,7 +43,7 @@ class EnvConfig:
     """Per-env-step discount; a chunk of k steps is discounted by gamma^k."""
     max_episode_steps: Optional[int] = None
     """Override the env's time limit (None = the env's own, 200 for cube-single)."""
-    reward_mode: Optional[str] = None
+    reward_mode: Optional[Literal["normalized_dense", "dense", "sparse"]] = None
     """ManiSkill only: the reward the training env gives (``normalized_dense``, ``dense`` or ``sparse``, shifted to
     <= 0 as ``rlft.envs.maniskill_env`` describes); None = ``normalized_dense``. Evaluation always reports the default
     reward, so returns stay comparable across runs; success rates do not depend on it."""
@@ -65,10 +65,10 @@ class EvalConfig:
     """Parallel evaluation processes (each runs its own envs and a CPU copy of the policy)."""
     parallel_envs: int = 4
     """Episodes run in lock step per process, so the policy is queried in batches. Each OGBench env holds its MuJoCo
-    model (~190 MB measured), so this trades memory for batched inference."""
+    model (docs/results.md gives the measured memory), so this trades memory for batched inference."""
     video_episodes: int = 0
     """Save the first N episodes of every evaluation as mp4 (+ a PNG of the last frame) in <run>/videos/, named
-    step<step>_ep<k>_seed<seed>_<success|fail>.mp4 (offscreen MuJoCo rendering on the CPU, ~30 ms per frame here)."""
+    step<step>_ep<k>_seed<seed>_<success|fail>.mp4 (offscreen MuJoCo rendering on the CPU)."""
     video_width: int = 320
     """Video frame width in pixels (a multiple of 16 keeps ffmpeg from resizing)."""
     video_height: int = 240
