@@ -5,8 +5,6 @@ Expected values are computed by hand from tiny episodes written out below (gamma
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -209,27 +207,6 @@ def test_sampling_deterministic_under_generator_and_uniform():
     assert (match.sum(1) == 1).all() and match.any(0).all()
     sizes = [b.batch_size for b in ds.iter_batches(2)]
     assert sizes == [2, 2, 1]
-
-
-def test_sampling_speed():
-    rng = np.random.default_rng(0)
-    eps = []
-    for _ in range(50):
-        T = 200
-        eps.append(
-            _ep(rng.normal(size=(T + 1, 28)), rng.uniform(-1, 1, (T, 5)), -np.ones(T), [F] * T, [F] * (T - 1) + [T_])
-        )
-    ds = ChunkDataset(eps, act_horizon=5, gamma=0.99)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        ds.sample(256, g)
-    n = 300
-    t0 = time.perf_counter()
-    for _ in range(n):
-        ds.sample(256, g)
-    ms = (time.perf_counter() - t0) / n * 1e3
-    # target < 0.3 ms on an idle core (measured ~0.1 ms); the bound is loose for busy CI machines
-    assert ms < 3.0, f"sampling took {ms:.3f} ms per batch of 256"
 
 
 # ---------------- replay buffer ----------------
