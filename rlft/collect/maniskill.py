@@ -11,12 +11,15 @@ import multiprocessing as mp
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, RlftError
 from rlft.utils import exit_with_parent
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[str, Any]]]:
@@ -53,17 +56,66 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     from rich.console import Console
 
     from rlft.data.h5io import write_episodes
-    from rlft.envs import env_info, make_env
-    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, REWARD_OFFSETS, prepare_workers
+    from rlft.envs.maniskill_env import DEFAULT_CONTROL_MODE, DEFAULT_REWARD_MODE, prepare_workers
 
+    _check_maniskill_cfg(cfg)
+    out = checked_out(cfg, "demos")
+    prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
+    info = _probe_env_info(cfg)
+    limit = int(info["max_episode_steps"])
+
+    keep_failures = not cfg.only_success
+    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
+    n_workers = max(1, min(cfg.num_workers or os.cpu_count() or 1, max_attempts))
+    batch = max(1, min(10, -(-cfg.num_episodes // n_workers)))
+    jobs = _attempt_jobs(cfg, limit, keep_failures, max_attempts, batch)
+
+    console = Console(stderr=True, quiet=not cfg.progress)
+    t0 = time.time()
+    kept, statuses, plan_ok, ep_seconds = _run_batches(cfg, jobs, n_workers, keep_failures, console)
+    elapsed = time.time() - t0
+    if not kept:
+        raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
+    order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
+    attempted = sorted(statuses)[: max(order) + 1] if order else []
+    info = {
+        **info,
+        "env_kwargs": {
+            "obs_mode": "state",
+            "control_mode": DEFAULT_CONTROL_MODE,
+            "reward_mode": DEFAULT_REWARD_MODE,
+            "sim_backend": "physx_cpu",
+            "max_episode_steps": limit,
+        },
+    }
+    source = _maniskill_source(cfg, limit, keep_failures, attempted, statuses, plan_ok)
+    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
+    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
+    n_tr = sum(len(e) for e in episodes)
+    console.print(
+        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, mean length "
+        f"{n_tr / len(episodes):.1f}; attempts {len(attempted)}: planner success "
+        f"{source['planner_success_rate']:.2f}, kept {source['success_rate']:.2f}; "
+        f"{ep_seconds / max(1, len(statuses)):.2f}s per attempt per worker (plan + convert), {elapsed:.1f}s wall with "
+        f"{n_workers} worker(s)"
+    )
+    return out
+
+
+def _check_maniskill_cfg(cfg: CollectConfig) -> None:
+    """Refuse collect settings that motion-planned ManiSkill demos do not support (other modes, oracles, noise)."""
     if cfg.mode != "demos":
         raise ConfigError(f"collect.mode: {cfg.env_id} is a ManiSkill task; only 'demos' (motion planning) exists")
     if cfg.oracle != "auto":
         raise ConfigError("collect.oracle: ManiSkill tasks use ManiSkill's motion planner; leave oracle 'auto'")
     if cfg.action_noise:
         raise ConfigError("collect.action_noise: motion-planned ManiSkill demos are collected without action noise")
-    out = checked_out(cfg, "demos")
-    prepare_workers()  # once here: the spawned workers inherit the Vulkan environment
+
+
+def _probe_env_info(cfg: CollectConfig) -> dict[str, Any]:
+    """Make the env once to check the task has a motion planner (EnvError otherwise); return the env's info."""
+    from rlft.envs import env_info, make_env
+
     probe = make_env(
         cfg.env_id, **({} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps})
     )
@@ -71,16 +123,16 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         from rlft.envs.maniskill_demos import motion_planner
 
         motion_planner(cfg.env_id)  # EnvError now if there is no planner for the task
-        info = env_info(probe)
+        return env_info(probe)
     finally:
         probe.close()
-    limit = int(info["max_episode_steps"])
 
-    keep_failures = not cfg.only_success
-    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
-    n_workers = max(1, min(cfg.num_workers or os.cpu_count() or 1, max_attempts))
-    batch = max(1, min(10, -(-cfg.num_episodes // n_workers)))
-    jobs = (
+
+def _attempt_jobs(
+    cfg: CollectConfig, limit: int, keep_failures: bool, max_attempts: int, batch: int
+) -> Iterator[tuple]:
+    """Lazily yield the ``_ms_batch`` jobs: ``batch`` consecutive attempts (index, env seed) each, in index order."""
+    return (
         (
             cfg.env_id,
             [(i, episode_seed(cfg.seed, i)[0]) for i in range(b, min(b + batch, max_attempts))],
@@ -90,12 +142,17 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         for b in range(0, max_attempts, batch)
     )
 
-    console = Console(stderr=True, quiet=not cfg.progress)
+
+def _run_batches(
+    cfg: CollectConfig, jobs: Iterator[tuple], n_workers: int, keep_failures: bool, console: Console
+) -> tuple[dict[int, tuple[int, Episode]], dict[int, str], dict[int, bool], float]:
+    """Run the batches of attempts (in a worker pool unless n_workers is 1) until enough demos are kept.
+
+    Returns (kept: index -> (seed, episode), index -> status, index -> planner success, summed attempt seconds)."""
     kept: dict[int, tuple[int, Episode]] = {}
     statuses: dict[int, str] = {}
     plan_ok: dict[int, bool] = {}
     ep_seconds = 0.0
-    t0 = time.time()
     with contextlib.ExitStack() as stack:
         status = stack.enter_context(
             console.status(f"collect demos {cfg.env_id} (motion planning, {n_workers} worker(s))")
@@ -119,23 +176,22 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
             )
             if len(kept) >= cfg.num_episodes:
                 break
-    elapsed = time.time() - t0
-    if not kept:
-        raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
-    order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
-    attempted = sorted(statuses)[: max(order) + 1] if order else []
-    info = {
-        **info,
-        "env_kwargs": {
-            "obs_mode": "state",
-            "control_mode": DEFAULT_CONTROL_MODE,
-            "reward_mode": DEFAULT_REWARD_MODE,
-            "sim_backend": "physx_cpu",
-            "max_episode_steps": limit,
-        },
-    }
+    return kept, statuses, plan_ok, ep_seconds
+
+
+def _maniskill_source(
+    cfg: CollectConfig,
+    limit: int,
+    keep_failures: bool,
+    attempted: list[int],
+    statuses: dict[int, str],
+    plan_ok: dict[int, bool],
+) -> dict[str, Any]:
+    """The dataset's provenance (sidecar ``source``) for motion-planned ManiSkill demos."""
+    from rlft.envs.maniskill_env import DEFAULT_REWARD_MODE, REWARD_OFFSETS
+
     n_success = sum(statuses[i] == "ok" for i in attempted)
-    source = {
+    return {
         "collector": "rlft.collect (ManiSkill motion planning)",
         "mode": "demos",
         "oracle": "maniskill_motionplanning",
@@ -150,14 +206,3 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
         "--use-first-env-state; episodes cut at the first terminated (= success) step",
         "reward": f"ManiSkill {DEFAULT_REWARD_MODE} {REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0):+g}",
     }
-    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
-    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
-    n_tr = sum(len(e) for e in episodes)
-    console.print(
-        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, mean length "
-        f"{n_tr / len(episodes):.1f}; attempts {len(attempted)}: planner success "
-        f"{source['planner_success_rate']:.2f}, kept {source['success_rate']:.2f}; "
-        f"{ep_seconds / max(1, len(statuses)):.2f}s per attempt per worker (plan + convert), {elapsed:.1f}s wall with "
-        f"{n_workers} worker(s)"
-    )
-    return out

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -27,9 +27,13 @@ from rlft.collect.common import (
     episode_seed,
     first_kept,
 )
+from rlft.config import check_choices
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, RlftError
 from rlft.utils import exit_with_parent
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclasses.dataclass
@@ -45,10 +49,7 @@ class _Resolved:
 
 
 def _resolve(cfg: CollectConfig) -> _Resolved:
-    if cfg.mode not in ("demos", "play", "policy"):
-        raise ConfigError(f"collect.mode: {cfg.mode!r} is not one of ['demos', 'play', 'policy']")
-    if cfg.oracle not in ("auto", "markov", "plan"):
-        raise ConfigError(f"collect.oracle: {cfg.oracle!r} is not one of ['auto', 'markov', 'plan']")
+    check_choices(cfg, "collect")  # mode, oracle (Literal fields; a config built in Python is not type-checked)
     if not isinstance(cfg.num_episodes, int) or cfg.num_episodes < 1:
         raise ConfigError(f"collect.num_episodes: must be a positive integer, got {cfg.num_episodes!r}")
     noise = cfg.action_noise
@@ -157,6 +158,68 @@ def _results(r: _Resolved, n_workers: int, indices: Iterator[int]):
 def run_collect_oracle(cfg: CollectConfig) -> Path:
     """Collect ``cfg.num_episodes`` oracle episodes and write them to ``cfg.out`` (h5 + json sidecar); return the path."""
     from rich.console import Console
+
+    from rlft.data.h5io import write_episodes
+
+    r = _resolve(cfg)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = checked_out(cfg, r.mode)  # also removes the temporaries of an earlier collect killed while writing
+    info = _probe_env_info(r)
+
+    n_workers = cfg.num_workers or os.cpu_count() or 1
+    keep_failures = r.mode == "play" or not cfg.only_success
+    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
+    n_workers = max(1, min(n_workers, max_attempts))
+
+    console = Console(stderr=True, quiet=not cfg.progress)
+    t0 = time.time()
+    kept, attempts, steps, ep_seconds = _collect_attempts(cfg, r, n_workers, max_attempts, keep_failures, console)
+    elapsed = time.time() - t0
+    if not kept:
+        raise RlftError(
+            f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
+            f"(action_noise={r.action_noise}); lower the noise or set only_success=false"
+        )
+    order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "episodes")
+
+    env_kwargs = {"control_mode": "ee_delta_pose", **_env_kwargs(r)}
+    info = {**info, "env_kwargs": env_kwargs}
+    source = _oracle_source(r, len(attempts), keep_failures)
+    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
+    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
+
+    n_tr = sum(len(e) for e in episodes)
+    succ = float(np.mean([e.success_once for e in episodes]))
+    succ_end = float(np.mean([bool(e.success[-1]) for e in episodes]))
+    attempt_rate = float(np.mean(list(attempts.values())))
+    console.print(
+        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, "
+        f"success {succ:.2f} (at end {succ_end:.2f}; attempts {len(attempts)}, attempt success {attempt_rate:.2f}), "
+        f"mean length {n_tr / len(episodes):.1f}, {elapsed:.1f}s wall with {n_workers} worker(s), "
+        f"{steps / max(ep_seconds, 1e-9):.0f} env steps/s per worker"
+    )
+    return out
+
+
+def _probe_env_info(r: _Resolved) -> dict[str, Any]:
+    """Validate the env id / task before starting workers (EnvError names the id); return the env's info."""
+    from rlft.envs import env_info, make_env
+    from rlft.envs.ogbench_env import task_goal_xyzs
+
+    probe = make_env(r.env_id, **_env_kwargs(r))
+    try:
+        task_goal_xyzs(probe)
+        return env_info(probe)
+    finally:
+        probe.close()
+
+
+def _collect_attempts(
+    cfg: CollectConfig, r: _Resolved, n_workers: int, max_attempts: int, keep_failures: bool, console: Console
+) -> tuple[dict[int, tuple[int, Episode]], dict[int, bool], int, float]:
+    """Run attempts in index order (with a progress bar) until enough are kept.
+
+    Returns (kept: index -> (seed, episode), attempts: index -> success, env steps, summed episode seconds)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -166,32 +229,10 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
         TimeRemainingColumn,
     )
 
-    from rlft.data.h5io import write_episodes
-    from rlft.envs import env_info, make_env
-    from rlft.envs.ogbench_env import task_goal_xyzs
-
-    r = _resolve(cfg)
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    out = checked_out(cfg, r.mode)  # also removes the temporaries of an earlier collect killed while writing
-    # validate the id / task before starting workers (EnvError names the id)
-    probe = make_env(r.env_id, **_env_kwargs(r))
-    try:
-        task_goal_xyzs(probe)
-        info = env_info(probe)
-    finally:
-        probe.close()
-
-    n_workers = cfg.num_workers or os.cpu_count() or 1
-    keep_failures = r.mode == "play" or not cfg.only_success
-    max_attempts = cfg.num_episodes if keep_failures else int(cfg.max_attempts_factor * cfg.num_episodes) + 10
-    n_workers = max(1, min(n_workers, max_attempts))
-
-    console = Console(stderr=True, quiet=not cfg.progress)
     kept: dict[int, tuple[int, Episode]] = {}
     attempts: dict[int, bool] = {}
     steps = 0
     ep_seconds = 0.0
-    t0 = time.time()
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -215,17 +256,12 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
                 progress.update(task, completed=min(len(kept), cfg.num_episodes), stats=stats)
                 if len(kept) >= cfg.num_episodes:
                     break
-    elapsed = time.time() - t0
-    if not kept:
-        raise RlftError(
-            f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
-            f"(action_noise={r.action_noise}); lower the noise or set only_success=false"
-        )
-    order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "episodes")
+    return kept, attempts, steps, ep_seconds
 
-    env_kwargs = {"control_mode": "ee_delta_pose", **_env_kwargs(r)}
-    info = {**info, "env_kwargs": env_kwargs}
-    source = {
+
+def _oracle_source(r: _Resolved, num_attempts: int, keep_failures: bool) -> dict[str, Any]:
+    """The dataset's provenance (sidecar ``source``) for oracle-collected episodes."""
+    return {
         "collector": "rlft.collect",
         "mode": r.mode,
         "oracle": r.oracle,
@@ -233,22 +269,8 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
         "noise_smoothing": r.noise_smoothing if r.oracle == "plan" else None,
         "p_stack_range": list(r.p_stack_range) if r.p_stack_range is not None else "ogbench_default",
         "seed": r.seed,
-        "num_attempts": len(attempts),
+        "num_attempts": num_attempts,
         "only_success": not keep_failures,
         "max_episode_steps": r.max_episode_steps,
         "reward": "singletask reward of the state before each action ('pre')",
     }
-    episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
-    write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
-
-    n_tr = sum(len(e) for e in episodes)
-    succ = float(np.mean([e.success_once for e in episodes]))
-    succ_end = float(np.mean([bool(e.success[-1]) for e in episodes]))
-    attempt_rate = float(np.mean(list(attempts.values())))
-    console.print(
-        f"[bold green]wrote[/] {out}: {len(episodes)} episodes, {n_tr} transitions, "
-        f"success {succ:.2f} (at end {succ_end:.2f}; attempts {len(attempts)}, attempt success {attempt_rate:.2f}), "
-        f"mean length {n_tr / len(episodes):.1f}, {elapsed:.1f}s wall with {n_workers} worker(s), "
-        f"{steps / max(ep_seconds, 1e-9):.0f} env steps/s per worker"
-    )
-    return out

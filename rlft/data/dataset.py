@@ -30,7 +30,7 @@ This module knows nothing about environments or algorithms.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -157,6 +157,77 @@ class DatasetStats:
         }
 
 
+def _check_chunk_args(act_horizon: int, obs_horizon: int, gamma: float) -> None:
+    """Raise ``ConfigError`` for a horizon below 1 or a discount outside (0, 1]."""
+    if act_horizon < 1:
+        raise ConfigError(f"act_horizon must be >= 1, got {act_horizon}")
+    if obs_horizon < 1:
+        raise ConfigError(f"obs_horizon must be >= 1, got {obs_horizon}")
+    if not 0.0 < gamma <= 1.0:
+        raise ConfigError(f"gamma must be in (0, 1], got {gamma}")
+
+
+def _nonempty_episodes(episodes: Sequence[Episode]) -> tuple[list[Episode], int, int]:
+    """Validate the episodes; return (the non-empty ones, obs dim O, action dim A), all of the same dims."""
+    for i, e in enumerate(episodes):
+        e.validate(f"episode {i}")
+    eps = [e for e in episodes if len(e) > 0]
+    if not eps:
+        raise DatasetError("dataset has no episodes with at least one transition")
+    O, A = eps[0].obs.shape[1], eps[0].actions.shape[1]
+    for i, e in enumerate(episodes):
+        if len(e) > 0 and (e.obs.shape[1] != O or e.actions.shape[1] != A):
+            raise DatasetError(
+                f"episode {i}: obs/action dims {e.obs.shape[1]}/{e.actions.shape[1]} differ from the first "
+                f"episode's {O}/{A}"
+            )
+    return eps, O, A
+
+
+class _ChunkIndex(NamedTuple):
+    """Per-start numpy tables of a ``ChunkDataset`` (one row per transition = chunk start; N rows)."""
+
+    N: int  # number of chunk starts
+    lengths: np.ndarray  # [E] transitions per episode
+    ep: np.ndarray  # [N] episode of each start
+    s: np.ndarray  # [N] global transition index of each start
+    t: np.ndarray  # [N] time index within its episode
+    rew: np.ndarray  # [N] flat rewards (float64)
+    term: np.ndarray  # [N] flat terminated flags
+    k: np.ndarray  # [N] steps executed per start
+    valid: np.ndarray  # [N, H] step i < k
+    chunk_rew: np.ndarray  # [N] discounted reward of the chunk
+    act_idx: np.ndarray  # [N, H] rows of the flat actions
+    obs_idx: np.ndarray  # [N, To] rows of the flat observations (window ending at t)
+    next_obs_idx: np.ndarray  # [N, To] rows of the flat observations (window ending at t+k)
+
+
+def _chunk_index(eps: list[Episode], H: int, To: int, gamma: float) -> _ChunkIndex:
+    """Flat arrays and per-start index tables (numpy, vectorised over all starts); see the module docstring."""
+    lengths = np.array([len(e) for e in eps], dtype=np.int64)
+    N = int(lengths.sum())
+    ep = np.repeat(np.arange(len(eps)), lengths)  # episode of each start
+    s = np.arange(N)  # global transition index of each start
+    t = s - (np.cumsum(lengths) - lengths)[ep]  # time index within its episode
+    obs_base = (np.cumsum(lengths + 1) - (lengths + 1))[ep]  # row of o_0 of its episode in the flat obs
+
+    rew = np.concatenate([np.asarray(e.rewards, dtype=np.float64) for e in eps])
+    term = np.concatenate([np.asarray(e.terminated, dtype=bool) for e in eps])
+    stop = term | (t == lengths[ep] - 1)  # a chunk ends at a terminal step or the episode's last step
+    next_stop = np.minimum.accumulate(np.where(stop, s, N)[::-1])[::-1]
+    k = np.minimum(H, next_stop - s + 1)
+
+    i = np.arange(H)
+    valid = i[None, :] < k[:, None]  # [N, H]
+    rew_pad = np.concatenate([rew, np.zeros(H)])
+    chunk_rew = np.sum(np.where(valid, rew_pad[s[:, None] + i[None, :]], 0.0) * gamma ** i[None, :], 1)
+    act_idx = s[:, None] + np.minimum(i[None, :], k[:, None] - 1)  # pad with the last valid action
+    back = np.arange(To - 1, -1, -1)[None, :]  # To-1, ..., 0 (oldest first)
+    obs_idx = obs_base[:, None] + np.maximum(t[:, None] - back, 0)
+    next_obs_idx = obs_base[:, None] + np.maximum((t + k)[:, None] - back, 0)
+    return _ChunkIndex(N, lengths, ep, s, t, rew, term, k, valid, chunk_rew, act_idx, obs_idx, next_obs_idx)
+
+
 class ChunkDataset:
     """Precomputed chunk transitions of a list of episodes; ``sample`` draws starts uniformly.
 
@@ -181,24 +252,8 @@ class ChunkDataset:
         act_low: np.ndarray | None = None,
         act_high: np.ndarray | None = None,
     ):
-        if act_horizon < 1:
-            raise ConfigError(f"act_horizon must be >= 1, got {act_horizon}")
-        if obs_horizon < 1:
-            raise ConfigError(f"obs_horizon must be >= 1, got {obs_horizon}")
-        if not 0.0 < gamma <= 1.0:
-            raise ConfigError(f"gamma must be in (0, 1], got {gamma}")
-        for i, e in enumerate(episodes):
-            e.validate(f"episode {i}")
-        eps = [e for e in episodes if len(e) > 0]
-        if not eps:
-            raise DatasetError("dataset has no episodes with at least one transition")
-        O, A = eps[0].obs.shape[1], eps[0].actions.shape[1]
-        for i, e in enumerate(episodes):
-            if len(e) > 0 and (e.obs.shape[1] != O or e.actions.shape[1] != A):
-                raise DatasetError(
-                    f"episode {i}: obs/action dims {e.obs.shape[1]}/{e.actions.shape[1]} differ from the first "
-                    f"episode's {O}/{A}"
-                )
+        _check_chunk_args(act_horizon, obs_horizon, gamma)
+        eps, O, A = _nonempty_episodes(episodes)
         H, To = int(act_horizon), int(obs_horizon)
         self._H, self._To, self._O, self._A = H, To, O, A
         self.gamma = float(gamma)
@@ -213,29 +268,13 @@ class ChunkDataset:
             )
         self.normalizer = normalizer
 
-        # ---- flat arrays and per-start index tables (numpy, vectorised over all starts) ----
-        lengths = np.array([len(e) for e in eps], dtype=np.int64)
-        N = int(lengths.sum())
-        ep = np.repeat(np.arange(len(eps)), lengths)  # episode of each start
-        s = np.arange(N)  # global transition index of each start
-        t = s - (np.cumsum(lengths) - lengths)[ep]  # time index within its episode
-        obs_base = (np.cumsum(lengths + 1) - (lengths + 1))[ep]  # row of o_0 of its episode in the flat obs
+        ix = _chunk_index(eps, H, To, self.gamma)
+        self._store_normalized_arrays(eps)
+        self._store_index_tables(ix)
 
-        rew = np.concatenate([np.asarray(e.rewards, dtype=np.float64) for e in eps])
-        term = np.concatenate([np.asarray(e.terminated, dtype=bool) for e in eps])
-        stop = term | (t == lengths[ep] - 1)  # a chunk ends at a terminal step or the episode's last step
-        next_stop = np.minimum.accumulate(np.where(stop, s, N)[::-1])[::-1]
-        k = np.minimum(H, next_stop - s + 1)
-
-        i = np.arange(H)
-        valid = i[None, :] < k[:, None]  # [N, H]
-        rew_pad = np.concatenate([rew, np.zeros(H)])
-        chunk_rew = np.sum(np.where(valid, rew_pad[s[:, None] + i[None, :]], 0.0) * self.gamma ** i[None, :], 1)
-        act_idx = s[:, None] + np.minimum(i[None, :], k[:, None] - 1)  # pad with the last valid action
-        back = np.arange(To - 1, -1, -1)[None, :]  # To-1, ..., 0 (oldest first)
-        obs_idx = obs_base[:, None] + np.maximum(t[:, None] - back, 0)
-        next_obs_idx = obs_base[:, None] + np.maximum((t + k)[:, None] - back, 0)
-
+    def _store_normalized_arrays(self, eps: list[Episode]) -> None:
+        """Concatenate the episodes' observations and actions, normalise them once and store them on the device."""
+        O, To = self._O, self._To
         obs_flat = np.concatenate([np.asarray(e.obs, dtype=np.float32) for e in eps])
         act_flat = np.concatenate([np.asarray(e.actions, dtype=np.float32) for e in eps])
         dev = self.device
@@ -251,20 +290,25 @@ class ChunkDataset:
             # same maps as Normalizer.normalize_obs / normalize_action, applied once to the flat arrays
             self._obs = ((torch.from_numpy(obs_flat) - mean[:O]) / (std[:O] + nz.eps)).to(dev)  # [M, O]
             self._act = (2.0 * (torch.from_numpy(act_flat) - lo) / (hi - lo) - 1.0).to(dev)  # [N, A]
-        self._act_idx = torch.from_numpy(act_idx.reshape(-1)).to(dev)  # [N*H]
-        self._obs_idx = torch.from_numpy(obs_idx.reshape(-1)).to(dev)  # [N*To]
-        self._next_obs_idx = torch.from_numpy(next_obs_idx.reshape(-1)).to(dev)  # [N*To]
+
+    def _store_index_tables(self, ix: _ChunkIndex) -> None:
+        """Move the per-start index tables to the device and pack the per-start scalars into one table."""
+        dev = self.device
+        self._act_idx = torch.from_numpy(ix.act_idx.reshape(-1)).to(dev)  # [N*H]
+        self._obs_idx = torch.from_numpy(ix.obs_idx.reshape(-1)).to(dev)  # [N*To]
+        self._next_obs_idx = torch.from_numpy(ix.next_obs_idx.reshape(-1)).to(dev)  # [N*To]
         # reward, discount, terminated, mc_return packed in one table: one gather per batch
-        mc_return = discounted_return_to_go(rew, term, t == lengths[ep] - 1, self.gamma)
+        s, t, k, term = ix.s, ix.t, ix.k, ix.term
+        mc_return = discounted_return_to_go(ix.rew, term, t == ix.lengths[ix.ep] - 1, self.gamma)
         scal = np.stack(
-            [chunk_rew, self.gamma ** k.astype(np.float64), term[s + k - 1].astype(np.float64), mc_return], 1
+            [ix.chunk_rew, self.gamma ** k.astype(np.float64), term[s + k - 1].astype(np.float64), mc_return], 1
         )
         self._scalars = torch.from_numpy(scal.astype(np.float32)).to(dev)  # [N, 4]
-        self._mask = torch.from_numpy(valid.astype(np.float32)).to(dev)  # [N, H]
+        self._mask = torch.from_numpy(ix.valid.astype(np.float32)).to(dev)  # [N, H]
         self.k = torch.from_numpy(k).to(dev)  # [N] steps executed per start
-        self.episode_index = ep  # numpy [N]: episode of each start (diagnostics, splits)
+        self.episode_index = ix.ep  # numpy [N]: episode of each start (diagnostics, splits)
         self.start_t = t  # numpy [N]: time index of each start
-        self._N = N
+        self._N = ix.N
 
     # ---- properties ----
     @property

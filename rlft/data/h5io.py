@@ -82,6 +82,28 @@ def write_episodes(
         episode_info: optional per-episode dicts (e.g. ``{"episode_seed": 7}``) merged into the sidecar entries.
     """
     path = Path(path)
+    _check_writable(path, episodes, episode_info)
+    env_meta = _env_meta_for_write(env_info)
+    source = dict(_jsonable(extra or {}))
+    source.setdefault("rlft_version", rlft.__version__)
+    write_id = uuid.uuid4().hex
+    meta = {
+        "env_info": env_meta,
+        "episodes": _sidecar_entries(episodes, env_meta["env_kwargs"]["control_mode"], episode_info),
+        "source": source,
+        "write_id": write_id,
+        "format_version": FORMAT_VERSION,
+    }
+
+    with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_json:
+        _write_h5(tmp_h5, episodes, env_meta, source, write_id, episode_info)
+        tmp_json.write_text(json.dumps(meta, indent=1))
+        # leaving the inner context renames the sidecar, then the outer one renames the h5 (the commit point)
+    return path
+
+
+def _check_writable(path: Path, episodes: Sequence[Episode], episode_info: Sequence[dict[str, Any]] | None) -> None:
+    """Refuse an empty, inconsistent or invalid set of episodes before anything is written."""
     if not episodes:
         raise DatasetError(f"{path}: refusing to write a dataset with no episodes")
     if episode_info is not None and len(episode_info) != len(episodes):
@@ -89,20 +111,28 @@ def write_episodes(
     for i, ep in enumerate(episodes):
         ep.validate(f"{path}:episode {i}")
     _check_same_dims(episodes, [f"{path}:episode {i}" for i in range(len(episodes))])
+
+
+def _env_meta_for_write(env_info: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy of ``env_info`` with ManiSkill's required keys (env_id, env_kwargs, ...) filled in."""
     env_meta = dict(_jsonable(env_info))
     env_meta.setdefault("env_id", None)
     env_meta.setdefault("max_episode_steps", None)
     env_meta.setdefault("env_kwargs", {})
     env_meta["env_kwargs"].setdefault("obs_mode", "state")
     env_meta["env_kwargs"].setdefault("control_mode", env_meta.get("control_mode"))
-    source = dict(_jsonable(extra or {}))
-    source.setdefault("rlft_version", rlft.__version__)
-    write_id = uuid.uuid4().hex
+    return env_meta
+
+
+def _sidecar_entries(
+    episodes: Sequence[Episode], control_mode: Any, episode_info: Sequence[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The sidecar's per-episode entries (ManiSkill's keys), merged with ``episode_info`` when given."""
     entries = []
     for i, ep in enumerate(episodes):
         e: dict[str, Any] = {
             "episode_id": i,
-            "control_mode": env_meta["env_kwargs"]["control_mode"],
+            "control_mode": control_mode,
             "elapsed_steps": len(ep),
             "success": bool(ep.success.any()),
             "success_at_end": bool(ep.success[-1]) if len(ep) else False,
@@ -112,33 +142,33 @@ def write_episodes(
             if "episode_seed" in e:
                 e.setdefault("reset_kwargs", {"seed": e["episode_seed"]})
         entries.append(e)
-    meta = {
-        "env_info": env_meta,
-        "episodes": entries,
-        "source": source,
-        "write_id": write_id,
-        "format_version": FORMAT_VERSION,
-    }
+    return entries
 
-    with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_json:
-        with h5py.File(tmp_h5, "w") as f:
-            f.attrs["env_info"] = json.dumps(env_meta)
-            f.attrs["source"] = json.dumps(source)
-            f.attrs["write_id"] = write_id
-            f.attrs["format_version"] = FORMAT_VERSION
-            for i, ep in enumerate(episodes):
-                g = f.create_group(f"traj_{i}")
-                g.create_dataset("obs", data=np.asarray(ep.obs, np.float32))
-                g.create_dataset("actions", data=np.asarray(ep.actions, np.float32))
-                g.create_dataset("rewards", data=np.asarray(ep.rewards, np.float32))
-                g.create_dataset("terminated", data=np.asarray(ep.terminated, bool))
-                g.create_dataset("truncated", data=np.asarray(ep.truncated, bool))
-                g.create_dataset("success", data=np.asarray(ep.success, bool))
-                if episode_info is not None and "episode_seed" in episode_info[i]:
-                    g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
-        tmp_json.write_text(json.dumps(meta, indent=1))
-        # leaving the inner context renames the sidecar, then the outer one renames the h5 (the commit point)
-    return path
+
+def _write_h5(
+    tmp_h5: Path,
+    episodes: Sequence[Episode],
+    env_meta: dict[str, Any],
+    source: dict[str, Any],
+    write_id: str,
+    episode_info: Sequence[dict[str, Any]] | None,
+) -> None:
+    """Write the h5 file: root attributes, then one ``traj_<i>`` group per episode."""
+    with h5py.File(tmp_h5, "w") as f:
+        f.attrs["env_info"] = json.dumps(env_meta)
+        f.attrs["source"] = json.dumps(source)
+        f.attrs["write_id"] = write_id
+        f.attrs["format_version"] = FORMAT_VERSION
+        for i, ep in enumerate(episodes):
+            g = f.create_group(f"traj_{i}")
+            g.create_dataset("obs", data=np.asarray(ep.obs, np.float32))
+            g.create_dataset("actions", data=np.asarray(ep.actions, np.float32))
+            g.create_dataset("rewards", data=np.asarray(ep.rewards, np.float32))
+            g.create_dataset("terminated", data=np.asarray(ep.terminated, bool))
+            g.create_dataset("truncated", data=np.asarray(ep.truncated, bool))
+            g.create_dataset("success", data=np.asarray(ep.success, bool))
+            if episode_info is not None and "episode_seed" in episode_info[i]:
+                g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
 
 
 def _read_array(g: h5py.Group, key: str, where: str, kind: str) -> np.ndarray:
@@ -244,44 +274,17 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
     raises ``DatasetError`` naming the file, the group and the key.
     """
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: dataset file not found")
-    if path.is_dir():
-        raise DatasetError(f"{path}: is a directory, expected an .h5 file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+    f = _open_h5(path)
     with f:
         names = sorted((int(m.group(1)), k) for k in f.keys() if (m := _TRAJ_RE.match(k)))
         if not names:
             raise DatasetError(f"{path}: no 'traj_<i>' groups found (keys: {sorted(f.keys())[:10]})")
-        episodes = []
-        for _, name in names:
-            node = f[name]
-            if not isinstance(node, h5py.Group):
-                raise DatasetError(f"{path}:{name}: expected a group, found a dataset")
-            try:
-                episodes.append(_read_group(node, f"{path}:{name}"))
-            except DatasetError:
-                raise
-            except (OSError, KeyError, ValueError) as e:
-                raise DatasetError(f"{path}:{name}: unreadable ({e})") from e
+        episodes = [_read_traj(f, path, name) for _, name in names]
         h5_meta = _meta_from_h5(f)
         seeds = [f[name].attrs.get("episode_seed") for _, name in names]
     _check_same_dims(episodes, [f"{path}:{name}" for _, name in names])
 
-    meta: dict[str, Any] | None = None
-    side = sidecar_path(path)
-    if side.exists():
-        try:
-            side_meta = json.loads(side.read_text())
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{side}: sidecar JSON is unreadable ({e})") from e
-        stale = "write_id" in h5_meta and side_meta.get("write_id") != h5_meta["write_id"]
-        if not stale:
-            meta = side_meta
-            meta["meta_file"] = str(side)
+    meta = _sidecar_meta(path, h5_meta)
     if meta is None:
         meta = dict(h5_meta)
         meta["meta_file"] = str(path)
@@ -296,6 +299,47 @@ def read_episodes(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any
         ]
     meta["path"] = str(path)
     return episodes, meta
+
+
+def _open_h5(path: Path) -> h5py.File:
+    """Open ``path`` read-only, raising ``DatasetError`` if it is missing, a directory or not HDF5."""
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset file not found")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected an .h5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def _read_traj(f: h5py.File, path: Path, name: str) -> Episode:
+    """Read the episode in group ``name`` of ``f``; low-level read errors become ``DatasetError``."""
+    node = f[name]
+    if not isinstance(node, h5py.Group):
+        raise DatasetError(f"{path}:{name}: expected a group, found a dataset")
+    try:
+        return _read_group(node, f"{path}:{name}")
+    except DatasetError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"{path}:{name}: unreadable ({e})") from e
+
+
+def _sidecar_meta(path: Path, h5_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON sidecar's metadata (with ``meta_file`` set), or None if it is absent or stale (other write_id)."""
+    side = sidecar_path(path)
+    if not side.exists():
+        return None
+    try:
+        side_meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{side}: sidecar JSON is unreadable ({e})") from e
+    stale = "write_id" in h5_meta and side_meta.get("write_id") != h5_meta["write_id"]
+    if stale:
+        return None
+    side_meta["meta_file"] = str(side)
+    return side_meta
 
 
 def load_dataset(path: str | os.PathLike, **kwargs: Any) -> tuple[list[Episode], dict[str, Any]]:

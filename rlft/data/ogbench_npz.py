@@ -74,6 +74,42 @@ def read_ogbench_npz(
     """
     path = Path(path)
     arrays = _load_npz(path)
+    N, layout = _validate_arrays(path, arrays)
+
+    obs = arrays["observations"].astype(np.float32, copy=False)
+    actions = arrays["actions"].astype(np.float32, copy=False)
+    ends = np.flatnonzero(arrays["terminals"] > 0.5)
+    if len(ends) == 0 or ends[-1] != N - 1:
+        raise DatasetError(
+            f"{path}:terminals: the last row ({N - 1}) does not end an episode "
+            f"({len(ends)} episode ends found); the file is truncated or not in OGBench's layout"
+        )
+
+    rewards, success, reward_source = _rewards_and_success(path, arrays, N, reward_fn)
+    if "masks" in arrays:
+        terminated = arrays["masks"] < 0.5
+    elif terminal_on_success:
+        terminated = success.copy()
+    else:
+        terminated = np.zeros(N, bool)
+
+    episodes, skipped = _split_episodes(path, arrays, layout, ends, obs, actions, rewards, terminated, success)
+    meta = {
+        "path": str(path),
+        "format": "ogbench_npz",
+        "layout": layout,
+        "reward_source": reward_source,
+        "skipped_empty_episodes": skipped,
+        "env_info": {"env_id": getattr(reward_fn, "env_id", None)},
+        "extra_keys": sorted(
+            set(arrays) - {"observations", "actions", "terminals", "next_observations", "rewards", "masks", "success"}
+        ),
+    }
+    return episodes, meta
+
+
+def _validate_arrays(path: Path, arrays: dict[str, np.ndarray]) -> tuple[int, Literal["raw", "transitions"]]:
+    """Check the required keys, dtypes and shapes; return (number of rows N, layout)."""
     for key in ("observations", "actions", "terminals"):
         if key not in arrays:
             raise DatasetError(f"{path}: missing key '{key}' (found: {sorted(arrays)})")
@@ -94,16 +130,13 @@ def read_ogbench_npz(
     for key in ("rewards", "masks", "success"):
         if key in arrays:
             _check(path, arrays, key, 1, N)
+    return N, layout
 
-    obs = arrays["observations"].astype(np.float32, copy=False)
-    actions = arrays["actions"].astype(np.float32, copy=False)
-    ends = np.flatnonzero(arrays["terminals"] > 0.5)
-    if len(ends) == 0 or ends[-1] != N - 1:
-        raise DatasetError(
-            f"{path}:terminals: the last row ({N - 1}) does not end an episode "
-            f"({len(ends)} episode ends found); the file is truncated or not in OGBench's layout"
-        )
 
+def _rewards_and_success(
+    path: Path, arrays: dict[str, np.ndarray], N: int, reward_fn: RewardFn | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per-row (rewards, success, reward_source): from the file's arrays if it has rewards, else from ``reward_fn``."""
     if "rewards" in arrays:
         rewards = arrays["rewards"].astype(np.float32)
         reward_source = "file"
@@ -124,13 +157,21 @@ def read_ogbench_npz(
             f"{path}: no 'rewards' array (a goal-conditioned/raw OGBench file); pass reward_fn, e.g. "
             "rlft.envs.ogbench_env.ogbench_task_reward_fn('cube-double-singletask-v0')"
         )
-    if "masks" in arrays:
-        terminated = arrays["masks"] < 0.5
-    elif terminal_on_success:
-        terminated = success.copy()
-    else:
-        terminated = np.zeros(N, bool)
+    return rewards, success, reward_source
 
+
+def _split_episodes(
+    path: Path,
+    arrays: dict[str, np.ndarray],
+    layout: Literal["raw", "transitions"],
+    ends: np.ndarray,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    success: np.ndarray,
+) -> tuple[list[Episode], int]:
+    """Cut the per-row arrays into Episodes at ``ends``; return (episodes, number of empty episodes skipped)."""
     episodes: list[Episode] = []
     skipped = 0
     start = 0
@@ -158,18 +199,7 @@ def read_ogbench_npz(
         )
         episodes.append(ep.validate(f"{path}:episode {len(episodes)} (rows {start}..{e})"))
         start = e + 1
-    meta = {
-        "path": str(path),
-        "format": "ogbench_npz",
-        "layout": layout,
-        "reward_source": reward_source,
-        "skipped_empty_episodes": skipped,
-        "env_info": {"env_id": getattr(reward_fn, "env_id", None)},
-        "extra_keys": sorted(
-            set(arrays) - {"observations", "actions", "terminals", "next_observations", "rewards", "masks", "success"}
-        ),
-    }
-    return episodes, meta
+    return episodes, skipped
 
 
 def write_ogbench_npz(

@@ -24,7 +24,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -69,9 +69,9 @@ def plan_and_convert(
     )
 
     registry = _import_maniskill()
-    import gymnasium
-    from mani_skill.trajectory import replay_trajectory
-    from mani_skill.utils.wrappers.record import RecordEpisode
+    # load ManiSkill's tools here, before planning and outside the quiet redirect (the helpers below use them)
+    import mani_skill.trajectory.replay_trajectory  # noqa: F401
+    import mani_skill.utils.wrappers.record  # noqa: F401
 
     solve = motion_planner(env_id)
     control_mode = control_mode or DEFAULT_CONTROL_MODE
@@ -81,78 +81,109 @@ def plan_and_convert(
     workdir.mkdir(parents=True, exist_ok=True)
     sink = io.StringIO()
 
-    stats: list[dict[str, Any]] = []
     with _redirect(sink) if quiet else contextlib.nullcontext():
-        env = gymnasium.make(
-            env_id,
-            obs_mode="none",
-            control_mode="pd_joint_pos",
-            render_backend="none",
-            sim_backend="physx_cpu",
-            reward_mode=reward_mode,
-            max_episode_steps=PLAN_LIMIT_FACTOR * limit,
+        raw_path, stats, n_saved = _record_plans(
+            env_id, seeds, workdir, tag, reward_mode, PLAN_LIMIT_FACTOR * limit, solve, keep_failures
         )
-        rec = RecordEpisode(
-            env,
-            output_dir=str(workdir),
-            trajectory_name=f"mp_{tag}",
-            save_video=False,
-            save_on_reset=False,
-            record_reward=False,
-            source_type="motionplanning",
-            source_desc="ManiSkill's motion-planning solution (mplib), run by rlft collect",
-        )
-        raw_path = Path(rec._h5_file.filename)
-        n_saved = 0
-        try:
-            for seed in seeds:
-                t0 = time.perf_counter()
-                try:
-                    res = solve(rec, seed=int(seed), debug=False, vis=False)
-                except Exception as e:  # the planner raises on unreachable poses; ManiSkill's run.py does the same
-                    print(f"motion planning failed on seed {seed}: {e}")
-                    res = -1
-                ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
-                steps = int(np.asarray(res[-1]["elapsed_steps"]).reshape(-1)[0]) if res != -1 else 0
-                save = ok or (keep_failures and steps > 0)
-                rec.flush_trajectory(save=save)
-                n_saved += int(save)
-                stats.append(
-                    {
-                        "seed": int(seed),
-                        "plan_success": ok,
-                        "plan_steps": steps,
-                        "plan_seconds": time.perf_counter() - t0,
-                        "convert_seconds": 0.0,
-                    }
-                )
-        finally:
-            rec.close()  # writes the json sidecar and closes the env
-
         if n_saved == 0:
             return None, stats
-        t0 = time.perf_counter()
-        args = replay_trajectory.Args(
-            traj_path=str(raw_path),
-            obs_mode="state",
-            target_control_mode=control_mode,
-            save_traj=True,
-            record_rewards=True,
-            reward_mode=reward_mode,
-            use_first_env_state=True,
-            allow_failure=keep_failures,
-            num_envs=1,
-            sim_backend="physx_cpu",
-            render_mode="rgb_array",
-        )
-        replay_trajectory.main(args)
-        dt = time.perf_counter() - t0
+        dt = _replay_to_state(raw_path, control_mode, reward_mode, keep_failures)
     for s in stats:
         s["convert_seconds"] = dt / len(stats)
     out = raw_path.with_name(f"{raw_path.stem}.state.{control_mode}.physx_cpu.h5")
     if not out.is_file():
         raise EnvError(f"{env_id}: ManiSkill's replay wrote no {out.name} (its output: {sink.getvalue()[-800:]})")
     return out, stats
+
+
+def _record_plans(
+    env_id: str,
+    seeds: Sequence[int],
+    workdir: Path,
+    tag: str,
+    reward_mode: str,
+    plan_limit: int,
+    solve: Callable,
+    keep_failures: bool,
+) -> tuple[Path, list[dict[str, Any]], int]:
+    """Motion-plan every seed in a ``RecordEpisode`` env (pd_joint_pos); return (raw .h5, stats, number saved)."""
+    import gymnasium
+    from mani_skill.utils.wrappers.record import RecordEpisode
+
+    env = gymnasium.make(
+        env_id,
+        obs_mode="none",
+        control_mode="pd_joint_pos",
+        render_backend="none",
+        sim_backend="physx_cpu",
+        reward_mode=reward_mode,
+        max_episode_steps=plan_limit,
+    )
+    rec = RecordEpisode(
+        env,
+        output_dir=str(workdir),
+        trajectory_name=f"mp_{tag}",
+        save_video=False,
+        save_on_reset=False,
+        record_reward=False,
+        source_type="motionplanning",
+        source_desc="ManiSkill's motion-planning solution (mplib), run by rlft collect",
+    )
+    raw_path = Path(rec._h5_file.filename)
+    stats: list[dict[str, Any]] = []
+    n_saved = 0
+    try:
+        for seed in seeds:
+            st, save = _plan_one(rec, solve, seed, keep_failures)
+            n_saved += int(save)
+            stats.append(st)
+    finally:
+        rec.close()  # writes the json sidecar and closes the env
+    return raw_path, stats, n_saved
+
+
+def _plan_one(rec: Any, solve: Callable, seed: int, keep_failures: bool) -> tuple[dict[str, Any], bool]:
+    """Plan one seed; save its trajectory if it succeeded (or ``keep_failures``); return (its stats, saved)."""
+    t0 = time.perf_counter()
+    try:
+        res = solve(rec, seed=int(seed), debug=False, vis=False)
+    except Exception as e:  # the planner raises on unreachable poses; ManiSkill's run.py does the same
+        print(f"motion planning failed on seed {seed}: {e}")
+        res = -1
+    ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
+    steps = int(np.asarray(res[-1]["elapsed_steps"]).reshape(-1)[0]) if res != -1 else 0
+    save = ok or (keep_failures and steps > 0)
+    rec.flush_trajectory(save=save)
+    stats = {
+        "seed": int(seed),
+        "plan_success": ok,
+        "plan_steps": steps,
+        "plan_seconds": time.perf_counter() - t0,
+        "convert_seconds": 0.0,
+    }
+    return stats, save
+
+
+def _replay_to_state(raw_path: Path, control_mode: str, reward_mode: str, keep_failures: bool) -> float:
+    """Convert the recorded plans with ManiSkill's replay (state obs, ``control_mode``, rewards); return seconds."""
+    from mani_skill.trajectory import replay_trajectory
+
+    t0 = time.perf_counter()
+    args = replay_trajectory.Args(
+        traj_path=str(raw_path),
+        obs_mode="state",
+        target_control_mode=control_mode,
+        save_traj=True,
+        record_rewards=True,
+        reward_mode=reward_mode,
+        use_first_env_state=True,
+        allow_failure=keep_failures,
+        num_envs=1,
+        sim_backend="physx_cpu",
+        render_mode="rgb_array",
+    )
+    replay_trajectory.main(args)
+    return time.perf_counter() - t0
 
 
 @contextlib.contextmanager

@@ -193,13 +193,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
     runs = expand_runs(paths)
     out_dir = Path(out) if out is not None else default_out_dir(paths)
     fig_dir, media_dir = out_dir / "fig", out_dir / "media"
-    files: list[Path] = []
-    findings: dict[str, list[Finding]] = {}
-    for r in runs:
-        fs = diagnose(r.metrics, r.context())
-        for f in fs:
-            f.run = r.name
-        findings[r.name] = fs
+    files: list[Path] = []  # every file written, in order (the helpers below append to it)
+    findings = _diagnose_runs(runs)
 
     title = "rlft report: " + ", ".join(str(Path(p).name) for p in paths)
     parts = [
@@ -210,30 +205,61 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
     parts.append("<h2 id='results'>Results</h2>" + _results_rows(runs, findings))
     groups = _groups(runs)
     parts.append(_group_table(groups))
-    pipelines: dict[str, list[tuple[str, dict[str, float]]]] = {}
-    for r in runs:
-        if r.pipeline is not None and r.final_eval():
-            pipelines.setdefault(r.pipeline, []).append((r.group, r.final_eval()))
-    if pipelines:
-        p = plot_stages(pipelines, fig_dir / "stages.png")
-        files.append(p)
-        parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='success after each stage'>")
+    parts += _stages_figure(runs, fig_dir, files)
     parts.append(
         "<p class=muted>success_once: the task succeeded at any step of an evaluation episode; "
         "success_at_end: at its last step; start success: final success of the policy the run started "
         "from (previous stage or init_policy's run), when known.</p>"
     )
+    parts += _diagnosis_section(runs, findings)
+    parts += _comparison_sections(groups, fig_dir, files)
+    for r in runs:
+        parts += _run_section(r, findings[r.name], fig_dir, media_dir, files)
+    parts.append(f"<hr><p class=muted>{_e(_report_environment())}</p></body></html>")
+    index = out_dir / "index.html"
+    atomic_write_text(index, "\n".join(x for x in parts if x))
+    return ReportResult(out_dir, index, runs, findings, files)
 
-    # diagnosis
-    parts.append("<h2 id='diagnosis'>Diagnosis</h2>")
+
+def _diagnose_runs(runs: list[RunData]) -> dict[str, list[Finding]]:
+    """Run the diagnosis rules on every run; return its findings (tagged with the run's name) by run name."""
+    findings: dict[str, list[Finding]] = {}
+    for r in runs:
+        fs = diagnose(r.metrics, r.context())
+        for f in fs:
+            f.run = r.name
+        findings[r.name] = fs
+    return findings
+
+
+def _stages_figure(runs: list[RunData], fig_dir: Path, files: list[Path]) -> list[str]:
+    """The success-after-each-stage figure of the pipelines among ``runs`` (none without pipelines)."""
+    pipelines: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for r in runs:
+        if r.pipeline is not None and r.final_eval():
+            pipelines.setdefault(r.pipeline, []).append((r.group, r.final_eval()))
+    if not pipelines:
+        return []
+    p = plot_stages(pipelines, fig_dir / "stages.png")
+    files.append(p)
+    return [f"<img class=page src='fig/{_e(p.name)}' alt='success after each stage'>"]
+
+
+def _diagnosis_section(runs: list[RunData], findings: dict[str, list[Finding]]) -> list[str]:
+    """The Diagnosis section: every run's findings, or a note that no rule fired."""
+    parts = ["<h2 id='diagnosis'>Diagnosis</h2>"]
     all_f = [f for r in runs for f in findings[r.name]]
     if not all_f:
         parts.append("<p>No rule fired: none of the known failure modes shows in the logged metrics.</p>")
     for r in runs:
         if findings[r.name]:
             parts.append(f"<h3>{_e(r.name)}</h3>" + "".join(_finding_html(f, False) for f in findings[r.name]))
+    return parts
 
-    # comparison pages (overlays) for groups with several runs
+
+def _comparison_sections(groups: dict[str, list[RunData]], fig_dir: Path, files: list[Path]) -> list[str]:
+    """Comparison pages (curves of all runs overlaid) for each group with several runs."""
+    parts = []
     for g_, rs in groups.items():
         if len(rs) < 2:
             continue
@@ -251,65 +277,69 @@ def build_report(paths: list[str | Path], out: str | Path | None = None) -> Repo
             )
             files.append(p)
             parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
+    return parts
 
-    # per run
-    for r in runs:
+
+def _run_section(r: RunData, fs: list[Finding], fig_dir: Path, media_dir: Path, files: list[Path]) -> list[str]:
+    """One run's section: its findings, metric pages, evaluation videos, environment and config."""
+    parts = [f"<h2 id='{_e(slug(r.name))}'>{_e(r.name)} <span class=muted>({_e(r.algo)}, {_e(r.mode)})</span></h2>"]
+    markers: dict[str, list[tuple[int, str]]] = {}
+    for f in fs:
+        markers.setdefault(f.metric, []).append((f.step, f.rule))
+    if fs:
         parts.append(
-            f"<h2 id='{_e(slug(r.name))}'>{_e(r.name)} <span class=muted>({_e(r.algo)}, {_e(r.mode)})</span></h2>"
+            "<p>Findings: "
+            + ", ".join(f"<b>{_e(f.rule)}</b> (step {f.step})" for f in fs)
+            + " &mdash; see <a href='#diagnosis'>Diagnosis</a>; marked on the curves below.</p>"
         )
-        markers: dict[str, list[tuple[int, str]]] = {}
-        for f in findings[r.name]:
-            markers.setdefault(f.metric, []).append((f.step, f.rule))
-        if findings[r.name]:
+    pages = panels_for(r.metrics.names)
+    for pid, ptitle in PAGES:
+        if pid not in pages:
+            continue
+        p = plot_page(
+            [(r.name, r.metrics)], pages[pid], fig_dir / f"{slug(r.name)}_{pid}.png", f"{r.name}: {ptitle}", markers
+        )
+        files.append(p)
+        parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
+    parts += _videos_html(r, media_dir, files)
+    parts.append("<h3>Environment and config</h3>" + _env_summary(r))
+    cfg_text = (r.path / "config.yaml").read_text() if (r.path / "config.yaml").is_file() else "(no config.yaml)"
+    parts.append(f"<details><summary>config.yaml</summary><pre>{_e(cfg_text)}</pre></details>")
+    if r.summary:
+        parts.append(
+            f"<details><summary>summary.json</summary><pre>{_e(json.dumps(r.summary, indent=2))}</pre></details>"
+        )
+    return parts
+
+
+def _videos_html(r: RunData, media_dir: Path, files: list[Path]) -> list[str]:
+    """Copy the run's evaluation videos (and their posters) into ``media_dir``; return their HTML (none if none)."""
+    vids = r.videos()
+    if not vids:
+        return []
+    parts = ["<h3>Evaluation videos</h3><div class=videos>"]
+    for v in vids:
+        dst = _copy(v, media_dir / slug(r.name) / v.name)
+        files.append(dst)
+        rel = f"media/{slug(r.name)}/{v.name}"
+        poster = v.with_suffix(".png")
+        poster_attr = ""
+        if poster.is_file():
+            files.append(_copy(poster, media_dir / slug(r.name) / poster.name))
+            poster_attr = f" poster='media/{_e(slug(r.name))}/{_e(poster.name)}'"
+        if v.suffix == ".gif":
             parts.append(
-                "<p>Findings: "
-                + ", ".join(f"<b>{_e(f.rule)}</b> (step {f.step})" for f in findings[r.name])
-                + " &mdash; see <a href='#diagnosis'>Diagnosis</a>; marked on the curves below.</p>"
+                f"<figure><img src='{_e(rel)}' width=320 alt='{_e(v.stem)}'>"
+                f"<figcaption>{_e(v.stem)}</figcaption></figure>"
             )
-        pages = panels_for(r.metrics.names)
-        for pid, ptitle in PAGES:
-            if pid not in pages:
-                continue
-            p = plot_page(
-                [(r.name, r.metrics)], pages[pid], fig_dir / f"{slug(r.name)}_{pid}.png", f"{r.name}: {ptitle}", markers
-            )
-            files.append(p)
-            parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
-        vids = r.videos()
-        if vids:
-            parts.append("<h3>Evaluation videos</h3><div class=videos>")
-            for v in vids:
-                dst = _copy(v, media_dir / slug(r.name) / v.name)
-                files.append(dst)
-                rel = f"media/{slug(r.name)}/{v.name}"
-                poster = v.with_suffix(".png")
-                poster_attr = ""
-                if poster.is_file():
-                    files.append(_copy(poster, media_dir / slug(r.name) / poster.name))
-                    poster_attr = f" poster='media/{_e(slug(r.name))}/{_e(poster.name)}'"
-                if v.suffix == ".gif":
-                    parts.append(
-                        f"<figure><img src='{_e(rel)}' width=320 alt='{_e(v.stem)}'>"
-                        f"<figcaption>{_e(v.stem)}</figcaption></figure>"
-                    )
-                else:
-                    parts.append(
-                        f"<figure><video controls muted loop preload='metadata' width=320{poster_attr}>"
-                        f"<source src='{_e(rel)}' type='video/mp4'></video>"
-                        f"<figcaption>{_e(v.stem)}</figcaption></figure>"
-                    )
-            parts.append("</div>")
-        parts.append("<h3>Environment and config</h3>" + _env_summary(r))
-        cfg_text = (r.path / "config.yaml").read_text() if (r.path / "config.yaml").is_file() else "(no config.yaml)"
-        parts.append(f"<details><summary>config.yaml</summary><pre>{_e(cfg_text)}</pre></details>")
-        if r.summary:
+        else:
             parts.append(
-                f"<details><summary>summary.json</summary><pre>{_e(json.dumps(r.summary, indent=2))}</pre></details>"
+                f"<figure><video controls muted loop preload='metadata' width=320{poster_attr}>"
+                f"<source src='{_e(rel)}' type='video/mp4'></video>"
+                f"<figcaption>{_e(v.stem)}</figcaption></figure>"
             )
-    parts.append(f"<hr><p class=muted>{_e(_report_environment())}</p></body></html>")
-    index = out_dir / "index.html"
-    atomic_write_text(index, "\n".join(x for x in parts if x))
-    return ReportResult(out_dir, index, runs, findings, files)
+    parts.append("</div>")
+    return parts
 
 
 def print_report(res: ReportResult, console=None) -> None:

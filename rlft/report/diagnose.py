@@ -1,4 +1,5 @@
-"""Automatic diagnosis of a run's metric curves: the failure modes a person finds by reading loss pages (seed 001).
+"""Automatic diagnosis of a run's metric curves: the failure modes a person finds by reading loss pages
+(e.g. those of the offline SAC study in docs/algorithms/sac_offline.md).
 
 Each rule is a small function ``rule(m: Metrics, ctx: dict) -> list[Finding]`` over the logged series. A finding
 carries its evidence (which metric, at which step, by how much) and the explanation a person would give. Rules only
@@ -32,10 +33,11 @@ from rlft.report.runs import Metrics
 # thresholds (documented constants)
 # ---------------------------------------------------------------------------------------------------------------
 TEMP_GROWTH_FACTOR = 5.0
-"""Temperature explosion: alpha reaches this multiple of its first logged value (seed 001: 1 -> 15)."""
+"""Temperature explosion: alpha reaches this multiple of its first logged value (offline SAC on
+8 x 7 chunks with the auto target entropy: 1 -> 15)."""
 ENTROPY_DROP_PER_DIM = 0.75
-"""Entropy collapse: the entropy falls this many nats per chunk dimension below its running maximum (seed 001's
-pure SAC: +10 -> -40 nats over 56 dims = 0.9 per dim)."""
+"""Entropy collapse: the entropy falls this many nats per chunk dimension below its running maximum (offline
+pure SAC on 8 x 7 chunks: +10 -> -40 nats over 56 dims = 0.9 per dim)."""
 ENTROPY_RISE_PER_DIM = 0.5
 """Policy widening without temperature: a pretrained policy's entropy rises this many nats per dimension above its
 running minimum while alpha does not rise."""
@@ -56,10 +58,10 @@ Q_GROWTH_ABS_MIN = 10.0
 Q_GROWTH_LAST_LOGS = 3
 """Unbounded Q: the magnitude must have grown at each of this many last log points (not a one-off spike)."""
 LAMBDA_DROP_FACTOR = 0.2
-"""TD3+BC lambda collapse: actor_lam falls to this fraction of its first logged value (seed 001: 0.35 -> ~0.01)..."""
+"""TD3+BC lambda collapse: actor_lam falls to this fraction of its first logged value (e.g. 0.35 -> ~0.01)..."""
 LAMBDA_Q_GROWTH = 5.0
 """...while |actor_q| (where logged) has grown to at least this multiple of its first logged value: the fall comes from
-the Q values of the policy's actions growing (seed 001: 5 -> 100), not from a critic settling at a smaller scale."""
+the Q values of the policy's actions growing (e.g. 5 -> 100), not from a critic settling at a smaller scale."""
 BOX_ENTROPY_FRACTION = 0.9  # entropy_at_box_maximum: median late entropy >= this x d log 2
 UNIFORM_WEIGHT_RATIO = 2.0
 """Near-uniform advantage weights: median of weights_max / weights_mean over the second half of the run below this
@@ -402,7 +404,7 @@ def temperature_explosion(m: Metrics, ctx: dict) -> list[Finding]:
             ev,
             sign_txt + "Alpha only stops growing once the entropy reaches the target. If the actor cannot raise its "
             "entropy -- its log-std sits at a bound, a BC/advantage-weighted term pulls it narrow, or alpha does not "
-            "enter the actor's main loss term at all (IQL/AWR with an added entropy bonus, seed 001) -- alpha grows "
+            "enter the actor's main loss term at all (IQL/AWR with an added entropy bonus) -- alpha grows "
             "without bound and the entropy term swamps Q. The auto target -dim is unreachable for a narrow "
             "(BC-pretrained) chunk policy." + dim_txt + " Use a reachable target (rlft's sac default: "
             "min(-0.5 * dim, the starting policy's entropy)), a fixed alpha, or no entropy term for weighted-BC actors.",
@@ -446,7 +448,7 @@ def entropy_collapse(m: Metrics, ctx: dict) -> list[Finding]:
             f"policy entropy collapsed to {g(e[i])}",
             ev,
             "The actor's distribution shrank onto a narrow region: the Q-term drove it to the actions the critic "
-            "overvalues (pure SAC offline, seed 001: entropy +10 -> -40), or the weighted-likelihood term fits the "
+            "overvalues (pure SAC offline, e.g. entropy +10 -> -40), or the weighted-likelihood term fits the "
             "mean of near-deterministic data. A collapsed chunk policy no longer explores and its log-probabilities "
             "become huge, which also feeds a temperature explosion. Anchor to the data (BC term) or keep a reachable "
             "entropy target.",
@@ -570,7 +572,7 @@ def q_overestimation(m: Metrics, ctx: dict) -> list[Finding]:
                         f"{g((av0 - q0) / max(abs(q0), Q_SCALE_FLOOR))}"
                         f" x |q_mean|, threshold {ACTOR_Q_GAP_REL}); at step {st}: {g(av)} vs {g(qv_)}",
                         "Q of the actor's own chunks exceeds Q of the dataset chunks by a wide margin: the actor found "
-                        "actions where the critic extrapolates upward (out-of-distribution overestimation; seed 001: "
+                        "actions where the critic extrapolates upward (out-of-distribution overestimation, e.g. "
                         "actor_q 5 -> 100). Nothing in the TD targets corrects Q there because those actions never occur "
                         "in the data. Constrain the actor to the data (BC/TD3+BC weight, IQL/AWR-style weighted BC, CQL) "
                         "or use pessimistic ensembles." + bound_txt,
@@ -654,7 +656,7 @@ def lambda_collapse(m: Metrics, ctx: dict) -> list[Finding]:
             name,
             f"TD3+BC's lambda collapsed to {g(lam[i])}",
             ev,
-            "lambda = alpha / mean|Q(s, pi(s))| shrinks because the Q values of the policy's actions grew (seed 001: "
+            "lambda = alpha / mean|Q(s, pi(s))| shrinks because the Q values of the policy's actions grew (e.g. "
             "actor_q 5 -> 100 took lambda from 0.35 to ~0.01). The Q-term is normalised by those inflated values, so "
             "its gradient no longer tracks real improvement and the MSE term dominates: the actor degenerates to BC while "
             "the critic overestimates. Look at q_overestimation/q_unbounded; fix the critic, not alpha.",
@@ -734,8 +736,8 @@ def uniform_weights(m: Metrics, ctx: dict) -> list[Finding]:
                 ev,
                 "The largest weight in a batch is barely above the mean, so every dataset chunk is imitated almost "
                 "equally: the advantage signal (beta * A) is too small or too noisy to separate good from bad actions "
-                "and IQL/AWR degenerates to BC (seed 001's AWR: advantage mean -0.05, weights ~uniform). Expected on "
-                "expert-only data (nothing to prefer); otherwise raise beta, normalise advantages, or check that the "
+                "and IQL/AWR degenerates to BC (e.g. offline AWR with advantage mean -0.05: weights ~uniform). "
+                "Expected on expert-only data (nothing to prefer); otherwise raise beta, normalise advantages, or check that the "
                 "critic learned anything (q_std, td_error).",
             )
         )
@@ -760,15 +762,7 @@ def weight_outliers(m: Metrics, ctx: dict) -> list[Finding]:
         n = len(vmax)
         if n < WEIGHT_MIN_HITS or len(vmean) != n or (clip is None and bs is None):
             continue
-        vmean_pos = np.maximum(vmean, 1e-12)
-        with np.errstate(invalid="ignore"):
-            if clip is not None:
-                near = (vmean / clip - WEIGHT_NEAR_CLIP) / (1.0 - WEIGHT_NEAR_CLIP)  # provable fraction near the clip
-                sat = (vmax >= WEIGHT_CLIP_HIT * clip) & (near >= WEIGHT_SATURATED_FRACTION)
-            else:
-                near, sat = np.full(n, np.nan), np.zeros(n, dtype=bool)
-            share = vmax / (bs * vmean_pos) if bs else np.full(n, np.nan)
-            dom = share >= WEIGHT_DOMINANT_SHARE
+        near, sat, share, dom = _weight_outlier_masks(vmax, vmean, clip, bs)
         need = max(WEIGHT_MIN_HITS, math.ceil(WEIGHT_MIN_LOG_FRACTION * n))
         for kind, hit in (("saturated", sat), ("dominant", dom)):
             if int(hit.sum()) < need:
@@ -777,43 +771,68 @@ def weight_outliers(m: Metrics, ctx: dict) -> list[Finding]:
             i = int(np.nonzero(hit)[0][0])
             first = f"first at step {s[i]}: max {g(vmax[i])}, mean {g(vmean[i])}"
             if kind == "saturated":
-                mean_thr = (WEIGHT_NEAR_CLIP + WEIGHT_SATURATED_FRACTION * (1 - WEIGHT_NEAR_CLIP)) * clip
-                out.append(
-                    Finding(
-                        "weight_outliers",
-                        "warning",
-                        int(s[i]),
-                        mx,
-                        "advantage weights sit at the clip for a large part of the batch",
-                        f"{mean} >= {g(mean_thr)} with {mx} at max_weight ({g(clip)}) on {100 * frac:.0f}% of log "
-                        f"points ({first}, so at least {100 * near[i]:.0f}% of the batch has a weight >= "
-                        f"{WEIGHT_NEAR_CLIP:g} x max_weight)",
-                        "exp(beta * A) reaches the clip for a large part of the batch, so the ranking among those chunks "
-                        "is lost: they are all imitated with (nearly) the same weight, the highest-advantage ones no more "
-                        "than the merely good -- beta * |A| is far too large for the clip (a huge beta, or a critic whose "
-                        "errors are large). Lower beta or normalise the advantages per batch. A max at the clip with a "
-                        "mean far below it is normal for IQL/AWR (Kostrikov et al. 2022; Peng et al. 2019) and is not "
-                        "flagged.",
-                    )
-                )
+                out.append(_saturated_weights_finding(mx, mean, clip, int(s[i]), frac, first, near[i]))
             else:
-                out.append(
-                    Finding(
-                        "weight_outliers",
-                        "warning",
-                        int(s[i]),
-                        mx,
-                        "a few samples dominate the weighted actor loss",
-                        f"{mx} / ({bs} x {mean}) >= {WEIGHT_DOMINANT_SHARE:g} on {100 * frac:.0f}% of log points "
-                        f"({first}: one sample carries {100 * share[i]:.0f}% of the batch's total weight, an effective "
-                        f"sample size of at most {g(1 / share[i] ** 2)} of {bs})",
-                        "One chunk carries most of each batch's weight, so every actor update imitates a handful of "
-                        "samples -- including those whose high advantage is a critic error -- and the gradient's noise is "
-                        "that of a batch of a few. Lower beta, normalise the advantages per batch, or lower the clip (AWR, "
-                        "Peng et al. 2019, clips at 20); check the critic (q_std, td_error) if the advantages are noise.",
-                    )
-                )
+                out.append(_dominant_weights_finding(mx, mean, bs, int(s[i]), frac, first, share[i]))
     return out
+
+
+def _weight_outlier_masks(
+    vmax: np.ndarray, vmean: np.ndarray, clip: float | None, bs: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per log point: (provable fraction near the clip, saturated?, largest weight's share of the batch, dominant?)."""
+    n = len(vmax)
+    vmean_pos = np.maximum(vmean, 1e-12)
+    with np.errstate(invalid="ignore"):
+        if clip is not None:
+            near = (vmean / clip - WEIGHT_NEAR_CLIP) / (1.0 - WEIGHT_NEAR_CLIP)  # provable fraction near the clip
+            sat = (vmax >= WEIGHT_CLIP_HIT * clip) & (near >= WEIGHT_SATURATED_FRACTION)
+        else:
+            near, sat = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        share = vmax / (bs * vmean_pos) if bs else np.full(n, np.nan)
+        dom = share >= WEIGHT_DOMINANT_SHARE
+    return near, sat, share, dom
+
+
+def _saturated_weights_finding(
+    mx: str, mean: str, clip: float, step: int, frac: float, first: str, near: float
+) -> Finding:
+    """weight_outliers' finding for weights at the clip on a large part of the batch."""
+    mean_thr = (WEIGHT_NEAR_CLIP + WEIGHT_SATURATED_FRACTION * (1 - WEIGHT_NEAR_CLIP)) * clip
+    return Finding(
+        "weight_outliers",
+        "warning",
+        step,
+        mx,
+        "advantage weights sit at the clip for a large part of the batch",
+        f"{mean} >= {g(mean_thr)} with {mx} at max_weight ({g(clip)}) on {100 * frac:.0f}% of log "
+        f"points ({first}, so at least {100 * near:.0f}% of the batch has a weight >= "
+        f"{WEIGHT_NEAR_CLIP:g} x max_weight)",
+        "exp(beta * A) reaches the clip for a large part of the batch, so the ranking among those chunks "
+        "is lost: they are all imitated with (nearly) the same weight, the highest-advantage ones no more "
+        "than the merely good -- beta * |A| is far too large for the clip (a huge beta, or a critic whose "
+        "errors are large). Lower beta or normalise the advantages per batch. A max at the clip with a "
+        "mean far below it is normal for IQL/AWR (Kostrikov et al. 2022; Peng et al. 2019) and is not "
+        "flagged.",
+    )
+
+
+def _dominant_weights_finding(mx: str, mean: str, bs: int, step: int, frac: float, first: str, share: float) -> Finding:
+    """weight_outliers' finding for one sample carrying most of the batch's weight."""
+    return Finding(
+        "weight_outliers",
+        "warning",
+        step,
+        mx,
+        "a few samples dominate the weighted actor loss",
+        f"{mx} / ({bs} x {mean}) >= {WEIGHT_DOMINANT_SHARE:g} on {100 * frac:.0f}% of log points "
+        f"({first}: one sample carries {100 * share:.0f}% of the batch's total weight, an effective "
+        f"sample size of at most {g(1 / share**2)} of {bs})",
+        "One chunk carries most of each batch's weight, so every actor update imitates a handful of "
+        "samples -- including those whose high advantage is a critic error -- and the gradient's noise is "
+        "that of a batch of a few. Lower beta, normalise the advantages per batch, or lower the clip (AWR, "
+        "Peng et al. 2019, clips at 20); check the critic (q_std, td_error) if the advantages are noise.",
+    )
 
 
 @rule("critic_divergence")
@@ -842,8 +861,8 @@ def critic_divergence(m: Metrics, ctx: dict) -> list[Finding]:
                     f"|q_mean| {g(scale)}, so the spread is {g(100 * qs[i] / scale)}% of Q",
                     "The members of the Q ensemble, trained on the same targets, drift apart: they are queried where they "
                     "have no data (out-of-distribution actions in the actor's or the target's samples) or the targets "
-                    "themselves oscillate (seed 001's IQL: q_std jumped to 2.5+ after 20k steps). Min-over-ensemble "
-                    "targets then become very pessimistic or noisy. Constrain the actor, lower the critic lr, use "
+                    "themselves oscillate (e.g. offline IQL whose q_std jumped to 2.5+ after 20k steps). "
+                    "Min-over-ensemble targets then become very pessimistic or noisy. Constrain the actor, lower the critic lr, use "
                     "LayerNorm critics.",
                 )
             ]
@@ -923,11 +942,47 @@ def success_stuck_at_zero(m: Metrics, ctx: dict) -> list[Finding]:
             f"{en} = 0 in all {len(v)} evaluations (steps {s[0]}-{s[-1]})"
             + (f" while the losses look fine: {'; '.join(loss_txt)}" if loss_txt else ""),
             "Optimisation runs but the objective does not lead to success: the actor imitates or maximises something "
-            "that never completes the task (an unexpressive actor for the chunk distribution -- seed 001's Gaussian MLP "
-            "with bc_loss stuck at 0.8 --, too little data near the goal, a chunk too long to react, or a critic that "
-            "learned nothing useful). Check BC alone first: if BC cannot succeed, RL on top rarely will.",
+            "that never completes the task (an unexpressive actor for the chunk distribution -- e.g. a Gaussian "
+            "MLP over the flattened chunk with bc_loss stuck at 0.8 --, too little data near the goal, a chunk too "
+            "long to react, or a critic that learned nothing useful). Check BC alone first: if BC cannot succeed, RL on top rarely will.",
         )
     ]
+
+
+_REGRESSION_EXPLANATION = (
+    "Fine-tuning made the policy worse than where it started: the RL update moved the actor away from "
+    "behaviour that worked before the critic could rank actions reliably (a fresh or mismatched critic, "
+    "Q overestimation off the data, too large actor steps, exploration noise in the replay). Look at the "
+    "entropy and actor_q findings; keep the best checkpoint (policy_best), anchor to the data (BC term), warm "
+    "up the critic before the actor moves, or lower the actor lr."
+)
+"""success_regression's explanation (both of its findings)."""
+
+
+def _significant_drop(p0: float, p1: float, n: float | None) -> bool:
+    """A success drop p0 -> p1 of at least SUCCESS_DROP_MIN and, with ``n`` episodes per evaluation, at least
+    SUCCESS_DROP_SE standard errors."""
+    drop = p0 - p1
+    if drop < SUCCESS_DROP_MIN:
+        return False
+    if not n:
+        return True
+    se = math.sqrt(max(p0 * (1 - p0), 1e-12) / n + max(p1 * (1 - p1), 1e-12) / n)
+    return drop >= SUCCESS_DROP_SE * se
+
+
+def _online_success_text(m: Metrics) -> str:
+    """Evidence suffix on the online episode success (best -> last), or "" when it was not logged."""
+    tn = m.find("train/episode_success")
+    if tn is not None:
+        ts, tv = _finite(*m.series(tn))
+        if len(tv) >= 2:
+            j = int(np.argmax(tv))
+            return (
+                f"; online episode success (last 20 episodes) {g(tv[j])} at step {ts[j]} -> {g(tv[-1])} at "
+                f"step {ts[-1]}"
+            )
+    return ""
 
 
 @rule("success_regression")
@@ -940,36 +995,11 @@ def success_regression(m: Metrics, ctx: dict) -> list[Finding]:
         return []
     _, n_ep = m.series("eval/num_episodes")
     n = float(n_ep[-1]) if len(n_ep) else None
-
-    def significant(p0: float, p1: float) -> bool:
-        drop = p0 - p1
-        if drop < SUCCESS_DROP_MIN:
-            return False
-        if not n:
-            return True
-        se = math.sqrt(max(p0 * (1 - p0), 1e-12) / n + max(p1 * (1 - p1), 1e-12) / n)
-        return drop >= SUCCESS_DROP_SE * se
-
-    train = ""
-    tn = m.find("train/episode_success")
-    if tn is not None:
-        ts, tv = _finite(*m.series(tn))
-        if len(tv) >= 2:
-            j = int(np.argmax(tv))
-            train = (
-                f"; online episode success (last 20 episodes) {g(tv[j])} at step {ts[j]} -> {g(tv[-1])} at "
-                f"step {ts[-1]}"
-            )
+    train = _online_success_text(m)
     start = ctx.get("start_success")
-    expl = (
-        "Fine-tuning made the policy worse than where it started: the RL update moved the actor away from "
-        "behaviour that worked before the critic could rank actions reliably (a fresh or mismatched critic, "
-        "Q overestimation off the data, too large actor steps, exploration noise in the replay). Look at the "
-        "entropy and actor_q findings; keep the best checkpoint (policy_best), anchor to the data (BC term), warm "
-        "up the critic before the actor moves, or lower the actor lr."
-    )
+    expl = _REGRESSION_EXPLANATION
     if start is not None:
-        bad = [k for k in range(len(v)) if significant(float(start), float(v[k]))]
+        bad = [k for k in range(len(v)) if _significant_drop(float(start), float(v[k]), n)]
         if bad:
             k = bad[0]
             src = ctx.get("start_source") or "the initial policy"
@@ -987,7 +1017,7 @@ def success_regression(m: Metrics, ctx: dict) -> list[Finding]:
             ]
     if len(v) >= 2:
         j = int(np.argmax(v))
-        if j < len(v) - 1 and significant(float(v[j]), float(v[-1])):
+        if j < len(v) - 1 and _significant_drop(float(v[j]), float(v[-1]), n):
             return [
                 Finding(
                     "success_regression",

@@ -1,4 +1,4 @@
-"""Metric curves as PNG pages (matplotlib, Agg backend), grouped the way seed 001 reads them.
+"""Metric curves as PNG pages (matplotlib, Agg backend), grouped by what a person reads together.
 
 Pages: critic (critic_loss, q_mean, q_std, td_error, td_target_mean, value_loss, v_mean, ...), actor (actor_loss,
 bc_loss, actor_q, actor_lam, ...), temperature / entropy (temperature, temperature_loss, entropy drawn against
@@ -119,44 +119,60 @@ def plot_page(
     nrows = math.ceil(n / ncols)
     extra = 0.8 + (0.22 * math.ceil(len(runs) / 4) if len(runs) > 1 else 0.0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 2.6 * nrows + extra), squeeze=False)
-    several = len(runs) > 1
     for k, (ptitle, names) in enumerate(panels):
-        ax = axes[k // ncols][k % ncols]
-        for r, (label, m) in enumerate(runs):
-            for j, name in enumerate(names):
-                s, v = m.series(name)
-                if not len(s):
-                    continue
-                color = _COLORS[r % len(_COLORS)] if several else _COLORS[j % len(_COLORS)]
-                lab = label if several and j == 0 else (None if several else name.split("/")[-1])
-                _plot_series(ax, s, v, lab, color, dashed=several and j > 0)
-        for name in names:
-            for step, mlabel in (markers or {}).get(name, []):
-                ax.axvline(step, color="crimson", linestyle=":", linewidth=1.2)
-                ax.annotate(
-                    mlabel,
-                    (step, 1.0),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=7,
-                    color="crimson",
-                    rotation=90,
-                    va="top",
-                    ha="right",
-                )
-        if names[0] in ("eval/success_once", "eval/success_at_end", "train/episode_success"):
-            ax.set_ylim(-0.03, 1.03)
-        elif names[0].endswith("temperature"):  # alpha spans decades when it explodes or collapses
-            vals = np.concatenate([m.series(names[0])[1] for _, m in runs])
-            vals = vals[np.isfinite(vals)]
-            if len(vals) and vals.min() > 0 and vals.max() / vals.min() > 20:
-                ax.set_yscale("log")
-        ax.set_title(ptitle, fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if len(names) > 1 and not several:
-            ax.legend(fontsize=7)
+        _draw_panel(axes[k // ncols][k % ncols], runs, ptitle, names, markers)
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
+    _lay_out_page(fig, runs, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _draw_panel(
+    ax, runs: list[tuple[str, Metrics]], ptitle: str, names: list[str], markers: dict[str, list[tuple[int, str]]] | None
+) -> None:
+    """Draw one panel: the ``names`` series of every run, the finding markers, the axis scale and decorations."""
+    several = len(runs) > 1
+    for r, (label, m) in enumerate(runs):
+        for j, name in enumerate(names):
+            s, v = m.series(name)
+            if not len(s):
+                continue
+            color = _COLORS[r % len(_COLORS)] if several else _COLORS[j % len(_COLORS)]
+            lab = label if several and j == 0 else (None if several else name.split("/")[-1])
+            _plot_series(ax, s, v, lab, color, dashed=several and j > 0)
+    for name in names:
+        for step, mlabel in (markers or {}).get(name, []):
+            ax.axvline(step, color="crimson", linestyle=":", linewidth=1.2)
+            ax.annotate(
+                mlabel,
+                (step, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="crimson",
+                rotation=90,
+                va="top",
+                ha="right",
+            )
+    if names[0] in ("eval/success_once", "eval/success_at_end", "train/episode_success"):
+        ax.set_ylim(-0.03, 1.03)
+    elif names[0].endswith("temperature"):  # alpha spans decades when it explodes or collapses
+        vals = np.concatenate([m.series(names[0])[1] for _, m in runs])
+        vals = vals[np.isfinite(vals)]
+        if len(vals) and vals.min() > 0 and vals.max() / vals.min() > 20:
+            ax.set_yscale("log")
+    ax.set_title(ptitle, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if len(names) > 1 and not several:
+        ax.legend(fontsize=7)
+
+
+def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str) -> None:
+    """Set the page's margins, the run legend (several runs), the title and the x label."""
+    several = len(runs) > 1
     # fixed margins (no tight_layout / bbox_inches='tight': each costs a full extra layout pass per page)
     head = 0.55 + (0.22 * math.ceil(len(runs) / 4) if several else 0.0)  # inches above the panels
     height = fig.get_figheight()
@@ -182,10 +198,6 @@ def plot_page(
         )
     fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")
     fig.supxlabel("step", fontsize=8, y=0.01)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
 
 
 def plot_stages(pipelines: dict[str, list[tuple[str, dict[str, float]]]], path: Path) -> Path:
