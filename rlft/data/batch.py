@@ -22,6 +22,10 @@ have been, for padded dataset chunks), k <= H steps were actually taken before t
 TD target convention (pinned here, used by every critic): ``y = reward + discount * (1 - terminated) * V(next_obs)``
 -- see ``ChunkBatch.bootstrap``.
 
+* ``images`` / ``next_images`` ({camera: [B, To, H, W, C] uint8}, optional, None by default): the camera frames of
+  ``obs`` / ``next_obs`` (To = the observation history), kept as uint8 until an image encoder
+  (``rlft.nets.encoders``) turns them into float features on the device; ``obs`` is then the state part.
+
 Observations and actions are already *normalised* (see ``rlft.data.normalize``): obs by dataset mean/std, actions
 scaled to [-1, 1]. ``obs`` is [B, obs_dim] where obs_dim already includes any observation history (flattened).
 """
@@ -45,6 +49,8 @@ class ChunkBatch:
     is_offline: torch.Tensor  # [B] float 1 for rows from the offline dataset, 0 for online replay rows
     exec_action: torch.Tensor | None = None  # [B, H, A'] executed env chunk when ``action`` is a latent; None otherwise
     mc_return: torch.Tensor | None = None  # [B] discounted return-to-go from the chunk start; None -> -inf (unknown)
+    images: dict[str, torch.Tensor] | None = None  # {camera: [B, To, H, W, C] uint8} frames of obs; None: state only
+    next_images: dict[str, torch.Tensor] | None = None  # {camera: [B, To, H, W, C] uint8} frames of next_obs
 
     def __post_init__(self) -> None:
         if self.mc_return is None:
@@ -66,10 +72,7 @@ class ChunkBatch:
 
     def to(self, device: torch.device | str) -> "ChunkBatch":
         return ChunkBatch(
-            **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                for f in dataclasses.fields(self)
-            }
+            **{f.name: _map(getattr(self, f.name), lambda t: t.to(device)) for f in dataclasses.fields(self)}
         )
 
     @staticmethod
@@ -83,6 +86,14 @@ class ChunkBatch:
                     out[f.name] = None
                 else:
                     out[f.name] = torch.cat([b.executed_action for b in batches], 0)
+            elif f.name in ("images", "next_images"):
+                parts = [getattr(b, f.name) for b in batches]
+                if any(p is None for p in parts):
+                    if any(p is not None for p in parts):
+                        raise ValueError("ChunkBatch.cat: some batches carry camera images and some do not")
+                    out[f.name] = None
+                else:
+                    out[f.name] = {c: torch.cat([p[c] for p in parts], 0) for c in parts[0]}
             else:
                 out[f.name] = torch.cat([getattr(b, f.name) for b in batches], 0)
         return ChunkBatch(**out)
@@ -107,3 +118,10 @@ class ChunkBatch:
             is_offline=torch.ones(B),
             mc_return=-torch.rand(B, generator=g) * 50.0,  # drawn last: the other fields are as before
         )
+
+
+def _map(x, fn):
+    """``fn`` on a tensor, on each tensor of a {camera: tensor} dict; None stays None."""
+    if x is None:
+        return None
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, dict) else fn(x)

@@ -270,7 +270,17 @@ class ChunkDataset:
 
         ix = _chunk_index(eps, H, To, self.gamma)
         self._store_normalized_arrays(eps)
+        self._store_images(eps)
         self._store_index_tables(ix)
+
+    def _store_images(self, eps: list[Episode]) -> None:
+        """Camera frames, row-aligned with the flat observations, as uint8 on the device (never float: an encoder
+        converts the sampled ones)."""
+        self._images: dict[str, torch.Tensor] = {}
+        if eps[0].images:
+            for cam in eps[0].images:
+                frames = np.concatenate([e.images[cam] for e in eps])  # [M, H, W, C]
+                self._images[cam] = torch.from_numpy(frames).to(self.device)
 
     def _store_normalized_arrays(self, eps: list[Episode]) -> None:
         """Concatenate the episodes' observations and actions, normalise them once and store them on the device."""
@@ -336,13 +346,10 @@ class ChunkDataset:
     def get(self, idx: torch.Tensor) -> ChunkBatch:
         """The chunks starting at global transition indices ``idx`` (long tensor [B] on ``self.device``)."""
         B, H, To, O = idx.shape[0], self._H, self._To, self._O
-        if To == 1:
-            obs = self._obs.index_select(0, self._obs_idx.index_select(0, idx))
-            next_obs = self._obs.index_select(0, self._next_obs_idx.index_select(0, idx))
-        else:
-            rows = (idx[:, None] * To + torch.arange(To, device=idx.device)).reshape(-1)
-            obs = self._obs.index_select(0, self._obs_idx.index_select(0, rows)).reshape(B, To * O)
-            next_obs = self._obs.index_select(0, self._next_obs_idx.index_select(0, rows)).reshape(B, To * O)
+        rows = idx if To == 1 else (idx[:, None] * To + torch.arange(To, device=idx.device)).reshape(-1)
+        obs_rows, next_rows = self._obs_idx.index_select(0, rows), self._next_obs_idx.index_select(0, rows)
+        obs = self._obs.index_select(0, obs_rows).reshape(B, To * O)
+        next_obs = self._obs.index_select(0, next_rows).reshape(B, To * O)
         arows = (idx[:, None] * H + torch.arange(H, device=idx.device)).reshape(-1)
         action = self._act.index_select(0, self._act_idx.index_select(0, arows)).reshape(B, H, self._A)
         sc = self._scalars.index_select(0, idx)
@@ -356,7 +363,20 @@ class ChunkDataset:
             valid_mask=self._mask.index_select(0, idx),
             is_offline=torch.ones(idx.shape[0], device=idx.device),
             mc_return=sc[:, 3],
+            images=self._frames(obs_rows, B),
+            next_images=self._frames(next_rows, B),
         )
+
+    def _frames(self, rows: torch.Tensor, B: int) -> dict[str, torch.Tensor] | None:
+        """The cameras' uint8 frames at flat observation ``rows`` (B * To of them), as [B, To, H, W, C]."""
+        if not self._images:
+            return None
+        return {c: v.index_select(0, rows).reshape(B, self._To, *v.shape[1:]) for c, v in self._images.items()}
+
+    @property
+    def image_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{camera: (H, W, C)} of the dataset's frames; empty for state-only data."""
+        return {c: tuple(v.shape[1:]) for c, v in self._images.items()}
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
         """``batch_size`` chunks with starts drawn uniformly (with replacement) over all transitions."""

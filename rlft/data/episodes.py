@@ -8,6 +8,8 @@ An ``Episode`` of T transitions holds (all numpy):
 * ``terminated`` [T]      bool    -- true only on a transition after which the MDP ended (no bootstrap)
 * ``truncated``  [T]      bool    -- time-limit / data-collection cut (bootstrap through it)
 * ``success``    [T]      bool    -- the env's ``info['success']`` at that step
+* ``images``     {camera: [T+1, H, W, C] uint8} or None -- camera frames aligned with ``obs`` (then ``obs`` is the
+  state part of the observation: proprioception, what the policy may see besides the cameras)
 
 This is ManiSkill's trajectory layout (``obs`` has one more row than ``actions``), so one reader serves our files,
 ManiSkill's demos and (after conversion) OGBench's npz datasets.
@@ -24,6 +26,21 @@ from rlft.errors import DatasetError
 EPISODE_KEYS = ("obs", "actions", "rewards", "terminated", "truncated", "success")
 
 
+def image_path(camera: str) -> str:
+    """Where a camera's frames sit in an episode group (ManiSkill's layout): ``obs/sensor_data/<camera>/rgb``."""
+    return f"obs/sensor_data/{camera}/rgb"
+
+
+def check_images(images: dict, rows: int, where: str) -> None:
+    """Every camera's frames are uint8 [rows, H, W, C] with C in (1, 3, 4); one DatasetError naming the camera."""
+    for cam, v in images.items():
+        at = f"{where}/{image_path(cam)}"
+        if not isinstance(v, np.ndarray) or v.dtype != np.uint8:
+            raise DatasetError(f"{at}: images must be uint8 (0-255), got {getattr(v, 'dtype', type(v).__name__)}")
+        if v.ndim != 4 or v.shape[0] != rows or v.shape[3] not in (1, 3, 4):
+            raise DatasetError(f"{at}: expected shape [{rows}, H, W, C in (1, 3, 4)], got {tuple(v.shape)}")
+
+
 @dataclasses.dataclass
 class Episode:
     obs: np.ndarray
@@ -32,6 +49,7 @@ class Episode:
     terminated: np.ndarray
     truncated: np.ndarray
     success: np.ndarray
+    images: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -54,6 +72,8 @@ class Episode:
             if not np.all(np.isfinite(v)):
                 bad = np.argwhere(~np.isfinite(v))[0].tolist()
                 raise DatasetError(f"{where}/{k}: contains NaN/inf (first at index {bad})")
+        if self.images is not None:
+            check_images(self.images, T + 1, where)
         return self
 
     @property

@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 
 import rlft
-from rlft.data.episodes import Episode
+from rlft.data.episodes import Episode, image_path
 from rlft.errors import DatasetError
 from rlft.utils import atomic_path
 
@@ -161,7 +161,7 @@ def _write_h5(
         f.attrs["format_version"] = FORMAT_VERSION
         for i, ep in enumerate(episodes):
             g = f.create_group(f"traj_{i}")
-            g.create_dataset("obs", data=np.asarray(ep.obs, np.float32))
+            _write_obs(g, ep)
             g.create_dataset("actions", data=np.asarray(ep.actions, np.float32))
             g.create_dataset("rewards", data=np.asarray(ep.rewards, np.float32))
             g.create_dataset("terminated", data=np.asarray(ep.terminated, bool))
@@ -171,15 +171,59 @@ def _write_h5(
                 g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
 
 
+def _write_obs(g: h5py.Group, ep: Episode) -> None:
+    """State-only episodes: ``obs`` [T+1, O] float32. With cameras, ManiSkill's dict layout: ``obs/state`` plus
+    ``obs/sensor_data/<camera>/rgb`` [T+1, H, W, C] uint8, gzip-compressed one frame per chunk."""
+    if not ep.images:
+        g.create_dataset("obs", data=np.asarray(ep.obs, np.float32))
+        return
+    g.create_dataset("obs/state", data=np.asarray(ep.obs, np.float32))
+    for cam, frames in ep.images.items():
+        g.create_dataset(
+            image_path(cam), data=frames, chunks=(1, *frames.shape[1:]), compression="gzip", compression_opts=4
+        )
+
+
+def _read_obs_group(node: h5py.Group, where: str) -> tuple[np.ndarray, dict[str, np.ndarray] | None, list[str]]:
+    """A dict observation group (ManiSkill's rgb/rgbd layout, or ours): the state vector, the cameras' rgb frames and
+    the state's parts in order. The state is ``obs/state`` if present, else ``agent/*`` then ``extra/*`` flattened and
+    concatenated in the file's order (as ManiSkill's FlattenRGBDObservationWrapper does; booleans as 0/1). Depth and
+    ``sensor_param`` are not read."""
+    parts, keys = [], []
+    if "state" in node:
+        parts, keys = [_numeric(node["state"], f"{where}/obs/state")], ["state"]
+    for grp in () if parts else ("agent", "extra"):
+        for k, v in node[grp].items() if grp in node else ():
+            if isinstance(v, h5py.Dataset):
+                parts.append(_numeric(v, f"{where}/obs/{grp}/{k}"))
+                keys.append(f"{grp}/{k}")
+    if not parts:
+        raise DatasetError(f"{where}/obs: a dict observation without 'state', 'agent' or 'extra' ({list(node.keys())})")
+    rows = parts[0].shape[0]
+    bad = [k for k, p in zip(keys, parts) if p.shape[0] != rows]
+    if bad:
+        raise DatasetError(f"{where}/obs/{bad[0]}: {rows} rows expected (as obs/{keys[0]})")
+    state = np.concatenate([p.reshape(rows, -1) for p in parts], 1).astype(np.float32)
+    images = {}
+    for cam, grp in node["sensor_data"].items() if "sensor_data" in node else ():
+        if isinstance(grp, h5py.Group) and "rgb" in grp:
+            images[cam] = np.asarray(grp["rgb"][()])
+            if images[cam].dtype != np.uint8:
+                raise DatasetError(f"{where}/{image_path(cam)}: images must be uint8 (0-255), got {images[cam].dtype}")
+    return state, images or None, keys
+
+
+def _numeric(ds: h5py.Dataset, where: str) -> np.ndarray:
+    arr = np.asarray(ds[()])
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(f"{where}: expected a numeric/bool dtype, got {arr.dtype}")
+    return arr.astype(np.float32)
+
+
 def _read_array(g: h5py.Group, key: str, where: str, kind: str) -> np.ndarray:
     """Read ``g[key]`` as numpy; ``kind``: 'float' (real numbers) or 'bool' (bool or integer/float 0/1)."""
     node = g[key]
     if isinstance(node, h5py.Group):
-        if key == "obs":
-            raise DatasetError(
-                f"{where}/obs is a group of dict observations ({', '.join(list(node.keys())[:6])}); rlft needs flat "
-                "state observations (for ManiSkill: replay with `-o state`)"
-            )
         raise DatasetError(f"{where}/{key}: expected a dataset, found a group")
     arr = node[()]
     arr = np.asarray(arr)
@@ -211,7 +255,13 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
 
     for k in ("obs", "actions", "rewards"):
         need(k)
-    obs = _read_array(g, "obs", where, "float")
+    images = None
+    if isinstance(g["obs"], h5py.Group):
+        obs, images, _ = _read_obs_group(g["obs"], where)
+        if not np.all(np.isfinite(obs)):
+            raise DatasetError(f"{where}/obs: contains NaN/inf")
+    else:
+        obs = _read_array(g, "obs", where, "float")
     actions = _read_array(g, "actions", where, "float")
     rewards = _read_array(g, "rewards", where, "float")
     T = actions.shape[0] if actions.ndim >= 1 else 0
@@ -232,7 +282,7 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
         success = _read_array(g["info"], "success", f"{where}/info", "bool")
     else:
         raise DatasetError(f"{where}: missing key 'success' (nor 'info/success'); found: {sorted(keys)}")
-    ep = Episode(obs=obs, actions=actions, rewards=rewards, terminated=terminated, truncated=truncated, success=success)
+    ep = Episode(obs, actions, rewards, terminated, truncated, success, images=images)
     if T == 0:
         raise DatasetError(f"{where}/actions: episode has no transitions")
     return ep.validate(where)
@@ -249,6 +299,13 @@ def _check_same_dims(episodes: Sequence[Episode], where: Sequence[str]) -> None:
                     f"{where[i]}/{key}: episode {i} has {d}-dim {what}s, but episode 0 ({where[0]}) has "
                     f"{dims[0]}; every episode of a dataset must have the same {what} dim"
                 )
+    cams = [{c: v.shape[1:] for c, v in (ep.images or {}).items()} for ep in episodes]
+    for i, c in enumerate(cams):
+        if c != cams[0]:
+            raise DatasetError(
+                f"{where[i]}/obs/sensor_data: episode {i} has cameras {c}, but episode 0 ({where[0]}) has {cams[0]}; "
+                "every episode of a dataset must have the same cameras and image sizes"
+            )
 
 
 def _meta_from_h5(f: h5py.File) -> dict[str, Any]:

@@ -9,6 +9,10 @@ the given ``Normalizer`` -- the offline dataset's, so offline and online data sh
 Optionally (``exec_shape`` set) each entry also stores the env chunk that was actually executed when the stored
 ``chunk`` is not one (DSRL: the chunk is latent noise, the executed chunk its decoding by a frozen policy); it is
 normalised with ``exec_normalizer`` and returned as ``ChunkBatch.exec_action``.
+
+Camera observations (``image_shapes`` set: {camera: (To, H, W, C)}) are stored per entry for ``obs`` and
+``next_obs`` as uint8 (never float: 64x64 RGB costs 12 KiB per frame, i.e. about 2.5 GB per 100k entries with history
+1) and returned as ``ChunkBatch.images`` / ``next_images``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ReplayBuffer:
         device: str | torch.device = "cpu",
         exec_shape: tuple[int, int] | None = None,
         exec_normalizer: Normalizer | None = None,
+        image_shapes: dict[str, tuple[int, ...]] | None = None,
     ):
         if capacity < 1:
             raise ConfigError(f"replay capacity must be >= 1, got {capacity}")
@@ -63,6 +68,9 @@ class ReplayBuffer:
         self.exec_normalizer = exec_normalizer
         self.exec_chunk = None if exec_shape is None else torch.zeros(C, *exec_shape, device=dev)
         self._fields = _FIELDS + (("exec_chunk",) if exec_shape is not None else ())
+        self.image_shapes = {c: tuple(int(d) for d in sh) for c, sh in (image_shapes or {}).items()}
+        self.images = {c: torch.zeros(C, *sh, dtype=torch.uint8, device=dev) for c, sh in self.image_shapes.items()}
+        self.next_images = {c: torch.zeros_like(v) for c, v in self.images.items()}
         self._arange_h = torch.arange(H, device=dev)
         self.ptr = 0  # next slot to write
         self.size = 0
@@ -79,9 +87,22 @@ class ReplayBuffer:
         return t
 
     @torch.no_grad()
-    def add(self, obs_raw, chunk_raw, reward, next_obs_raw, terminated, discount, k, exec_chunk=None) -> None:
+    def add(
+        self,
+        obs_raw,
+        chunk_raw,
+        reward,
+        next_obs_raw,
+        terminated,
+        discount,
+        k,
+        exec_chunk=None,
+        images=None,
+        next_images=None,
+    ) -> None:
         """Add N macro transitions: obs [N,O], chunk [N,H,A], reward/terminated/discount/k [N] (numpy or torch);
-        ``exec_chunk`` [N, *exec_shape] the executed env chunks, required iff the buffer was built with exec_shape."""
+        ``exec_chunk`` [N, *exec_shape] the executed env chunks, required iff the buffer was built with exec_shape;
+        ``images`` / ``next_images`` {camera: [N, To, H, W, C] uint8}, required iff it was built with image_shapes."""
         N = int(np.shape(reward)[0]) if not torch.is_tensor(reward) else int(reward.shape[0])
         if N == 0:
             return
@@ -99,6 +120,7 @@ class ReplayBuffer:
             raise TrainingError("replay buffer add: exec_chunk must be given iff the buffer stores executed chunks")
         if exec_chunk is not None:
             vals["exec_chunk"] = self._as("exec_chunk", exec_chunk, (N, *self.exec_chunk.shape[1:]))
+        frames = self._check_images(images, next_images, N)
         if self.device.type == "cpu":  # a cheap check here; on accelerators it would force a sync per add
             for name in ("obs", "chunk", "reward", "next_obs", "discount", *self._fields[len(_FIELDS) :]):
                 if not torch.isfinite(vals[name]).all():
@@ -107,14 +129,40 @@ class ReplayBuffer:
                 raise TrainingError(f"replay buffer add: k must be in [1, {H}], got {vals['k'].tolist()}")
         if N > self.capacity:  # only the newest `capacity` survive
             vals = {n: v[N - self.capacity :] for n, v in vals.items()}
+            frames = [(store, v[N - self.capacity :]) for store, v in frames]
             self.num_added += N - self.capacity
             N = self.capacity
         idx = (self.ptr + torch.arange(N, device=self.device)) % self.capacity
         for name, v in vals.items():
             getattr(self, name).index_copy_(0, idx, v)
+        for store, v in frames:
+            store.index_copy_(0, idx, v)
         self.ptr = (self.ptr + N) % self.capacity
         self.size = min(self.size + N, self.capacity)
         self.num_added += N
+
+    def _check_images(self, images, next_images, N: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(store, frames) pairs of the cameras' uint8 frames to add; refuses missing cameras and other shapes."""
+        if not self.image_shapes:
+            if images is not None or next_images is not None:
+                raise TrainingError("replay buffer add: camera images given to a buffer built without image_shapes")
+            return []
+        out = []
+        for name, given, stores in (("images", images, self.images), ("next_images", next_images, self.next_images)):
+            if given is None or set(given) != set(self.image_shapes):
+                raise TrainingError(
+                    f"replay buffer add: {name} must hold the cameras {sorted(self.image_shapes)}, got "
+                    f"{None if given is None else sorted(given)}"
+                )
+            for cam, store in stores.items():
+                t = torch.as_tensor(given[cam] if torch.is_tensor(given[cam]) else np.asarray(given[cam]))
+                if t.dtype != torch.uint8 or tuple(t.shape) != (N, *self.image_shapes[cam]):
+                    raise TrainingError(
+                        f"replay buffer add: {name}[{cam!r}] must be uint8 {(N, *self.image_shapes[cam])}, got "
+                        f"{t.dtype} {tuple(t.shape)}"
+                    )
+                out.append((store, t.to(self.device)))
+        return out
 
     @torch.no_grad()
     def get(self, idx: torch.Tensor) -> ChunkBatch:
@@ -133,6 +181,8 @@ class ReplayBuffer:
             exec_action=None
             if self.exec_chunk is None
             else self.exec_normalizer.normalize_action(self.exec_chunk.index_select(0, idx)),
+            images={c: v.index_select(0, idx) for c, v in self.images.items()} or None,
+            next_images={c: v.index_select(0, idx) for c, v in self.next_images.items()} or None,
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ChunkBatch:
@@ -158,6 +208,9 @@ class ReplayBuffer:
         """Stored entries (raw, oldest first) as numpy arrays, plus counters; loadable into any capacity."""
         order = self._chronological()
         out = {name: getattr(self, name).index_select(0, order).cpu().numpy() for name in self._fields}
+        for prefix, stores in (("images", self.images), ("next_images", self.next_images)):
+            for cam, v in stores.items():
+                out[f"{prefix}/{cam}"] = v.index_select(0, order).cpu().numpy()
         out["num_added"] = np.array(self.num_added, dtype=np.int64)
         # where the oldest entry sits: a buffer of the same capacity restores the same layout, so sampled indices
         # (and therefore a resumed run) are those of the uninterrupted run, wrapped around or not
@@ -180,8 +233,13 @@ class ReplayBuffer:
         self.ptr = self.size = 0
         if "start" in state and int(np.asarray(state["start"])[1]) == self.capacity and n <= self.capacity:
             self.ptr = int(np.asarray(state["start"])[0])
+        cams = {p: {c: state.get(f"{p}/{c}") for c in self.image_shapes} for p in ("images", "next_images")}
+        if any(v is None for d in cams.values() for v in d.values()):
+            raise CheckpointError(f"replay buffer state lacks the frames of cameras {sorted(self.image_shapes)}")
         self.add(
             *(state[name] for name in _FIELDS),
             exec_chunk=state.get("exec_chunk") if self.exec_chunk is not None else None,
+            images=cams["images"] or None,
+            next_images=cams["next_images"] or None,
         )
         self.num_added = int(np.asarray(state["num_added"]).reshape(-1)[0])
