@@ -1,0 +1,161 @@
+"""Camera observations end to end: the encoders and their augmentation, the OGBench pixel env (real renderer), a
+policy with an image encoder (save/load, act), every algorithm on image batches, and a CI-sized pipeline from pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlft.algos import ALGORITHMS
+from rlft.data.batch import ChunkBatch
+from rlft.data.obs import Obs
+from rlft.errors import ConfigError
+from rlft.nets.encoders import EncoderSpec, ImageEncoder, random_shift
+from rlft.policies import build_policy, load_policy
+from rlft.policies.config import PolicyConfig
+
+VISUAL = "visual-cube-single-singletask-v0"
+
+
+def test_random_shift_keeps_the_shape_moves_whole_pixels_and_repeats_under_a_seed():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    a = random_shift(x, 2, torch.Generator().manual_seed(0))
+    b = random_shift(x, 2, torch.Generator().manual_seed(0))
+    c = random_shift(x, 2, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(random_shift(x, 0), x)
+    # every output pixel is an input pixel of the same image and channel (an integer shift with edge replication)
+    for i in range(2):
+        for ch in range(3):
+            assert set(a[i, ch].flatten().tolist()) <= set(x[i, ch].flatten().tolist())
+    # the centre of the padded image is reachable: some offset reproduces the input exactly
+    shifts = [random_shift(x[:1], 1, torch.Generator().manual_seed(s)) for s in range(40)]
+    assert any(torch.equal(s, x[:1]) for s in shifts)
+
+
+@pytest.mark.parametrize("kind", ["conv", "resnet18"])
+def test_encoder_maps_uint8_history_frames_to_features(kind):
+    spec = EncoderSpec({"front": (2, 32, 32, 3), "wrist": (2, 16, 16, 3)}, state_dim=5, kind=kind, feature_dim=8)
+    enc = ImageEncoder(spec)
+    imgs = {c: torch.randint(0, 256, (3, *s), dtype=torch.uint8) for c, s in spec.image_shapes.items()}
+    f = enc(imgs, augment=True, generator=torch.Generator().manual_seed(0))
+    assert f.shape == (3, spec.out_dim) == (3, 16) and torch.isfinite(f).all()
+    assert torch.equal(enc(imgs), enc(imgs))  # no augmentation at evaluation: deterministic
+    with pytest.raises(ConfigError, match="wrist"):
+        enc({"front": imgs["front"]})
+    with pytest.raises(ConfigError, match="uint8"):
+        enc({**imgs, "front": imgs["front"].float()})
+
+
+def test_pixel_env_gives_proprio_and_frames_like_the_state_env():
+    from rlft.envs import env_info, make_env
+
+    env = make_env(VISUAL, obs_horizon=2)
+    state_env = make_env("cube-single-singletask-v0")
+    try:
+        obs, _ = env.reset(seed=3)
+        s, _ = state_env.reset(seed=3)
+        assert isinstance(obs, Obs) and obs.state.shape == (38,) and obs.images["front"].shape == (2, 64, 64, 3)
+        assert obs.images["front"].dtype == np.uint8 and obs.images["front"].std() > 0  # a real render
+        np.testing.assert_allclose(obs.state[19:], s[:19], atol=1e-5)  # the state task's proprio dims, no cubes
+        info = env_info(env)
+        assert info["obs_dim"] == 38 and info["image_shapes"] == {"front": [2, 64, 64, 3]}
+        a = np.zeros(5, np.float32)
+        obs2, *_ = env.step(a)
+        assert np.array_equal(obs2.images["front"][0], obs.images["front"][1])  # the history shifts by one frame
+    finally:
+        env.close()
+        state_env.close()
+
+
+def _policy_with_encoder(kind="flow"):
+    spec = EncoderSpec({"front": (1, 16, 16, 3)}, state_dim=4, feature_dim=6)
+    cfg = PolicyConfig(kind=kind, hidden_dims=(16,), flow_steps=2, time_embed_dim=8)
+    return build_policy(cfg, 4 + spec.out_dim, 2, 3).attach_encoder(spec)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+def test_policy_with_an_encoder_acts_on_obs_and_round_trips(tmp_path, kind):
+    torch.manual_seed(0)
+    p = _policy_with_encoder(kind)
+    p.normalizer.set_stats(np.zeros(4), np.ones(4) * 2, -np.ones(2), np.ones(2))
+    obs = Obs(np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32),
+              {"front": np.random.default_rng(1).integers(0, 256, (5, 1, 16, 16, 3), dtype=np.uint8)})  # fmt: skip
+    a = p.act(obs)
+    assert a.shape == (5, 3, 2)
+    single = p.act(Obs(obs.state[0], {"front": obs.images["front"][0]}))
+    torch.testing.assert_close(single, a[0])
+    p.save(tmp_path / "p.safetensors")
+    q = load_policy(tmp_path / "p.safetensors")
+    assert q.encoder is not None and q.encoder.spec == p.encoder.spec
+    torch.testing.assert_close(q.act(obs), a)
+    with pytest.raises(Exception, match="Obs"):
+        q.act(obs.state)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_updates_on_image_batches(name):
+    """The contract on camera batches: ``featurize`` turns frames into features and the update stays finite; the
+    encoder gets gradients exactly when the algorithm trains it end to end."""
+    cls = ALGORITHMS[name]
+    if cls.uses_base_policy or cls.needs_pretrained_critic:
+        pytest.skip(f"{name} acts through a frozen base policy or critic (state observations only so far)")
+    torch.manual_seed(0)
+    kind = cls.supported_policies[0]
+    spec = EncoderSpec({"front": (1, 16, 16, 3)}, state_dim=4, feature_dim=6)
+    pcfg = PolicyConfig(kind=kind, hidden_dims=(16,), flow_steps=2, time_embed_dim=8)
+    policy = build_policy(pcfg, 4 + spec.out_dim, 2, 3).attach_encoder(spec)
+    cfg = cls.Config(policy=pcfg)
+    for f in ("critic_hidden_dims", "value_hidden_dims"):
+        if hasattr(cfg, f):
+            setattr(cfg, f, (16,))
+    if not cls.supports_images:
+        with pytest.raises(ConfigError, match="camera observations are not supported yet"):
+            cls(cfg, 4 + spec.out_dim, 2, cfg.data_horizon(3), policy=policy)
+        return
+    algo = cls(cfg, 4 + spec.out_dim, 2, cfg.data_horizon(3), policy=policy)
+    g = torch.Generator().manual_seed(0)
+    b = ChunkBatch.random(8, 4, cfg.data_horizon(3), 2, generator=g)
+    b.images = {"front": torch.randint(0, 256, (8, 1, 16, 16, 3), dtype=torch.uint8, generator=g)}
+    b.next_images = {"front": torch.randint(0, 256, (8, 1, 16, 16, 3), dtype=torch.uint8, generator=g)}
+    before = [p.detach().clone() for p in algo.policy.encoder.parameters()]
+    fb = algo.featurize(b)
+    assert fb.obs.shape == (8, 4 + spec.out_dim) and fb.images is None
+    assert not fb.next_obs.requires_grad
+    metrics = algo.update(fb)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    moved = any(not torch.equal(a, p) for a, p in zip(before, algo.policy.encoder.parameters()))
+    assert moved == (cls.encoder_training == "end_to_end"), (name, moved)
+
+
+@pytest.mark.slow
+def test_ci_sized_pipeline_from_pixels(tmp_path):
+    """configs/pipeline_visual.yaml end to end on the real OGBench renderer, shrunk: pixel demos and play data are
+    collected (frames + proprioception, uint8 in the file), flow BC trains the conv encoder, offline and online IQL
+    run on its features (online: frames in the replay), every stage is evaluated from the camera, and the deployed
+    policy loads and acts outside the pipeline."""
+    import json
+
+    from rlft.cli import main
+    from rlft.data.h5io import read_episodes
+
+    argv = ["pipeline", "--config", "configs/pipeline_visual.yaml", "--budget-scale", "0.002", "--eval.num-episodes",
+            "2", "--eval.video-episodes", "0", "--out-dir", str(tmp_path), "--name", "v", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    run = tmp_path / "v"
+    summary = json.loads((run / "pipeline_summary.json").read_text())
+    stages = [r["stage"] for r in summary["stages"]]
+    assert {"bc", "offline", "online"} <= set(stages), stages
+    eps, meta = read_episodes(run / "data" / "dataset.h5")
+    assert eps[0].images["front"].dtype == np.uint8 and eps[0].obs.shape[1] == 19
+    deployed = load_policy(run / "deploy" / "policy.safetensors")
+    assert deployed.encoder is not None
+    from rlft.envs import make_env
+
+    env = make_env(VISUAL)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert deployed.act(obs).shape == (5, 5)
+    finally:
+        env.close()
