@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from rlft.data.episodes import Episode
+from rlft.data.obs import Obs, stack_obs
 from rlft.envs import make_env
 from rlft.policies.base import Policy
 from rlft.video import VIDEO_HELP, FrameRecorder, VideoSpec, save_videos
@@ -59,7 +60,10 @@ class StepRecorder(gymnasium.Wrapper):
         self.obs_horizon = obs_horizon
         self._rec: dict[str, list] | None = None
 
-    def _raw(self, o) -> np.ndarray:
+    def _raw(self, o):
+        """The newest of the stacked observations (and of the stacked frames, with cameras)."""
+        if isinstance(o, Obs):
+            return Obs(self._raw(o.state), {c: v[-1] for c, v in o.images.items()})
         o = np.asarray(o, dtype=np.float32).reshape(-1)
         return o[-(o.shape[0] // self.obs_horizon) :]
 
@@ -90,13 +94,18 @@ class StepRecorder(gymnasium.Wrapper):
         T = len(rec["actions"])
         terminated, truncated = np.zeros(T, bool), np.zeros(T, bool)
         terminated[-1], truncated[-1] = rec["end"]
+        obs, images = rec["obs"], None
+        if isinstance(obs[0], Obs):
+            images = {c: np.stack([o.images[c] for o in obs]) for c in obs[0].images}
+            obs = [o.state for o in obs]
         return Episode(
-            np.stack(rec["obs"]),
+            np.stack(obs),
             np.stack(rec["actions"]),
             np.asarray(rec["rewards"], np.float32),
             terminated,
             truncated,
             np.asarray(rec["success"], bool),
+            images=images,
         )
 
 
@@ -170,7 +179,7 @@ class Evaluator:
                     if s in record_seeds and self.recorders[i] is not None and self.video_error is None:
                         recording[i] = self._start_recording(i)
             live = [i for i in range(n) if state[i] is not None]
-            chunks = policy.act(np.stack([obs[i] for i in live]), deterministic=deterministic).cpu().numpy()
+            chunks = policy.act(stack_obs([obs[i] for i in live]), deterministic=deterministic).cpu().numpy()
             for j, i in enumerate(live):
                 obs[i], _, term, trunc, info = envs[i].step(chunks[j])
                 st = state[i]
@@ -195,12 +204,16 @@ class Evaluator:
 
 
 def _worker(args):
-    cls_name, kwargs, state, env_kw, seeds, deterministic, n_parallel, record, keep = args
+    cls_name, kwargs, encoder, state, env_kw, seeds, deterministic, n_parallel, record, keep = args
     torch.set_num_threads(1)
     import rlft.policies  # noqa: F401
     from rlft.policies.base import POLICY_CLASSES
 
     policy = POLICY_CLASSES[cls_name](**kwargs)
+    if encoder is not None:
+        from rlft.nets.encoders import EncoderSpec
+
+        policy.attach_encoder(EncoderSpec(**encoder))
     policy.load_state_dict(state)
     policy.eval()
     ev = Evaluator(n_parallel=n_parallel, **env_kw)
@@ -242,6 +255,7 @@ def _run_episodes(
             (
                 type(policy).__name__,
                 policy.kwargs,
+                None if policy.encoder is None else dataclasses.asdict(policy.encoder.spec),
                 state,
                 env_kw,
                 sh,

@@ -25,8 +25,11 @@ def test_unknown_id_names_it_and_suggests_close_ids():
     assert "cube-singel-singletask-v0" in msg
     assert "cube-single-singletask-v0" in msg  # close match
     assert "ogbench" in msg  # known families
+    # pixel ids are camera envs (tests/test_camera.py); OGBench's raw pixel constructor still refuses them
+    from rlft.envs.ogbench_env import make_ogbench_env
+
     with pytest.raises(EnvError, match="pixel"):
-        make_env("visual-cube-single-singletask-v0")
+        make_ogbench_env("visual-cube-single-singletask-v0")
 
 
 def test_obs_and_action_dims():

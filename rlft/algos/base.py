@@ -157,6 +157,14 @@ class Algorithm:
     #: the algorithm steers a frozen base policy (DSRL variants): it is built with ``base_policy=`` (the runner passes
     #: ``TrainConfig.base_policy``) and its ``policy`` acts in the base policy's noise space
     uses_base_policy: ClassVar[bool] = False
+    #: who trains the policy's image encoder (camera observations; ``featurize``): 'end_to_end' (this algorithm's
+    #: policy loss, e.g. BC) or 'frozen' (features detached: the encoder of the stage it starts from)
+    encoder_training: ClassVar[str] = "frozen"
+    #: random-shift augmentation of the frames in ``featurize`` (rlft.nets.encoders.random_shift)
+    training_augment: ClassVar[bool] = True
+    #: the algorithm takes a policy with an image encoder (camera observations); False: it builds composite actors
+    #: (best-of-N, one-step) that do not carry one yet, and refuses such a policy
+    supports_images: ClassVar[bool] = True
     #: the algorithm cannot start without pretrained critics (``TrainConfig.init_critic``), e.g. a frozen scoring critic
     needs_pretrained_critic: ClassVar[bool] = False
 
@@ -175,6 +183,11 @@ class Algorithm:
         self.cfg = cfg
         self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
         self.device = torch.device(device)
+        if policy is not None and getattr(policy, "encoder", None) is not None and not self.supports_images:
+            raise ConfigError(
+                f"{self.name}: camera observations are not supported yet (its best-of-N / one-step actor does not "
+                "carry an image encoder); use a state-observation env"
+            )
         if policy is not None and type(policy).needs_own_trainer and not isinstance(policy, self.continues):
             from rlft.algos import ALGORITHMS
 
@@ -232,6 +245,27 @@ class Algorithm:
             for _ in range(cfg.utd_ratio):
                 yield sample()
 
+    def featurize(self, batch: ChunkBatch) -> ChunkBatch:
+        """A batch with camera images as the networks see it: ``obs``/``next_obs`` become ``concat(state, features)``
+        of the policy's image encoder (frames randomly shifted, DrQ). ``encoder_training`` says who trains the encoder:
+        'end_to_end' lets this algorithm's loss on ``obs`` reach it (BC); 'frozen' detaches the features (an encoder
+        trained by an earlier stage). ``next_obs`` features never carry gradients (they only enter targets). A batch
+        without images, or a policy without an encoder, passes through unchanged."""
+        encoder = getattr(self.policy, "encoder", None)
+        if batch.images is None or encoder is None:
+            return batch
+        with torch.set_grad_enabled(self.encoder_training == "end_to_end" and torch.is_grad_enabled()):
+            f = encoder(batch.images, augment=self.training_augment)
+        with torch.no_grad():
+            nf = encoder(batch.next_images, augment=self.training_augment)
+        return dataclasses.replace(
+            batch,
+            obs=torch.cat([batch.obs, f], -1),
+            next_obs=torch.cat([batch.next_obs, nf], -1),
+            images=None,
+            next_images=None,
+        )
+
     @torch.no_grad()
     def explore(self, obs_raw: Any) -> torch.Tensor:
         """Online data collection: the raw env action chunk(s) to execute, sampled with the policy's noise scaled by
@@ -239,7 +273,8 @@ class Algorithm:
         scale = self.cfg.explore_noise_scale
         if scale == 1.0:
             return self.policy.act(obs_raw, deterministic=False)
-        batch = () if np.ndim(obs_raw) == 1 else (len(obs_raw),)
+        state = getattr(obs_raw, "state", obs_raw)  # an Obs with cameras: its state part sets the batch
+        batch = () if np.ndim(state) == 1 else (len(state),)
         noise = torch.randn(*batch, *self.policy.chunk_shape, device=self.device) * scale
         return self.policy.act(obs_raw, noise=noise, deterministic=False)
 

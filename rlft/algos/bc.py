@@ -44,6 +44,7 @@ class BC(Algorithm):
     Config: ClassVar[type[AlgoConfig]] = BCConfig
     name: ClassVar[str] = "bc"
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
+    encoder_training: ClassVar[str] = "end_to_end"  # camera observations: the BC loss trains the image encoder
 
     def __init__(self, cfg: BCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)

@@ -133,6 +133,7 @@ class DQC(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = DQCConfig
     name: ClassVar[str] = "dqc"
+    supports_images: ClassVar[bool] = False  # its composite actor carries no image encoder yet
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
     continues: ClassVar[tuple[type, ...]] = (BestOfNPolicy,)
     explore = QC.explore  # best-of-N with scaled candidate noise (DQC itself trains offline only)

@@ -99,6 +99,7 @@ class FQL(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = FQLConfig
     name: ClassVar[str] = "fql"
+    supports_images: ClassVar[bool] = False  # its composite actor carries no image encoder yet
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
     continues: ClassVar[tuple[type, ...]] = (OneStepFlowPolicy,)
 

@@ -97,6 +97,7 @@ class QC(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = QCConfig
     name: ClassVar[str] = "qc"
+    supports_images: ClassVar[bool] = False  # its composite actor carries no image encoder yet
     supported_policies: ClassVar[tuple[str, ...]] = ("flow",)
     continues: ClassVar[tuple[type, ...]] = (BestOfNPolicy,)
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import gymnasium
 import numpy as np
 
-from rlft.envs import maniskill_env, ogbench_env
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering (camera observations, videos) unless the user chose
+
+from rlft.envs import camera, maniskill_env, ogbench_env  # noqa: E402
 from rlft.envs.wrappers import ChunkExecutor, ObsHistory
 from rlft.errors import EnvError
 
@@ -38,8 +41,8 @@ ENV_FAMILIES: list[EnvFamily] = [
     EnvFamily(
         name="ogbench",
         matches=ogbench_env.is_ogbench_id,
-        make=ogbench_env.make_ogbench_env,
-        known_ids=lambda: [i for i in ogbench_env.ogbench_ids() if not i.startswith("visual-")],
+        make=camera.make_ogbench_any,
+        known_ids=ogbench_env.ogbench_ids,
         example="cube-double-singletask-v0",
     ),
     EnvFamily(
@@ -134,7 +137,8 @@ def find_max_episode_steps(env: gymnasium.Env) -> int | None:
 
 
 def env_info(env: gymnasium.Env) -> dict[str, Any]:
-    """obs_dim, action_dim, action low/high (lists), max_episode_steps, env_id (and obs_horizon if stacked)."""
+    """obs_dim (of the state part, with cameras), action_dim, action low/high (lists), max_episode_steps, env_id, and
+    obs_horizon if stacked, image_shapes {camera: [To, H, W, C]} with cameras."""
     obs_space, act_space = env.observation_space, env.action_space
     spec = env.unwrapped.spec
     info: dict[str, Any] = {
@@ -149,6 +153,8 @@ def env_info(env: gymnasium.Env) -> dict[str, Any]:
     while isinstance(e, gymnasium.Wrapper):
         if isinstance(e, ObsHistory):
             info["obs_horizon"] = e.obs_horizon
+            if e.image_shapes:
+                info["image_shapes"] = {c: list(s) for c, s in e.image_shapes.items()}
         if isinstance(e, ChunkExecutor):
             info["act_horizon"] = e.act_horizon
         e = e.env

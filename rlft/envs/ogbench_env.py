@@ -65,12 +65,14 @@ def make_ogbench_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
     """``gymnasium.make(env_id, **kwargs)`` for an OGBench id, without download and without the passive env checker.
 
     ``kwargs`` go to the env constructor (e.g. ``max_episode_steps``, ``mode='data_collection'``,
-    ``terminate_at_goal=False``). Pixel observations are refused: rlft works on state observations.
+    ``terminate_at_goal=False``). Pixel observations (``visual-*`` ids) only with ``allow_pixels=True`` (the camera
+    path, ``rlft.envs.camera``); elsewhere rlft works on state observations.
     """
     _import_ogbench()
     if not is_ogbench_id(env_id):
         raise EnvError(f"'{env_id}' is not an OGBench environment id")
-    if env_id.startswith("visual-") or kwargs.get("ob_type") == "pixels":
+    allow_pixels = kwargs.pop("allow_pixels", False)
+    if not allow_pixels and (env_id.startswith("visual-") or kwargs.get("ob_type") == "pixels"):
         raise EnvError(
             f"{env_id}: pixel observations are not supported (rlft uses state observations); "
             f"use '{env_id.removeprefix('visual-')}'"

@@ -31,6 +31,7 @@ import gymnasium
 import numpy as np
 
 from rlft.data.episodes import Episode
+from rlft.data.obs import Obs
 from rlft.envs import ogbench_env
 from rlft.errors import EnvError
 
@@ -179,14 +180,14 @@ def collect_demo_episode(
         obs, info = env.reset(seed=seed)
         info, _ = selector.fill(info)
         oracle.reset(obs, info)
-        obs_l.append(np.asarray(obs, np.float32))
+        obs_l.append(obs)
         while True:
             a = np.asarray(oracle.select_action(obs, info), dtype=np.float64)
             if action_noise > 0:
                 a = a + rng.normal(0.0, action_noise, size=a.shape)
             a = np.clip(a, -1.0, 1.0).astype(np.float32)
             obs, r, terminated, truncated, info = env.step(a)
-            obs_l.append(np.asarray(obs, np.float32))
+            obs_l.append(obs)
             act_l.append(a)
             rew_l.append(float(r))
             term_l.append(bool(terminated))
@@ -228,7 +229,7 @@ def collect_play_episode(
     with seeded_global_numpy(seed):
         obs, info = env.reset(seed=seed)
         oracle.reset(obs, info)
-        obs_l.append(np.asarray(obs, np.float32))
+        obs_l.append(obs)
         while True:
             r, s = ogbench_env.current_task_reward(env, goals)  # state before the action ('pre')
             a = np.asarray(oracle.select_action(obs, info), dtype=np.float64)
@@ -236,7 +237,7 @@ def collect_play_episode(
                 a = a + rng.normal(0.0, 1.0, size=a.shape) * xi * MARKOV_PLAY_NOISE_SCALE
             a = np.clip(a, -1.0, 1.0).astype(np.float32)
             obs, _, terminated, truncated, info = env.step(a)
-            obs_l.append(np.asarray(obs, np.float32))
+            obs_l.append(obs)
             act_l.append(a)
             rew_l.append(r)
             term_l.append(False)
@@ -260,7 +261,13 @@ def make_play_env(env_id: str, max_episode_steps: int = 1000, **kwargs: Any) -> 
 
 
 def _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l) -> Episode:
+    """The recorded steps as an ``Episode``; camera observations (``Obs``) keep their newest frame per step."""
+    images = None
+    if isinstance(obs_l[0], Obs):
+        images = {c: np.stack([o.images[c][-1] for o in obs_l]) for c in obs_l[0].images}
+        obs_l = [o.state for o in obs_l]
     return Episode(
+        images=images,
         obs=np.stack(obs_l).astype(np.float32),
         actions=np.stack(act_l).astype(np.float32),
         rewards=np.asarray(rew_l, np.float32),

@@ -16,6 +16,7 @@ import gymnasium
 import numpy as np
 from gymnasium.spaces import Box
 
+from rlft.data.obs import Obs
 from rlft.errors import ConfigError
 
 
@@ -42,21 +43,39 @@ class ObsHistory(gymnasium.Wrapper):
         act = env.action_space
         self._action_space = Box(low=act.low, high=act.high, dtype=np.float32) if isinstance(act, Box) else act
         self._hist: deque[np.ndarray] = deque(maxlen=obs_horizon)
+        #: an env with cameras (``camera_shapes`` {camera: (H, W, C)}) returns ``Obs``; its frames are stacked too
+        self.camera_shapes: dict[str, tuple[int, ...]] = dict(getattr(env, "camera_shapes", None) or {})
+        self._frames: dict[str, deque[np.ndarray]] = {c: deque(maxlen=obs_horizon) for c in self.camera_shapes}
 
-    def _flat(self) -> np.ndarray:
-        return np.concatenate(self._hist) if self.obs_horizon > 1 else self._hist[-1]
+    @property
+    def image_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{camera: (To, H, W, C)} of the stacked frames; empty for a state-only env."""
+        return {c: (self.obs_horizon, *s) for c, s in self.camera_shapes.items()}
+
+    def _flat(self):
+        state = np.concatenate(self._hist) if self.obs_horizon > 1 else self._hist[-1]
+        if not self.camera_shapes:
+            return state
+        return Obs(state, {c: np.stack(f) for c, f in self._frames.items()})
+
+    def _push(self, obs, fill: bool) -> None:
+        state = obs.state if isinstance(obs, Obs) else obs
+        for _ in range(self.obs_horizon if fill else 1):
+            self._hist.append(np.asarray(state, dtype=np.float32).reshape(-1))
+            for c, f in self._frames.items():
+                f.append(np.asarray(obs.images[c], np.uint8))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        o = np.asarray(obs, dtype=np.float32).reshape(-1)
         self._hist.clear()
-        for _ in range(self.obs_horizon):
-            self._hist.append(o)
+        for f in self._frames.values():
+            f.clear()
+        self._push(obs, fill=True)
         return self._flat(), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        self._hist.append(np.asarray(obs, dtype=np.float32).reshape(-1))
+        self._push(obs, fill=False)
         return self._flat(), reward, terminated, truncated, info
 
 

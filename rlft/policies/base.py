@@ -16,6 +16,7 @@ Saving: ``save(path)`` writes ``path`` (safetensors weights + metadata with the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Policy(nn.Module):
         self.act_horizon = act_horizon
         self.kwargs = dict(obs_dim=obs_dim, action_dim=action_dim, act_horizon=act_horizon, **kwargs)
         self.normalizer = Normalizer(obs_dim, action_dim)
+        self.encoder: nn.Module | None = None  # the image encoder (``attach_encoder``); None: state observations
 
     # ---- training API (normalised space) ----
     def sample(
@@ -70,11 +72,40 @@ class Policy(nn.Module):
     def chunk_shape(self) -> tuple[int, int]:
         return (self.act_horizon, self.action_dim)
 
+    # ---- camera observations ----
+
+    def attach_encoder(self, spec) -> "Policy":
+        """Give the policy an image encoder (``rlft.nets.encoders.EncoderSpec``): it then takes ``Obs(state, images)``,
+        normalises the state (``spec.state_dim`` dims) and feeds ``concat(state, encoder(images))`` to its networks,
+        which must have been built for ``obs_dim = spec.state_dim + spec.out_dim``. Saved and loaded with the policy."""
+        from rlft.nets.encoders import ImageEncoder
+
+        if spec.state_dim + spec.out_dim != self.obs_dim:
+            raise CheckpointError(
+                f"encoder: the policy's networks take {self.obs_dim} inputs, the encoder gives state {spec.state_dim} "
+                f"+ features {spec.out_dim}"
+            )
+        self.encoder = ImageEncoder(spec).to(self.normalizer.obs_mean.device)
+        self.normalizer = Normalizer(spec.state_dim, self.action_dim).to(self.normalizer.obs_mean.device)
+        return self
+
+    def features(self, obs_n: torch.Tensor, images: dict | None, augment: bool = False, generator=None) -> torch.Tensor:
+        """The networks' input: the normalised state, followed by the encoder's features when there are cameras."""
+        if self.encoder is None:
+            return obs_n
+        return torch.cat([obs_n, self.encoder(images, augment=augment, generator=generator)], -1)
+
     # ---- deployment API (raw env space) ----
     @torch.no_grad()
     def act(self, obs, noise: torch.Tensor | None = None, deterministic: bool = True) -> torch.Tensor:
-        """Raw obs [B, O] (or [O]) -> raw env action chunk [B, H, A] (or [H, A])."""
+        """Raw obs [B, O] (or [O]) -> raw env action chunk [B, H, A] (or [H, A]). A policy with an image encoder takes
+        ``rlft.data.obs.Obs(state [B, S], images {camera: [B, To, H, W, C] uint8})`` (or unbatched)."""
         device = self.normalizer.obs_mean.device
+        images = None
+        if self.encoder is not None:
+            if not hasattr(obs, "images"):
+                raise CheckpointError("this policy sees camera images: pass an Obs(state, images) observation")
+            obs, images = obs.state, obs.images
         obs_t = torch.as_tensor(
             np.asarray(obs) if not torch.is_tensor(obs) else obs, dtype=torch.float32, device=device
         )
@@ -83,11 +114,16 @@ class Policy(nn.Module):
             obs_t = obs_t[None]
             if noise is not None and noise.ndim == 2:
                 noise = noise[None]
-        if obs_t.shape[-1] != self.obs_dim:
+        want = self.normalizer.obs_mean.shape[0]
+        if obs_t.shape[-1] != want:
             raise CheckpointError(
-                f"policy expects observations of dim {self.obs_dim}, got {obs_t.shape[-1]} (policy/env mismatch)"
+                f"policy expects observations of dim {want}, got {obs_t.shape[-1]} (policy/env mismatch)"
             )
-        a = self.sample(self.normalizer.normalize_obs(obs_t), noise=noise, deterministic=deterministic)
+        if images is not None:
+            images = {c: torch.as_tensor(np.asarray(v), device=device) for c, v in images.items()}
+            images = {c: v[None] if single else v for c, v in images.items()}
+        x = self.features(self.normalizer.normalize_obs(obs_t), images)
+        a = self.sample(x, noise=noise, deterministic=deterministic)
         a = self.normalizer.unnormalize_action(a.clamp(-1.0, 1.0))
         return a[0] if single else a
 
@@ -106,6 +142,8 @@ class Policy(nn.Module):
         from rlft.utils import atomic_path
 
         meta = {"class": type(self).__name__, "kwargs": json.dumps(self.kwargs), "extra": json.dumps(extra or {})}
+        if self.encoder is not None:
+            meta["encoder"] = json.dumps(dataclasses.asdict(self.encoder.spec))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
@@ -136,6 +174,13 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> P
     except Exception as e:  # safetensors raises several types on corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors policy checkpoint ({e})") from None
     policy = build_from_metadata(meta, path)
+    if "encoder" in meta:
+        from rlft.nets.encoders import EncoderSpec
+
+        try:
+            policy.attach_encoder(EncoderSpec(**json.loads(meta["encoder"])))
+        except (TypeError, ValueError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the policy metadata 'encoder' is damaged ({e})") from None
     try:
         policy.load_state_dict(state)
     except RuntimeError as e:

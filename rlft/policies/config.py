@@ -65,6 +65,19 @@ class DiffusionOptions:
 
 
 @dataclasses.dataclass
+class EncoderOptions:
+    """The image encoder of a policy that sees cameras (used only when the env has them; rlft.nets.encoders)."""
+
+    kind: Literal["conv", "resnet18"] = "conv"
+    """'conv' (DrQ-v2's four-layer conv net; fast enough for a CPU) or 'resnet18' (GroupNorm + spatial softmax,
+    Diffusion Policy's; a GPU's)."""
+    feature_dim: int = 64
+    """Features per camera, concatenated with the state for the policy's (and critics') networks."""
+    shift_pad: int = 4
+    """Random-shift augmentation in training: pad by this many pixels and crop back at a random offset; 0 = off."""
+
+
+@dataclasses.dataclass
 class PolicyConfig:
     """Which actor to build and how big (shared by every algorithm)."""
 
@@ -97,9 +110,11 @@ class PolicyConfig:
     """Options of kind 'consistency'."""
     diffusion: DiffusionOptions = dataclasses.field(default_factory=DiffusionOptions)
     """Options of kind 'diffusion'."""
+    encoder: EncoderOptions = dataclasses.field(default_factory=EncoderOptions)
+    """Image encoder, when the env has cameras."""
 
     def __post_init__(self) -> None:
         from rlft.config import check_choices
 
-        for obj, prefix in ((self, "policy"), (self.diffusion, "policy.diffusion")):
+        for obj, prefix in ((self, "policy"), (self.diffusion, "policy.diffusion"), (self.encoder, "policy.encoder")):
             check_choices(obj, prefix)

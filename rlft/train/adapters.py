@@ -34,15 +34,24 @@ class ChunkAdapter:
     #: the observation history the actor's data is sampled with (None = the env's)
     data_obs_horizon: int | None = None
 
-    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int):
+    def __init__(self, obs_dim: int, action_dim: int, act_horizon: int, image_shapes: dict | None = None):
         self.obs_dim, self.action_dim, self.act_horizon = obs_dim, action_dim, act_horizon
         self.base: Policy | None = None
+        #: {camera: (To, H, W, C)} of an env with cameras; the actor then gets an image encoder
+        self.image_shapes = image_shapes or {}
 
     def fresh_actor(self, policy_cfg) -> Policy:
-        return build_policy(policy_cfg, self.obs_dim, self.action_dim, self.act_horizon)
+        if not self.image_shapes:
+            return build_policy(policy_cfg, self.obs_dim, self.action_dim, self.act_horizon)
+        from rlft.nets.encoders import EncoderSpec
+
+        e = policy_cfg.encoder
+        spec = EncoderSpec(self.image_shapes, self.obs_dim, e.kind, e.feature_dim, e.shift_pad)
+        actor = build_policy(policy_cfg, self.obs_dim + spec.out_dim, self.action_dim, self.act_horizon)
+        return actor.attach_encoder(spec)
 
     def check_actor(self, actor: Policy, source: str) -> None:
-        got = (actor.obs_dim, actor.action_dim, actor.act_horizon)
+        got = (input_dim(actor), actor.action_dim, actor.act_horizon)
         want = (self.obs_dim, self.action_dim, self.act_horizon)
         if got != want:
             raise ConfigError(
@@ -65,6 +74,11 @@ class ChunkAdapter:
 
     def exec_chunk(self, info: dict):
         return None
+
+
+def input_dim(policy: Policy) -> int:
+    """The raw observation dim a policy takes: its state part when it has an image encoder."""
+    return policy.encoder.spec.state_dim if getattr(policy, "encoder", None) is not None else policy.obs_dim
 
 
 def _chunks(env, H: int, gamma: float):
@@ -167,7 +181,12 @@ def make_adapter(
     dataset's episodes, ``episodes()`` reads them); a continued residual composite (``settings`` from ``split_composite``) must keep its
     bound."""
     if base is None:
-        return ChunkAdapter(info["obs_dim"], info["action_dim"], cfg.env.act_horizon)
+        return ChunkAdapter(info["obs_dim"], info["action_dim"], cfg.env.act_horizon, info.get("image_shapes"))
+    if info.get("image_shapes"):
+        raise ConfigError(
+            f"base_policy: {cfg.env.env_id} has cameras; steering (DSRL) and residual RL over a frozen policy take "
+            "state observations only so far"
+        )
     if cfg.base_mode == "noise":
         return NoiseAdapter(base, cfg.action_magnitude)
     if cfg.base_mode != "residual":

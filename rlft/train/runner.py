@@ -29,6 +29,7 @@ from rich.markup import escape
 
 from rlft.config import save_yaml, to_dict
 from rlft.data.mixer import MixedSampler
+from rlft.data.obs import Obs
 from rlft.envs import make_env
 from rlft.errors import CheckpointError, ConfigError, TrainingError
 from rlft.rollout import Evaluator, evaluate_policy
@@ -429,7 +430,7 @@ class Trainer:
 
     def _update(self, batch) -> dict[str, float]:
         """One algorithm update (metrics checked finite), then the policy EMA's."""
-        metrics = self.algo.update(batch)
+        metrics = self.algo.update(self.algo.featurize(batch))
         try:
             _check_finite(metrics, self.step)
         except TrainingError:
@@ -466,7 +467,7 @@ class Trainer:
         """Reset for the next training episode (seeded by the step it starts at) and start its record."""
         seed = self.cfg.run.seed * 1_000_003 + self.step
         obs, _ = env.reset(seed=seed)
-        self._loop.update(seed=seed, chunks=[], ret=0.0, success=False, length=0, obs=np.asarray(obs, np.float32))
+        self._loop.update(seed=seed, chunks=[], ret=0.0, success=False, length=0, obs=_state(obs))
         return obs
 
     def _continue_episode(self, env) -> np.ndarray:
@@ -477,7 +478,7 @@ class Trainer:
         obs, _ = env.reset(seed=int(lp["seed"]))
         for c in lp["chunks"]:
             obs, *_ = env.step(c)
-        if not np.array_equal(np.asarray(obs, np.float32), lp["obs"]):
+        if not np.array_equal(_state(obs), lp["obs"]):
             Console(stderr=True, soft_wrap=True).print(
                 f"[yellow]warning[/yellow] run.resume: {escape(self.cfg.env.env_id)} did not reproduce the episode in "
                 f"progress at step {self.step} (same seed and actions, another observation); a new episode starts, "
@@ -528,14 +529,16 @@ class Trainer:
         next_obs, R, term, trunc, info = env.step(chunk.numpy())
         decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
         self.replay.add(
-            np.asarray(obs)[None],
+            _state(obs)[None],
             chunk[None].numpy(),
             np.array([R]),
-            np.asarray(next_obs)[None],
+            _state(next_obs)[None],
             np.array([float(term)]),
             np.array([info["discount"]]),
             np.array([info["k"]]),
             exec_chunk=None if decoded is None else np.asarray(decoded)[None],
+            images=_frames(obs),
+            next_images=_frames(next_obs),
         )
         self.step += int(info["k"])
         rs = np.asarray(info["env_rewards"], np.float64)
@@ -550,7 +553,7 @@ class Trainer:
             lp["episode"] += 1
             return self._new_episode(env)
         lp["chunks"].append(chunk.numpy())
-        lp["obs"] = np.asarray(next_obs, np.float32)
+        lp["obs"] = _state(next_obs)
         return next_obs
 
     def _online_metrics(self, step0: int, t_start: float) -> dict[str, float]:
@@ -569,3 +572,13 @@ class Trainer:
 
 def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> dict:
     return Trainer(cfg, run_dir, quiet).run()
+
+
+def _state(obs) -> np.ndarray:
+    """The flat float32 state of an observation (an ``Obs`` with cameras: its state part)."""
+    return np.asarray(obs.state if isinstance(obs, Obs) else obs, np.float32)
+
+
+def _frames(obs) -> dict | None:
+    """An ``Obs``'s frames as a batch of one ({camera: [1, To, H, W, C]}); None for a state observation."""
+    return {c: np.asarray(v)[None] for c, v in obs.images.items()} if isinstance(obs, Obs) else None

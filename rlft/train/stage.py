@@ -25,7 +25,7 @@ from rlft.envs import env_info, make_env
 from rlft.envs.datasets import load_dataset_for_env
 from rlft.errors import CheckpointError, ConfigError
 from rlft.policies import Policy, load_policy
-from rlft.train.adapters import ChunkAdapter, make_adapter, split_composite
+from rlft.train.adapters import ChunkAdapter, input_dim, make_adapter, split_composite
 from rlft.train.config import TrainConfig
 
 
@@ -90,7 +90,7 @@ def probe_env(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def check_policy_matches(policy: Policy, info: dict[str, Any], act_horizon: int, source: str) -> None:
-    got = (policy.obs_dim, policy.action_dim, policy.act_horizon)
+    got = (input_dim(policy), policy.action_dim, policy.act_horizon)
     want = (info["obs_dim"], info["action_dim"], act_horizon)
     if got != want:
         raise CheckpointError(
@@ -205,8 +205,9 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
             np.zeros(info["obs_dim"]), np.ones(info["obs_dim"]), info["action_low"], info["action_high"]
         )
     algo_kw = {"base_policy": base} if algo_cls.uses_base_policy else {}
+    net_obs_dim = actor.obs_dim if actor.encoder is not None else adapter.obs_dim  # with cameras: state + features
     algo = algo_cls(
-        cfg.algo_cfg, adapter.obs_dim, adapter.action_dim, adapter.act_horizon, policy=actor, device=device, **algo_kw
+        cfg.algo_cfg, net_obs_dim, adapter.action_dim, adapter.act_horizon, policy=actor, device=device, **algo_kw
     )
     replay = None
     if cfg.mode == "online":
@@ -217,6 +218,7 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
             adapter.action_dim,
             algo.policy.normalizer,
             device=device,
+            image_shapes=info.get("image_shapes"),
             **adapter.replay_fields(),
         )
     rewards = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes]) if episodes else []
