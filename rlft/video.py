@@ -16,13 +16,16 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
+from rlft.data.obs import Obs
+
 
 class FrameRecorder(gymnasium.Wrapper):
     """Renders the wrapped MuJoCo env offscreen after reset and every ``frame_skip``-th step while recording.
 
     Sits below ``ChunkExecutor`` so every inner step of a chunk can be drawn. Works with any env whose ``unwrapped``
     exposes MuJoCo ``model``/``data`` (OGBench, gymnasium's MuJoCo envs); the camera is MuJoCo's default free camera
-    (what OGBench's own ``render()`` shows). Passive (no cost) while not recording.
+    (what OGBench's own ``render()`` shows). An env with cameras (``Obs`` observations) records the policy's own
+    camera frames instead, upscaled to about ``height``. Passive (no cost) while not recording.
     """
 
     def __init__(self, env: gymnasium.Env, width: int = 320, height: int = 240, frame_skip: int = 2):
@@ -33,11 +36,17 @@ class FrameRecorder(gymnasium.Wrapper):
         self._model = None
         self._camera = None
         self._t = 0
+        self._last_obs = None
 
     def start(self) -> None:
         """Record from now on (call right after reset: the current state is the first frame)."""
         self.frames, self._t = [], 0
         self._capture()
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self._last_obs = out[0]
+        return out
 
     def stop(self) -> list[np.ndarray]:
         frames, self.frames = self.frames or [], None
@@ -45,6 +54,7 @@ class FrameRecorder(gymnasium.Wrapper):
 
     def step(self, action):
         out = self.env.step(action)
+        self._last_obs = out[0]
         if self.frames is not None:
             self._t += 1
             if self._t % self.frame_skip == 0 or out[2] or out[3]:
@@ -52,6 +62,12 @@ class FrameRecorder(gymnasium.Wrapper):
         return out
 
     def _capture(self) -> None:
+        if isinstance(self._last_obs, Obs):  # an env with cameras: the video is what the policy sees
+            frames = [np.asarray(v)[-1] for v in self._last_obs.images.values()]
+            frame = np.concatenate(frames, 1)
+            k = max(1, self.height // frame.shape[0])  # nearest-neighbour upscaling to about the video height
+            self.frames.append(np.repeat(np.repeat(frame, k, 0), k, 1)[..., :3].copy())
+            return
         import mujoco
 
         u = self.env.unwrapped

@@ -159,3 +159,20 @@ def test_ci_sized_pipeline_from_pixels(tmp_path):
         assert deployed.act(obs).shape == (5, 5)
     finally:
         env.close()
+
+
+def test_evaluation_video_of_a_camera_env_is_the_policys_own_camera():
+    from rlft.envs import make_env
+    from rlft.video import FrameRecorder
+
+    env = FrameRecorder(make_env(VISUAL), width=320, height=128, frame_skip=1)
+    try:
+        obs, _ = env.reset(seed=1)
+        env.start()
+        obs2, *_ = env.step(np.zeros(5, np.float32))
+        frames = env.stop()
+        assert len(frames) == 2 and frames[0].shape == (128, 128, 3)  # 64x64 upscaled 2x (nearest)
+        assert np.array_equal(frames[0][::2, ::2], obs.images["front"][-1])
+        assert np.array_equal(frames[1][::2, ::2], obs2.images["front"][-1])
+    finally:
+        env.close()
