@@ -164,6 +164,22 @@ def build_dataset(
     return ds
 
 
+def build_replay(
+    cfg: TrainConfig, adapter: ChunkAdapter, algo: Algorithm, info: dict[str, Any], device: torch.device
+) -> ReplayBuffer:
+    """The online replay: raw observations (and camera frames) in, normalised with the actor's statistics out."""
+    return ReplayBuffer(
+        cfg.replay_capacity,
+        adapter.obs_dim,
+        adapter.act_horizon,
+        adapter.action_dim,
+        algo.policy.normalizer,
+        device=device,
+        image_shapes=info.get("image_shapes"),
+        **adapter.replay_fields(),
+    )
+
+
 def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
     """Build the stage ``cfg`` describes on ``device`` (see the module docstring); ``ConfigError`` /
     ``CheckpointError`` / ``DatasetError`` name the setting or file at fault."""
@@ -209,18 +225,7 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
     algo = algo_cls(
         cfg.algo_cfg, net_obs_dim, adapter.action_dim, adapter.act_horizon, policy=actor, device=device, **algo_kw
     )
-    replay = None
-    if cfg.mode == "online":
-        replay = ReplayBuffer(
-            cfg.replay_capacity,
-            adapter.obs_dim,
-            adapter.act_horizon,
-            adapter.action_dim,
-            algo.policy.normalizer,
-            device=device,
-            image_shapes=info.get("image_shapes"),
-            **adapter.replay_fields(),
-        )
+    replay = build_replay(cfg, adapter, algo, info, device) if cfg.mode == "online" else None
     rewards = np.concatenate([np.asarray(e.rewards, np.float64).reshape(-1) for e in episodes]) if episodes else []
     reward_range = [float(np.min(rewards)), float(np.max(rewards))] if len(rewards) else []
     return Stage(info, env_kw, adapter, base, algo, adapter.compose(algo.policy), dataset, replay, reward_range)
