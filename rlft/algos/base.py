@@ -158,7 +158,9 @@ class Algorithm:
     #: ``TrainConfig.base_policy``) and its ``policy`` acts in the base policy's noise space
     uses_base_policy: ClassVar[bool] = False
     #: who trains the policy's image encoder (camera observations; ``featurize``): 'end_to_end' (this algorithm's
-    #: policy loss, e.g. BC) or 'frozen' (features detached: the encoder of the stage it starts from)
+    #: policy loss, e.g. BC), 'critic' (DrQ, Yarats et al. 2021: the critic's TD loss trains it, its optimiser holds
+    #: ``encoder_parameters()``, and the actor and value losses see the features detached) or 'frozen' (features
+    #: detached: the encoder of the stage it starts from)
     encoder_training: ClassVar[str] = "frozen"
     #: random-shift augmentation of the frames in ``featurize`` (rlft.nets.encoders.random_shift)
     training_augment: ClassVar[bool] = True
@@ -245,16 +247,23 @@ class Algorithm:
             for _ in range(cfg.utd_ratio):
                 yield sample()
 
+    def encoder_parameters(self) -> list[torch.nn.Parameter]:
+        """The policy's image-encoder parameters when this algorithm's critic trains it (``encoder_training``
+        'critic': they join the critic optimiser); none otherwise, or without an encoder."""
+        encoder = getattr(self.policy, "encoder", None)
+        return list(encoder.parameters()) if encoder is not None and self.encoder_training == "critic" else []
+
     def featurize(self, batch: ChunkBatch) -> ChunkBatch:
         """A batch with camera images as the networks see it: ``obs``/``next_obs`` become ``concat(state, features)``
         of the policy's image encoder (frames randomly shifted, DrQ). ``encoder_training`` says who trains the encoder:
         'end_to_end' lets this algorithm's loss on ``obs`` reach it (BC); 'frozen' detaches the features (an encoder
-        trained by an earlier stage). ``next_obs`` features never carry gradients (they only enter targets). A batch
+        trained by an earlier stage); 'critic' keeps the gradient for the critic's loss (DrQ; the algorithm detaches
+        ``obs`` for its actor and value losses). ``next_obs`` features never carry gradients (they only enter targets). A batch
         without images, or a policy without an encoder, passes through unchanged."""
         encoder = getattr(self.policy, "encoder", None)
         if batch.images is None or encoder is None:
             return batch
-        with torch.set_grad_enabled(self.encoder_training == "end_to_end" and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.encoder_training != "frozen" and torch.is_grad_enabled()):
             f = encoder(batch.images, augment=self.training_augment)
         with torch.no_grad():
             nf = encoder(batch.next_images, augment=self.training_augment)

@@ -61,6 +61,7 @@ class IQL(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = IQLConfig
     name: ClassVar[str] = "iql"
+    encoder_training: ClassVar[str] = "critic"  # camera observations: DrQ (rlft.algos.base.Algorithm.featurize)
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
 
     def __init__(self, cfg: IQLConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
@@ -70,7 +71,9 @@ class IQL(Algorithm):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = self.value_net()
         self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr, fused=True)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        self.critic_optim = torch.optim.Adam(
+            [*self.critic.parameters(), *self.encoder_parameters()], lr=cfg.critic_lr, fused=True
+        )
         self.value_optim = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, fused=True)
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
@@ -81,7 +84,8 @@ class IQL(Algorithm):
             y = td_target(batch.reward, batch.bootstrap, next_v)
 
         # value: expectile regression of V(s) on min_i Qtarget_i(s, a)
-        v = self.value(batch.obs)
+        obs_d = batch.obs.detach()  # camera features: only the critic's loss trains the encoder (DrQ)
+        v = self.value(obs_d)
         v_loss, v_info = iql_value_loss(q_target_min, v, cfg.expectile)
         optimizer_step(v_loss, self.value_optim)
 
@@ -93,7 +97,7 @@ class IQL(Algorithm):
         # actor: advantage-weighted BC loss of the policy
         adv = q_target_min - v.detach()
         weights = iql_weights(adv, cfg.beta, cfg.max_weight)
-        pi_loss, pi_info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=weights)
+        pi_loss, pi_info = self.policy.bc_loss(obs_d, batch.action, batch.valid_mask, weights=weights)
         optimizer_step(pi_loss, self.actor_optim)
 
         soft_update(self.target_critic, self.critic, cfg.tau)

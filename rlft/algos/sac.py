@@ -113,6 +113,7 @@ class SAC(Algorithm):
 
     Config: ClassVar[type[AlgoConfig]] = SACConfig
     name: ClassVar[str] = "sac"
+    encoder_training: ClassVar[str] = "critic"  # camera observations: DrQ (rlft.algos.base.Algorithm.featurize)
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian",)
 
     def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
@@ -128,7 +129,9 @@ class SAC(Algorithm):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params = list(self.policy.parameters())
         self.actor_optim = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, fused=True)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        self.critic_optim = torch.optim.Adam(
+            [*self.critic.parameters(), *self.encoder_parameters()], lr=cfg.critic_lr, fused=True
+        )
         auto = cfg.target_entropy is None  # the rule in the module docstring
         self.temperature = Temperature(
             cfg.init_temperature,
@@ -169,12 +172,13 @@ class SAC(Algorithm):
 
         # ---- actor and temperature (every actor_update_every updates) ----
         if self.num_updates >= cfg.actor_warmup_updates and self.num_updates % self.actor_update_every == 0:
-            action, log_prob = self.policy.rsample_log_prob(batch.obs)
-            q_pi = self.critic(batch.obs, action)
+            obs = batch.obs.detach()  # camera features: only the critic's loss trains the encoder (DrQ)
+            action, log_prob = self.policy.rsample_log_prob(obs)
+            q_pi = self.critic(obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
             if cfg.bc_coef > 0:  # BC anchor on the offline rows only (never imitate the policy's own exploration)
                 bc, _ = self.policy.bc_loss(
-                    batch.obs,
+                    obs,
                     batch.action,
                     batch.valid_mask,
                     weights=batch.is_offline / batch.is_offline.mean().clamp_min(1e-6),
