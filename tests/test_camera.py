@@ -176,3 +176,32 @@ def test_evaluation_video_of_a_camera_env_is_the_policys_own_camera():
         assert np.array_equal(frames[1][::2, ::2], obs2.images["front"][-1])
     finally:
         env.close()
+
+
+def test_a_dataset_whose_cameras_differ_from_the_envs_is_refused_naming_file_and_camera(tmp_path):
+    import h5py
+
+    from rlft.cli import main
+
+    base = ["train", "bc", "--env.env-id", VISUAL, "--steps", "1", "--eval.num-episodes", "0",
+            "--run.out-dir", str(tmp_path)]  # fmt: skip
+    state = tmp_path / "state.h5"
+    assert main(["collect", "--env-id", VISUAL.removeprefix("visual-"), "--mode", "demos", "--num-episodes", "1",
+                 "--num-workers", "1", "--out", str(state)]) == 0  # fmt: skip
+    # a state-only file (28-dim state) for the camera env: refused before training, naming the file
+    assert main([*base, "--dataset", str(state)]) == 2
+    pix = tmp_path / "pix.h5"
+    assert main(["collect", "--env-id", VISUAL, "--mode", "demos", "--num-episodes", "1", "--num-workers", "1",
+                 "--out", str(pix)]) == 0  # fmt: skip
+    with h5py.File(pix, "a") as f:  # the same frames under another camera name
+        for k in [k for k in f if k.startswith("traj")]:
+            f.move(f"{k}/obs/sensor_data/front", f"{k}/obs/sensor_data/wrist")
+    from pytest import raises
+
+    from rlft.cli import parse_train_args
+    from rlft.errors import ConfigError
+    from rlft.train.runner import run_train
+
+    cfg = parse_train_args(None, [*base[1:], "--dataset", str(pix)])
+    with raises(ConfigError, match=r"pix\.h5: camera 'front': the file has no such camera .* has frames \(64, 64, 3\)"):
+        run_train(cfg)

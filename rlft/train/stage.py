@@ -126,6 +126,21 @@ def load_start_policies(
     return base, actor, settings
 
 
+def check_cameras(path: str | None, episode: Episode, info: dict[str, Any]) -> None:
+    """The dataset's cameras are the env's, with the same frame size; else one ConfigError naming the file and the
+    camera (a state-only dataset for a camera env, or the other way round, included)."""
+    have = {c: tuple(v.shape[1:]) for c, v in (episode.images or {}).items()}
+    want = {c: tuple(s[1:]) for c, s in (info.get("image_shapes") or {}).items()}
+    for cam in sorted(set(have) | set(want)):
+        if have.get(cam) != want.get(cam):
+            got = f"frames {have[cam]}" if cam in have else "no such camera"
+            need = f"frames {want[cam]}" if cam in want else "no such camera"
+            raise ConfigError(
+                f"dataset {path}: camera {cam!r}: the file has {got} (obs/sensor_data/{cam}/rgb), env "
+                f"{info['env_id']} has {need}"
+            )
+
+
 def build_dataset(
     cfg: TrainConfig,
     episodes: list[Episode],
@@ -143,6 +158,7 @@ def build_dataset(
             f"dataset {cfg.dataset}: obs/action dims ({o}, {a}) do not match env "
             f"{cfg.env.env_id} ({info['obs_dim']}, {info['action_dim']})"
         )
+    check_cameras(cfg.dataset, episodes[0], info)
     low, high = info["action_low"], info["action_high"]
     data_h, obs_h = cfg.algo_cfg.data_horizon(cfg.env.act_horizon), cfg.env.obs_horizon
     if adapter.data_obs_horizon is not None:  # data in the actor's own space (residual: delta, base action)
