@@ -191,11 +191,11 @@ def _read_obs_group(node: h5py.Group, where: str) -> tuple[np.ndarray, dict[str,
     ``sensor_param`` are not read."""
     parts, keys = [], []
     if "state" in node:
-        parts, keys = [_numeric(node["state"], f"{where}/obs/state")], ["state"]
+        parts, keys = [_read_array(node, "state", f"{where}/obs", "float")], ["state"]
     for grp in () if parts else ("agent", "extra"):
         for k, v in node[grp].items() if grp in node else ():
             if isinstance(v, h5py.Dataset):
-                parts.append(_numeric(v, f"{where}/obs/{grp}/{k}"))
+                parts.append(_read_array(node[grp], k, f"{where}/obs/{grp}", "float"))  # booleans become 0/1
                 keys.append(f"{grp}/{k}")
     if not parts:
         raise DatasetError(f"{where}/obs: a dict observation without 'state', 'agent' or 'extra' ({list(node.keys())})")
@@ -211,13 +211,6 @@ def _read_obs_group(node: h5py.Group, where: str) -> tuple[np.ndarray, dict[str,
             if images[cam].dtype != np.uint8:
                 raise DatasetError(f"{where}/{image_path(cam)}: images must be uint8 (0-255), got {images[cam].dtype}")
     return state, images or None, keys
-
-
-def _numeric(ds: h5py.Dataset, where: str) -> np.ndarray:
-    arr = np.asarray(ds[()])
-    if arr.dtype.kind not in "biuf":
-        raise DatasetError(f"{where}: expected a numeric/bool dtype, got {arr.dtype}")
-    return arr.astype(np.float32)
 
 
 def _read_array(g: h5py.Group, key: str, where: str, kind: str) -> np.ndarray:
@@ -257,9 +250,7 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
         need(k)
     images = None
     if isinstance(g["obs"], h5py.Group):
-        obs, images, _ = _read_obs_group(g["obs"], where)
-        if not np.all(np.isfinite(obs)):
-            raise DatasetError(f"{where}/obs: contains NaN/inf")
+        obs, images, _ = _read_obs_group(g["obs"], where)  # every part checked by _read_array
     else:
         obs = _read_array(g, "obs", where, "float")
     actions = _read_array(g, "actions", where, "float")
