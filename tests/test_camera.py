@@ -94,10 +94,12 @@ def test_policy_with_an_encoder_acts_on_obs_and_round_trips(tmp_path, kind):
         q.act(obs.state)
 
 
+@pytest.mark.parametrize("freeze", [False, True], ids=["own_rule", "freeze_encoder"])
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_every_algorithm_updates_on_image_batches(name):
+def test_every_algorithm_updates_on_image_batches(name, freeze):
     """The contract on camera batches: ``featurize`` turns frames into features and the update stays finite; the
-    encoder gets gradients exactly when the algorithm trains it end to end."""
+    encoder moves exactly when the algorithm trains it (end to end or through its critic) and the config does not
+    freeze it (``freeze_encoder``)."""
     cls = ALGORITHMS[name]
     if cls.uses_base_policy:  # DSRL acts through a frozen base policy: a stage with cameras refuses it, naming why
         from types import SimpleNamespace
@@ -115,7 +117,7 @@ def test_every_algorithm_updates_on_image_batches(name):
     spec = EncoderSpec({"front": (1, 16, 16, 3)}, state_dim=4, feature_dim=6)
     pcfg = PolicyConfig(kind=kind, hidden_dims=(16,), flow_steps=2, time_embed_dim=8)
     policy = build_policy(pcfg, 4 + spec.out_dim, 2, 3).attach_encoder(spec)
-    cfg = cls.Config(policy=pcfg)
+    cfg = cls.Config(policy=pcfg, freeze_encoder=freeze)
     for f in ("critic_hidden_dims", "value_hidden_dims"):
         if hasattr(cfg, f):
             setattr(cfg, f, (16,))
@@ -135,7 +137,8 @@ def test_every_algorithm_updates_on_image_batches(name):
     metrics = algo.update(fb)
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     moved = any(not torch.equal(a, p) for a, p in zip(before, algo.policy.encoder.parameters()))
-    assert moved == (cls.encoder_training != "frozen"), (name, moved)
+    assert algo.encoder_rule == ("frozen" if freeze else cls.encoder_training)
+    assert moved == (algo.encoder_rule != "frozen"), (name, moved)
 
 
 @pytest.mark.slow

@@ -77,6 +77,10 @@ class AlgoConfig:
     explore_noise_scale: float = 1.0
     """Online exploration: the policy's sampling noise (Gaussian eps, or a flow policy's initial noise) is scaled by
     this; 1 samples the policy as is, 0 acts deterministically (Gaussian mean / flow from zero noise)."""
+    freeze_encoder: bool = False
+    """Camera observations: keep the policy's image encoder frozen in this stage (its features detached from every
+    loss), whatever the algorithm's own rule (``Algorithm.encoder_training``: BC trains it end to end, IQL/SAC
+    through the critic, DrQ). For stages that start from a policy whose encoder an earlier stage trained."""
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     """The actor to build when no pretrained policy is given."""
 
@@ -247,11 +251,17 @@ class Algorithm:
             for _ in range(cfg.utd_ratio):
                 yield sample()
 
+    @property
+    def encoder_rule(self) -> str:
+        """Who trains the image encoder in this run: 'frozen' when ``cfg.freeze_encoder`` is set, else the
+        algorithm's ``encoder_training``."""
+        return "frozen" if self.cfg.freeze_encoder else self.encoder_training
+
     def encoder_parameters(self) -> list[torch.nn.Parameter]:
         """The policy's image-encoder parameters when this algorithm's critic trains it (``encoder_training``
         'critic': they join the critic optimiser); none otherwise, or without an encoder."""
         encoder = getattr(self.policy, "encoder", None)
-        return list(encoder.parameters()) if encoder is not None and self.encoder_training == "critic" else []
+        return list(encoder.parameters()) if encoder is not None and self.encoder_rule == "critic" else []
 
     def featurize(self, batch: ChunkBatch) -> ChunkBatch:
         """A batch with camera images as the networks see it: ``obs``/``next_obs`` become ``concat(state, features)``
@@ -263,7 +273,7 @@ class Algorithm:
         encoder = getattr(self.policy, "encoder", None)
         if batch.images is None or encoder is None:
             return batch
-        with torch.set_grad_enabled(self.encoder_training != "frozen" and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.encoder_rule != "frozen" and torch.is_grad_enabled()):
             f = encoder(batch.images, augment=self.training_augment)
         with torch.no_grad():
             nf = encoder(batch.next_images, augment=self.training_augment)
