@@ -26,8 +26,8 @@ USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,dsrl-check} [--
   collect    run an expert (OGBench oracle, ManiSkill motion planner) and write a dataset file (.h5, ManiSkill trajectory layout)
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
   eval       evaluate a saved policy: success_once, success_at_end, return
-  pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage
-  sweep      one train config over a grid of overrides x seeds (parallel processes), then a results table
+  pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage (--seeds: one per seed, on Ray)
+  sweep      one train config over a grid (or search) of overrides x seeds as Ray Tune trials, then a results table
   report     HTML report of run/pipeline directories: curves, videos, results table, diagnosis of failure modes
   dsrl-check DSRL debugging checklist on run directories' metrics (stage 1 Q check; stage 2 td/q/alpha/entropy)
 
@@ -189,7 +189,12 @@ def cmd_pipeline(args: list[str]) -> None:
         path = str(found)
     default = load_pipeline_config(path)
     cfg = parse_cli(PipelineConfig, default, rest, prog="rlft pipeline")
-    run_pipeline(cfg)
+    if cfg.seeds:
+        from rlft.train.multiseed import run_pipeline_seeds
+
+        run_pipeline_seeds(cfg)
+    else:
+        run_pipeline(cfg)
 
 
 COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "pipeline": cmd_pipeline}

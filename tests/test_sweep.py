@@ -54,10 +54,9 @@ def test_sweep_cli_runs_grid_and_writes_results(tmp_path):
     sweep = {
         "base": str(ROOT / "configs" / "bc.yaml"),
         "grid": {"algo_cfg.policy.kind": ["gaussian", "flow"]},
-        "seeds": [0],
+        "seeds": [0, 1],
         "overrides": {"steps": 30, "eval": {"num_episodes": 2, "parallel_envs": 2}, "run": {"log_every": 10}},
         "collect": {"mode": "demos", "num_episodes": 2, "num_workers": 1, "progress": False},
-        "parallel": 2,
         "out_dir": str(tmp_path),
         "name": "sw",
     }
@@ -65,15 +64,24 @@ def test_sweep_cli_runs_grid_and_writes_results(tmp_path):
     p.write_text(yaml.safe_dump(sweep))
     assert main(["sweep", "--config", str(p)]) == 0
     res = json.loads((tmp_path / "sw" / "results.json").read_text())
-    assert {r["run"] for r in res["runs"]} == {"kind=gaussian,s0", "kind=flow,s0"}
-    for r in res["runs"]:
+    assert {r["run"] for r in res["runs"]} == {f"kind={k},s{s}" for k in ("gaussian", "flow") for s in (0, 1)}
+    for r in res["runs"]:  # four Ray Tune trials on a local Ray instance, each an ordinary run directory
+        assert r["status"] == "done" and r["attempts"] == 1 and r["node_id"]
         assert 0.0 <= r["success_once"] <= 1.0 and r["updates_per_s"] > 0
         assert (tmp_path / "sw" / r["run"] / "checkpoints" / "policy_final.safetensors").is_file()
-    assert "success_once" in (tmp_path / "sw" / "results.md").read_text()
+        assert (tmp_path / "sw" / r["run"] / "trial.log").is_file()
+    for m in res["means"]:  # per grid point: the mean over the two seeds and its interval
+        runs = [r for r in res["runs"] if r["point"] == m["point"]]
+        assert m["seeds"] == [0, 1] and m["success_once"] == pytest.approx(sum(r["success_once"] for r in runs) / 2)
+        lo, hi = m["success_once_interval"]
+        assert lo <= m["success_once"] <= hi
+    md = (tmp_path / "sw" / "results.md").read_text()
+    assert "95% interval" in md and md.count("| done |") == 4
     # a second call resumes: every run is done already, nothing is re-run
     mtime = (tmp_path / "sw" / "kind=flow,s0" / "summary.json").stat().st_mtime
     assert main(["sweep", "--config", str(p)]) == 0
     assert (tmp_path / "sw" / "kind=flow,s0" / "summary.json").stat().st_mtime == mtime
+    assert json.loads((tmp_path / "sw" / "results.json").read_text())["runs"] == res["runs"]
 
 
 def test_grid_over_base_configs_runs_each_algorithm_file():

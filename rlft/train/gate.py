@@ -42,6 +42,53 @@ def difference_interval(k1: int, n1: int, k2: int, n2: int) -> tuple[float, floa
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
+#: two-sided 95 % quantiles of Student's t with 1..30 degrees of freedom
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """Mean over seeds with its 95 % Student-t interval, ``mean -+ t_{0.975, n-1} s / sqrt(n)`` (s: the sample
+    standard deviation; beyond 30 seeds the normal quantile); None for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else Z95) * s / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def gate(stages: list[dict]) -> dict:
     """``stages``: dicts with ``stage``, ``successes``, ``episodes`` (evaluated stages, in pipeline order).
 

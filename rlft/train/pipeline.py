@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
+import tyro
 from rich.markup import escape
 from rich.table import Table
 
@@ -40,6 +41,7 @@ from rlft.data.h5io import merge_datasets
 from rlft.errors import ConfigError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
 from rlft.train.runner import run_train
+from rlft.train.trials import RayOptions
 from rlft.utils import atomic_write_text, make_console
 
 console = make_console()
@@ -101,10 +103,17 @@ class PipelineConfig:
     each), e.g. 0.01 for a smoke run."""
     seed: int = 0
     """Seed for collection and every stage."""
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    """Run one whole pipeline per seed (``seed`` unused), as Ray Tune trials in parallel as resources allow, and end
+    with the per-stage table over seeds (mean, 95 % interval, per-seed values; rlft.train.multiseed). Empty: one
+    pipeline with ``seed``."""
+    ray: tyro.conf.OmitArgPrefixes[RayOptions] = dataclasses.field(default_factory=RayOptions)
+    """With ``seeds``: where the pipelines run (``--address``, ``--cpus-per-trial`` ...; ``ray:`` in YAML)."""
     out_dir: str = "runs"
     """Parent folder of the pipeline's run directory."""
     name: Optional[str] = None
-    """Run directory name (default: pipeline-<env>-s<seed>-<timestamp>)."""
+    """Run directory name (default: pipeline-<env>-s<seed>-<timestamp>; with ``seeds``, the folder holding one
+    ``s<seed>`` directory per seed, default pipeline-<env>-seeds-<timestamp>)."""
     threads: int = 1
     """torch threads for every stage."""
     quiet: bool = False
@@ -114,6 +123,8 @@ class PipelineConfig:
         from rlft.config import check_dir_name
 
         check_dir_name(self.name, "name")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: each seed once, got {self.seeds}")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

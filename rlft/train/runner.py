@@ -146,6 +146,9 @@ class Trainer:
         self._loop: dict | None = None  # online: the episode in progress and the loop's counters (checkpointed)
         self._eval_step = -1  # env/update step of the latest evaluation
         self.evaluator: Evaluator | None = None
+        #: more callables ``hook(step, metrics)`` run after every log line (e.g. a Ray Tune trial reporting its
+        #: evaluations, rlft.train.sweep)
+        self.log_hooks: list = []
 
     def _warm_start(self, path: str) -> None:
         p = Path(path)
@@ -369,7 +372,7 @@ class Trainer:
             resume_step=resume_step,
             elapsed_s=self._elapsed0,
         )
-        self.logger.hooks.append(self._live_diagnosis())
+        self.logger.hooks += [self._live_diagnosis(), *self.log_hooks]
         try:
             last_eval = self._online() if cfg.mode == "online" else self._offline()
             if cfg.eval.num_episodes > 0 and (last_eval is None or self._eval_step != self.step):  # may be final

@@ -1,4 +1,5 @@
-"""``rlft sweep``: one ``rlft train`` config run over a grid of overrides x seeds, then one results table.
+"""``rlft sweep``: one ``rlft train`` config over a grid (or a sampled search) of overrides x seeds, run as Ray Tune
+trials (rlft.train.trials), then one results table.
 
 A sweep YAML names a base training config, the grid and the seeds::
 
@@ -9,12 +10,15 @@ A sweep YAML names a base training config, the grid and the seeds::
     seeds: [0, 1, 2]
     overrides: {steps: 20000}                    # nested fields applied to every run
     collect: {mode: demos, num_episodes: 30}     # the dataset, collected once (or give `dataset:`)
+    ray: {cpus_per_trial: 1}                     # where trials run (--address HOST:PORT joins a cluster)
 
-Each run is an ordinary training run in ``<out_dir>/<name>/<run name>`` (its resolved YAML is kept next to it in
-``configs/``), executed as a separate ``rlft train`` process, ``parallel`` at a time. A run whose ``summary.json``
-exists is skipped, so an interrupted sweep resumes where it stopped. The results (success_once, success_at_end,
-best success_once, wall time, updates/s per run, and mean over seeds per grid point) go to ``results.md`` /
-``results.json``; ``rlft report <sweep dir>/<run> ...`` overlays the runs' curves.
+Each run is an ordinary training run in ``<out_dir>/<name>/<run name>`` (its resolved YAML in ``configs/``, where it
+ran in ``trial.json``). ``search: random`` / ``optuna`` draw ``num_samples`` points instead (a grid entry may then be
+a range ``{low, high, log}``); ``asha: true`` stops weak trials early on their periodic evaluations. Calling the
+same command again resumes an interrupted sweep through Tune's restore without re-running finished runs. The results
+(per run: status, success_once, success_at_end, wall time, updates/s, attempts; per point: the mean over seeds with a
+95 % interval) go to ``results.md`` / ``results.json``; ``rlft report <sweep dir>/<run> ...`` overlays the runs'
+curves.
 """
 
 from __future__ import annotations
@@ -25,12 +29,11 @@ import itertools
 import json
 import math
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
+import tyro
 from rich.markup import escape
 from rich.table import Table
 
@@ -38,6 +41,8 @@ from rlft.collect import CollectConfig
 from rlft.config import from_dict, read_yaml, save_yaml
 from rlft.errors import ConfigError, TrainingError
 from rlft.train.config import train_config_from_dict
+from rlft.train.gate import mean_interval
+from rlft.train.trials import RayOptions, output_to, record_attempt, report, run_trials, set_aside, trial_threads
 from rlft.utils import atomic_write_text, make_console
 
 console = make_console()
@@ -45,16 +50,29 @@ console = make_console()
 
 @dataclasses.dataclass
 class SweepConfig:
-    """A grid of ``rlft train`` runs over one base config."""
+    """``rlft train`` runs over one base config: a grid (or a sampled search) of overrides x seeds, as Ray Tune
+    trials."""
 
     base: str
     """The base ``rlft train`` YAML (a relative path is resolved against the sweep YAML's folder); grid ``base``
     values are resolved against this file's folder."""
     grid: dict = dataclasses.field(default_factory=dict)
-    """Dotted field name -> list of values, e.g. ``{algo_cfg.beta: [1, 3]}``; every combination is run. The key
+    """Dotted field name -> values, e.g. ``{algo_cfg.beta: [1, 3]}``. ``search: grid`` runs every combination; the
+    sampled searches draw from the lists, or from a range given as ``{low: 0.1, high: 10, log: true}``. The key
     ``base`` varies the base config itself (a list of train YAMLs, e.g. one per algorithm)."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
-    """Seeds (``run.seed``); every grid point runs once per seed."""
+    """Seeds (``run.seed``); every grid point (or sampled point) runs once per seed."""
+    search: Literal["grid", "random", "optuna"] = "grid"
+    """How points are chosen: every combination of ``grid``; ``random`` draws ``num_samples`` points (Tune's random
+    search); ``optuna`` lets Optuna's TPE sampler propose ``num_samples`` points from the finished trials'
+    ``eval/success_once`` (one seed; ``pip install optuna``)."""
+    num_samples: int = 8
+    """Points drawn by the random and Optuna searches (unused by ``grid``)."""
+    asha: bool = False
+    """Stop unpromising trials early with ASHA (Li et al. 2020) on their periodic ``eval/success_once`` (needs
+    ``eval.every`` > 0 in the runs); a stopped run keeps its directory and is marked in the results."""
+    asha_grace_steps: int = 0
+    """ASHA: steps every trial runs before it can be stopped (0: the runs' ``eval.every``)."""
     overrides: dict = dataclasses.field(default_factory=dict)
     """Nested fields merged into the base config of every run, e.g. ``{steps: 20000, eval: {every: 5000}}``."""
     base_overrides: dict = dataclasses.field(default_factory=dict)
@@ -66,26 +84,51 @@ class SweepConfig:
     """Expert-data collection used when ``dataset`` is unset (env id from the base config, seed 0)."""
     also_collect: list[CollectConfig] = dataclasses.field(default_factory=list)
     """More collections appended to the same dataset (e.g. play data next to task demos)."""
-    parallel: int = 1
-    """Runs executed at the same time (separate processes, one torch thread each)."""
+    ray: tyro.conf.OmitArgPrefixes[RayOptions] = dataclasses.field(default_factory=RayOptions)
+    """Where the trials run and with what (``--address``, ``--cpus-per-trial``, ``--gpus-per-trial``,
+    ``--max-concurrent``, ``--max-failures`` on the command line; ``ray:`` in YAML)."""
     out_dir: str = "runs"
     """Parent folder of the sweep directory."""
     name: Optional[str] = None
     """Sweep directory name (default: sweep-<base config name>-<timestamp>)."""
 
     def __post_init__(self) -> None:
-        from rlft.config import check_dir_name
+        from rlft.config import check_choices, check_dir_name
 
         check_dir_name(self.name, "name")
-        if not isinstance(self.grid, dict) or any(not isinstance(v, list) or not v for v in self.grid.values()):
-            raise ConfigError("grid: must map dotted field names to non-empty lists of values")
+        check_choices(self, "sweep")
+        if not isinstance(self.grid, dict) or any(not _is_values(v, self.search) for v in self.grid.values()):
+            raise ConfigError(
+                "grid: must map dotted field names to non-empty lists of values"
+                + ("" if self.search == "grid" else " or to ranges {low: .., high: .., log: false}")
+            )
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.search == "optuna" and len(self.seeds) != 1:
+            raise ConfigError(
+                f"seeds: the Optuna search ranks each point by one run; give one seed (got {self.seeds}), then run "
+                "the best points over seeds with search: grid"
+            )
         unknown = set(self.base_overrides) - set(self.grid.get("base", []))
         if unknown:
             raise ConfigError(f"base_overrides: {sorted(unknown)} are not among the grid's base configs")
-        if self.parallel < 1:
-            raise ConfigError(f"parallel must be >= 1, got {self.parallel}")
+        if self.num_samples < 1 or self.asha_grace_steps < 0:
+            raise ConfigError(
+                f"num_samples must be >= 1 and asha_grace_steps >= 0 ({self.num_samples}, {self.asha_grace_steps})"
+            )
+
+
+def _is_values(v: Any, search: str) -> bool:
+    """A grid entry: a non-empty list, or (sampled searches) a numeric range ``{low, high[, log]}``."""
+    if isinstance(v, list):
+        return bool(v)
+    return (
+        search != "grid"
+        and isinstance(v, dict)
+        and set(v) - {"log"} == {"low", "high"}
+        and all(isinstance(v[k], (int, float)) for k in ("low", "high"))
+        and v["low"] < v["high"]
+    )
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
@@ -123,27 +166,34 @@ def run_name(point: dict[str, Any], seed: int) -> str:
     return ",".join(parts + [f"s{seed}"]).replace("/", "_").replace(" ", "")
 
 
-def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
-    """Every run as ``(name, grid point, seed, resolved train-config dict)``; each dict is validated up front."""
+def resolve_run(cfg: SweepConfig, point: dict[str, Any], seed: int) -> tuple[str, dict]:
+    """One run of the sweep: its name and its resolved ``rlft train`` dict (base config + ``overrides`` +
+    ``base_overrides`` + the point's fields + the seed), validated (a typo in the grid fails here)."""
     from rlft.train.pipeline import _deep_merge
 
+    base_path = _resolve(point["base"], cfg.base) if "base" in point else cfg.base
+    d = _deep_merge(read_yaml(base_path), cfg.overrides)
+    d = _deep_merge(d, cfg.base_overrides.get(point.get("base"), {}))
+    for k, v in point.items():
+        if k != "base":
+            d = set_dotted(d, k, v)
+    d = set_dotted(d, "run.seed", seed)
+    name = run_name(point, seed)
+    train_config_from_dict(d, f"{base_path} with {name}")
+    return name, d
+
+
+def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
+    """The runs to validate before any starts, as ``(name, point, seed, resolved train dict)``: every run of a grid
+    search; for a sampled search, each value (or range end) of each field on the first value of the others."""
     keys = list(cfg.grid)
-    runs = []
-    for values in itertools.product(*(cfg.grid[k] for k in keys)):
-        point = dict(zip(keys, values))
-        base_path = _resolve(point["base"], cfg.base) if "base" in point else cfg.base
-        base = _deep_merge(read_yaml(base_path), cfg.overrides)
-        base = _deep_merge(base, cfg.base_overrides.get(point.get("base"), {}))
-        for seed in cfg.seeds:
-            d = base
-            for k, v in point.items():
-                if k != "base":
-                    d = set_dotted(d, k, v)
-            d = set_dotted(d, "run.seed", seed)
-            name = run_name(point, seed)
-            train_config_from_dict(d, f"{base_path} with {name}")  # a typo in the grid fails before any run
-            runs.append((name, point, seed, d))
-    return runs
+    if cfg.search == "grid":
+        points = [dict(zip(keys, vs)) for vs in itertools.product(*(cfg.grid[k] for k in keys))]
+    else:
+        ends = {k: v if isinstance(v, list) else [v["low"], v["high"]] for k, v in cfg.grid.items()}
+        first = {k: v[0] for k, v in ends.items()}
+        points = [first] + [{**first, k: v} for k in keys for v in ends[k][1:]]
+    return [(name, p, seed, d) for p in points for seed in cfg.seeds for name, d in [resolve_run(cfg, p, seed)]]
 
 
 def collect_env_id(cfg: SweepConfig, runs) -> str | None:
@@ -157,158 +207,264 @@ def collect_env_id(cfg: SweepConfig, runs) -> str | None:
     return next(iter(env_ids), None) or (cfg.collect.env_id if cfg.collect else None)
 
 
-def _summarise(sweep_dir: Path, runs) -> dict:
-    rows = []
-    for name, point, seed, _ in runs:
-        run_dir = sweep_dir / name
-        s = json.loads((run_dir / "summary.json").read_text())
-        ups = [json.loads(line).get("time/updates_per_s") for line in (run_dir / "metrics.jsonl").open()]
-        ups = [u for u in ups if u is not None]
-        ev = s["final"] or {}  # None when the runs were not evaluated (eval.num_episodes 0)
-        rows.append(
-            {
-                "run": name,
-                "point": point,
-                "seed": seed,
-                "success_once": ev.get("eval/success_once", math.nan),
-                "success_at_end": ev.get("eval/success_at_end", math.nan),
-                "best_success_once": s["best_success_once"],
-                "wall_s": s["wall_s"],
-                "updates_per_s": statistics.median(ups) if ups else None,
-            }
+@dataclasses.dataclass
+class SweepJob:
+    """What every trial of one sweep shares (sent to the Ray workers)."""
+
+    cfg: SweepConfig
+    sweep_dir: Path
+    dataset: str
+
+
+def train_trial(params: dict, job: SweepJob) -> None:
+    """One Tune trial: the ``rlft train`` run of ``params`` (``point``, ``seed``) in ``<sweep dir>/<run name>``,
+    reporting each periodic evaluation to Tune (for ASHA) and the run's final results. A run finished by an earlier
+    call is not run again; a retry resumes from the run's checkpoint, or starts clean with the failed attempt's
+    directory set aside."""
+    from rlft.train.runner import Trainer
+
+    name, d = resolve_run(job.cfg, params["point"], params["seed"])
+    run_dir = job.sweep_dir / name
+    where = record_attempt(run_dir)
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        d = copy.deepcopy(d)
+        d["dataset"] = d.get("dataset") or job.dataset
+        d.setdefault("run", {}).update(
+            {"out_dir": str(job.sweep_dir), "name": name, "threads": trial_threads(job.cfg.ray)}
         )
+        if (run_dir / "checkpoints" / "state.pt").is_file():
+            d["run"]["resume"] = True
+        elif (run_dir / "metrics.jsonl").exists():
+            set_aside(run_dir)
+        tcfg = train_config_from_dict(d, name)
+        save_yaml(tcfg, job.sweep_dir / "configs" / f"{name}.yaml")
+        with output_to(run_dir / "trial.log"):
+            trainer = Trainer(tcfg, run_dir, quiet=True)
+            trainer.log_hooks.append(_report_eval)
+            summary = trainer.run()
+    final = summary["final"] or {}
+    report(
+        {
+            "step": summary["steps"],
+            "success_once": final.get("eval/success_once", math.nan),
+            "done": True,
+            "node_id": where["node_id"],
+        }
+    )
+
+
+def _report_eval(step: int, metrics: dict) -> None:
+    """Log hook of a trial: each evaluation goes to Tune (the metric ASHA and Optuna read)."""
+    if "eval/success_once" in metrics:
+        report({"step": step, "success_once": float(metrics["eval/success_once"]), "done": False})
+
+
+def search_space(cfg: SweepConfig, runs) -> tuple[dict, dict]:
+    """Tune's ``param_space`` and extra ``TuneConfig`` fields for the sweep's search (and ASHA)."""
+    from ray import tune
+
+    if cfg.search == "grid":
+        points = list({json.dumps(p, sort_keys=True): p for _, p, _, _ in runs}.values())
+        space = {"point": tune.grid_search(points), "seed": tune.grid_search(cfg.seeds)}
+        extra: dict = {}
+    else:
+        point = {k: tune.choice(v) if isinstance(v, list) else _range(v) for k, v in cfg.grid.items()}
+        space = {"point": point, "seed": tune.grid_search(cfg.seeds) if cfg.search == "random" else cfg.seeds[0]}
+        extra = {"num_samples": cfg.num_samples}
+        if cfg.search == "optuna":
+            extra["search_alg"] = _optuna()
+    if cfg.asha:
+        extra["scheduler"] = _asha(cfg, runs)
+    if "search_alg" in extra or "scheduler" in extra:
+        extra.update(metric="success_once", mode="max")
+    return space, extra
+
+
+def _range(v: dict):
+    from ray import tune
+
+    return (tune.loguniform if v.get("log") else tune.uniform)(v["low"], v["high"])
+
+
+def _optuna():
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    except ImportError as e:
+        raise ConfigError("search: optuna needs the optuna package: pip install optuna") from e
+
+
+def _asha(cfg: SweepConfig, runs):
+    from ray.tune.schedulers import ASHAScheduler
+
+    steps = max(d.get("steps", 0) or 0 for *_, d in runs) or None
+    every = min(d.get("eval", {}).get("every", 0) or 0 for *_, d in runs)
+    if every <= 0:
+        raise ConfigError("asha: the runs must evaluate periodically (set eval.every > 0 in overrides)")
+    return ASHAScheduler(time_attr="step", max_t=steps or 10**9, grace_period=cfg.asha_grace_steps or every)
+
+
+def _row(sweep_dir: Path, result) -> dict:
+    """One results row from a Tune result and the run's directory (summary, metrics, trial.json)."""
+    point, seed = result.config["point"], result.config["seed"]
+    name = run_name(point, seed)
+    run_dir = sweep_dir / name
+    trial = json.loads((run_dir / "trial.json").read_text()) if (run_dir / "trial.json").is_file() else {}
+    attempts = trial.get("attempts", [])
+    row = {
+        "run": name,
+        "point": point,
+        "seed": seed,
+        "attempts": len(attempts),
+        "node_id": attempts[-1]["node_id"] if attempts else None,
+    }
+    if result.error is not None:
+        lines = str(result.error).strip().splitlines()
+        return {**row, "status": "failed", "error": lines[-1] if lines else type(result.error).__name__}
+    if not (run_dir / "summary.json").is_file():
+        # ASHA stopped it, or the sweep was interrupted (calling it again resumes it)
+        return {**row, "status": "stopped", "success_once": (result.metrics or {}).get("success_once")}
+    s = json.loads((run_dir / "summary.json").read_text())
+    ups = [json.loads(line).get("time/updates_per_s") for line in (run_dir / "metrics.jsonl").open()]
+    ups = [u for u in ups if u is not None]
+    ev = s["final"] or {}  # None when the runs were not evaluated (eval.num_episodes 0)
+    return {
+        **row,
+        "status": "done",
+        "success_once": ev.get("eval/success_once", math.nan),
+        "success_at_end": ev.get("eval/success_at_end", math.nan),
+        "best_success_once": s["best_success_once"],
+        "wall_s": s["wall_s"],
+        "updates_per_s": statistics.median(ups) if ups else None,
+    }
+
+
+def summarise(sweep_dir: Path, results) -> dict:
+    """Per-run rows (every trial, failed and stopped ones included) and, per point, the mean over its finished
+    seeds with a 95 % Student-t interval."""
+    rows = sorted((_row(sweep_dir, r) for r in results), key=lambda r: r["run"])
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(json.dumps(r["point"]), []).append(r)
-    means = [
-        {
-            "point": json.loads(k),
-            "seeds": [r["seed"] for r in g],
-            **{
-                m: statistics.mean(r[m] for r in g)
-                for m in ("success_once", "success_at_end", "best_success_once", "wall_s")
-            },
-        }
-        for k, g in groups.items()
-    ]
+        if r["status"] == "done":
+            groups.setdefault(json.dumps(r["point"], sort_keys=True), []).append(r)
+    means = []
+    for k, g in groups.items():
+        m = {"point": json.loads(k), "seeds": sorted(r["seed"] for r in g)}
+        for f in ("success_once", "success_at_end", "best_success_once", "wall_s"):
+            m[f] = statistics.mean(r[f] for r in g)
+        ci = mean_interval([r["success_once"] for r in g])
+        m["success_once_interval"] = list(ci[1:]) if ci else None
+        means.append(m)
     return {"sweep_dir": str(sweep_dir), "runs": rows, "means": means}
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _ci(m: dict) -> str:
+    ci = m.get("success_once_interval")
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
 
 
 def results_markdown(res: dict) -> str:
     keys = list(res["means"][0]["point"]) if res["means"] else []
-    head = " | ".join(keys)
     lines = [
         f"# rlft sweep: {res['sweep_dir']}",
         "",
-        "Mean over seeds:",
+        "Mean over seeds (95 % Student-t interval over seeds):",
         "",
-        f"| {head} | seeds | success_once | success_at_end | best success_once | wall (s) |",
-        "|" + "---|" * (len(keys) + 5),
+        f"| {' | '.join(keys)} | seeds | success_once | 95% interval | success_at_end | best success_once | wall (s) |",
+        "|" + "---|" * (len(keys) + 6),
     ]
     for m in res["means"]:
-        vals = " | ".join(str(m["point"][k]) for k in keys)
         lines.append(
-            f"| {vals} | {len(m['seeds'])} | {m['success_once']:.2f} | {m['success_at_end']:.2f} | "
-            f"{m['best_success_once']:.2f} | {m['wall_s']:.0f} |"
+            f"| {' | '.join(str(m['point'][k]) for k in keys)} | {len(m['seeds'])} | {m['success_once']:.2f} | "
+            f"{_ci(m)} | {m['success_at_end']:.2f} | {m['best_success_once']:.2f} | {m['wall_s']:.0f} |"
         )
     lines += [
         "",
         "Per run:",
         "",
-        "| run | success_once | success_at_end | wall (s) | updates/s |",
-        "|---|---|---|---|---|",
+        "| run | status | success_once | success_at_end | wall (s) | updates/s | attempts |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
-        ups = f"{r['updates_per_s']:.0f}" if r["updates_per_s"] else ""
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
         lines.append(
-            f"| {r['run']} | {r['success_once']:.2f} | {r['success_at_end']:.2f} | {r['wall_s']:.0f} | {ups} |"
+            f"| {r['run']} | {status} | {_fmt(r.get('success_once'))} | {_fmt(r.get('success_at_end'))} | "
+            f"{_fmt(r.get('wall_s'), '.0f')} | {_fmt(r.get('updates_per_s'), '.0f')} | {r['attempts']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run_sweep(cfg: SweepConfig, sweep_yaml: str | None = None) -> dict:
+def sweep_dataset(cfg: SweepConfig, sweep_dir: Path, runs) -> str:
+    """The dataset every run trains on: ``cfg.dataset``, or one collected into ``<sweep dir>/data`` (once: a
+    resumed sweep reuses it)."""
     from rlft.train.pipeline import collect_dataset
+
+    if cfg.dataset is not None:
+        return cfg.dataset
+    if cfg.collect is None:
+        raise ConfigError("dataset: give a dataset file or a `collect:` section")
+    existing = [sweep_dir / "data" / n for n in ("dataset.h5", "source0-" + cfg.collect.mode + ".h5")]
+    done = next((p for p in existing if p.is_file() and (not cfg.also_collect or p.name == "dataset.h5")), None)
+    if done is not None:
+        return str(done)
+    dataset, _ = collect_dataset([cfg.collect, *cfg.also_collect], collect_env_id(cfg, runs), 0, sweep_dir / "data")
+    return dataset
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    """Validate every run, collect the dataset, run the trials on Ray Tune, then write ``results.json`` /
+    ``results.md`` and print the table; a trial that still fails after its retries is reported, then raised."""
+    from ray import tune
 
     runs = expand(cfg)
     name = cfg.name or f"sweep-{Path(cfg.base).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = Path(cfg.out_dir) / name
+    sweep_dir = (Path(cfg.out_dir) / name).resolve()
     (sweep_dir / "configs").mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "logs").mkdir(exist_ok=True)
     save_yaml(cfg, sweep_dir / "sweep.yaml")
-    dataset = cfg.dataset
-    if dataset is None:
-        if cfg.collect is None:
-            raise ConfigError("dataset: give a dataset file or a `collect:` section")
-        existing = [sweep_dir / "data" / n for n in ("dataset.h5", "source0-" + cfg.collect.mode + ".h5")]
-        done = next((p for p in existing if p.is_file() and (not cfg.also_collect or p.name == "dataset.h5")), None)
-        if done is not None:
-            dataset = str(done)
-        else:
-            dataset, _ = collect_dataset(
-                [cfg.collect, *cfg.also_collect], collect_env_id(cfg, runs), 0, sweep_dir / "data"
-            )
-    todo = []
-    for rname, _point, _seed, d in runs:
-        d = copy.deepcopy(d)
-        d["dataset"] = d.get("dataset") or dataset
-        d.setdefault("run", {}).update({"out_dir": str(sweep_dir), "name": rname, "threads": 1})
-        cpath = sweep_dir / "configs" / f"{rname}.yaml"
-        save_yaml(train_config_from_dict(d, str(cpath)), cpath)
-        if (sweep_dir / rname / "summary.json").is_file():
-            console.print(f"[dim]{escape(rname)}: done already, skipped[/dim]")
-        else:
-            todo.append((rname, cpath))
-    console.print(f"sweep {escape(str(sweep_dir))}: {len(runs)} runs, {len(todo)} to do, {cfg.parallel} at a time")
-    _execute(todo, sweep_dir, cfg.parallel)
-    res = _summarise(sweep_dir, runs)
+    job = SweepJob(cfg, sweep_dir, str(Path(sweep_dataset(cfg, sweep_dir, runs)).resolve()))
+    space, extra = search_space(cfg, runs)
+    n = len(runs) if cfg.search == "grid" else cfg.num_samples * (len(cfg.seeds) if cfg.search == "random" else 1)
+    console.print(f"sweep {escape(str(sweep_dir))}: {n} runs on Ray Tune ({cfg.search} search)")
+    results = run_trials(tune.with_parameters(train_trial, job=job), space, sweep_dir, cfg.ray, extra)
+    res = summarise(sweep_dir, results)
     atomic_write_text(sweep_dir / "results.json", json.dumps(res, indent=2))
     atomic_write_text(sweep_dir / "results.md", results_markdown(res))
     print_results(res)
+    failed = [r for r in res["runs"] if r["status"] == "failed"]
+    if failed:
+        raise TrainingError(
+            f"sweep: {len(failed)} run(s) failed after {cfg.ray.max_failures} retries: "
+            + "; ".join(f"{r['run']}: {r['error']}" for r in failed)
+            + f" (results.md in {sweep_dir})"
+        )
     return res
-
-
-def _execute(todo: list[tuple[str, Path]], sweep_dir: Path, parallel: int) -> None:
-    """Run ``rlft train --config <cpath>`` for each entry, ``parallel`` processes at a time; fail on the first error."""
-    pending = list(todo)
-    active: list[tuple[str, subprocess.Popen, Any]] = []
-    failed: list[str] = []
-    while pending or active:
-        while pending and len(active) < parallel and not failed:
-            rname, cpath = pending.pop(0)
-            log = (sweep_dir / "logs" / f"{rname}.log").open("w")
-            cmd = [sys.executable, "-m", "rlft.cli", "train", "--config", str(cpath)]
-            active.append((rname, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-            console.print(f"started {escape(rname)}")
-        time.sleep(0.5)
-        for item in list(active):
-            rname, proc, log = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            active.remove(item)
-            if proc.returncode != 0:
-                failed.append(rname)
-                console.print(
-                    f"[red]{escape(rname)} failed (exit {proc.returncode}); see "
-                    f"{escape(str(sweep_dir))}/logs/{escape(rname)}.log[/red]"
-                )
-            else:
-                console.print(f"finished {escape(rname)}")
-        if failed and not active:
-            raise TrainingError(f"sweep runs failed: {failed}; their logs are in {sweep_dir / 'logs'}")
 
 
 def print_results(res: dict) -> None:
     keys = list(res["means"][0]["point"]) if res["means"] else []
     t = Table(title=f"rlft sweep - mean over seeds ({res['sweep_dir']})")
-    for c in [*keys, "seeds", "success_once", "success_at_end", "wall (s)"]:
+    for c in [*keys, "seeds", "success_once", "95% interval", "success_at_end", "wall (s)"]:
         t.add_column(c)
     for m in res["means"]:
         t.add_row(
             *(escape(str(m["point"][k])) for k in keys),
             str(len(m["seeds"])),
             f"{m['success_once']:.2f}",
+            _ci(m),
             f"{m['success_at_end']:.2f}",
             f"{m['wall_s']:.0f}",
         )
     console.print(t)
+    for r in res["runs"]:
+        if r["status"] != "done":
+            style = "red" if r["status"] == "failed" else "yellow"
+            console.print(f"[{style}]{escape(r['run'])}: {escape(r['status'])} {escape(r.get('error', ''))}[/{style}]")
+    if any(r["status"] == "stopped" for r in res["runs"]):
+        console.print("stopped runs: stopped early by ASHA, or the sweep was interrupted (run it again to resume)")
