@@ -70,6 +70,8 @@ def test_sweep_cli_runs_grid_and_writes_results(tmp_path):
         assert 0.0 <= r["success_once"] <= 1.0 and r["updates_per_s"] > 0
         assert (tmp_path / "sw" / r["run"] / "checkpoints" / "policy_final.safetensors").is_file()
         assert (tmp_path / "sw" / r["run"] / "trial.log").is_file()
+        cfg = yaml.safe_load((tmp_path / "sw" / r["run"] / "config.yaml").read_text())
+        assert cfg["run"]["wandb_group"] == "sw"  # W&B: one run per trial, grouped by sweep
     for m in res["means"]:  # per grid point: the mean over the two seeds and its interval
         runs = [r for r in res["runs"] if r["point"] == m["point"]]
         assert m["seeds"] == [0, 1] and m["success_once"] == pytest.approx(sum(r["success_once"] for r in runs) / 2)

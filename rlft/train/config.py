@@ -133,6 +133,9 @@ class RunConfig:
     """Also log to Weights & Biases (needs the 'wandb' extra)."""
     wandb_project: str = "rlft"
     """W&B project name when ``track`` is set."""
+    wandb_group: Optional[str] = None
+    """W&B group of the run when ``track`` is set (``rlft sweep`` sets it to the sweep's name: one W&B run per
+    trial, grouped by sweep; ``rlft pipeline`` to the pipeline's run directory name)."""
     tensorboard: bool = True
     """Write TensorBoard event files to <run>/tb."""
     stop_on_divergence: bool = False

@@ -49,6 +49,7 @@ class Logger:
         track: bool = False,
         project: str = "rlft",
         run_name: str | None = None,
+        group: str | None = None,
         config: dict | None = None,
         resume_step: int | None = None,
         elapsed_s: float = 0.0,
@@ -78,7 +79,7 @@ class Logger:
                 from rlft.errors import ConfigError
 
                 raise ConfigError("run.track=True needs wandb: pip install 'rlft[wandb]'") from e
-            self._wandb = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir))
+            self._wandb = wandb.init(project=project, name=run_name, group=group, config=config, dir=str(self.run_dir))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}

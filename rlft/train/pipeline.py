@@ -212,7 +212,13 @@ def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handof
             "eval": _deep_merge(to_dict(cfg.eval), {"every": every}),
             "dataset": data,
             **handoff,
-            "run": {"seed": cfg.seed, "out_dir": str(run_dir), "name": st.name, "threads": cfg.threads},
+            "run": {
+                "seed": cfg.seed,
+                "out_dir": str(run_dir),
+                "name": st.name,
+                "threads": cfg.threads,
+                "wandb_group": d.get("run", {}).get("wandb_group") or run_dir.name,
+            },
         },
     )
     d["steps"] = max(1, int(d.get("steps", 10_000) * cfg.budget_scale))

@@ -232,7 +232,12 @@ def train_trial(params: dict, job: SweepJob) -> None:
         d = copy.deepcopy(d)
         d["dataset"] = d.get("dataset") or job.dataset
         d.setdefault("run", {}).update(
-            {"out_dir": str(job.sweep_dir), "name": name, "threads": trial_threads(job.cfg.ray)}
+            {
+                "out_dir": str(job.sweep_dir),
+                "name": name,
+                "threads": trial_threads(job.cfg.ray),
+                "wandb_group": d.get("run", {}).get("wandb_group") or job.sweep_dir.name,
+            }
         )
         if (run_dir / "checkpoints" / "state.pt").is_file():
             d["run"]["resume"] = True
