@@ -203,6 +203,9 @@ class TrainConfig(Generic[A]):
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
     """Online: replay buffer capacity in macro-steps."""
+    num_envs: int = 1
+    """Online: envs stepped in parallel, each in its own process (gymnasium ``AsyncVectorEnv``; state observations).
+    Every collected macro-step counts toward ``steps`` and gets ``utd_ratio`` updates, as with one env."""
     policy_ema: float = 0.0
     """Decay of an exponential moving average of the policy's weights, updated after every update; when > 0 the EMA
     is what the stage evaluates and saves (``rlft.train.ema``), the algorithm keeps training and exploring with its
@@ -222,6 +225,8 @@ class TrainConfig(Generic[A]):
             )
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
+        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
+            raise ConfigError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
         if not 0.0 <= self.policy_ema < 1.0:
             raise ConfigError(f"policy_ema must be in [0, 1) (0 = off), got {self.policy_ema}")
         if not self.action_magnitude > 0:

@@ -494,29 +494,37 @@ class Trainer:
         return obs
 
     def _online(self) -> dict | None:
-        cfg, ac = self.cfg, self.cfg.algo_cfg
-        env = self.adapter.wrap_env(
-            make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw), cfg.env.gamma
-        )
+        """The online loop: step the env(s) with the exploring policy, then update on what the algorithm asks for
+        (``online_batches``) once per collected macro-step; evaluate and checkpoint on schedule. ``num_envs`` > 1
+        steps that many envs in parallel processes (``_vector_step``)."""
+        cfg, ac, n = self.cfg, self.cfg.algo_cfg, self.cfg.num_envs
         sampler = MixedSampler(self.dataset if ac.offline_ratio > 0 else None, self.replay, ac.offline_ratio)
-        last_eval = None
-        if self._loop is None:  # a fresh run; a resumed one continues the checkpointed episode and counters
-            self._loop = {"episode": 0, "updates": 0, "recent": []}
-            obs = self._new_episode(env)
+        if n > 1:
+            env, step_fn = self._vector_envs(), self._vector_step
+            obs = self._start_vector(env)
         else:
-            obs = self._continue_episode(env)
-        t_start, step0 = time.time(), self.step
+            env = self.adapter.wrap_env(
+                make_env(cfg.env.env_id, obs_horizon=cfg.env.obs_horizon, **self.env_kw), cfg.env.gamma
+            )
+            step_fn = self._env_step
+            if self._loop is None:  # a fresh run; a resumed one continues the checkpointed episode and counters
+                self._loop = {"episode": 0, "updates": 0, "recent": []}
+                obs = self._new_episode(env)
+            else:
+                obs = self._continue_episode(env)
+        last_eval, t_start, step0 = None, time.time(), self.step
         with self._progress(f"{cfg.algo} online") as prog:
             task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
                 prev = self.step
-                obs = self._env_step(env, obs)
-                # the algorithm decides what it updates on now: replay batches (UTD), a whole rollout, or nothing
-                for batch in self.algo.online_batches(
-                    self.replay, lambda: sampler.sample(ac.batch_size, self.gen), self.step
-                ):
-                    self.avg.add(self._update(batch.to(self.device)))
-                    self._loop["updates"] += 1
+                obs = step_fn(env, obs)
+                for _ in range(n):  # UTD counts per collected macro-step, whatever the number of envs
+                    # the algorithm decides what it updates on now: replay batches (UTD), a whole rollout, or nothing
+                    for batch in self.algo.online_batches(
+                        self.replay, lambda: sampler.sample(ac.batch_size, self.gen), self.step
+                    ):
+                        self.avg.add(self._update(batch.to(self.device)))
+                        self._loop["updates"] += 1
                 extra = self._online_metrics(step0, t_start)
                 last_eval = self._maybe_eval_and_ckpt(prev, self.avg, extra) or last_eval
                 succ = extra.get("train/episode_success", 0)
@@ -525,6 +533,14 @@ class Trainer:
                 )
         env.close()
         return last_eval
+
+    def _widen_reward_range(self, rewards) -> np.ndarray:
+        """Widen the run's reward range (shared with the live checks) by a macro-step's raw env rewards."""
+        rs = np.asarray(rewards, np.float64)
+        if len(rs):
+            rr, lo, hi = self.reward_range, float(rs.min()), float(rs.max())
+            rr[:] = [lo, hi] if not rr else [min(rr[0], lo), max(rr[1], hi)]
+        return rs
 
     def _env_step(self, env, obs) -> np.ndarray:
         """One macro-step of the exploring policy: into the replay, the reward range and the episode's record; returns
@@ -546,10 +562,7 @@ class Trainer:
             next_images=_frames(next_obs),
         )
         self.step += int(info["k"])
-        rs = np.asarray(info["env_rewards"], np.float64)
-        if len(rs):
-            rr, lo, hi = self.reward_range, float(rs.min()), float(rs.max())
-            rr[:] = [lo, hi] if not rr else [min(rr[0], lo), max(rr[1], hi)]
+        rs = self._widen_reward_range(info["env_rewards"])
         lp["ret"] += float(np.sum(rs))
         lp["success"] = lp["success"] or bool(info["success"])
         lp["length"] += int(info["k"])
@@ -560,6 +573,78 @@ class Trainer:
         lp["chunks"].append(chunk.numpy())
         lp["obs"] = _state(next_obs)
         return next_obs
+
+    # ---- num_envs > 1: envs in parallel processes ----
+    def _vector_envs(self):
+        """``num_envs`` copies of the env the actor acts on (the adapter's wrappers included), each in its own
+        process (gymnasium ``AsyncVectorEnv``, no autoreset: episodes are reset here, with their own seeds)."""
+        import functools
+
+        import gymnasium
+
+        from rlft.envs import env_family
+
+        cfg = self.cfg
+        if self.replay.image_shapes:
+            raise ConfigError(
+                f"num_envs: {cfg.num_envs} parallel envs take state observations only; this env has cameras"
+            )
+        fam = env_family(cfg.env.env_id)
+        if fam.prepare is not None:  # e.g. ManiSkill's Vulkan layer, built once so the workers inherit it
+            fam.prepare()
+        fn = functools.partial(
+            _online_env, cfg.env.env_id, cfg.env.obs_horizon, self.env_kw, self.adapter, cfg.env.gamma
+        )
+        return gymnasium.vector.AsyncVectorEnv(
+            [fn] * cfg.num_envs, context="spawn", autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED
+        )
+
+    def _start_vector(self, envs) -> np.ndarray:
+        """Start every env's first episode. A resumed run keeps its counters but starts new episodes (the episodes
+        in progress at the checkpoint are not replayed with several envs)."""
+        n = self.cfg.num_envs
+        if self._loop is None:
+            self._loop = {"episode": 0, "updates": 0, "recent": []}
+        # the single-env episode fields stay empty (the checkpoint layout is shared with num_envs 1)
+        self._loop.update(seed=0, chunks=[], ret=0.0, success=False, length=0, obs=np.zeros(0, np.float32))
+        self._vec = {"ret": np.zeros(n), "success": np.zeros(n, bool)}
+        return self._reset_envs(envs, np.ones(n, bool), None)
+
+    def _reset_envs(self, envs, mask: np.ndarray, obs: np.ndarray | None) -> np.ndarray:
+        """Reset the envs where ``mask`` is set, each seeded by the step and its index; the others keep ``obs``."""
+        base = self.cfg.run.seed * 1_000_003 + self.step
+        seeds = [base + 100_003 * i if m else None for i, m in enumerate(mask)]
+        new, _ = envs.reset(seed=seeds, options={"reset_mask": mask})
+        self._vec["ret"][mask], self._vec["success"][mask] = 0.0, False
+        new = np.asarray(new, np.float32)
+        return new if obs is None else np.where(mask[:, None], new, obs)
+
+    def _vector_step(self, envs, obs: np.ndarray) -> np.ndarray:
+        """One macro-step of every env: ``num_envs`` transitions into the replay, episode records, resets."""
+        lp, v = self._loop, self._vec
+        chunk = self.algo.explore(obs).cpu().numpy()
+        next_obs, R, term, trunc, info = envs.step(chunk)
+        decoded = self.adapter.exec_chunk(info)
+        next_obs = np.asarray(next_obs, np.float32)
+        self.replay.add(
+            obs,
+            chunk,
+            np.asarray(R, np.float64),
+            next_obs,
+            np.asarray(term, np.float64),
+            np.asarray(info["discount"], np.float64),
+            np.asarray(info["k"]),
+            exec_chunk=None if decoded is None else np.stack(list(decoded)),
+        )
+        self.step += int(np.sum(info["k"]))
+        for i in range(len(obs)):
+            v["ret"][i] += float(np.sum(self._widen_reward_range(info["env_rewards"][i])))
+            v["success"][i] |= bool(info["success"][i])
+        done = np.asarray(term, bool) | np.asarray(trunc, bool)
+        for i in np.flatnonzero(done):
+            lp["recent"] = (lp["recent"] + [(float(v["success"][i]), float(v["ret"][i]))])[-20:]
+            lp["episode"] += 1
+        return self._reset_envs(envs, done, next_obs) if done.any() else next_obs
 
     def _online_metrics(self, step0: int, t_start: float) -> dict[str, float]:
         """The online loop's own metrics: episodes, updates, env steps/s, the last 20 episodes' success and return."""
@@ -573,6 +658,11 @@ class Trainer:
             extra["train/episode_success"] = float(np.mean([r[0] for r in lp["recent"]]))
             extra["train/episode_return"] = float(np.mean([r[1] for r in lp["recent"]]))
         return extra
+
+
+def _online_env(env_id: str, obs_horizon: int, env_kw: dict, adapter, gamma: float):
+    """The env an online actor acts on, built inside a vector-env worker process."""
+    return adapter.wrap_env(make_env(env_id, obs_horizon=obs_horizon, **env_kw), gamma)
 
 
 def run_train(cfg: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> dict:
