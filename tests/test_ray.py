@@ -201,6 +201,32 @@ def test_optuna_search_with_asha(tmp_path, dataset):
     assert main(["sweep", "--config", str(p)]) == 0
     runs = json.loads((tmp_path / "sw" / "results.json").read_text())["runs"]
     assert len(runs) == 2 and all(r["status"] in ("done", "stopped") for r in runs)
+    assert any(r["status"] == "done" for r in runs)  # a trial that reaches its last step finishes, ASHA or not
+    assert len({r["run"] for r in runs}) == 2  # sampled points may repeat: names carry Tune's trial id
     for r in runs:
         assert 1e-4 <= r["point"]["algo_cfg.lr"] <= 1e-3 and r["point"]["algo_cfg.policy.kind"] in ("gaussian", "flow")
         assert (tmp_path / "sw" / r["run"] / "metrics.jsonl").is_file()
+
+
+def test_a_changed_config_is_not_resumed_silently(tmp_path):
+    """Calling a sweep again under the same name restores Tune's experiment, which would run the old trials: a
+    config that changed what runs is refused, one that changed only where or how many at a time is not."""
+    from rlft.errors import ConfigError
+    from rlft.train.trials import same_experiment
+
+    cfg = SweepConfig(base="bc.yaml", grid={"steps": [5]})
+    same_experiment(tmp_path / "sweep.yaml", cfg)
+    cfg.ray.max_concurrent, cfg.ray.address = 4, "auto"
+    same_experiment(tmp_path / "sweep.yaml", cfg)
+    cfg.seeds = [0, 1]
+    with pytest.raises(ConfigError, match=r"another config \(differs in \['seeds'\]\)"):
+        same_experiment(tmp_path / "sweep.yaml", cfg)
+
+
+def test_table_over_seeds_when_no_seed_finished(tmp_path):
+    """Every seed failed: the table is still written (empty), so the error naming the failed seeds is what the user
+    sees."""
+    from rlft.train.multiseed import results_markdown, seeds_summary
+
+    md = results_markdown(seeds_summary(tmp_path, []))
+    assert "Deployed policy" in md and "Peak memory" in md

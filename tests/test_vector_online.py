@@ -65,6 +65,12 @@ def test_num_envs_must_be_positive(tmp_path, demos):
         _cfg(tmp_path, demos, num_envs=0)
 
 
+def test_on_policy_rollouts_keep_one_env(tmp_path, demos):
+    """PPO-style advantages run along one env's steps; several envs would interleave them, so it is refused."""
+    with pytest.raises(ConfigError, match="on-policy"):
+        _cfg(tmp_path, demos, algo="dsrl_ppo", algo_cfg={"rollout_steps": 64})
+
+
 def test_parallel_envs_refuse_cameras(tmp_path):
     """Camera observations stay with one env for now; the run says so before it starts stepping."""
     d = _cfg(tmp_path, None, dataset=None, env={"env_id": "visual-cube-single-singletask-v0", "act_horizon": 5})

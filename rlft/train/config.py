@@ -227,6 +227,11 @@ class TrainConfig(Generic[A]):
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise ConfigError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
+        if self.num_envs > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:
+            raise ConfigError(
+                f"num_envs: {self.algo} collects on-policy rollouts (algo_cfg.rollout_steps > 0), whose advantages "
+                "are computed along one env's steps; use num_envs: 1"
+            )
         if not 0.0 <= self.policy_ema < 1.0:
             raise ConfigError(f"policy_ema must be in [0, 1) (0 = off), got {self.policy_ema}")
         if not self.action_magnitude > 0:

@@ -23,7 +23,7 @@ from rich.table import Table
 from rlft.errors import TrainingError
 from rlft.train.gate import mean_interval
 from rlft.train.pipeline import PipelineConfig, run_pipeline
-from rlft.train.trials import output_to, record_attempt, report, run_trials, set_aside, trial_threads
+from rlft.train.trials import output_to, record_attempt, report, run_trials, same_experiment, set_aside, trial_threads
 from rlft.utils import atomic_write_text, make_console
 
 console = make_console()
@@ -110,7 +110,7 @@ def seeds_summary(group_dir: Path, results: list[dict]) -> dict:
             "interval": list(ci[1:]) if ci else None,
         },
         "wall_s": {res["seed"]: res["wall_s"] for res in results},
-        "peak_rss_mb_max": max((res.get("peak_rss_mb") or 0 for res in results), default=None),
+        "peak_rss_mb_max": max((res.get("peak_rss_mb") or 0 for res in results), default=0),
     }
 
 
@@ -140,7 +140,8 @@ def results_markdown(s: dict) -> str:
     mean = f"{d['mean']:.2f}" if d["mean"] is not None else "-"
     lines += ["", f"Deployed policy (the gate's choice per seed): mean {mean}{ci} ({per})."]
     walls = ", ".join(f"s{k}: {v:.0f} s" for k, v in s["wall_s"].items())
-    lines += [f"Pipeline wall time per seed: {walls}. Peak memory (max over seeds): {s['peak_rss_mb_max']:.0f} MB.", ""]
+    peak = s["peak_rss_mb_max"]
+    lines += [f"Pipeline wall time per seed: {walls}. Peak memory (max over seeds): {peak or 0:.0f} MB.", ""]
     return "\n".join(lines)
 
 
@@ -168,6 +169,7 @@ def run_pipeline_seeds(cfg: PipelineConfig) -> dict:
     name = cfg.name or f"pipeline-{cfg.env.env_id}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
     group_dir = (Path(cfg.out_dir) / name).resolve()
     group_dir.mkdir(parents=True, exist_ok=True)
+    same_experiment(group_dir / "pipeline.yaml", cfg)
     console.print(f"pipeline over seeds {cfg.seeds} on Ray Tune: {escape(str(group_dir))}")
     job = SeedsJob(cfg, group_dir)
     space = {"seed": tune.grid_search(list(cfg.seeds))}

@@ -512,6 +512,13 @@ class Trainer:
                 obs = self._new_episode(env)
             else:
                 obs = self._continue_episode(env)
+        try:
+            return self._online_loop(env, obs, step_fn, sampler)
+        finally:
+            env.close()  # also when the loop fails: the vector env's worker processes must not outlive the run
+
+    def _online_loop(self, env, obs, step_fn, sampler) -> dict | None:
+        cfg, ac, n = self.cfg, self.cfg.algo_cfg, self.cfg.num_envs
         last_eval, t_start, step0 = None, time.time(), self.step
         with self._progress(f"{cfg.algo} online") as prog:
             task = prog.add_task("env steps", total=cfg.steps, completed=self.step, info="")
@@ -531,7 +538,6 @@ class Trainer:
                 prog.update(
                     task, completed=min(self.step, cfg.steps), info=f"ep {self._loop['episode']} succ(20) {succ:.2f}"
                 )
-        env.close()
         return last_eval
 
     def _widen_reward_range(self, rewards) -> np.ndarray:
@@ -578,6 +584,7 @@ class Trainer:
     def _vector_envs(self):
         """``num_envs`` copies of the env the actor acts on (the adapter's wrappers included), each in its own
         process (gymnasium ``AsyncVectorEnv``, no autoreset: episodes are reset here, with their own seeds)."""
+        import copy
         import functools
 
         import gymnasium
@@ -592,9 +599,11 @@ class Trainer:
         fam = env_family(cfg.env.env_id)
         if fam.prepare is not None:  # e.g. ManiSkill's Vulkan layer, built once so the workers inherit it
             fam.prepare()
-        fn = functools.partial(
-            _online_env, cfg.env.env_id, cfg.env.obs_horizon, self.env_kw, self.adapter, cfg.env.gamma
-        )
+        adapter = copy.deepcopy(self.adapter)  # its modules go to the workers from the CPU, whatever run.device
+        for k, v in vars(adapter).items():
+            if isinstance(v, torch.nn.Module):
+                setattr(adapter, k, v.cpu())
+        fn = functools.partial(_online_env, cfg.env.env_id, cfg.env.obs_horizon, self.env_kw, adapter, cfg.env.gamma)
         return gymnasium.vector.AsyncVectorEnv(
             [fn] * cfg.num_envs, context="spawn", autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED
         )
@@ -611,9 +620,10 @@ class Trainer:
         return self._reset_envs(envs, np.ones(n, bool), None)
 
     def _reset_envs(self, envs, mask: np.ndarray, obs: np.ndarray | None) -> np.ndarray:
-        """Reset the envs where ``mask`` is set, each seeded by the step and its index; the others keep ``obs``."""
-        base = self.cfg.run.seed * 1_000_003 + self.step
-        seeds = [base + 100_003 * i if m else None for i, m in enumerate(mask)]
+        """Reset the envs where ``mask`` is set, each seeded from (run seed, step, its index); the others keep
+        ``obs``."""
+        seq = lambda i: int(np.random.SeedSequence([self.cfg.run.seed, self.step, i]).generate_state(1)[0])  # noqa: E731
+        seeds = [seq(i) if m else None for i, m in enumerate(mask)]
         new, _ = envs.reset(seed=seeds, options={"reset_mask": mask})
         self._vec["ret"][mask], self._vec["success"][mask] = 0.0, False
         new = np.asarray(new, np.float32)
@@ -661,7 +671,9 @@ class Trainer:
 
 
 def _online_env(env_id: str, obs_horizon: int, env_kw: dict, adapter, gamma: float):
-    """The env an online actor acts on, built inside a vector-env worker process."""
+    """The env an online actor acts on, built inside a vector-env worker process: one torch thread, and an adapter's
+    frozen base policy (DSRL, residual RL) on the CPU there (``_vector_envs`` sends it from the CPU)."""
+    set_threads(1)
     return adapter.wrap_env(make_env(env_id, obs_horizon=obs_horizon, **env_kw), gamma)
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -42,7 +43,16 @@ from rlft.config import from_dict, read_yaml, save_yaml
 from rlft.errors import ConfigError, TrainingError
 from rlft.train.config import train_config_from_dict
 from rlft.train.gate import mean_interval
-from rlft.train.trials import RayOptions, output_to, record_attempt, report, run_trials, set_aside, trial_threads
+from rlft.train.trials import (
+    RayOptions,
+    output_to,
+    record_attempt,
+    report,
+    run_trials,
+    same_experiment,
+    set_aside,
+    trial_threads,
+)
 from rlft.utils import atomic_write_text, make_console
 
 console = make_console()
@@ -166,6 +176,15 @@ def run_name(point: dict[str, Any], seed: int) -> str:
     return ",".join(parts + [f"s{seed}"]).replace("/", "_").replace(" ", "")
 
 
+def trial_name(cfg: SweepConfig, point: dict[str, Any], seed: int, trial_id: str | None) -> str:
+    """A trial's run name: ``run_name`` for a grid; a sampled search can propose one point twice, so its names
+    also carry Tune's trial id (and sampled floats are shortened to 4 significant digits)."""
+    if cfg.search == "grid":
+        return run_name(point, seed)
+    short = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in point.items()}
+    return f"{run_name(short, seed)},{trial_id}"
+
+
 def resolve_run(cfg: SweepConfig, point: dict[str, Any], seed: int) -> tuple[str, dict]:
     """One run of the sweep: its name and its resolved ``rlft train`` dict (base config + ``overrides`` +
     ``base_overrides`` + the point's fields + the seed), validated (a typo in the grid fails here)."""
@@ -221,9 +240,12 @@ def train_trial(params: dict, job: SweepJob) -> None:
     reporting each periodic evaluation to Tune (for ASHA) and the run's final results. A run finished by an earlier
     call is not run again; a retry resumes from the run's checkpoint, or starts clean with the failed attempt's
     directory set aside."""
+    from ray import tune
+
     from rlft.train.runner import Trainer
 
-    name, d = resolve_run(job.cfg, params["point"], params["seed"])
+    _, d = resolve_run(job.cfg, params["point"], params["seed"])
+    name = trial_name(job.cfg, params["point"], params["seed"], tune.get_context().get_trial_id())
     run_dir = job.sweep_dir / name
     where = record_attempt(run_dir)
     if (run_dir / "summary.json").is_file():
@@ -280,9 +302,13 @@ def search_space(cfg: SweepConfig, runs) -> tuple[dict, dict]:
         extra = {"num_samples": cfg.num_samples}
         if cfg.search == "optuna":
             extra["search_alg"] = _optuna()
+        else:  # one random point runs on every seed (not a new point per seed)
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            extra["search_alg"] = BasicVariantGenerator(constant_grid_search=True)
     if cfg.asha:
         extra["scheduler"] = _asha(cfg, runs)
-    if "search_alg" in extra or "scheduler" in extra:
+    if cfg.search == "optuna" or cfg.asha:
         extra.update(metric="success_once", mode="max")
     return space, extra
 
@@ -309,13 +335,24 @@ def _asha(cfg: SweepConfig, runs):
     every = min(d.get("eval", {}).get("every", 0) or 0 for *_, d in runs)
     if every <= 0:
         raise ConfigError("asha: the runs must evaluate periodically (set eval.every > 0 in overrides)")
-    return ASHAScheduler(time_attr="step", max_t=steps or 10**9, grace_period=cfg.asha_grace_steps or every)
+    # a trial that reaches its last step finishes (writes its policy and summary) instead of being stopped there
+    return ASHAScheduler(
+        time_attr="step", max_t=(steps or 10**9) + 1, grace_period=cfg.asha_grace_steps or every, stop_last_trials=False
+    )
 
 
-def _row(sweep_dir: Path, result) -> dict:
+def _trial_id(result) -> str | None:
+    """Tune's id of a result's trial: from its reported metrics, else from its trial directory's name."""
+    if (result.metrics or {}).get("trial_id"):
+        return result.metrics["trial_id"]
+    m = re.search(r"_([0-9a-f]{5}_\d{5})(_|$)", Path(str(result.path)).name) if result.path else None
+    return m.group(1) if m else None
+
+
+def _row(cfg: SweepConfig, sweep_dir: Path, result) -> dict:
     """One results row from a Tune result and the run's directory (summary, metrics, trial.json)."""
     point, seed = result.config["point"], result.config["seed"]
-    name = run_name(point, seed)
+    name = trial_name(cfg, point, seed, _trial_id(result))
     run_dir = sweep_dir / name
     trial = json.loads((run_dir / "trial.json").read_text()) if (run_dir / "trial.json").is_file() else {}
     attempts = trial.get("attempts", [])
@@ -347,10 +384,10 @@ def _row(sweep_dir: Path, result) -> dict:
     }
 
 
-def summarise(sweep_dir: Path, results) -> dict:
+def summarise(cfg: SweepConfig, sweep_dir: Path, results) -> dict:
     """Per-run rows (every trial, failed and stopped ones included) and, per point, the mean over its finished
     seeds with a 95 % Student-t interval."""
-    rows = sorted((_row(sweep_dir, r) for r in results), key=lambda r: r["run"])
+    rows = sorted((_row(cfg, sweep_dir, r) for r in results), key=lambda r: r["run"])
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["status"] == "done":
@@ -432,16 +469,22 @@ def run_sweep(cfg: SweepConfig) -> dict:
     name = cfg.name or f"sweep-{Path(cfg.base).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = (Path(cfg.out_dir) / name).resolve()
     (sweep_dir / "configs").mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, sweep_dir / "sweep.yaml")
+    same_experiment(sweep_dir / "sweep.yaml", cfg)
     job = SweepJob(cfg, sweep_dir, str(Path(sweep_dataset(cfg, sweep_dir, runs)).resolve()))
     space, extra = search_space(cfg, runs)
     n = len(runs) if cfg.search == "grid" else cfg.num_samples * (len(cfg.seeds) if cfg.search == "random" else 1)
     console.print(f"sweep {escape(str(sweep_dir))}: {n} runs on Ray Tune ({cfg.search} search)")
     results = run_trials(tune.with_parameters(train_trial, job=job), space, sweep_dir, cfg.ray, extra)
-    res = summarise(sweep_dir, results)
+    res = summarise(cfg, sweep_dir, results)
     atomic_write_text(sweep_dir / "results.json", json.dumps(res, indent=2))
     atomic_write_text(sweep_dir / "results.md", results_markdown(res))
     print_results(res)
+    stopped = [r["run"] for r in res["runs"] if r["status"] == "stopped"]
+    if stopped and not cfg.asha:  # only an interruption stops a trial without ASHA
+        raise TrainingError(
+            f"sweep interrupted: {len(stopped)} run(s) unfinished ({', '.join(stopped)}); run the same command again "
+            "to resume"
+        )
     failed = [r for r in res["runs"] if r["status"] == "failed"]
     if failed:
         raise TrainingError(

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import yaml
+
 from rlft.errors import ConfigError
 
 
@@ -46,8 +48,9 @@ class RayOptions:
     max_concurrent: int = 0
     """Trials running at the same time at most; 0 = as many as the cluster's resources allow."""
     max_failures: int = 1
-    """Times a failed trial (an error, or its process killed) is retried before it is reported as failed; a retry
-    resumes from the run's last checkpoint when it wrote one."""
+    """Times a failed trial (an error, or its process killed) is retried before it is reported as failed. A training
+    run resumes from its last checkpoint when it wrote one (``run.checkpoint_every``); otherwise, and for a whole
+    pipeline, the retry starts over, the failed attempt's directory kept as ``<name>.failed-<k>``."""
 
     def __post_init__(self) -> None:
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -83,6 +86,27 @@ def start_ray(opts: RayOptions) -> bool:
     except ConnectionError as e:
         raise ConfigError(f"ray.address: cannot reach a Ray cluster at {opts.address!r} ({e})") from None
     return True
+
+
+def same_experiment(path: Path, cfg: Any) -> None:
+    """Save ``cfg`` (a config dataclass) as ``path``, or -- when an earlier call of the same experiment saved one
+    there -- refuse a different config: Tune's restore would resume the old trials and silently skip what changed."""
+    from rlft.config import save_yaml, to_dict
+
+    if path.is_file():
+        # where and how the trials run may change between calls (another cluster, more at a time); what they run not
+        old, new = (
+            {k: v for k, v in d.items() if k not in ("ray", "quiet")}
+            for d in (yaml.safe_load(path.read_text()), yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+        )
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(
+                f"name: {path.parent} holds an experiment with another config (differs in {diff}); resuming it "
+                "would run the old one -- choose another name, or restore the old config to resume"
+            )
+        return
+    save_yaml(cfg, path)
 
 
 def record_attempt(run_dir: Path) -> dict:
