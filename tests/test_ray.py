@@ -90,22 +90,22 @@ def test_killed_trial_without_retries_is_reported(tmp_path, dataset):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, dataset):
     """Ctrl-C (SIGINT) while the second of two runs trains; the same command again restores Tune's experiment: the
     finished run is not run again, the interrupted one completes."""
-    p = _sweep_file(tmp_path, dataset, {"steps": [20, 3000]}, ray={"max_concurrent": 1})
+    p = _sweep_file(tmp_path, dataset, {"steps": [20, 1500]}, ray={"max_concurrent": 1})
     proc = _driver(p)
     done = tmp_path / "sw" / "steps=20,s0" / "summary.json"
     _wait_for(done, proc)
-    _wait_for(tmp_path / "sw" / "steps=3000,s0" / "trial.json", proc)
+    _wait_for(tmp_path / "sw" / "steps=1500,s0" / "trial.json", proc)
     mtime = done.stat().st_mtime
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
-    assert not (tmp_path / "sw" / "steps=3000,s0" / "summary.json").exists()
+    assert not (tmp_path / "sw" / "steps=1500,s0" / "summary.json").exists()
     proc = _driver(p)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert done.stat().st_mtime == mtime
     assert len(json.loads((done.parent / "trial.json").read_text())["attempts"]) == 1
     runs = json.loads((tmp_path / "sw" / "results.json").read_text())["runs"]
-    assert {r["run"]: r["status"] for r in runs} == {"steps=20,s0": "done", "steps=3000,s0": "done"}
+    assert {r["run"]: r["status"] for r in runs} == {"steps=20,s0": "done", "steps=1500,s0": "done"}
 
 
 def _free_port() -> int:
