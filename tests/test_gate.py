@@ -89,3 +89,14 @@ def test_deploy_copies_the_chosen_policy_and_says_where_it_came_from(tmp_path):
         }
     )
     assert "| offline | offline | 0.65 | [0.55, 0.74] |" in md and "Regression: online is below" in md
+
+
+def test_mean_interval_over_seeds_by_hand():
+    """Student-t over 3 seeds: mean 0.8033, s = 0.11547, half = t(0.975, 2) * s / sqrt(3) = 4.303 * 0.066667."""
+    from rlft.train.gate import mean_interval
+
+    mean, lo, hi = mean_interval([0.87, 0.67, 0.87])
+    assert mean == pytest.approx(0.803333, abs=1e-6)
+    assert (lo, hi) == (pytest.approx(0.803333 - 0.286865, abs=1e-5), pytest.approx(0.803333 + 0.286865, abs=1e-5))
+    assert mean_interval([0.87, 0.67, 0.87], (0.0, 1.0))[2] == 1.0  # a success rate's interval stays in [0, 1]
+    assert mean_interval([0.5]) is None

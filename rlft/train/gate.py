@@ -77,16 +77,19 @@ _T975 = (
 )
 
 
-def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
+def mean_interval(
+    values: list[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float, float] | None:
     """Mean over seeds with its 95 % Student-t interval, ``mean -+ t_{0.975, n-1} s / sqrt(n)`` (s: the sample
-    standard deviation; beyond 30 seeds the normal quantile); None for fewer than 2 values."""
+    standard deviation; beyond 30 seeds the normal quantile), clipped to ``bounds`` (a success rate's [0, 1]); None
+    for fewer than 2 values."""
     n = len(values)
     if n < 2:
         return None
     mean = sum(values) / n
     s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = (_T975[n - 2] if n - 1 <= len(_T975) else Z95) * s / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def gate(stages: list[dict]) -> dict:

@@ -80,7 +80,7 @@ def _stage_rows(results: list[dict]) -> list[dict]:
         row = {"stage": st, "algo": rs[0]["algo"], "wall_s_median": statistics.median(r["wall_s"] for r in rs)}
         if all("success_once" in r for r in rs):
             so = {r["seed"]: r["success_once"] for r in rs}
-            ci = mean_interval(list(so.values()))
+            ci = mean_interval(list(so.values()), (0.0, 1.0))
             row.update(
                 success_once=statistics.mean(so.values()),
                 interval=list(ci[1:]) if ci else None,
@@ -98,7 +98,7 @@ def seeds_summary(group_dir: Path, results: list[dict]) -> dict:
         res["seed"]: next((r["success_once"] for r in res["stages"] if r.get("deployed")), None) for res in results
     }
     vals = [v for v in deployed.values() if v is not None]
-    ci = mean_interval(vals)
+    ci = mean_interval(vals, (0.0, 1.0))
     return {
         "group_dir": str(group_dir),
         "env_id": results[0]["env_id"] if results else None,

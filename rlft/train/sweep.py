@@ -397,7 +397,7 @@ def summarise(cfg: SweepConfig, sweep_dir: Path, results) -> dict:
         m = {"point": json.loads(k), "seeds": sorted(r["seed"] for r in g)}
         for f in ("success_once", "success_at_end", "best_success_once", "wall_s"):
             m[f] = statistics.mean(r[f] for r in g)
-        ci = mean_interval([r["success_once"] for r in g])
+        ci = mean_interval([r["success_once"] for r in g], (0.0, 1.0))
         m["success_once_interval"] = list(ci[1:]) if ci else None
         means.append(m)
     return {"sweep_dir": str(sweep_dir), "runs": rows, "means": means}
