@@ -23,7 +23,16 @@ from rich.table import Table
 from rlft.errors import TrainingError
 from rlft.train.gate import mean_interval
 from rlft.train.pipeline import PipelineConfig, run_pipeline
-from rlft.train.trials import output_to, record_attempt, report, run_trials, same_experiment, set_aside, trial_threads
+from rlft.train.trials import (
+    error_line,
+    output_to,
+    record_attempt,
+    report,
+    run_trials,
+    same_experiment,
+    set_aside,
+    trial_threads,
+)
 from rlft.utils import atomic_write_text, make_console
 
 console = make_console()
@@ -183,7 +192,7 @@ def run_pipeline_seeds(cfg: PipelineConfig) -> dict:
     atomic_write_text(group_dir / "seeds_summary.json", json.dumps(summary, indent=2))
     atomic_write_text(group_dir / "results.md", results_markdown(summary))
     print_summary(summary)
-    failed = [(r.config.get("seed"), str(r.error).strip().splitlines()[-1:]) for r in results if r.error is not None]
+    failed = [(r.config.get("seed"), error_line(r.error)) for r in results if r.error is not None]
     if failed:
         raise TrainingError(
             f"pipeline: seed(s) {[s for s, _ in failed]} failed after {cfg.ray.max_failures} retries: {failed} "

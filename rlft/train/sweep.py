@@ -45,6 +45,7 @@ from rlft.train.config import train_config_from_dict
 from rlft.train.gate import mean_interval
 from rlft.train.trials import (
     RayOptions,
+    error_line,
     output_to,
     record_attempt,
     report,
@@ -364,8 +365,7 @@ def _row(cfg: SweepConfig, sweep_dir: Path, result) -> dict:
         "node_id": attempts[-1]["node_id"] if attempts else None,
     }
     if result.error is not None:
-        lines = str(result.error).strip().splitlines()
-        return {**row, "status": "failed", "error": lines[-1] if lines else type(result.error).__name__}
+        return {**row, "status": "failed", "error": error_line(result.error)}
     if not (run_dir / "summary.json").is_file():
         # ASHA stopped it, or the sweep was interrupted (calling it again resumes it)
         return {**row, "status": "stopped", "success_once": (result.metrics or {}).get("success_once")}

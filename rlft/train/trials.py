@@ -215,11 +215,8 @@ def trial_threads(opts: RayOptions) -> int:
     return max(1, int(opts.cpus_per_trial))
 
 
-def failed_trials(results) -> list[tuple[dict, str]]:
-    """(trial config, first line of the error) of every trial Tune reports as failed after its retries."""
-    out = []
-    for r in results:
-        if r.error is not None:
-            msg = str(r.error).strip().splitlines()
-            out.append((r.config, msg[-1] if msg else type(r.error).__name__))
-    return out
+def error_line(error: BaseException) -> str:
+    """The line of a failed trial's error worth showing in a table: its last non-empty line (Ray wraps the
+    trial's own exception in its traceback), or the exception's type."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
