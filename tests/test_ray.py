@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from rlft.cli import main
-from rlft.train.sweep import SweepConfig, run_sweep
+from rlft.train.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
@@ -139,23 +139,21 @@ def two_node_cluster(monkeypatch):
 
 def test_sweep_runs_on_a_two_node_cluster(tmp_path, dataset, two_node_cluster):
     """``--address HOST:PORT``: the trials run on both nodes of an existing cluster (one CPU each, one trial each)
-    and their results come back to the driver's table."""
-    import ray
-
-    cfg = SweepConfig(
-        base=str(ROOT / "configs" / "bc.yaml"),
-        grid={"steps": [200, 201]},
-        dataset=dataset,
-        overrides={**TINY},
-        out_dir=str(tmp_path),
-        name="sw",
+    and their results come back to the driver's table. The driver is its own process, as a user's would be (Ray
+    keeps one authentication mode per process, and this one may already have started a local instance)."""
+    p = _sweep_file(tmp_path, dataset, {"steps": [200, 201]})
+    nodes_py = (
+        "import json, ray; ray.init(address='%s'); print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
     )
-    cfg.ray.address = two_node_cluster
-    ray.init(address=two_node_cluster, logging_level="WARNING")
-    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    ray.shutdown()
+    out = subprocess.run(
+        [sys.executable, "-c", nodes_py % two_node_cluster], capture_output=True, text=True, check=True, timeout=120
+    )
+    nodes = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert len(nodes) == 2
-    res = run_sweep(cfg)
+    cmd = [sys.executable, "-m", "rlft.cli", "sweep", "--config", str(p), "--address", two_node_cluster]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    res = json.loads((tmp_path / "sw" / "results.json").read_text())
     assert [r["status"] for r in res["runs"]] == ["done", "done"]
     assert {r["node_id"] for r in res["runs"]} == nodes
     assert all(0.0 <= m["success_once"] <= 1.0 for m in res["means"])
@@ -182,6 +180,37 @@ def test_pipeline_over_seeds_writes_the_table_over_seeds(tmp_path):
     assert sum(len(r["deployed_in"]) for r in stages.values() if "deployed_in" in r) == 2  # one stage per seed
     md = (tmp_path / "ps" / "results.md").read_text()
     assert "95% interval over seeds" in md and "Deployed policy" in md
+
+
+def test_sweep_over_pipelines_from_a_relative_path(tmp_path, dataset, monkeypatch):
+    """A sweep whose base is an ``rlft pipeline`` YAML: each trial is one whole pipeline (deploy gate included) and
+    the table shows each deployed policy; a grid field may index a list (``stages.1...``). Relative paths mean what
+    they mean in the folder the command runs from (Tune would otherwise move each trial into a folder of its
+    own)."""
+    monkeypatch.chdir(tmp_path)
+    Path("demos.h5").write_bytes(Path(dataset).read_bytes())
+    sweep = {
+        "base": str(ROOT / "configs" / "pipeline.yaml"),
+        "grid": {"stages.1.overrides.algo_cfg.beta": [1.0, 3.0]},
+        "overrides": {
+            "dataset": "demos.h5",
+            "budget_scale": 0.005,
+            "eval": {"num_episodes": 2, "video_episodes": 0},
+            "quiet": True,
+        },
+        "name": "psw",
+    }
+    Path("sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", "--config", "sweep.yaml"]) == 0
+    res = json.loads(Path("runs/psw/results.json").read_text())
+    assert sorted(r["run"] for r in res["runs"]) == ["beta=1.0,s0", "beta=3.0,s0"]
+    for r in res["runs"]:
+        one = json.loads(Path(f"runs/psw/{r['run']}/pipeline_summary.json").read_text())
+        assert r["status"] == "done" and r["deployed"] == one["deployed"]
+        assert r["success_once"] == next(st["success_once"] for st in one["stages"] if st.get("deployed"))
+        assert one["dataset"] == "demos.h5" and [st["stage"] for st in one["stages"]] == ["bc", "offline", "online"]
+        offline = yaml.safe_load(Path(one["stages"][1]["run_dir"], "config.yaml").read_text())
+        assert offline["algo_cfg"]["beta"] == float(r["run"].split(",")[0].split("=")[1])
 
 
 def test_optuna_search_with_asha(tmp_path, dataset):

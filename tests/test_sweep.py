@@ -22,6 +22,22 @@ def test_set_dotted_creates_nested_copy():
     assert d == {"algo_cfg": {"beta": 1}}  # the input is untouched
 
 
+def test_set_dotted_indexes_lists_and_names_a_bad_index():
+    d = {"stages": [{"name": "bc"}, {"name": "offline", "overrides": {}}]}
+    out = set_dotted(d, "stages.1.overrides.algo_cfg.beta", 3.0)
+    assert out["stages"][1] == {"name": "offline", "overrides": {"algo_cfg": {"beta": 3.0}}}
+    assert out["stages"][0] == {"name": "bc"} and d["stages"][1]["overrides"] == {}
+    with pytest.raises(ConfigError, match=r"stages\.2\.steps: '2' is not an index of a list of 2"):
+        set_dotted(d, "stages.2.steps", 1)
+
+
+def test_pipeline_base_resolves_stage_paths_and_seed():
+    cfg = SweepConfig(base=str(ROOT / "configs" / "pipeline.yaml"), grid={"stages.2.overrides.steps": [100]}, seeds=[4])
+    ((name, _, _, d),) = expand(cfg)
+    assert name == "steps=100,s4" and d["seed"] == 4 and d["stages"][2]["overrides"]["steps"] == 100
+    assert all(Path(st["config"]).is_absolute() and Path(st["config"]).is_file() for st in d["stages"])
+
+
 def test_expand_is_grid_times_seeds_and_names_are_unique():
     cfg = SweepConfig(
         base=str(ROOT / "configs" / "offline_iql.yaml"),

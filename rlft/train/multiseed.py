@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ from rlft.errors import TrainingError
 from rlft.train.gate import mean_interval
 from rlft.train.pipeline import PipelineConfig, run_pipeline
 from rlft.train.trials import (
+    RayOptions,
     error_line,
+    in_driver_folder,
     output_to,
     record_attempt,
     report,
@@ -44,33 +47,39 @@ class SeedsJob:
 
     cfg: PipelineConfig
     group_dir: Path
+    cwd: str = dataclasses.field(default_factory=os.getcwd)
+    """The folder the command was started from (the trials run there)."""
 
 
 def pipeline_trial(params: dict, job: SeedsJob) -> None:
-    """One Tune trial: the pipeline of ``params['seed']`` in ``<group>/s<seed>`` (a finished one is reused; a failed
-    attempt's partial directory is set aside), reporting its deployed success to Tune."""
+    """One Tune trial: the pipeline of ``params['seed']`` in ``<group>/s<seed>``, reporting its deployed success to
+    Tune."""
+    in_driver_folder(job.cwd)
     seed = int(params["seed"])
-    run_dir = job.group_dir / f"s{seed}"
+    cfg = dataclasses.replace(job.cfg, seed=seed, out_dir=str(job.group_dir), name=f"s{seed}")
+    result = pipeline_in_trial(cfg, job.cfg.ray)
+    report({"seed": seed, "success_once": deployed_row(result).get("success_once", math.nan), "done": True})
+
+
+def pipeline_in_trial(cfg: PipelineConfig, ray: RayOptions) -> dict:
+    """Run the pipeline ``cfg`` (its ``out_dir``/``name``) inside a Tune trial and return its summary: a pipeline
+    finished by an earlier attempt is reused, a failed attempt's partial directory is set aside, and the console
+    output goes to ``pipeline.log``."""
+    run_dir = Path(cfg.out_dir) / str(cfg.name)
     summary_path = run_dir / "pipeline_summary.json"
     record_attempt(run_dir)
     if summary_path.is_file():
-        result = json.loads(summary_path.read_text())
-    else:
-        if any(p.name != "trial.json" for p in run_dir.iterdir()):
-            set_aside(run_dir)
-        cfg = dataclasses.replace(
-            job.cfg,
-            seed=seed,
-            seeds=[],
-            out_dir=str(job.group_dir),
-            name=f"s{seed}",
-            threads=trial_threads(job.cfg.ray),
-            quiet=True,
-        )
-        with output_to(run_dir / "pipeline.log"):
-            result = run_pipeline(cfg)
-    deployed = next((r for r in result["stages"] if r.get("deployed")), {})
-    report({"seed": seed, "success_once": deployed.get("success_once", math.nan), "done": True})
+        return json.loads(summary_path.read_text())
+    if any(p.name != "trial.json" for p in run_dir.iterdir()):
+        set_aside(run_dir)
+    cfg = dataclasses.replace(cfg, seeds=[], threads=trial_threads(ray), quiet=True)
+    with output_to(run_dir / "pipeline.log"):
+        return run_pipeline(cfg)
+
+
+def deployed_row(result: dict) -> dict:
+    """The stage row a pipeline summary deployed (empty when no stage was evaluated)."""
+    return next((r for r in result["stages"] if r.get("deployed")), {})
 
 
 def _stage_rows(results: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""``rlft sweep``: one ``rlft train`` config over a grid (or a sampled search) of overrides x seeds, run as Ray Tune
+"""``rlft sweep``: one ``rlft train`` (or ``rlft pipeline``) config over a grid (or a sampled search) of overrides x seeds, run as Ray Tune
 trials (rlft.train.trials), then one results table.
 
 A sweep YAML names a base training config, the grid and the seeds::
@@ -12,7 +12,9 @@ A sweep YAML names a base training config, the grid and the seeds::
     collect: {mode: demos, num_episodes: 30}     # the dataset, collected once (or give `dataset:`)
     ray: {cpus_per_trial: 1}                     # where trials run (--address HOST:PORT joins a cluster)
 
-Each run is an ordinary training run in ``<out_dir>/<name>/<run name>`` (its resolved YAML in ``configs/``, where it
+The base may also be an ``rlft pipeline`` YAML: each run is then one whole pipeline (its data, stages and deploy
+gate), grid fields reach into its stages by index (``stages.1.overrides.algo_cfg.beta``), and the table shows each
+run's deployed policy. Each run is an ordinary training (or pipeline) run in ``<out_dir>/<name>/<run name>`` (its resolved YAML in ``configs/``, where it
 ran in ``trial.json``). ``search: random`` / ``optuna`` draw ``num_samples`` points instead (a grid entry may then be
 a range ``{low, high, log}``); ``asha: true`` stops weak trials early on their periodic evaluations. Calling the
 same command again resumes an interrupted sweep through Tune's restore without re-running finished runs. The results
@@ -28,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import re
 import statistics
 import time
@@ -46,6 +49,7 @@ from rlft.train.gate import mean_interval
 from rlft.train.trials import (
     RayOptions,
     error_line,
+    in_driver_folder,
     output_to,
     record_attempt,
     report,
@@ -65,7 +69,8 @@ class SweepConfig:
     trials."""
 
     base: str
-    """The base ``rlft train`` YAML (a relative path is resolved against the sweep YAML's folder); grid ``base``
+    """The base ``rlft train`` YAML, or an ``rlft pipeline`` YAML (then each run is one whole pipeline, and the
+    table shows its deployed policy). A relative path is resolved against the sweep YAML's folder; grid ``base``
     values are resolved against this file's folder."""
     grid: dict = dataclasses.field(default_factory=dict)
     """Dotted field name -> values, e.g. ``{algo_cfg.beta: [1, 3]}``. ``search: grid`` runs every combination; the
@@ -152,16 +157,34 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
 
 
 def set_dotted(d: dict, dotted: str, value: Any) -> dict:
-    """Return a copy of the nested dict ``d`` with ``a.b.c`` set to ``value`` (intermediate dicts created)."""
+    """Return a copy of the nested dict ``d`` with ``a.b.c`` set to ``value`` (intermediate dicts created); a
+    numeric component indexes a list, e.g. ``stages.2.overrides.steps``."""
     out = copy.deepcopy(d)
-    node = out
+    node: Any = out
     *parents, leaf = dotted.split(".")
     for k in parents:
-        if not isinstance(node.get(k), dict):
+        if isinstance(node, list):
+            node = node[_index(node, k, dotted)]
+            continue
+        if not isinstance(node.get(k), (dict, list)):
             node[k] = {}
         node = node[k]
-    node[leaf] = value
+    if isinstance(node, list):
+        node[_index(node, leaf, dotted)] = value
+    else:
+        node[leaf] = value
     return out
+
+
+def _index(node: list, k: str, dotted: str) -> int:
+    if not k.isdigit() or int(k) >= len(node):
+        raise ConfigError(f"grid: {dotted}: '{k}' is not an index of a list of {len(node)}")
+    return int(k)
+
+
+def is_pipeline(d: dict) -> bool:
+    """Whether a base config is an ``rlft pipeline`` YAML (it has ``stages``) rather than an ``rlft train`` one."""
+    return "stages" in d
 
 
 def _resolve(path: str, next_to: str) -> str:
@@ -187,8 +210,8 @@ def trial_name(cfg: SweepConfig, point: dict[str, Any], seed: int, trial_id: str
 
 
 def resolve_run(cfg: SweepConfig, point: dict[str, Any], seed: int) -> tuple[str, dict]:
-    """One run of the sweep: its name and its resolved ``rlft train`` dict (base config + ``overrides`` +
-    ``base_overrides`` + the point's fields + the seed), validated (a typo in the grid fails here)."""
+    """One run of the sweep: its name and its resolved ``rlft train`` (or ``rlft pipeline``) dict -- base config +
+    ``overrides`` + ``base_overrides`` + the point's fields + the seed -- validated (a typo in the grid fails here)."""
     from rlft.train.pipeline import _deep_merge
 
     base_path = _resolve(point["base"], cfg.base) if "base" in point else cfg.base
@@ -197,10 +220,31 @@ def resolve_run(cfg: SweepConfig, point: dict[str, Any], seed: int) -> tuple[str
     for k, v in point.items():
         if k != "base":
             d = set_dotted(d, k, v)
-    d = set_dotted(d, "run.seed", seed)
     name = run_name(point, seed)
+    if is_pipeline(d):
+        return name, _pipeline_dict(d, base_path, seed, f"{base_path} with {name}")
+    d = set_dotted(d, "run.seed", seed)
     train_config_from_dict(d, f"{base_path} with {name}")
     return name, d
+
+
+def _pipeline_dict(d: dict, base_path: str, seed: int, where: str) -> dict:
+    """A pipeline run's dict: the seed set, stage YAML paths made absolute (against the pipeline YAML's folder) and
+    every stage parsed."""
+    from rlft.config import from_dict
+    from rlft.train.pipeline import PipelineConfig, _parse_stages
+
+    d = {**d, "seed": seed, "seeds": []}
+    if not isinstance(d.get("stages"), list):
+        raise ConfigError(f"{where}: stages must be a list")
+    d["stages"] = [
+        {**st, "config": str(Path(_resolve(st["config"], base_path)).resolve())}
+        if isinstance(st, dict) and "config" in st
+        else st
+        for st in d["stages"]
+    ]
+    _parse_stages(from_dict(PipelineConfig, d, where))
+    return d
 
 
 def expand(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], int, dict]]:
@@ -234,6 +278,8 @@ class SweepJob:
     cfg: SweepConfig
     sweep_dir: Path
     dataset: str
+    cwd: str = dataclasses.field(default_factory=os.getcwd)
+    """The folder the command was started from (the trials run there)."""
 
 
 def train_trial(params: dict, job: SweepJob) -> None:
@@ -245,8 +291,11 @@ def train_trial(params: dict, job: SweepJob) -> None:
 
     from rlft.train.runner import Trainer
 
+    in_driver_folder(job.cwd)
     _, d = resolve_run(job.cfg, params["point"], params["seed"])
     name = trial_name(job.cfg, params["point"], params["seed"], tune.get_context().get_trial_id())
+    if is_pipeline(d):
+        return pipeline_trial(d, name, job)
     run_dir = job.sweep_dir / name
     where = record_attempt(run_dir)
     if (run_dir / "summary.json").is_file():
@@ -281,6 +330,20 @@ def train_trial(params: dict, job: SweepJob) -> None:
             "node_id": where["node_id"],
         }
     )
+
+
+def pipeline_trial(d: dict, name: str, job: SweepJob) -> None:
+    """One Tune trial of a pipeline sweep: the ``rlft pipeline`` run of ``d`` in ``<sweep dir>/<run name>``
+    (rlft.train.multiseed.pipeline_in_trial), reporting its deployed policy's success."""
+    from rlft.config import from_dict
+    from rlft.train.multiseed import deployed_row, pipeline_in_trial
+    from rlft.train.pipeline import PipelineConfig
+
+    d = {**d, "out_dir": str(job.sweep_dir), "name": name, "dataset": d.get("dataset") or job.dataset or None}
+    pcfg = from_dict(PipelineConfig, d, name)
+    save_yaml(pcfg, job.sweep_dir / "configs" / f"{name}.yaml")
+    result = pipeline_in_trial(pcfg, job.cfg.ray)
+    report({"success_once": deployed_row(result).get("success_once", math.nan), "done": True})
 
 
 def _report_eval(step: int, metrics: dict) -> None:
@@ -332,6 +395,8 @@ def _optuna():
 def _asha(cfg: SweepConfig, runs):
     from ray.tune.schedulers import ASHAScheduler
 
+    if any(is_pipeline(d) for *_, d in runs):
+        raise ConfigError("asha: a pipeline trial reports once, at its end; early stopping needs `rlft train` bases")
     steps = max(d.get("steps", 0) or 0 for *_, d in runs) or None
     every = min(d.get("eval", {}).get("every", 0) or 0 for *_, d in runs)
     if every <= 0:
@@ -366,6 +431,8 @@ def _row(cfg: SweepConfig, sweep_dir: Path, result) -> dict:
     }
     if result.error is not None:
         return {**row, "status": "failed", "error": error_line(result.error)}
+    if (run_dir / "pipeline_summary.json").is_file():
+        return {**row, **_pipeline_row(json.loads((run_dir / "pipeline_summary.json").read_text()))}
     if not (run_dir / "summary.json").is_file():
         # ASHA stopped it, or the sweep was interrupted (calling it again resumes it)
         return {**row, "status": "stopped", "success_once": (result.metrics or {}).get("success_once")}
@@ -381,6 +448,23 @@ def _row(cfg: SweepConfig, sweep_dir: Path, result) -> dict:
         "best_success_once": s["best_success_once"],
         "wall_s": s["wall_s"],
         "updates_per_s": statistics.median(ups) if ups else None,
+    }
+
+
+def _pipeline_row(result: dict) -> dict:
+    """A finished pipeline's results row: its deployed policy's success (and which stage it came from)."""
+    from rlft.train.multiseed import deployed_row
+
+    dep = deployed_row(result)
+    evaluated = [r["success_once"] for r in result["stages"] if r.get("episodes")]
+    return {
+        "status": "done",
+        "success_once": dep.get("success_once", math.nan),
+        "success_at_end": dep.get("success_at_end", math.nan),
+        "best_success_once": max(evaluated, default=math.nan),
+        "wall_s": result["wall_s"],
+        "updates_per_s": None,
+        "deployed": dep.get("stage"),
     }
 
 
@@ -450,6 +534,8 @@ def sweep_dataset(cfg: SweepConfig, sweep_dir: Path, runs) -> str:
 
     if cfg.dataset is not None:
         return cfg.dataset
+    if all(is_pipeline(d) for *_, d in runs) and cfg.collect is None:
+        return ""  # each pipeline collects its own data (its ``collect:`` section)
     if cfg.collect is None:
         raise ConfigError("dataset: give a dataset file or a `collect:` section")
     existing = [sweep_dir / "data" / n for n in ("dataset.h5", "source0-" + cfg.collect.mode + ".h5")]
@@ -470,7 +556,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     sweep_dir = (Path(cfg.out_dir) / name).resolve()
     (sweep_dir / "configs").mkdir(parents=True, exist_ok=True)
     same_experiment(sweep_dir / "sweep.yaml", cfg)
-    job = SweepJob(cfg, sweep_dir, str(Path(sweep_dataset(cfg, sweep_dir, runs)).resolve()))
+    dataset = sweep_dataset(cfg, sweep_dir, runs)
+    job = SweepJob(cfg, sweep_dir, str(Path(dataset).resolve()) if dataset else "")
     space, extra = search_space(cfg, runs)
     n = len(runs) if cfg.search == "grid" else cfg.num_samples * (len(cfg.seeds) if cfg.search == "random" else 1)
     console.print(f"sweep {escape(str(sweep_dir))}: {n} runs on Ray Tune ({cfg.search} search)")

@@ -109,6 +109,13 @@ def same_experiment(path: Path, cfg: Any) -> None:
     save_yaml(cfg, path)
 
 
+def in_driver_folder(cwd: str) -> None:
+    """Run this trial in the folder the command was started from (``cwd``, when this node has it): Tune starts each
+    trial in a folder of its own, where the configs' relative paths would mean nothing."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 def record_attempt(run_dir: Path) -> dict:
     """Append where this attempt runs (node id, host, pid) to ``run_dir/trial.json`` and return that entry."""
     import ray
