@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import tyro
 
@@ -21,14 +21,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # 10-100x slower (docs/notebook/benchmarks.md §3). Passive waiting removes the collapse; it must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,dsrl-check} [--config FILE.yaml] [--field VALUE ...]
+USAGE = """usage: rlft {collect,train,eval,pipeline,sweep,report,export,dsrl-check} [--config FILE.yaml] [--field VALUE ...]
 
   collect    run an expert (OGBench oracle, ManiSkill motion planner) and write a dataset file (.h5, ManiSkill trajectory layout)
   train      one training stage (bc / iql / sac ...), offline on a dataset or online in the env
-  eval       evaluate a saved policy: success_once, success_at_end, return
+  eval       evaluate a saved policy (or an exported one, --deployed): success_once, success_at_end, return
   pipeline   collect -> bc -> offline RL -> online RL -> table of success after each stage (--seeds: one per seed, on Ray)
   sweep      one train config over a grid (or search) of overrides x seeds as Ray Tune trials, then a results table
   report     HTML report of run/pipeline directories: curves, videos, results table, diagnosis of failure modes
+  export     write a policy as ONNX programs + policy.json for rlft.deploy.PolicyRunner (no torch needed to run it)
   dsrl-check DSRL debugging checklist on run directories' metrics (stage 1 Q check; stage 2 td/q/alpha/entropy)
 
 Run 'rlft <command> --help' for every field of that command's config.
@@ -115,8 +116,16 @@ def _first_line(obj) -> str:
 class EvalCommand:
     """Evaluate a saved policy."""
 
-    policy: str
+    policy: Optional[str] = None
     """Policy file (.safetensors) written by rlft train/pipeline."""
+    deployed: Optional[str] = None
+    """Instead of ``policy``: a folder written by ``rlft export``, run by ``rlft.deploy.PolicyRunner`` on the bare env
+    (its own observation history and chunk queue) with the same episode seeds."""
+    execution: Optional[Literal["open_loop", "receding", "temporal_ensemble"]] = None
+    """With ``deployed``: how the runner executes chunks (default: the artifact's, open loop)."""
+    replan_every: Optional[int] = None
+    """With ``deployed`` and ``execution: receding``: steps between two chunk predictions (default: the chunk
+    length)."""
     env_id: Optional[str] = None
     """Environment (default: the one the policy was trained on, from its metadata)."""
     num_episodes: int = 50
@@ -139,25 +148,47 @@ class EvalCommand:
             raise ConfigError(f"num_episodes must be >= 1, got {self.num_episodes}")
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
+        if (self.policy is None) == (self.deployed is None):
+            raise ConfigError("rlft eval: give either --policy FILE or --deployed FOLDER")
 
 
 def cmd_eval(args: list[str]) -> None:
     from rlft.config import load_yaml, parse_cli
-    from rlft.errors import ConfigError
-    from rlft.policies.base import load_policy, policy_extra
-    from rlft.rollout import evaluate_policy
     from rlft.utils import atomic_write_text, set_threads
 
     path, rest = _split_config(args)
     default = load_yaml(EvalCommand, path) if path else None
     cfg = parse_cli(EvalCommand, default, rest, prog="rlft eval")
     set_threads(1)
+    if cfg.deployed is not None:
+        summary, results = _eval_deployed(cfg)
+    else:
+        summary, results = _eval_policy(cfg)
+    print(json.dumps(summary, indent=2))
+    if cfg.out:
+        atomic_write_text(
+            cfg.out, json.dumps({"summary": summary, "episodes": [dataclasses.asdict(r) for r in results]}, indent=2)
+        )
+
+
+def _eval_deployed(cfg: EvalCommand):
+    from rlft.deploy.evaluate import evaluate_deployed
+
+    options = {"execution": cfg.execution, "replan_every": cfg.replan_every}
+    return evaluate_deployed(cfg.deployed, cfg.num_episodes, cfg.seed, cfg.env_id, cfg.max_episode_steps, **options)
+
+
+def _eval_policy(cfg: EvalCommand):
+    from rlft.errors import ConfigError
+    from rlft.policies.base import load_policy, policy_extra
+    from rlft.rollout import evaluate_policy
+
     policy = load_policy(cfg.policy)
     extra = policy_extra(cfg.policy)
     env_id = cfg.env_id or extra.get("env_id")
     if not env_id:
         raise ConfigError(f"env_id: {cfg.policy} records no env id; pass --env-id")
-    summary, results = evaluate_policy(
+    return evaluate_policy(
         policy,
         env_id,
         cfg.num_episodes,
@@ -168,11 +199,6 @@ def cmd_eval(args: list[str]) -> None:
         cfg.deterministic,
         cfg.num_workers,
     )
-    print(json.dumps(summary, indent=2))
-    if cfg.out:
-        atomic_write_text(
-            cfg.out, json.dumps({"summary": summary, "episodes": [dataclasses.asdict(r) for r in results]}, indent=2)
-        )
 
 
 def cmd_pipeline(args: list[str]) -> None:
@@ -249,6 +275,52 @@ def cmd_dsrl_check(args: list[str]) -> None:
 
 
 COMMANDS["dsrl-check"] = cmd_dsrl_check
+
+
+@dataclasses.dataclass
+class ExportCommand:
+    """Write a policy as a deployable artifact: ONNX programs plus policy.json (rlft.deploy.export), checked for
+    parity with the library policy; run it with rlft.deploy.PolicyRunner or `rlft eval --deployed OUT_DIR`."""
+
+    policy: tyro.conf.Positional[str]
+    """Policy file (.safetensors) written by rlft train/pipeline (any kind, composites included)."""
+    out_dir: tyro.conf.Positional[str]
+    """Folder to write (replaced if it holds an earlier export; any other non-empty folder is refused)."""
+    env_id: Optional[str] = None
+    """Environment whose action box and control rate go into policy.json (default: the policy's own)."""
+    parity_obs: int = 1000
+    """Observations on which the exported programs must reproduce the library's actions."""
+    tolerance: float = 1e-5
+    """Largest allowed |exported - library| action difference."""
+    latency: bool = True
+    """Also measure batch-1 latency on this CPU (written to policy.json)."""
+
+
+def cmd_export(args: list[str]) -> None:
+    """``rlft export POLICY OUT_DIR`` (see rlft.deploy.export)."""
+    from rlft.deploy.evaluate import step_latency
+    from rlft.deploy.export import export_policy
+    from rlft.utils import atomic_write_text, set_threads
+
+    cfg = tyro.cli(ExportCommand, args=args, prog="rlft export")
+    set_threads(1)
+    spec = export_policy(cfg.policy, cfg.out_dir, cfg.env_id, cfg.parity_obs, cfg.tolerance)
+    if cfg.latency:
+        spec["latency_cpu_1_thread"] = step_latency(cfg.out_dir)
+        atomic_write_text(Path(cfg.out_dir) / "policy.json", json.dumps(spec, indent=2))
+    print(
+        f"wrote {cfg.out_dir}: {spec['kind']} policy ({spec['policy_class']}), programs "
+        f"{', '.join(spec['programs'].values())}; parity max |diff| {spec['parity']['max_abs_diff']:.2g} on "
+        f"{spec['parity']['observations']} observations"
+        + (
+            f"; {spec['latency_cpu_1_thread']['chunk_ms_p50']:.2f} ms per chunk (batch 1, 1 thread)"
+            if cfg.latency
+            else ""
+        )
+    )
+
+
+COMMANDS["export"] = cmd_export
 
 
 def cmd_sweep(args: list[str]) -> None:

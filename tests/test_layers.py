@@ -15,6 +15,7 @@ LAYERS = [
     {"rlft.video"},
     {"rlft.rollout"},
     {"rlft.collect"},
+    {"rlft.deploy"},
     {"rlft.algos"},
     {"rlft.report"},
     {"rlft.train"},

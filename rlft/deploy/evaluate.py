@@ -1,0 +1,87 @@
+"""``rlft eval --deployed OUT_DIR``: an exported policy (``rlft export``) run by ``PolicyRunner`` through the same
+evaluation as a library policy -- the same episode seeds (``seed + i``), success metrics and results -- on the bare
+env (no rlft observation-history or chunk wrappers: the runner keeps both itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rlft.data.obs import Obs
+from rlft.deploy.runner import PolicyRunner
+from rlft.errors import CheckpointError, ConfigError
+from rlft.rollout import EpisodeResult, summarize
+
+
+def deployed_runner(out_dir: str | Path, **options) -> PolicyRunner:
+    """``PolicyRunner(out_dir, **options)``, its errors as rlft's (a bad folder or option names the thing at fault)."""
+    try:
+        return PolicyRunner(out_dir, **options)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def run_episode(runner: PolicyRunner, env, seed: int) -> EpisodeResult:
+    """One episode of ``runner`` on ``env`` (an ``rlft.envs.make_env`` env with ``obs_horizon`` 1), reset with
+    ``seed``."""
+    runner.reset()
+    obs, _ = env.reset(seed=seed)
+    once, ret, length = False, 0.0, 0
+    while True:
+        if isinstance(obs, Obs):  # the env stacks one frame; the runner keeps its own history
+            action = runner.step(obs.state, {c: v[-1] for c, v in obs.images.items()})
+        else:
+            action = runner.step(obs)
+        obs, r, term, trunc, info = env.step(action)
+        success = bool(info.get("success", False))
+        once, ret, length = once or success, ret + float(r), length + 1
+        if term or trunc:
+            return EpisodeResult(seed, once, success, ret, length)
+
+
+def evaluate_deployed(
+    out_dir: str | Path,
+    num_episodes: int,
+    seed: int,
+    env_id: str | None = None,
+    max_episode_steps: int | None = None,
+    **options,
+) -> tuple[dict[str, float], list[EpisodeResult]]:
+    """Evaluate the artifact in ``out_dir`` on episodes ``seed .. seed + num_episodes - 1`` (``options``: the
+    runner's execution mode); returns the summary (``eval/*``, as ``rlft eval``) and the per-episode results."""
+    from rlft.envs import make_env
+
+    runner = deployed_runner(out_dir, **options)
+    env_id = env_id or runner.spec.get("env_id")
+    if not env_id:
+        raise ConfigError(f"env_id: {out_dir}/policy.json names no env; pass --env-id")
+    env = make_env(env_id, **({} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}))
+    try:
+        results = [run_episode(runner, env, seed + i) for i in range(num_episodes)]
+    finally:
+        env.close()
+    return summarize(results), results
+
+
+def step_latency(out_dir: str | Path, repeats: int = 200, **options) -> dict[str, float]:
+    """Batch-1 latency of the artifact on this CPU (one thread): median and 90th percentile milliseconds of a chunk
+    prediction, and of a whole ``step`` averaged over a chunk (which includes a residual program, if any)."""
+    import time
+
+    runner = deployed_runner(out_dir, **options)
+    obs_dim = runner.obs_dim
+    mean = np.asarray(runner.spec["normalisation"]["obs_mean"], np.float32)[-obs_dim:]
+    images = {c: np.zeros(s, np.uint8) for c, s in runner.cameras.items()} or None
+    runner.step(mean, images)
+    chunk, step = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner.predict_chunk()
+        chunk.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(runner.horizon):
+            runner.step(mean, images)
+        step.append((time.perf_counter() - t0) / runner.horizon)
+    ms = lambda xs, q: 1000.0 * float(np.percentile(xs, q))
+    return {"chunk_ms_p50": ms(chunk, 50), "chunk_ms_p90": ms(chunk, 90), "step_ms_p50": ms(step, 50)}
