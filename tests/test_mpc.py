@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mujoco
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ SLIDER = """
 </mujoco>
 """
 TARGET = 0.3
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Slider(MpcTask):
@@ -93,3 +96,44 @@ def test_spline_interpolation_and_warm_start():
 def test_bad_planner_settings_are_refused():
     with pytest.raises(ConfigError, match="knots <= horizon"):
         MpcConfig(horizon=3, knots=5)
+
+
+def test_mpc_expert_solves_cube_single_and_stores_its_signals(tmp_path):
+    """``rlft collect --mode mpc`` on the real cube-single task: the MPC expert succeeds, and each episode keeps the
+    planner's signals, which read back and which a plain training run ignores."""
+    from rlft.cli import main
+    from rlft.data.h5io import read_episodes
+
+    out = tmp_path / "mpc.h5"
+    args = ["collect", "--mode", "mpc", "--num-episodes", "2", "--num-workers", "1", "--out", str(out)]
+    assert main([*args, "--mpc.samples", "16", "--no-progress"]) == 0
+    episodes, meta = read_episodes(out)
+    assert len(episodes) == 2 and all(ep.success_once for ep in episodes)
+    assert meta["source"]["mode"] == "mpc" and meta["source"]["mpc"]["samples"] == 16
+    for ep in episodes:
+        T = len(ep)
+        assert ep.signals["planned_actions"].shape == (T, 8, 5)
+        np.testing.assert_allclose(
+            ep.signals["planned_actions"][:, 0], ep.actions
+        )  # the executed action is the plan's first
+        assert ep.signals["cost_to_go"].shape == (T,) and ep.signals["cost_spread"].shape == (T,)
+        assert np.all(ep.signals["cost_spread"] >= 0)
+    train = [
+        "train",
+        "--config",
+        str(ROOT / "configs" / "bc.yaml"),
+        "--dataset",
+        str(out),
+        "--steps",
+        "5",
+        "--eval.num-episodes",
+        "0",
+    ]
+    assert main([*train, "--run.out-dir", str(tmp_path), "--run.name", "bc"]) == 0
+
+
+def test_mpc_refuses_envs_it_cannot_plan():
+    from rlft.collect import CollectConfig, run_collect
+
+    with pytest.raises(ConfigError, match="OGBench cube tasks only"):
+        run_collect(CollectConfig(env_id="PickCube-v1", mode="mpc", num_episodes=1))

@@ -45,7 +45,12 @@ def run_collect(cfg: CollectConfig) -> Path:
         from rlft.collect.policy import run_collect_policy
 
         return run_collect_policy(cfg)
-    return COLLECTORS[env_family(cfg.env_id).name](cfg)
+    family = env_family(cfg.env_id).name
+    if cfg.mode == "mpc" and family != "ogbench":
+        from rlft.errors import ConfigError
+
+        raise ConfigError(f"collect.mode: the MPC expert plans OGBench cube tasks only, not {cfg.env_id}")
+    return COLLECTORS[family](cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

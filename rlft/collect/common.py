@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from rlft.collect.mpc import MpcConfig
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError
 from rlft.utils import remove_stale_temps
@@ -22,11 +23,16 @@ class CollectConfig:
     env_id: str = "cube-single-singletask-v0"
     """Singletask environment id (OGBench cube domains: cube-single/double/triple/quadruple[-taskN]; ManiSkill3:
     LiftPegUpright-v1, PickCube-v1, PushCube-v1, PegInsertionSide-v1)."""
-    mode: Literal["demos", "play", "policy"] = "demos"
+    mode: Literal["demos", "play", "policy", "mpc"] = "demos"
     """'demos': task demonstrations in the task env (Markov oracle). 'play': OGBench-style task-agnostic play data
     (random targets, data-collection mode) relabelled with the task's reward. 'policy': rollouts of a trained rlft
     policy (``policy``) in the task env -- the data of a distillation (e.g. a DSRL-steered policy into a plain flow
-    policy: collect its rollouts, then ``rlft train --config configs/bc.yaml --dataset`` on them)."""
+    policy: collect its rollouts, then ``rlft train --config configs/bc.yaml --dataset`` on them). 'mpc': task
+    demonstrations of a sampling-based MPC expert that plans with MuJoCo's rollouts (OGBench cube tasks)."""
+    mpc: MpcConfig = dataclasses.field(default_factory=MpcConfig)
+    """mode 'mpc' (OGBench cube tasks): the sampling-based MPC expert's planner (rlft.collect.mpc, the task's cost in
+    rlft.collect.mpc_cube); each episode also stores the planner's signals (planned actions, predicted cost-to-go,
+    sampled-cost spread) under ``signals/``."""
     policy: str | None = None
     """mode 'policy': the saved policy file (.safetensors from rlft train/pipeline) to roll out."""
     deterministic: bool = True

@@ -30,11 +30,11 @@ from rlft.errors import ConfigError
 class MpcConfig:
     """The sampling planner's settings."""
 
-    horizon: int = 10
+    horizon: int = 8
     """Control steps each plan covers."""
-    knots: int = 4
+    knots: int = 3
     """Spline control points over the horizon (linear interpolation between them)."""
-    samples: int = 32
+    samples: int = 24
     """Plans rolled out per control step (the nominal plan is always one of them)."""
     noise_std: float = 0.3
     """Std of the Gaussian perturbation of each knot, in the env's action units."""
@@ -94,6 +94,9 @@ class MpcTask:
         """Total cost [N] of each rolled-out plan: its actions [N, T, A], states [N, T * substeps, nstate] and
         sensor readings [N, T * substeps, nsensordata]."""
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Start an episode (called after the env's reset)."""
 
     def transition(self) -> None:
         """Update the task's stage from the env's current state (called before each plan), as MuJoCo MPC's tasks
@@ -159,3 +162,40 @@ class SamplingPlanner:
             self.knots = knots[best]
         plan = self.W @ self.knots
         return PlanStep(plan[0].astype(np.float32), plan.astype(np.float32), float(costs[best]), float(costs.std()))
+
+
+def collect_mpc_episode(env, task: MpcTask, planner: SamplingPlanner, seed: int):
+    """One episode of the MPC expert from ``env.reset(seed=seed)`` until the env ends it. Returns the ``Episode``
+    with the planner's signals per step (``signals``: ``planned_actions`` [T, horizon, A], ``cost_to_go`` [T],
+    ``cost_spread`` [T])."""
+    from rlft.data.episodes import Episode
+
+    obs, _ = env.reset(seed=seed)
+    task.reset()
+    planner.reset()
+    rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "succ", "plan", "ctg", "spread")}
+    rows["obs"].append(obs)
+    while True:
+        step = planner.plan()
+        obs, r, terminated, truncated, info = env.step(step.action)
+        for k, v in zip(rows, (obs, step.action, r, terminated, truncated, info.get("success", False))):
+            rows[k].append(v)
+        rows["plan"].append(step.plan)
+        rows["ctg"].append(step.cost_to_go)
+        rows["spread"].append(step.cost_spread)
+        if terminated or truncated:
+            break
+    signals = {
+        "planned_actions": np.stack(rows["plan"]),
+        "cost_to_go": np.asarray(rows["ctg"], np.float32),
+        "cost_spread": np.asarray(rows["spread"], np.float32),
+    }
+    return Episode(
+        np.stack(rows["obs"]).astype(np.float32),
+        np.stack(rows["act"]).astype(np.float32),
+        np.asarray(rows["rew"], np.float32),
+        np.asarray(rows["term"], bool),
+        np.asarray(rows["trunc"], bool),
+        np.asarray(rows["succ"], bool),
+        signals=signals,
+    )

@@ -46,6 +46,7 @@ class _Resolved:
     p_stack_range: tuple[float, float] | None
     max_episode_steps: int | None
     seed: int
+    mpc: Any = None  # MpcConfig in mode 'mpc'
 
 
 def _resolve(cfg: CollectConfig) -> _Resolved:
@@ -78,6 +79,7 @@ def _resolve(cfg: CollectConfig) -> _Resolved:
         tuple(cfg.p_stack_range) if cfg.p_stack_range is not None else None,
         steps,
         int(cfg.seed),
+        cfg.mpc if cfg.mode == "mpc" else None,
     )
 
 
@@ -100,6 +102,13 @@ def _worker_init(r: _Resolved) -> None:
     from rlft.envs.oracles import make_oracle
 
     env = make_env(r.env_id, **_env_kwargs(r))
+    if r.mode == "mpc":
+        from rlft.collect.mpc import SamplingPlanner
+        from rlft.collect.mpc_cube import CubeTask
+
+        task = CubeTask(env, r.mpc)
+        _W.update(r=r, env=env, task=task, planner=SamplingPlanner(task, r.mpc, np.random.default_rng(r.seed)))
+        return
     _W.update(r=r, env=env, oracle=make_oracle(env, r.oracle, noise=r.action_noise, noise_smoothing=r.noise_smoothing))
 
 
@@ -117,7 +126,12 @@ def _worker_run(index: int) -> tuple[int, int, Episode, float]:
     r: _Resolved = _W["r"]
     env_seed, rng = episode_seed(r.seed, index)
     t0 = time.perf_counter()
-    if r.mode == "demos":
+    if r.mode == "mpc":
+        from rlft.collect.mpc import collect_mpc_episode
+
+        _W["planner"].rng = rng  # the plan's samples depend on (seed, index) only, not on the worker
+        ep = collect_mpc_episode(_W["env"], _W["task"], _W["planner"], env_seed)
+    elif r.mode == "demos":
         ep = collect_demo_episode(_W["env"], _W["oracle"], rng, action_noise=r.action_noise, seed=env_seed)
     else:
         ep = collect_play_episode(
@@ -261,6 +275,18 @@ def _collect_attempts(
 
 def _oracle_source(r: _Resolved, num_attempts: int, keep_failures: bool) -> dict[str, Any]:
     """The dataset's provenance (sidecar ``source``) for oracle-collected episodes."""
+    if r.mode == "mpc":
+        return {
+            "collector": "rlft.collect",
+            "mode": "mpc",
+            "expert": "sampling MPC (rlft.collect.mpc, cost rlft.collect.mpc_cube)",
+            "mpc": dataclasses.asdict(r.mpc),
+            "seed": r.seed,
+            "num_attempts": num_attempts,
+            "only_success": not keep_failures,
+            "max_episode_steps": r.max_episode_steps,
+            "signals": ["planned_actions", "cost_to_go", "cost_spread"],
+        }
     return {
         "collector": "rlft.collect",
         "mode": r.mode,

@@ -50,6 +50,9 @@ class Episode:
     truncated: np.ndarray
     success: np.ndarray
     images: dict[str, np.ndarray] | None = None
+    signals: dict[str, np.ndarray] | None = None
+    """Per-step signals of the expert that made the episode, each [T, ...] float32 (an MPC expert's planned actions,
+    predicted cost-to-go, sampled-cost spread); stored as ``signals/<name>`` in the episode's h5 group."""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -74,6 +77,9 @@ class Episode:
                 raise DatasetError(f"{where}/{k}: contains NaN/inf (first at index {bad})")
         if self.images is not None:
             check_images(self.images, T + 1, where)
+        for k, v in (self.signals or {}).items():
+            if v.shape[:1] != (T,) or not np.all(np.isfinite(v)):
+                raise DatasetError(f"{where}/signals/{k}: expected finite values of shape [T={T}, ...], got {v.shape}")
         return self
 
     @property

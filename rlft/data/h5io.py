@@ -167,6 +167,8 @@ def _write_h5(
             g.create_dataset("terminated", data=np.asarray(ep.terminated, bool))
             g.create_dataset("truncated", data=np.asarray(ep.truncated, bool))
             g.create_dataset("success", data=np.asarray(ep.success, bool))
+            for name, v in (ep.signals or {}).items():
+                g.create_dataset(f"signals/{name}", data=np.asarray(v, np.float32))
             if episode_info is not None and "episode_seed" in episode_info[i]:
                 g.attrs["episode_seed"] = int(episode_info[i]["episode_seed"])
 
@@ -273,7 +275,10 @@ def _read_group(g: h5py.Group, where: str) -> Episode:
         success = _read_array(g["info"], "success", f"{where}/info", "bool")
     else:
         raise DatasetError(f"{where}: missing key 'success' (nor 'info/success'); found: {sorted(keys)}")
-    ep = Episode(obs, actions, rewards, terminated, truncated, success, images=images)
+    signals = None
+    if "signals" in keys and isinstance(g["signals"], h5py.Group):
+        signals = {k: _read_array(g["signals"], k, f"{where}/signals", "float") for k in g["signals"]}
+    ep = Episode(obs, actions, rewards, terminated, truncated, success, images=images, signals=signals)
     if T == 0:
         raise DatasetError(f"{where}/actions: episode has no transitions")
     return ep.validate(where)
