@@ -118,18 +118,12 @@ def test_mpc_expert_solves_cube_single_and_stores_its_signals(tmp_path):
         )  # the executed action is the plan's first
         assert ep.signals["cost_to_go"].shape == (T,) and ep.signals["cost_spread"].shape == (T,)
         assert np.all(ep.signals["cost_spread"] >= 0)
-    train = [
-        "train",
-        "--config",
-        str(ROOT / "configs" / "bc.yaml"),
-        "--dataset",
-        str(out),
-        "--steps",
-        "5",
-        "--eval.num-episodes",
-        "0",
-    ]
-    assert main([*train, "--run.out-dir", str(tmp_path), "--run.name", "bc"]) == 0
+    train = ["train", "--dataset", str(out), "--steps", "5", "--eval.num-episodes", "0", "--run.out-dir", str(tmp_path)]
+    bc, iql = (["--config", str(ROOT / "configs" / f)] for f in ("bc.yaml", "offline_iql.yaml"))
+    assert main([*train, *bc, "--run.name", "bc"]) == 0
+    # BC weighted by the planner's confidence; an algorithm that weighs no rows refuses the setting
+    assert main([*train, *bc, "--run.name", "bcw", "--data-weighting", "plan_confidence"]) == 0
+    assert main([*train, *iql, "--run.name", "iqlw", "--data-weighting", "plan_confidence"]) == 2
 
 
 def test_mpc_refuses_envs_it_cannot_plan():
@@ -137,3 +131,33 @@ def test_mpc_refuses_envs_it_cannot_plan():
 
     with pytest.raises(ConfigError, match="OGBench cube tasks only"):
         run_collect(CollectConfig(env_id="PickCube-v1", mode="mpc", num_episodes=1))
+
+
+def _episode(spread):
+    from rlft.data.episodes import Episode
+
+    signals = {"cost_spread": np.asarray(spread, np.float32)} if spread else None
+    T = max(len(spread), 1)
+    z = np.zeros(T, bool)
+    obs, act, rew = np.zeros((T + 1, 2), np.float32), np.zeros((T, 1), np.float32), np.zeros(T, np.float32)
+    return Episode(obs, act, rew, z, z, z, signals=signals)
+
+
+def test_plan_confidence_weights_by_hand():
+    import torch
+
+    from rlft.data.batch import ChunkBatch
+    from rlft.data.dataset import ChunkDataset
+    from rlft.data.episodes import plan_confidence_weights
+    from rlft.errors import DatasetError
+
+    out = plan_confidence_weights([_episode([1.0, 2.0]), _episode([0.0, 4.0])], temperature=1.0, where="d.h5")
+    raw = np.exp(-np.array([1.0, 2.0, 0.0, 4.0]) / 1.5)  # the median spread is 1.5
+    w = np.concatenate([e.signals["row_weight"] for e in out])
+    np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+    batch = ChunkDataset(out, act_horizon=1, gamma=0.9).get(torch.tensor([3, 0]))
+    np.testing.assert_allclose(batch.weight.numpy(), w[[3, 0]], rtol=1e-6)
+    mixed = ChunkBatch.cat([batch, ChunkBatch.random(2, 2, 1, 1)])  # rows without a weight (online rows) weigh 1
+    np.testing.assert_allclose(mixed.weight.numpy(), [w[3], w[0], 1.0, 1.0], rtol=1e-6)
+    with pytest.raises(DatasetError, match="d.h5: episode 0 has no MPC signal 'cost_spread'"):
+        plan_confidence_weights([_episode([])], 1.0, "d.h5")

@@ -156,6 +156,8 @@ class Algorithm:
     name: ClassVar[str] = "base"
     #: policy kinds (PolicyConfig.kind) the algorithm can train; the contract test runs each
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
+    #: whether ``update`` weighs rows by ``ChunkBatch.weight`` (the data's ``row_weight`` signal, data_weighting)
+    uses_row_weights: ClassVar[bool] = False
     #: composite policy classes (``Policy.needs_own_trainer``) this algorithm continues from an earlier stage
     continues: ClassVar[tuple[type[Policy], ...]] = ()
     #: the algorithm steers a frozen base policy (DSRL variants): it is built with ``base_policy=`` (the runner passes

@@ -45,6 +45,7 @@ class BC(Algorithm):
     name: ClassVar[str] = "bc"
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
     encoder_training: ClassVar[str] = "end_to_end"  # camera observations: the BC loss trains the image encoder
+    uses_row_weights: ClassVar[bool] = True  # ChunkBatch.weight weighs each row's BC loss
 
     def __init__(self, cfg: BCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)
@@ -54,7 +55,7 @@ class BC(Algorithm):
         )
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
-        loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask)
+        loss, info = self.policy.bc_loss(batch.obs, batch.action, batch.valid_mask, weights=batch.weight)
         norm = optimizer_step(loss, self.actor_optim, max_grad_norm=self.cfg.grad_clip)
         metrics: dict[str, object] = prefixed("actor", info)
         if norm is not None:

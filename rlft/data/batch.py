@@ -51,6 +51,7 @@ class ChunkBatch:
     mc_return: torch.Tensor | None = None  # [B] discounted return-to-go from the chunk start; None -> -inf (unknown)
     images: dict[str, torch.Tensor] | None = None  # {camera: [B, To, H, W, C] uint8} frames of obs; None: state only
     next_images: dict[str, torch.Tensor] | None = None  # {camera: [B, To, H, W, C] uint8} frames of next_obs
+    weight: torch.Tensor | None = None  # [B] weight of each row in the algorithms that take one (BC); None: all 1
 
     def __post_init__(self) -> None:
         if self.mc_return is None:
@@ -86,6 +87,11 @@ class ChunkBatch:
                     out[f.name] = None
                 else:
                     out[f.name] = torch.cat([b.executed_action for b in batches], 0)
+            elif f.name == "weight":
+                if all(b.weight is None for b in batches):
+                    out[f.name] = None
+                else:  # rows without a weight (e.g. online replay rows) weigh 1
+                    out[f.name] = torch.cat([b.weight if b.weight is not None else b.reward * 0 + 1 for b in batches])
             elif f.name in ("images", "next_images"):
                 parts = [getattr(b, f.name) for b in batches]
                 if any(p is None for p in parts):

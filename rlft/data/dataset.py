@@ -272,6 +272,9 @@ class ChunkDataset:
         self._store_normalized_arrays(eps)
         self._store_images(eps)
         self._store_index_tables(ix)
+        self._weight = None
+        if all(e.signals and "row_weight" in e.signals for e in eps):  # see ROW_WEIGHT
+            self._weight = torch.from_numpy(np.concatenate([e.signals["row_weight"] for e in eps])).float().to(device)
 
     def _store_images(self, eps: list[Episode]) -> None:
         """Camera frames, row-aligned with the flat observations, as uint8 on the device (never float: an encoder
@@ -365,6 +368,7 @@ class ChunkDataset:
             mc_return=sc[:, 3],
             images=self._frames(obs_rows, B),
             next_images=self._frames(next_rows, B),
+            weight=None if self._weight is None else self._weight.index_select(0, idx),
         )
 
     def _frames(self, rows: torch.Tensor, B: int) -> dict[str, torch.Tensor] | None:

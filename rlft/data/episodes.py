@@ -52,7 +52,8 @@ class Episode:
     images: dict[str, np.ndarray] | None = None
     signals: dict[str, np.ndarray] | None = None
     """Per-step signals of the expert that made the episode, each [T, ...] float32 (an MPC expert's planned actions,
-    predicted cost-to-go, sampled-cost spread); stored as ``signals/<name>`` in the episode's h5 group."""
+    predicted cost-to-go, sampled-cost spread); stored as ``signals/<name>`` in the episode's h5 group. A
+    ``row_weight`` signal [T] weighs each transition in the algorithms that take weights (``ChunkBatch.weight``)."""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -85,3 +86,27 @@ class Episode:
     @property
     def success_once(self) -> bool:
         return bool(self.success.any())
+
+
+def plan_confidence_weights(episodes: list[Episode], temperature: float, where: str) -> list[Episode]:
+    """The episodes with a ``row_weight`` signal from an MPC expert's confidence: ``w_t = exp(-spread_t / (temperature
+    * median spread))`` (``cost_spread``: the std of the sampled plans' costs; small = the planner was sure), scaled
+    to mean 1 over all rows. Episodes without ``cost_spread`` raise DatasetError naming ``where``."""
+    import dataclasses
+
+    if not temperature > 0:
+        raise DatasetError(f"data_weighting_temperature must be > 0, got {temperature}")
+    missing = [i for i, e in enumerate(episodes) if not e.signals or "cost_spread" not in e.signals]
+    if missing:
+        raise DatasetError(
+            f"{where}: episode {missing[0]} has no MPC signal 'cost_spread' (collect the data with rlft collect "
+            "--mode mpc) -- data_weighting 'plan_confidence' needs it"
+        )
+    spread = np.concatenate([e.signals["cost_spread"] for e in episodes]).astype(np.float64)
+    scale = temperature * max(float(np.median(spread)), 1e-12)
+    raw = [np.exp(-np.asarray(e.signals["cost_spread"], np.float64) / scale) for e in episodes]
+    mean = float(np.mean(np.concatenate(raw)))
+    return [
+        dataclasses.replace(e, signals={**e.signals, "row_weight": (w / mean).astype(np.float32)})
+        for e, w in zip(episodes, raw)
+    ]

@@ -178,6 +178,12 @@ class TrainConfig(Generic[A]):
     """A dataset whose actions lie outside the env's action box (beyond 0.1% of its width) is refused, naming the file,
     the measured range and the box (the data are in other units: rescale them); true clips them into the box instead
     (``rlft.envs.datasets.load_dataset_for_env``)."""
+    data_weighting: Literal["none", "plan_confidence"] = "none"
+    """Weigh the dataset's rows in algorithms that take row weights (BC): 'plan_confidence' uses an MPC expert's
+    confidence at each step, ``exp(-cost_spread_t / (data_weighting_temperature * median spread))`` scaled to mean 1
+    (data from ``rlft collect --mode mpc``); a dataset's own ``signals/row_weight`` is used as it is."""
+    data_weighting_temperature: float = 1.0
+    """'plan_confidence': larger values flatten the weights (towards plain BC)."""
     init_policy: Optional[str] = None
     """Start from this saved policy (.safetensors), e.g. the previous stage's; None = a fresh policy."""
     init_critic: Optional[str] = None

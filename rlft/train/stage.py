@@ -19,7 +19,7 @@ import torch
 
 from rlft.algos import Algorithm, get_algorithm
 from rlft.data.dataset import ChunkDataset
-from rlft.data.episodes import Episode
+from rlft.data.episodes import Episode, plan_confidence_weights
 from rlft.data.replay import ReplayBuffer
 from rlft.envs import env_info, make_env
 from rlft.envs.datasets import load_dataset_for_env
@@ -208,9 +208,17 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
             f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy to a steered policy)"
         )
 
+    if cfg.data_weighting != "none" and not algo_cls.uses_row_weights:
+        raise ConfigError(f"data_weighting: {cfg.algo} does not weigh rows (BC does); set data_weighting: none")
+
     @functools.cache
     def load_episodes() -> list[Episode] | None:  # read once, when first needed (after the checks that need none)
-        return load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)[0] if cfg.dataset else None
+        if not cfg.dataset:
+            return None
+        episodes = load_dataset_for_env(cfg.dataset, info, cfg.clip_dataset_actions)[0]
+        if cfg.data_weighting == "plan_confidence":
+            episodes = plan_confidence_weights(episodes, cfg.data_weighting_temperature, cfg.dataset)
+        return episodes
 
     adapter = make_adapter(cfg, base, info, load_episodes, settings)
     if (
