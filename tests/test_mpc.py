@@ -161,3 +161,29 @@ def test_plan_confidence_weights_by_hand():
     np.testing.assert_allclose(mixed.weight.numpy(), [w[3], w[0], 1.0, 1.0], rtol=1e-6)
     with pytest.raises(DatasetError, match="d.h5: episode 0 has no MPC signal 'cost_spread'"):
         plan_confidence_weights([_episode([])], 1.0, "d.h5")
+
+
+def test_cube_task_controls_follow_the_env_action_space():
+    """The cube task's plan-to-controls map: a zero plan holds the arm where it is; a plan of +z steps asks the arm
+    for the joint targets whose pinch point (by forward kinematics) rises by the plan's displacement."""
+    from rlft.collect.mpc_cube import CubeTask
+    from rlft.envs import make_env
+
+    env = make_env("cube-single-singletask-v0")
+    env.reset(seed=3)
+    task = CubeTask(env, MpcConfig())
+    task.reset()
+    task.transition()
+    u = task.u
+    ctrl = task.controls(np.zeros((1, 4, 5)))
+    np.testing.assert_allclose(ctrl[0, :, u._arm_actuator_ids].T, np.repeat(task._q0[None], 4, 0), atol=1e-9)
+    up = np.zeros((1, 4, 5))
+    up[..., 2] = 0.2  # 0.2 of the 5 cm action range per step: +1 cm per step
+    q = task.controls(up)[0, -1, u._arm_actuator_ids]
+    d = mujoco.MjData(u._model)
+    d.qpos[:] = u._data.qpos
+    d.qpos[[u._model.jnt_qposadr[u._model.dof_jntid[i]] for i in task.arm_dofs]] = q
+    mujoco.mj_kinematics(u._model, d)
+    rise = d.site_xpos[u._pinch_site_id] - u._data.site_xpos[u._pinch_site_id]
+    np.testing.assert_allclose(rise, [0.0, 0.0, 0.04], atol=2e-3)  # 4 steps of 1 cm, to the linearisation's error
+    env.close()
