@@ -162,7 +162,8 @@ class ImageEncoder(nn.Module):
                     f"encoder: camera {cam!r} must be uint8 [B, {', '.join(map(str, want))}], got {x.dtype} {tuple(x.shape)}"
                 )
             B, To, H, W, C = x.shape
-            x = x.permute(0, 1, 4, 2, 3).reshape(B, To * C, H, W).float() / 255.0 - 0.5
+            dtype = next(trunk.parameters()).dtype  # float32, or float64 for a parity reference
+            x = x.permute(0, 1, 4, 2, 3).reshape(B, To * C, H, W).to(dtype) / 255.0 - 0.5
             if augment:
                 x = random_shift(x, self.spec.shift_pad, generator)
             feats.append(trunk(x))
