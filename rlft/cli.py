@@ -150,6 +150,10 @@ class EvalCommand:
             raise ConfigError(f"num_workers must be >= 1, got {self.num_workers}")
         if (self.policy is None) == (self.deployed is None):
             raise ConfigError("rlft eval: give either --policy FILE or --deployed FOLDER")
+        if self.policy is not None and (self.execution is not None or self.replan_every is not None):
+            raise ConfigError("execution / replan_every: options of --deployed (the library policy runs open loop)")
+        if self.deployed is not None and (self.num_workers > 1 or not self.deterministic):
+            raise ConfigError("num_workers / deterministic: an exported policy runs deterministically in one process")
 
 
 def cmd_eval(args: list[str]) -> None:

@@ -173,6 +173,24 @@ def test_runner_refuses_bad_input_with_one_message(artifact, tmp_path):
         PolicyRunner(artifact, execution="receding", replan_every=9)
     with pytest.raises(ValueError, match="no policy.json"):
         PolicyRunner(tmp_path)
+    with pytest.raises(ValueError, match="replan_every applies to execution 'receding' only"):
+        PolicyRunner(artifact, replan_every=2)
+    with pytest.raises(ConfigError, match="observations of 37 dims.*exported for 28"):  # an env whose observations are not the artifact's
+        evaluate_deployed(artifact, 1, 0, env_id="cube-double-singletask-v0")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        export_policy(artifact.parent / "flow.safetensors", tmp_path / "file", parity_obs=10)
+
+
+def test_runner_keeps_copies_of_the_observations(artifact):
+    """A robot driver may reuse one buffer for every observation: the history must not change with it."""
+    r = _Counting(artifact)
+    r.calls = []
+    buf = np.zeros(28, np.float32)
+    r.step(buf)
+    buf[:] = 1.0
+    r.step(buf)
+    assert r._obs[0].sum() == 0.0 and r._obs[1].sum() == 28.0
 
 
 def test_runner_runs_without_torch(artifact):

@@ -96,6 +96,17 @@ def test_spline_interpolation_and_warm_start():
 def test_bad_planner_settings_are_refused():
     with pytest.raises(ConfigError, match="knots <= horizon"):
         MpcConfig(horizon=3, knots=5)
+    with pytest.raises(ConfigError, match="plan_timestep"):
+        MpcConfig(plan_timestep=0.0)
+
+
+def test_a_task_the_planner_cannot_build_fails_once_before_the_workers(tmp_path):
+    """A planning timestep that does not divide the control period: one clear error, not a pool of dying workers."""
+    from rlft.cli import main
+
+    args = ["collect", "--mode", "mpc", "--num-episodes", "2", "--num-workers", "2", "--out", str(tmp_path / "x.h5")]
+    assert main([*args, "--mpc.plan-timestep", "0.003"]) == 2
+    assert not list(tmp_path.iterdir())
 
 
 def test_mpc_expert_solves_cube_single_and_stores_its_signals(tmp_path):

@@ -55,6 +55,8 @@ class MpcConfig:
             )
         if self.noise_std < 0 or self.temperature <= 0 or self.threads < 1:
             raise ConfigError("mpc: noise_std must be >= 0, temperature > 0 and threads >= 1")
+        if self.plan_timestep is not None and not self.plan_timestep > 0:
+            raise ConfigError(f"mpc.plan_timestep: must be > 0 seconds or null, got {self.plan_timestep}")
         if self.method not in ("predictive_sampling", "mppi"):
             raise ConfigError(f"mpc.method: {self.method!r} is not 'predictive_sampling' or 'mppi'")
 
@@ -152,7 +154,7 @@ class SamplingPlanner:
         knots = np.clip(np.concatenate([self.knots[None], self.knots[None] + noise]), lo, hi)
         actions = np.einsum("tk,nka->nta", self.W, knots)
         states, sensors = self.rollout(actions)
-        costs = self.task.cost(actions, states, sensors)
+        costs = np.nan_to_num(self.task.cost(actions, states, sensors), nan=np.inf)  # a NaN rollout never wins
         best = int(np.argmin(costs))
         if cfg.method == "mppi":
             spread = max(float(costs.max() - costs.min()), 1e-9)

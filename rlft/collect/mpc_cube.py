@@ -72,6 +72,8 @@ class CubeTask(MpcTask):
         u = env.unwrapped
         if not hasattr(u, "_cube_target_mocap_ids"):
             raise EnvError(f"mpc: {type(u).__name__} is not an OGBench cube env (the MPC task knows only those)")
+        if getattr(env, "camera_shapes", None):
+            raise EnvError("mpc: plan on the state env (e.g. cube-single-singletask-v0), not a camera env")
         self.env, self.u, self.w = env, u, weights or CubeCostWeights()
         self.model = self._planning_model(u, cfg.plan_timestep)
         control_dt = u.control_timestep()

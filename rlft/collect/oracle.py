@@ -179,6 +179,10 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = checked_out(cfg, r.mode)  # also removes the temporaries of an earlier collect killed while writing
     info = _probe_env_info(r)
+    if r.mode == "mpc":  # a task the planner cannot build fails here, once, not in every worker
+        _worker_init(r)
+        _W["env"].close()
+        _W.clear()
 
     n_workers = cfg.num_workers or os.cpu_count() or 1
     keep_failures = r.mode == "play" or not cfg.only_success

@@ -91,7 +91,9 @@ class ChunkBatch:
                 if all(b.weight is None for b in batches):
                     out[f.name] = None
                 else:  # rows without a weight (e.g. online replay rows) weigh 1
-                    out[f.name] = torch.cat([b.weight if b.weight is not None else b.reward * 0 + 1 for b in batches])
+                    out[f.name] = torch.cat(
+                        [b.weight if b.weight is not None else torch.ones_like(b.reward) for b in batches]
+                    )
             elif f.name in ("images", "next_images"):
                 parts = [getattr(b, f.name) for b in batches]
                 if any(p is None for p in parts):

@@ -202,6 +202,19 @@ class _ChunkIndex(NamedTuple):
     next_obs_idx: np.ndarray  # [N, To] rows of the flat observations (window ending at t+k)
 
 
+def _row_weights(eps: list[Episode]) -> torch.Tensor | None:
+    """Every row's ``row_weight`` signal (``Episode.signals``), or None when no episode has one."""
+    has = [bool(e.signals and "row_weight" in e.signals) for e in eps]
+    if not any(has):
+        return None
+    if not all(has):
+        raise DatasetError(f"signals/row_weight: episode {has.index(False)} has none, others do; weigh all or none")
+    w = np.concatenate([e.signals["row_weight"] for e in eps]).astype(np.float32)
+    if (w < 0).any() or not w.sum() > 0:
+        raise DatasetError("signals/row_weight: weights must be >= 0 and not all 0")
+    return torch.from_numpy(w)
+
+
 def _chunk_index(eps: list[Episode], H: int, To: int, gamma: float) -> _ChunkIndex:
     """Flat arrays and per-start index tables (numpy, vectorised over all starts); see the module docstring."""
     lengths = np.array([len(e) for e in eps], dtype=np.int64)
@@ -272,9 +285,9 @@ class ChunkDataset:
         self._store_normalized_arrays(eps)
         self._store_images(eps)
         self._store_index_tables(ix)
-        self._weight = None
-        if all(e.signals and "row_weight" in e.signals for e in eps):  # see ROW_WEIGHT
-            self._weight = torch.from_numpy(np.concatenate([e.signals["row_weight"] for e in eps])).float().to(device)
+        self._weight = _row_weights(eps)
+        if self._weight is not None:
+            self._weight = self._weight.to(self.device)
 
     def _store_images(self, eps: list[Episode]) -> None:
         """Camera frames, row-aligned with the flat observations, as uint8 on the device (never float: an encoder

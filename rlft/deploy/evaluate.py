@@ -58,10 +58,23 @@ def evaluate_deployed(
         raise ConfigError(f"env_id: {out_dir}/policy.json names no env; pass --env-id")
     env = make_env(env_id, **({} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}))
     try:
+        check_env(runner, env, env_id, out_dir)
         results = [run_episode(runner, env, seed + i) for i in range(num_episodes)]
     finally:
         env.close()
     return summarize(results), results
+
+
+def check_env(runner: PolicyRunner, env, env_id: str, out_dir) -> None:
+    """The env's observation, cameras and actions are the artifact's, or one ConfigError says what differs."""
+    obs_dim = int(np.prod(env.observation_space.shape))
+    cams = {c: list(v) for c, v in getattr(env, "camera_shapes", {}).items()}
+    act_dim = int(np.prod(env.action_space.shape))
+    if (obs_dim, cams, act_dim) != (runner.obs_dim, runner.cameras, int(runner.spec["action"]["dim"])):
+        raise ConfigError(
+            f"env_id: {env_id} has observations of {obs_dim} dims, cameras {cams} and {act_dim}-dim actions; "
+            f"{out_dir} was exported for {runner.obs_dim}, {runner.cameras} and {runner.spec['action']['dim']}"
+        )
 
 
 def step_latency(out_dir: str | Path, repeats: int = 200, **options) -> dict[str, float]:

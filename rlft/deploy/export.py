@@ -27,6 +27,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 from torch import nn
@@ -80,19 +81,21 @@ def _to_onnx(program: nn.Module, inputs: tuple, names: list[str], output: str, p
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" (rlft uses none of its operators)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx = torch.onnx.export(
-            program.eval(),
-            inputs,
-            dynamo=True,
-            input_names=names,
-            output_names=[output],
-            dynamic_shapes=shapes,
-            optimize=True,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx = torch.onnx.export(
+                program.eval(),
+                inputs,
+                dynamo=True,
+                input_names=names,
+                output_names=[output],
+                dynamic_shapes=shapes,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
     onnx.save(str(path))
 
 
@@ -109,9 +112,19 @@ def env_facts(env_id: str, obs_horizon: int) -> dict:
         if dt is None and getattr(u, "control_freq", None):  # ManiSkill
             dt = 1.0 / float(u.control_freq)
         space = env.action_space
+        inner, rescaled = env, None
+        while hasattr(inner, "env"):  # ManiSkill controllers whose box is not [-1, 1] are rescaled to it
+            if isinstance(inner, gymnasium.wrappers.RescaleAction):
+                box = inner.env.action_space
+                rescaled = {
+                    "low": np.asarray(box.low).reshape(-1).tolist(),
+                    "high": np.asarray(box.high).reshape(-1).tolist(),
+                }
+            inner = inner.env
         return {
             "low": np.asarray(space.low, np.float32).reshape(-1),
             "high": np.asarray(space.high, np.float32).reshape(-1),
+            "rescaled_from": rescaled,
             "dt": None if dt is None else float(dt),
             "cameras": {c: list(s) for c, s in getattr(env, "camera_shapes", {}).items()},
         }
@@ -188,7 +201,14 @@ def spec_of(policy: Policy, extra: dict, facts: dict, env_id: str, obs_horizon: 
             "layout": "concat(o[t-To+1], ..., o[t]), oldest first; after a reset the first observation fills it",
             "cameras": {c: list(s[1:]) for c, s in base.encoder.spec.image_shapes.items()} if base.encoder else {},
         },
-        "action": {"dim": base.action_dim, "low": facts["low"].tolist(), "high": facts["high"].tolist()},
+        "action": {
+            "dim": base.action_dim,
+            "low": facts["low"].tolist(),
+            "high": facts["high"].tolist(),
+            # null: the actions go to the controller as they are; else the controller's box, which the actions
+            # (in [low, high]) map onto linearly: c = c_low + (a - low) / (high - low) * (c_high - c_low)
+            "rescaled_from": facts.get("rescaled_from"),
+        },
         "chunk": {"length": base.act_horizon},
         "control": {"dt": dt, "rate_hz": None if not dt else 1.0 / dt},
         "normalisation": {
@@ -262,7 +282,11 @@ def export_policy(
     if not env_id:
         raise ConfigError(f"env_id: {path} records no env id; pass --env-id")
     obs_horizon = int(extra.get("obs_horizon", 1))
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
+    if parity_obs < 1:
+        raise ConfigError(f"parity_obs: must be >= 1, got {parity_obs}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir: {out} is a file")
     if out.exists() and any(out.iterdir()) and not (out / "policy.json").is_file():
         raise ConfigError(f"out_dir: {out} is a non-empty folder that holds no exported policy; choose another")
     facts = env_facts(env_id, obs_horizon)
@@ -289,9 +313,12 @@ def export_policy(
             "allowed": allowed,
         }
         atomic_write_text(tmp / "policy.json", json.dumps(spec, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():  # the earlier export stays whole until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
         tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return spec

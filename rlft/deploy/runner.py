@@ -58,6 +58,9 @@ def read_spec(out_dir: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if spec.get("format") != "rlft-deployed-policy" or spec.get("version") != 1:
         raise ValueError(f"{path}: not an rlft deployed policy of version 1")
+    missing = [k for k in ("programs", "observation", "action", "chunk", "execution") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: missing the key '{missing[0]}'")
     for stem in spec["programs"].values():
         if not (Path(out_dir) / stem).is_file():
             raise ValueError(f"{out_dir}: the program {stem} named in policy.json is missing")
@@ -80,6 +83,8 @@ class PolicyRunner:
         H = self.horizon = int(self.spec["chunk"]["length"])
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution: {self.execution!r} is not one of {EXECUTIONS}")
+        if replan_every is not None and self.execution != "receding":
+            raise ValueError(f"replan_every applies to execution 'receding' only (execution is {self.execution!r})")
         self.replan_every = H if replan_every is None else int(replan_every)
         if not 1 <= self.replan_every <= H:
             raise ValueError(f"replan_every must be in [1, {H}] (the chunk length), got {replan_every}")
@@ -107,11 +112,17 @@ class PolicyRunner:
             raise ValueError(f"observation: non-finite values at indices {np.flatnonzero(~np.isfinite(o)).tolist()}")
         if set(images or {}) != set(self.cameras):
             raise ValueError(f"images: expected cameras {sorted(self.cameras)}, got {sorted(images or {})}")
+        frames = {}
+        for c, shape in self.cameras.items():
+            x = np.asarray(images[c])
+            if x.dtype != np.uint8 or list(x.shape) != list(shape):
+                raise ValueError(f"images[{c!r}]: expected uint8 {list(shape)}, got {x.dtype} {list(x.shape)}")
+            frames[c] = x.copy()  # a driver may reuse its buffers
         fill = self.history if not self._obs else 1
         for _ in range(fill):
-            self._obs.append(o)
+            self._obs.append(o.copy())
             for c, f in self._frames.items():
-                f.append(np.asarray(images[c], np.uint8))
+                f.append(frames[c])
 
     def _inputs(self) -> dict[str, np.ndarray]:
         feed = {"obs": np.concatenate(self._obs)[None]}

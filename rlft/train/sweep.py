@@ -165,6 +165,8 @@ def set_dotted(d: dict, dotted: str, value: Any) -> dict:
     for k in parents:
         if isinstance(node, list):
             node = node[_index(node, k, dotted)]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"grid: {dotted}: '{k}' indexes a value, not a mapping")
             continue
         if not isinstance(node.get(k), (dict, list)):
             node[k] = {}
