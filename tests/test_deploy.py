@@ -175,7 +175,9 @@ def test_runner_refuses_bad_input_with_one_message(artifact, tmp_path):
         PolicyRunner(tmp_path)
     with pytest.raises(ValueError, match="replan_every applies to execution 'receding' only"):
         PolicyRunner(artifact, replan_every=2)
-    with pytest.raises(ConfigError, match="observations of 37 dims.*exported for 28"):  # an env whose observations are not the artifact's
+    with pytest.raises(
+        ConfigError, match="observations of 37 dims.*exported for 28"
+    ):  # an env whose observations are not the artifact's
         evaluate_deployed(artifact, 1, 0, env_id="cube-double-singletask-v0")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
