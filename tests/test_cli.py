@@ -167,7 +167,7 @@ def test_pipeline_smoke(tmp_path, config, videos):
     assert rc == 0
     res = json.loads((tmp_path / "p" / "pipeline_summary.json").read_text())
     assert [r["stage"] for r in res["stages"]] == ["collect", "bc", "offline", "online"]
-    assert res["stages"][0]["algo"] == "oracle (1 demos + 1 play)"
+    assert res["stages"][0]["algo"] == "expert (1 demos + 1 play)"
     assert (tmp_path / "p" / "results.md").read_text().count("|") > 10
     assert Path(res["final_policy"]).is_file()
     for stage in ("bc", "offline", "online"):  # every evaluation of every trained stage records when asked
@@ -193,7 +193,7 @@ def test_pipeline_merges_demos_and_play_sources(tmp_path):
     episodes, meta = read_episodes(res["dataset"])
     assert [len(e) for e in episodes][-1] == 60 and len(episodes) == 3
     assert [m["episodes"] for m in meta["source"]["merged_from"]] == [2, 1]
-    assert res["stages"][0]["algo"] == "oracle (2 demos + 1 play)"
+    assert res["stages"][0]["algo"] == "expert (2 demos + 1 play)"
 
 
 # ---------------- user errors: one clear message naming the thing at fault, exit code 2 ----------------

@@ -271,7 +271,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         dataset, label = collect_dataset(
             [cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed, run_dir / "data", cfg.budget_scale
         )
-        rows.append({"stage": "collect", "algo": f"oracle ({label})", "wall_s": time.time() - tc})
+        rows.append({"stage": "collect", "algo": f"expert ({label})", "wall_s": time.time() - tc})
     prev_policy, prev_state = None, None
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
         data = dataset
