@@ -135,6 +135,9 @@ def test_mpc_expert_solves_cube_single_and_stores_its_signals(tmp_path):
     # BC weighted by the planner's confidence; an algorithm that weighs no rows refuses the setting
     assert main([*train, *bc, "--run.name", "bcw", "--data-weighting", "plan_confidence"]) == 0
     assert main([*train, *iql, "--run.name", "iqlw", "--data-weighting", "plan_confidence"]) == 2
+    # BC on the planner's own chunks; again BC only
+    assert main([*train, *bc, "--run.name", "bcp", "--chunk-targets", "planned"]) == 0
+    assert main([*train, *iql, "--run.name", "iqlp", "--chunk-targets", "planned"]) == 2
 
 
 def test_mpc_refuses_envs_it_cannot_plan():
@@ -198,3 +201,22 @@ def test_cube_task_controls_follow_the_env_action_space():
     rise = d.site_xpos[u._pinch_site_id] - u._data.site_xpos[u._pinch_site_id]
     np.testing.assert_allclose(rise, [0.0, 0.0, 0.04], atol=2e-3)  # 4 steps of 1 cm, to the linearisation's error
     env.close()
+
+
+def test_planned_chunk_targets_are_the_plan_made_at_the_start():
+    import torch
+
+    from rlft.data.dataset import ChunkDataset
+    from rlft.errors import DatasetError
+
+    ep = _episode([1.0, 2.0, 3.0])
+    plans = np.arange(3 * 4 * 1, dtype=np.float32).reshape(3, 4, 1) / 12.0  # [T, horizon 4, A 1], inside [0, 1)
+    ep.signals["planned_actions"] = plans
+    ds = ChunkDataset([ep], act_horizon=2, gamma=0.9, planned_targets=True, act_low=np.zeros(1), act_high=np.ones(1))
+    batch = ds.get(torch.tensor([2, 0]))
+    lo, hi = ds.normalizer.act_low.numpy(), ds.normalizer.act_high.numpy()
+    want = 2 * (plans[[2, 0], :2] - lo) / (hi - lo) - 1
+    np.testing.assert_allclose(batch.action.numpy(), want, rtol=1e-6)
+    assert batch.valid_mask.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]  # the last step's plan is complete too
+    with pytest.raises(DatasetError, match="chunk_targets 'planned' needs signals/planned_actions"):
+        ChunkDataset([_episode([1.0])], act_horizon=2, gamma=0.9, planned_targets=True)

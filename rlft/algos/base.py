@@ -156,8 +156,9 @@ class Algorithm:
     name: ClassVar[str] = "base"
     #: policy kinds (PolicyConfig.kind) the algorithm can train; the contract test runs each
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow")
-    #: whether ``update`` weighs rows by ``ChunkBatch.weight`` (the data's ``row_weight`` signal, data_weighting)
-    uses_row_weights: ClassVar[bool] = False
+    #: the update only imitates the data's action chunks (no rewards, no TD targets): the data's rows may then be
+    #: weighted (``ChunkBatch.weight``, ``data_weighting``) and its targets be an expert's plans (``chunk_targets``)
+    imitation_only: ClassVar[bool] = False
     #: composite policy classes (``Policy.needs_own_trainer``) this algorithm continues from an earlier stage
     continues: ClassVar[tuple[type[Policy], ...]] = ()
     #: the algorithm steers a frozen base policy (DSRL variants): it is built with ``base_policy=`` (the runner passes

@@ -45,7 +45,7 @@ class BC(Algorithm):
     name: ClassVar[str] = "bc"
     supported_policies: ClassVar[tuple[str, ...]] = ("gaussian", "flow", "shortcut", "consistency", "diffusion")
     encoder_training: ClassVar[str] = "end_to_end"  # camera observations: the BC loss trains the image encoder
-    uses_row_weights: ClassVar[bool] = True  # ChunkBatch.weight weighs each row's BC loss
+    imitation_only: ClassVar[bool] = True  # ChunkBatch.weight weighs each row's BC loss
 
     def __init__(self, cfg: BCConfig, obs_dim: int, action_dim: int, act_horizon: int, policy=None, device="cpu"):
         super().__init__(cfg, obs_dim, action_dim, act_horizon, policy=policy, device=device)

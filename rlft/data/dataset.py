@@ -264,6 +264,7 @@ class ChunkDataset:
         device: str | torch.device = "cpu",
         act_low: np.ndarray | None = None,
         act_high: np.ndarray | None = None,
+        planned_targets: bool = False,
     ):
         _check_chunk_args(act_horizon, obs_horizon, gamma)
         eps, O, A = _nonempty_episodes(episodes)
@@ -288,6 +289,21 @@ class ChunkDataset:
         self._weight = _row_weights(eps)
         if self._weight is not None:
             self._weight = self._weight.to(self.device)
+        self._planned = self._normalized_plans(eps) if planned_targets else None
+
+    def _normalized_plans(self, eps: list[Episode]) -> torch.Tensor:
+        """[N, H, A]: the first H actions of the plan an expert made at every step (``signals/planned_actions``),
+        normalised like the actions."""
+        H = self._H
+        for i, e in enumerate(eps):
+            plan = (e.signals or {}).get("planned_actions")
+            if plan is None or plan.ndim != 3 or plan.shape[1] < H or plan.shape[2] != self._A:
+                raise DatasetError(
+                    f"episode {i}: chunk_targets 'planned' needs signals/planned_actions [T, >= {H}, {self._A}] "
+                    f"(collect with rlft collect --mode mpc), got {None if plan is None else plan.shape}"
+                )
+        plans = torch.from_numpy(np.concatenate([e.signals["planned_actions"][:, :H] for e in eps]).astype(np.float32))
+        return self.normalizer.normalize_action(plans.to(self.normalizer.act_low.device)).to(self.device)
 
     def _store_images(self, eps: list[Episode]) -> None:
         """Camera frames, row-aligned with the flat observations, as uint8 on the device (never float: an encoder
@@ -368,6 +384,9 @@ class ChunkDataset:
         next_obs = self._obs.index_select(0, next_rows).reshape(B, To * O)
         arows = (idx[:, None] * H + torch.arange(H, device=idx.device)).reshape(-1)
         action = self._act.index_select(0, self._act_idx.index_select(0, arows)).reshape(B, H, self._A)
+        mask = self._mask.index_select(0, idx)
+        if self._planned is not None:  # the expert's own chunk at the start: complete, whatever the episode did
+            action, mask = self._planned.index_select(0, idx), torch.ones_like(mask)
         sc = self._scalars.index_select(0, idx)
         return ChunkBatch(
             obs=obs,
@@ -376,7 +395,7 @@ class ChunkDataset:
             next_obs=next_obs,
             terminated=sc[:, 2],
             discount=sc[:, 1],
-            valid_mask=self._mask.index_select(0, idx),
+            valid_mask=mask,
             is_offline=torch.ones(idx.shape[0], device=idx.device),
             mc_return=sc[:, 3],
             images=self._frames(obs_rows, B),

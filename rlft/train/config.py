@@ -184,6 +184,10 @@ class TrainConfig(Generic[A]):
     (data from ``rlft collect --mode mpc``); a dataset's own ``signals/row_weight`` is used as it is."""
     data_weighting_temperature: float = 1.0
     """'plan_confidence': larger values flatten the weights (towards plain BC)."""
+    chunk_targets: Literal["executed", "planned"] = "executed"
+    """BC's target for the chunk at step t: the actions executed at t .. t+H-1, or 'planned': the plan an MPC expert
+    made at t (``signals/planned_actions[t, :H]``, data from ``rlft collect --mode mpc`` with a horizon >= H), one
+    consistent open-loop chunk as the policy will execute it."""
     init_policy: Optional[str] = None
     """Start from this saved policy (.safetensors), e.g. the previous stage's; None = a fresh policy."""
     init_critic: Optional[str] = None

@@ -166,6 +166,7 @@ def build_dataset(
         data_h, obs_h, stats_from, low, high = adapter.act_horizon, adapter.data_obs_horizon, actor, -1.0, 1.0
     ds = ChunkDataset(
         episodes,
+        planned_targets=cfg.chunk_targets == "planned",
         act_horizon=data_h,
         gamma=cfg.env.gamma,
         obs_horizon=obs_h,
@@ -208,8 +209,10 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
             f"base_policy: {cfg.algo} steers a frozen base policy; set base_policy (or init_policy to a steered policy)"
         )
 
-    if cfg.data_weighting != "none" and not algo_cls.uses_row_weights:
+    if cfg.data_weighting != "none" and not algo_cls.imitation_only:
         raise ConfigError(f"data_weighting: {cfg.algo} does not weigh rows (BC does); set data_weighting: none")
+    if cfg.chunk_targets != "executed" and not algo_cls.imitation_only:
+        raise ConfigError(f"chunk_targets: {cfg.algo} learns from rewards of executed chunks; only BC imitates plans")
 
     @functools.cache
     def load_episodes() -> list[Episode] | None:  # read once, when first needed (after the checks that need none)
