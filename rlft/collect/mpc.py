@@ -19,9 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import mujoco
 import numpy as np
-from mujoco import rollout
 
 from rlft.errors import ConfigError
 
@@ -79,7 +77,7 @@ class MpcTask:
     """What a MuJoCo task gives the planner. ``model`` is the planning model (the env's, with the sensors the cost
     reads and possibly a coarser timestep), ``substeps`` its physics steps per control step."""
 
-    model: mujoco.MjModel
+    model: "mujoco.MjModel"  # noqa: F821  (mujoco is imported where it runs: collect workers import it late)
     substeps: int
     action_low: np.ndarray
     action_high: np.ndarray
@@ -125,6 +123,8 @@ class SamplingPlanner:
     def __init__(self, task: MpcTask, cfg: MpcConfig, rng: np.random.Generator):
         self.task, self.cfg, self.rng = task, cfg, rng
         self.W = interpolation(cfg.horizon, cfg.knots)
+        import mujoco  # here, not at import: rlft.collect.common imports this module's config
+
         self.datas = [mujoco.MjData(task.model) for _ in range(cfg.threads)]
         self.reset()
 
@@ -143,6 +143,8 @@ class SamplingPlanner:
         """Simulate plans [N, T, A] from the env's state: (states, sensordata) per physics step."""
         ctrl = np.repeat(self.task.controls(actions), self.task.substeps, axis=1)
         init = np.repeat(self.task.state()[None], len(actions), axis=0)
+        from mujoco import rollout
+
         return rollout.rollout(self.task.model, self.datas, init, ctrl, persistent_pool=self.cfg.threads > 1)
 
     def plan(self) -> PlanStep:
