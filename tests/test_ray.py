@@ -180,6 +180,9 @@ def test_pipeline_over_seeds_writes_the_table_over_seeds(tmp_path):
     assert sum(len(r["deployed_in"]) for r in stages.values() if "deployed_in" in r) == 2  # one stage per seed
     md = (tmp_path / "ps" / "results.md").read_text()
     assert "95% interval over seeds" in md and "Deployed policy" in md
+    for seed in (0, 1):  # W&B: every stage of every seed in the command's group
+        stage_cfg = yaml.safe_load((tmp_path / "ps" / f"s{seed}" / "bc" / "config.yaml").read_text())
+        assert stage_cfg["run"]["wandb_group"] == "ps"
 
 
 def test_sweep_over_pipelines_from_a_relative_path(tmp_path, dataset, monkeypatch):
@@ -211,6 +214,7 @@ def test_sweep_over_pipelines_from_a_relative_path(tmp_path, dataset, monkeypatc
         assert one["dataset"] == "demos.h5" and [st["stage"] for st in one["stages"]] == ["bc", "offline", "online"]
         offline = yaml.safe_load(Path(one["stages"][1]["run_dir"], "config.yaml").read_text())
         assert offline["algo_cfg"]["beta"] == float(r["run"].split(",")[0].split("=")[1])
+        assert offline["run"]["wandb_group"] == "psw"  # W&B: one group per sweep
 
 
 def test_optuna_search_with_asha(tmp_path, dataset):

@@ -56,7 +56,8 @@ def pipeline_trial(params: dict, job: SeedsJob) -> None:
     Tune."""
     in_driver_folder(job.cwd)
     seed = int(params["seed"])
-    cfg = dataclasses.replace(job.cfg, seed=seed, out_dir=str(job.group_dir), name=f"s{seed}")
+    group = job.cfg.wandb_group or job.group_dir.name  # W&B: the seeds of one command in one group
+    cfg = dataclasses.replace(job.cfg, seed=seed, out_dir=str(job.group_dir), name=f"s{seed}", wandb_group=group)
     result = pipeline_in_trial(cfg, job.cfg.ray)
     report({"seed": seed, "success_once": deployed_row(result).get("success_once", math.nan), "done": True})
 

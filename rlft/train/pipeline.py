@@ -114,6 +114,9 @@ class PipelineConfig:
     name: Optional[str] = None
     """Run directory name (default: pipeline-<env>-s<seed>-<timestamp>; with ``seeds``, the folder holding one
     ``s<seed>`` directory per seed, default pipeline-<env>-seeds-<timestamp>)."""
+    wandb_group: Optional[str] = None
+    """W&B group of every stage's run (``run.track``); default: the pipeline's directory name. With ``seeds`` (or in
+    a sweep) every seed's pipeline joins the group of the whole command."""
     threads: int = 1
     """torch threads for every stage."""
     quiet: bool = False
@@ -217,7 +220,7 @@ def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handof
                 "out_dir": str(run_dir),
                 "name": st.name,
                 "threads": cfg.threads,
-                "wandb_group": d.get("run", {}).get("wandb_group") or run_dir.name,
+                "wandb_group": d.get("run", {}).get("wandb_group") or cfg.wandb_group or run_dir.name,
             },
         },
     )

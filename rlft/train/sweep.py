@@ -342,6 +342,7 @@ def pipeline_trial(d: dict, name: str, job: SweepJob) -> None:
     from rlft.train.pipeline import PipelineConfig
 
     d = {**d, "out_dir": str(job.sweep_dir), "name": name, "dataset": d.get("dataset") or job.dataset or None}
+    d["wandb_group"] = d.get("wandb_group") or job.sweep_dir.name  # W&B: one group per sweep
     pcfg = from_dict(PipelineConfig, d, name)
     save_yaml(pcfg, job.sweep_dir / "configs" / f"{name}.yaml")
     result = pipeline_in_trial(pcfg, job.cfg.ray)
