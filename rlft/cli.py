@@ -302,16 +302,12 @@ class ExportCommand:
 
 def cmd_export(args: list[str]) -> None:
     """``rlft export POLICY OUT_DIR`` (see rlft.deploy.export)."""
-    from rlft.deploy.evaluate import step_latency
     from rlft.deploy.export import export_policy
-    from rlft.utils import atomic_write_text, set_threads
+    from rlft.utils import set_threads
 
     cfg = tyro.cli(ExportCommand, args=args, prog="rlft export")
     set_threads(1)
-    spec = export_policy(cfg.policy, cfg.out_dir, cfg.env_id, cfg.parity_obs, cfg.tolerance)
-    if cfg.latency:
-        spec["latency_cpu_1_thread"] = step_latency(cfg.out_dir)
-        atomic_write_text(Path(cfg.out_dir) / "policy.json", json.dumps(spec, indent=2))
+    spec = export_policy(cfg.policy, cfg.out_dir, cfg.env_id, cfg.parity_obs, cfg.tolerance, cfg.latency)
     print(
         f"wrote {cfg.out_dir}: {spec['kind']} policy ({spec['policy_class']}), programs "
         f"{', '.join(spec['programs'].values())}; parity max |diff| {spec['parity']['max_abs_diff']:.2g} on "

@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from rlft.deploy.evaluate import evaluate_deployed, step_latency
-from rlft.deploy.export import export_policy
+from rlft.deploy.evaluate import evaluate_deployed
+from rlft.deploy.export import export_policy, step_latency
 from rlft.policies.base import load_policy, policy_extra
 from rlft.rollout import evaluate_policy
 from rlft.train.gate import wilson_interval

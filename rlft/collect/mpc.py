@@ -172,34 +172,27 @@ def collect_mpc_episode(env, task: MpcTask, planner: SamplingPlanner, seed: int)
     """One episode of the MPC expert from ``env.reset(seed=seed)`` until the env ends it. Returns the ``Episode``
     with the planner's signals per step (``signals``: ``planned_actions`` [T, horizon, A], ``cost_to_go`` [T],
     ``cost_spread`` [T])."""
-    from rlft.data.episodes import Episode
+    import dataclasses
+
+    from rlft.envs.oracles import episode_from_steps
 
     obs, _ = env.reset(seed=seed)
     task.reset()
     planner.reset()
-    rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "succ", "plan", "ctg", "spread")}
-    rows["obs"].append(obs)
+    steps: list[tuple] = []  # (next obs, action, reward, terminated, truncated, success)
+    plans: list[PlanStep] = []
     while True:
-        step = planner.plan()
-        obs, r, terminated, truncated, info = env.step(step.action)
-        for k, v in zip(rows, (obs, step.action, r, terminated, truncated, info.get("success", False))):
-            rows[k].append(v)
-        rows["plan"].append(step.plan)
-        rows["ctg"].append(step.cost_to_go)
-        rows["spread"].append(step.cost_spread)
+        plan = planner.plan()
+        nxt, r, terminated, truncated, info = env.step(plan.action)
+        steps.append((nxt, plan.action, float(r), bool(terminated), bool(truncated), bool(info.get("success", False))))
+        plans.append(plan)
         if terminated or truncated:
             break
+    obs_l, act_l, rew_l, term_l, trunc_l, succ_l = (list(c) for c in zip(*steps))
+    ep = episode_from_steps([obs, *obs_l], act_l, rew_l, term_l, trunc_l, succ_l)
     signals = {
-        "planned_actions": np.stack(rows["plan"]),
-        "cost_to_go": np.asarray(rows["ctg"], np.float32),
-        "cost_spread": np.asarray(rows["spread"], np.float32),
+        "planned_actions": np.stack([p.plan for p in plans]),
+        "cost_to_go": np.asarray([p.cost_to_go for p in plans], np.float32),
+        "cost_spread": np.asarray([p.cost_spread for p in plans], np.float32),
     }
-    return Episode(
-        np.stack(rows["obs"]).astype(np.float32),
-        np.stack(rows["act"]).astype(np.float32),
-        np.asarray(rows["rew"], np.float32),
-        np.asarray(rows["term"], bool),
-        np.asarray(rows["trunc"], bool),
-        np.asarray(rows["succ"], bool),
-        signals=signals,
-    )
+    return dataclasses.replace(ep, signals=signals)

@@ -382,11 +382,12 @@ class ChunkDataset:
         obs_rows, next_rows = self._obs_idx.index_select(0, rows), self._next_obs_idx.index_select(0, rows)
         obs = self._obs.index_select(0, obs_rows).reshape(B, To * O)
         next_obs = self._obs.index_select(0, next_rows).reshape(B, To * O)
-        arows = (idx[:, None] * H + torch.arange(H, device=idx.device)).reshape(-1)
-        action = self._act.index_select(0, self._act_idx.index_select(0, arows)).reshape(B, H, self._A)
-        mask = self._mask.index_select(0, idx)
         if self._planned is not None:  # the expert's own chunk at the start: complete, whatever the episode did
-            action, mask = self._planned.index_select(0, idx), torch.ones_like(mask)
+            action, mask = self._planned.index_select(0, idx), torch.ones(B, H, device=idx.device)
+        else:
+            arows = (idx[:, None] * H + torch.arange(H, device=idx.device)).reshape(-1)
+            action = self._act.index_select(0, self._act_idx.index_select(0, arows)).reshape(B, H, self._A)
+            mask = self._mask.index_select(0, idx)
         sc = self._scalars.index_select(0, idx)
         return ChunkBatch(
             obs=obs,

@@ -75,26 +75,3 @@ def check_env(runner: PolicyRunner, env, env_id: str, out_dir) -> None:
             f"env_id: {env_id} has observations of {obs_dim} dims, cameras {cams} and {act_dim}-dim actions; "
             f"{out_dir} was exported for {runner.obs_dim}, {runner.cameras} and {runner.spec['action']['dim']}"
         )
-
-
-def step_latency(out_dir: str | Path, repeats: int = 200, **options) -> dict[str, float]:
-    """Batch-1 latency of the artifact on this CPU (one thread): median and 90th percentile milliseconds of a chunk
-    prediction, and of a whole ``step`` averaged over a chunk (which includes a residual program, if any)."""
-    import time
-
-    runner = deployed_runner(out_dir, **options)
-    obs_dim = runner.obs_dim
-    mean = np.asarray(runner.spec["normalisation"]["obs_mean"], np.float32)[-obs_dim:]
-    images = {c: np.zeros(s, np.uint8) for c, s in runner.cameras.items()} or None
-    runner.step(mean, images)
-    chunk, step = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner.predict_chunk()
-        chunk.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in range(runner.horizon):
-            runner.step(mean, images)
-        step.append((time.perf_counter() - t0) / runner.horizon)
-    ms = lambda xs, q: 1000.0 * float(np.percentile(xs, q))
-    return {"chunk_ms_p50": ms(chunk, 50), "chunk_ms_p90": ms(chunk, 90), "step_ms_p50": ms(step, 50)}

@@ -48,10 +48,7 @@ class ChunkProgram(nn.Module):
         self.policy, self.cameras = policy, cameras
 
     def forward(self, obs: torch.Tensor, *frames: torch.Tensor) -> torch.Tensor:
-        p = self.policy
-        images = dict(zip(self.cameras, frames)) if self.cameras else None
-        x = p.features(p.normalizer.normalize_obs(obs), images)
-        return p.normalizer.unnormalize_action(p.sample(x, deterministic=True).clamp(-1.0, 1.0))
+        return self.policy.act_tensor(obs, dict(zip(self.cameras, frames)) if self.cameras else None)
 
 
 class ResidualProgram(nn.Module):
@@ -66,9 +63,8 @@ class ResidualProgram(nn.Module):
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
-        r = self.residual
-        x = r.normalizer.normalize_obs(torch.cat([obs, base_action], -1))
-        delta = r.normalizer.unnormalize_action(r.sample(x, deterministic=True).clamp(-1.0, 1.0))[:, 0]
+        delta = self.residual.act_tensor(torch.cat([obs, base_action], -1))[:, 0]
+        # rlft.envs.residual.compose_action, in torch
         return torch.minimum(torch.maximum(base_action + self.bound * delta.clamp(-1.0, 1.0), self.low), self.high)
 
 
@@ -132,6 +128,17 @@ def env_facts(env_id: str, obs_horizon: int) -> dict:
         env.close()
 
 
+def chunk_policy(policy: Policy) -> Policy:
+    """The policy that predicts the chunks: a residual policy's frozen base, else the policy itself."""
+    return policy.base if isinstance(policy, ResidualPolicy) else policy
+
+
+def _frame_shapes(policy: Policy) -> dict[str, list[int]]:
+    """{camera: [To, H, W, C]} of the frames the chunk policy takes; empty for state-only policies."""
+    enc = chunk_policy(policy).encoder
+    return {c: list(s) for c, s in enc.spec.image_shapes.items()} if enc is not None else {}
+
+
 def _example_obs(policy: Policy, n: int, seed: int = 0) -> np.ndarray:
     """``n`` observations around the data the policy was trained on: its normaliser's mean +- 2 standard deviations
     (Gaussian draws, seeded)."""
@@ -148,12 +155,10 @@ def _example_frames(shapes: dict[str, list[int]], n: int, seed: int = 0) -> list
 
 def programs(policy: Policy, facts: dict) -> dict[str, tuple[nn.Module, list[str], str, list[np.ndarray]]]:
     """The policy's deployment networks: file stem -> (module, input names, output name, example inputs)."""
-    base = policy.base if isinstance(policy, ResidualPolicy) else policy
-    cameras = list(base.encoder.spec.image_shapes) if base.encoder is not None else []
-    shapes = {c: list(s) for c, s in base.encoder.spec.image_shapes.items()} if cameras else {}
+    base, shapes = chunk_policy(policy), _frame_shapes(policy)
     obs = _example_obs(base, 2)
-    out = {"chunk": (ChunkProgram(base, cameras), ["obs", *(f"image_{c}" for c in cameras)], "chunk", [obs])}
-    out["chunk"][3].extend(_example_frames(shapes, 2))
+    names = ["obs", *(f"image_{c}" for c in shapes)]
+    out = {"chunk": (ChunkProgram(base, list(shapes)), names, "chunk", [obs, *_example_frames(shapes, 2)])}
     if isinstance(policy, ResidualPolicy):
         prog = ResidualProgram(policy, facts["low"], facts["high"])
         out["residual"] = (prog, ["obs", "base_action"], "action", [obs, np.zeros((2, base.action_dim), np.float32)])
@@ -170,17 +175,15 @@ def library_actions(policy: Policy, stem: str, inputs: list[np.ndarray], facts: 
         obs, a_base = inputs
         delta = policy.act(np.concatenate([obs, a_base], 1), deterministic=True).cpu().numpy()[:, 0]
         return compose_action(a_base, delta, np.asarray(policy.bound, np.float32), facts["low"], facts["high"])
-    base = policy.base if isinstance(policy, ResidualPolicy) else policy
-    obs = inputs[0]
+    base, obs = chunk_policy(policy), inputs[0]
     if base.encoder is not None:
-        obs = Obs(obs, dict(zip(base.encoder.spec.image_shapes, inputs[1:])))
+        obs = Obs(obs, dict(zip(_frame_shapes(policy), inputs[1:])))
     return base.act(obs, deterministic=True).cpu().numpy()
 
 
 def spec_of(policy: Policy, extra: dict, facts: dict, env_id: str, obs_horizon: int, source: str) -> dict:
     """``policy.json``: everything a runner needs to feed the programs and use their output (module docstring)."""
-    residual = isinstance(policy, ResidualPolicy)
-    base = policy.base if residual else policy
+    residual, base = isinstance(policy, ResidualPolicy), chunk_policy(policy)
     norm = base.normalizer
     stacked = int(norm.obs_mean.shape[0])
     if stacked % obs_horizon:
@@ -199,7 +202,7 @@ def spec_of(policy: Policy, extra: dict, facts: dict, env_id: str, obs_horizon: 
             "dim": stacked // obs_horizon,
             "history": obs_horizon,
             "layout": "concat(o[t-To+1], ..., o[t]), oldest first; after a reset the first observation fills it",
-            "cameras": {c: list(s[1:]) for c, s in base.encoder.spec.image_shapes.items()} if base.encoder else {},
+            "cameras": {c: s[1:] for c, s in _frame_shapes(policy).items()},
         },
         "action": {
             "dim": base.action_dim,
@@ -228,12 +231,10 @@ def spec_of(policy: Policy, extra: dict, facts: dict, env_id: str, obs_horizon: 
 def parity_inputs(policy: Policy, stem: str, facts: dict, n: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` seeded inputs of one program: observations around the training data (``_example_obs``), random frames
     for the cameras, and for the residual step the base policy's own first action."""
-    base = policy.base if isinstance(policy, ResidualPolicy) else policy
-    obs = _example_obs(base, n, seed)
+    obs = _example_obs(chunk_policy(policy), n, seed)
     if stem == "residual":
         return [obs, library_actions(policy, "chunk", [obs], facts)[:, 0]]
-    shapes = {c: list(s) for c, s in base.encoder.spec.image_shapes.items()} if base.encoder is not None else {}
-    return [obs, *_example_frames(shapes, n, seed)]
+    return [obs, *_example_frames(_frame_shapes(policy), n, seed)]
 
 
 def check_parity(policy: Policy, out_dir: Path, facts: dict, n: int = 1000, seed: int = 0) -> float:
@@ -267,15 +268,74 @@ def float32_error(policy: Policy, facts: dict, n: int = 1000, seed: int = 0) -> 
     return worst
 
 
+def step_latency(out_dir: str | Path, repeats: int = 200, **options) -> dict[str, float]:
+    """Batch-1 latency of the artifact in ``out_dir`` on this CPU (one thread): median and 90th percentile
+    milliseconds of a chunk prediction, and of a whole ``step`` averaged over a chunk (which includes a residual
+    program, if any)."""
+    import time
+
+    from rlft.deploy.runner import PolicyRunner
+
+    runner = PolicyRunner(out_dir, **options)
+    mean = np.asarray(runner.spec["normalisation"]["obs_mean"], np.float32)[-runner.obs_dim :]
+    images = {c: np.zeros(s, np.uint8) for c, s in runner.cameras.items()} or None
+    runner.step(mean, images)
+    chunk, step = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner.predict_chunk()
+        chunk.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(runner.horizon):
+            runner.step(mean, images)
+        step.append((time.perf_counter() - t0) / runner.horizon)
+    ms = lambda xs, q: 1000.0 * float(np.percentile(xs, q))
+    return {"chunk_ms_p50": ms(chunk, 50), "chunk_ms_p90": ms(chunk, 90), "step_ms_p50": ms(step, 50)}
+
+
+def _write_checked(
+    policy: Policy, facts: dict, spec: dict, tmp: Path, path: str, parity_obs: int, tolerance: float, latency: bool
+) -> None:
+    """Write the programs and ``policy.json`` into ``tmp``, refusing programs that miss the parity (see
+    ``export_policy``); ``spec`` gains the parity check (and the latency)."""
+    from rlft.utils import atomic_write_text
+
+    for stem, (prog, names, output, example) in programs(policy, facts).items():
+        _to_onnx(prog, tuple(torch.as_tensor(x) for x in example), names, output, tmp / f"{stem}.onnx")
+    worst = check_parity(policy, tmp, facts, parity_obs)
+    own = float32_error(policy, facts, parity_obs)
+    allowed = tolerance + 2.0 * own
+    if not math.isfinite(worst) or worst > allowed:
+        raise CheckpointError(
+            f"{path}: the exported programs differ from the policy by up to {worst:.3g} (> {allowed:.3g}: "
+            f"{tolerance:g} + twice the policy's own float32 error {own:.3g}) on {parity_obs} observations; "
+            "not written"
+        )
+    spec["parity"] = {
+        "observations": parity_obs,
+        "max_abs_diff": worst,
+        "library_float32_error": own,
+        "allowed": allowed,
+    }
+    atomic_write_text(tmp / "policy.json", json.dumps(spec, indent=2))
+    if latency:  # measured on the finished artifact, then recorded in it
+        spec["latency_cpu_1_thread"] = step_latency(tmp)
+        atomic_write_text(tmp / "policy.json", json.dumps(spec, indent=2))
+
+
 def export_policy(
-    path: str | Path, out_dir: str | Path, env_id: str | None = None, parity_obs: int = 1000, tolerance: float = 1e-5
+    path: str | Path,
+    out_dir: str | Path,
+    env_id: str | None = None,
+    parity_obs: int = 1000,
+    tolerance: float = 1e-5,
+    latency: bool = False,
 ) -> dict:
     """Write the artifact of the policy file ``path`` to ``out_dir`` (module docstring) and check it: every program
     must give the library's actions to within ``tolerance`` (plus twice the library's own float32 rounding error,
-    ``float32_error``, which only DDIM makes larger than ~1e-7) on ``parity_obs`` observations. The folder appears
-    whole or not at all; an existing artifact there is replaced, any other non-empty folder is refused."""
-    from rlft.utils import atomic_write_text
-
+    ``float32_error``, which only DDIM makes larger than ~1e-7) on ``parity_obs`` observations; ``latency`` also
+    records ``step_latency``. The folder appears whole or not at all; an existing artifact there is replaced, any
+    other non-empty folder is refused."""
     policy = load_policy(path).eval()
     extra = policy_extra(path)
     env_id = env_id or extra.get("env_id")
@@ -295,24 +355,7 @@ def export_policy(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for stem, (prog, names, output, example) in programs(policy, facts).items():
-            _to_onnx(prog, tuple(torch.as_tensor(x) for x in example), names, output, tmp / f"{stem}.onnx")
-        worst = check_parity(policy, tmp, facts, parity_obs)
-        own = float32_error(policy, facts, parity_obs)
-        allowed = tolerance + 2.0 * own
-        if not math.isfinite(worst) or worst > allowed:
-            raise CheckpointError(
-                f"{path}: the exported programs differ from the policy by up to {worst:.3g} (> {allowed:.3g}: "
-                f"{tolerance:g} + twice the policy's own float32 error {own:.3g}) on {parity_obs} observations; "
-                "not written"
-            )
-        spec["parity"] = {
-            "observations": parity_obs,
-            "max_abs_diff": worst,
-            "library_float32_error": own,
-            "allowed": allowed,
-        }
-        atomic_write_text(tmp / "policy.json", json.dumps(spec, indent=2))
+        _write_checked(policy, facts, spec, tmp, str(path), parity_obs, tolerance, latency)
         old = out.with_name(f".{out.name}.old")
         if out.exists():  # the earlier export stays whole until the new one is in place
             shutil.rmtree(old, ignore_errors=True)

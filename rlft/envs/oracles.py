@@ -198,7 +198,7 @@ def collect_demo_episode(
             info, changed = selector.fill(info)
             if changed:
                 oracle.reset(obs, info)
-    return _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l)
+    return episode_from_steps(obs_l, act_l, rew_l, term_l, trunc_l, succ_l)
 
 
 def collect_play_episode(
@@ -248,7 +248,7 @@ def collect_play_episode(
             if oracle.done:
                 _, info = u.set_new_target(p_stack=p_stack)
                 oracle.reset(obs, info)
-    return _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l)
+    return episode_from_steps(obs_l, act_l, rew_l, term_l, trunc_l, succ_l)
 
 
 def make_play_env(env_id: str, max_episode_steps: int = 1000, **kwargs: Any) -> gymnasium.Env:
@@ -260,7 +260,7 @@ def make_play_env(env_id: str, max_episode_steps: int = 1000, **kwargs: Any) -> 
     )
 
 
-def _episode(obs_l, act_l, rew_l, term_l, trunc_l, succ_l) -> Episode:
+def episode_from_steps(obs_l, act_l, rew_l, term_l, trunc_l, succ_l) -> Episode:
     """The recorded steps as an ``Episode``; camera observations (``Obs``) keep their newest frame per step."""
     images = None
     if isinstance(obs_l[0], Obs):

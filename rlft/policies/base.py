@@ -122,10 +122,17 @@ class Policy(nn.Module):
         if images is not None:
             images = {c: torch.as_tensor(np.asarray(v), device=device) for c, v in images.items()}
             images = {c: v[None] if single else v for c, v in images.items()}
-        x = self.features(self.normalizer.normalize_obs(obs_t), images)
-        a = self.sample(x, noise=noise, deterministic=deterministic)
-        a = self.normalizer.unnormalize_action(a.clamp(-1.0, 1.0))
+        a = self.act_tensor(obs_t, images, noise, deterministic)
         return a[0] if single else a
+
+    def act_tensor(
+        self, obs: torch.Tensor, images: dict | None = None, noise: torch.Tensor | None = None, deterministic=True
+    ) -> torch.Tensor:
+        """The tensor core of ``act``: raw obs [B, O] (and frames {camera: [B, To, H, W, C] uint8}) -> raw chunk
+        [B, H, A], with no numpy or checks in between (``rlft export`` traces it)."""
+        x = self.features(self.normalizer.normalize_obs(obs), images)
+        a = self.sample(x, noise=noise, deterministic=deterministic)
+        return self.normalizer.unnormalize_action(a.clamp(-1.0, 1.0))
 
     def executor(self, env, gamma: float):
         """The env that ``act`` drives, built on ``env`` (an observation-history env from ``make_env``): by default a

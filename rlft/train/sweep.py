@@ -1,5 +1,5 @@
-"""``rlft sweep``: one ``rlft train`` (or ``rlft pipeline``) config over a grid (or a sampled search) of overrides x seeds, run as Ray Tune
-trials (rlft.train.trials), then one results table.
+"""``rlft sweep``: one ``rlft train`` (or ``rlft pipeline``) config over a grid (or a sampled search) of overrides x
+seeds, run as Ray Tune trials (rlft.train.trials), then one results table.
 
 A sweep YAML names a base training config, the grid and the seeds::
 
@@ -14,10 +14,11 @@ A sweep YAML names a base training config, the grid and the seeds::
 
 The base may also be an ``rlft pipeline`` YAML: each run is then one whole pipeline (its data, stages and deploy
 gate), grid fields reach into its stages by index (``stages.1.overrides.algo_cfg.beta``), and the table shows each
-run's deployed policy. Each run is an ordinary training (or pipeline) run in ``<out_dir>/<name>/<run name>`` (its resolved YAML in ``configs/``, where it
-ran in ``trial.json``). ``search: random`` / ``optuna`` draw ``num_samples`` points instead (a grid entry may then be
-a range ``{low, high, log}``); ``asha: true`` stops weak trials early on their periodic evaluations. Calling the
-same command again resumes an interrupted sweep through Tune's restore without re-running finished runs. The results
+run's deployed policy. Each run is an ordinary training (or pipeline) run in ``<out_dir>/<name>/<run name>`` (its
+resolved YAML in ``configs/``, where it ran in ``trial.json``). ``search: random`` / ``optuna`` draw
+``num_samples`` points instead (a grid entry may then be a range ``{low, high, log}``); ``asha: true`` stops weak
+trials early on their periodic evaluations. Calling the same command again resumes an interrupted sweep through
+Tune's restore without re-running finished runs. The results
 (per run: status, success_once, success_at_end, wall time, updates/s, attempts; per point: the mean over seeds with a
 95 % interval) go to ``results.md`` / ``results.json``; ``rlft report <sweep dir>/<run> ...`` overlays the runs'
 curves.
