@@ -12,7 +12,7 @@ import pytest
 
 from rlft.cli import main
 from rlft.report.build import build_report
-from rlft.report.plots import panels_for
+from rlft.report.plots import panels_for, step_label
 from rlft.report.runs import ReportError, expand_runs
 
 DATA = Path(__file__).resolve().parent / "data" / "report"
@@ -113,6 +113,14 @@ def test_every_metric_lands_on_one_page():
     temp = dict(pages["temperature"])
     assert temp["entropy vs target_entropy"] == ["actor/entropy", "alpha/target_entropy"]
     assert pages["eval"][0] == ("success_once vs success_at_end", ["eval/success_once", "eval/success_at_end"])
+
+
+def test_curves_say_what_their_step_counts():
+    """An online run's curves are success against env steps; an offline run's against updates."""
+    modes = {r.name: r.mode for r in expand_runs([DATA / "pipeline_f_s0"])}
+    assert {step_label({m}) for m in modes.values()} == {"updates", "env steps"}
+    assert step_label({modes[n] for n in modes if n.endswith("online")}) == "env steps"
+    assert "env steps" in step_label(set(modes.values())) and "updates" in step_label(set(modes.values()))
 
 
 def test_cli_report_prints_diagnosis_and_writes_default_out(tmp_path, capsys):

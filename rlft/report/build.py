@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from rlft.report.diagnose import Finding, diagnose
-from rlft.report.plots import PAGES, panels_for, plot_page, plot_stages
+from rlft.report.plots import PAGES, panels_for, plot_page, plot_stages, step_label
 from rlft.report.runs import RunData, expand_runs
 from rlft.utils import atomic_path, atomic_write_text
 
@@ -274,6 +274,7 @@ def _comparison_sections(groups: dict[str, list[RunData]], fig_dir: Path, files:
                 pages[pid],
                 fig_dir / f"compare_{slug(g_)}_{pid}.png",
                 f"{g_}: {ptitle}",
+                xlabel=step_label({r.mode for r in rs}),
             )
             files.append(p)
             parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")
@@ -297,7 +298,12 @@ def _run_section(r: RunData, fs: list[Finding], fig_dir: Path, media_dir: Path, 
         if pid not in pages:
             continue
         p = plot_page(
-            [(r.name, r.metrics)], pages[pid], fig_dir / f"{slug(r.name)}_{pid}.png", f"{r.name}: {ptitle}", markers
+            [(r.name, r.metrics)],
+            pages[pid],
+            fig_dir / f"{slug(r.name)}_{pid}.png",
+            f"{r.name}: {ptitle}",
+            markers,
+            xlabel=step_label({r.mode}),
         )
         files.append(p)
         parts.append(f"<img class=page src='fig/{_e(p.name)}' alt='{_e(ptitle)}'>")

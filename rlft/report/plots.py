@@ -111,9 +111,11 @@ def plot_page(
     path: Path,
     title: str,
     markers: dict[str, list[tuple[int, str]]] | None = None,
+    xlabel: str = "step",
 ) -> Path:
     """Draw ``panels`` for one or several runs (overlaid, one colour per run) into ``path`` (PNG, written
-    atomically). ``markers``: metric -> [(step, label)] drawn as vertical dotted lines (diagnosis findings)."""
+    atomically). ``markers``: metric -> [(step, label)] drawn as vertical dotted lines (diagnosis findings);
+    ``xlabel``: what the runs' step counts (``step_label``)."""
     n = len(panels)
     ncols = min(COLUMNS, n)
     nrows = math.ceil(n / ncols)
@@ -123,7 +125,7 @@ def plot_page(
         _draw_panel(axes[k // ncols][k % ncols], runs, ptitle, names, markers)
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    _lay_out_page(fig, runs, title)
+    _lay_out_page(fig, runs, title, xlabel)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
@@ -170,7 +172,16 @@ def _draw_panel(
         ax.legend(fontsize=7)
 
 
-def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str) -> None:
+def step_label(modes: set[str]) -> str:
+    """The x-axis label of runs in these modes: an online run logs by env step, an offline run by update."""
+    if modes == {"online"}:
+        return "env steps"
+    if modes == {"offline"}:
+        return "updates"
+    return "step (online runs: env steps; offline runs: updates)"
+
+
+def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str, xlabel: str = "step") -> None:
     """Set the page's margins, the run legend (several runs), the title and the x label."""
     several = len(runs) > 1
     # fixed margins (no tight_layout / bbox_inches='tight': each costs a full extra layout pass per page)
@@ -197,7 +208,7 @@ def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str) -> None:
             bbox_to_anchor=(0.5, 1 - 0.3 / height),
         )
     fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")
-    fig.supxlabel("step", fontsize=8, y=0.01)
+    fig.supxlabel(xlabel, fontsize=8, y=0.01)
 
 
 def plot_stages(pipelines: dict[str, list[tuple[str, dict[str, float]]]], path: Path) -> Path:
