@@ -53,6 +53,11 @@ def test_gate_on_measured_stage_results():
     assert g["deployed"] == "online" and [(r["stage"], r["from"]) for r in g["regressions"]] == [("offline", "bc")]
     g = gate(_rows(("bc", 67, 100), ("offline", 77, 100), ("online", 21, 100)))
     assert g["deployed"] == "offline" and [(r["stage"], r["from"]) for r in g["regressions"]] == [("online", "offline")]
+    # 2026-12-05 (docs/notebook/benchmarks.md §17), the 100-demo default, seed 0: BC 0.70, IQL 0.42, online 0.94; online
+    # ships over BC too (0.94 vs 0.70 is beyond the interval), and offline's drop from BC is reported
+    g = gate(_rows(("bc", 70, 100), ("offline", 42, 100), ("online", 94, 100)))
+    assert g["deployed"] == "online" and [(r["stage"], r["from"]) for r in g["regressions"]] == [("offline", "bc")]
+    assert g["regressions"][0]["interval"] == pytest.approx((-0.40, -0.14), abs=0.006)  # as the pipeline printed
     # a tie goes to the later (more trained) stage; an unevaluated stage takes no part
     g = gate(_rows(("bc", 30, 100), ("offline", 30, 100)) + [{"stage": "x", "episodes": 0}])
     assert g["deployed"] == "offline" and "x" not in g["intervals"]
