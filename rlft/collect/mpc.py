@@ -172,8 +172,6 @@ def collect_mpc_episode(env, task: MpcTask, planner: SamplingPlanner, seed: int)
     """One episode of the MPC expert from ``env.reset(seed=seed)`` until the env ends it. Returns the ``Episode``
     with the planner's signals per step (``signals``: ``planned_actions`` [T, horizon, A], ``cost_to_go`` [T],
     ``cost_spread`` [T])."""
-    import dataclasses
-
     from rlft.envs.oracles import episode_from_steps
 
     obs, _ = env.reset(seed=seed)

@@ -181,7 +181,7 @@ def step_label(modes: set[str]) -> str:
     return "step (online runs: env steps; offline runs: updates)"
 
 
-def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str, xlabel: str = "step") -> None:
+def _lay_out_page(fig, runs: list[tuple[str, Metrics]], title: str, xlabel: str) -> None:
     """Set the page's margins, the run legend (several runs), the title and the x label."""
     several = len(runs) > 1
     # fixed margins (no tight_layout / bbox_inches='tight': each costs a full extra layout pass per page)
