@@ -377,6 +377,27 @@ def test_offline_sac_study_gaussian_stays_uniform_over_the_box():
         assert "entropy_at_box_maximum" not in _diag(other)
 
 
+def test_fresh_latent_actor_leaving_the_box_maximum_is_not_stuck_there():
+    """REAL (DSRL-NA on LiftPegUpright-v1, the first 20k env steps): a fresh latent actor starts uniform over its
+    56-dim box (entropy 38.1 of at most 38.8) and comes down slowly as alpha falls (37.7 at step 5.5k, 33.9 at 20k,
+    success 0.82). Checked as the live hook sees it, after every log record: never ``entropy_at_box_maximum`` (it
+    fired at step 3006 before the rule waited for 8 log points and for the entropy to stop falling). The stuck actor
+    of the offline SAC study still fires, from step 800 of its 3000."""
+    run = load_run(DATA / "dsrl_na_liftpeg_leaving_box")
+    records = [json.loads(line) for line in (DATA / "dsrl_na_liftpeg_leaving_box" / "metrics.jsonl").open()]
+    ctx = run.context()
+    for n in range(1, len(records) + 1):
+        assert "entropy_at_box_maximum" not in _rules(records[:n], ctx), records[n - 1]["step"]
+    stuck = [json.loads(line) for line in (DATA / "sac_offline_uniform_box" / "metrics.jsonl").open()]
+    ctx = {**load_run(DATA / "sac_offline_uniform_box").context(), "action_dim": CUBE_ACTION_DIM}
+    first = next(r["step"] for n, r in enumerate(stuck, 1) if "entropy_at_box_maximum" in _rules(stuck[:n], ctx))
+    assert first == 800
+
+
+def _rules(records: list[dict], ctx: dict) -> set[str]:
+    return {f.rule for f in diagnose(Metrics(records), ctx)}
+
+
 def test_lambda_collapse_real_td3bc_run():
     """REAL (the same run: actor_loss_type td3bc): TD3+BC's lambda 0.39 -> 0.04 while actor_q 4.7 -> 56 -- the
     synthetic test's shape (0.35 -> ~0.01 while actor_q 5 -> 100). No other real fixture has lambda fall with

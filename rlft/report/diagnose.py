@@ -63,6 +63,12 @@ LAMBDA_Q_GROWTH = 5.0
 """...while |actor_q| (where logged) has grown to at least this multiple of its first logged value: the fall comes from
 the Q values of the policy's actions growing (e.g. 5 -> 100), not from a critic settling at a smaller scale."""
 BOX_ENTROPY_FRACTION = 0.9  # entropy_at_box_maximum: median late entropy >= this x d log 2
+BOX_ENTROPY_MIN_LOGS = 8
+"""entropy_at_box_maximum judges a run only once its entropy has this many log points (live: not in the first few)."""
+BOX_ENTROPY_LEAVING = 0.002
+"""...and only while the entropy is not coming down: a fall over the second half of more than this x d log 2 (mean of
+its first two points to the mean of its last two) is the temperature doing its job -- a fresh actor leaving the box
+maximum -- not an actor stuck there."""
 UNIFORM_WEIGHT_RATIO = 2.0
 """Near-uniform advantage weights: median of weights_max / weights_mean over the second half of the run below this
 (the largest weight in a batch is less than twice the mean: every sample is imitated almost equally)."""
@@ -463,11 +469,13 @@ def entropy_at_box_maximum(m: Metrics, ctx: dict) -> list[Finding]:
     if name is None or t_name is None or not d:
         return []
     s, e = _finite(*m.series(name))
-    if len(e) < 4:
+    if len(e) < BOX_ENTROPY_MIN_LOGS:
         return []
     h_max = d * math.log(2.0)  # differential entropy of the uniform distribution on the action box [-1, 1]^d
     late = e[len(e) // 2 :]
     if float(np.median(late)) < BOX_ENTROPY_FRACTION * h_max:
+        return []
+    if float(np.mean(late[:2]) - np.mean(late[-2:])) > BOX_ENTROPY_LEAVING * h_max:
         return []
     step = int(s[len(e) // 2])
     t0, t1 = _at(m, t_name, int(s[0])), _at(m, t_name, int(s[-1]))
