@@ -383,15 +383,18 @@ def test_fresh_latent_actor_leaving_the_box_maximum_is_not_stuck_there():
     success 0.82). Checked as the live hook sees it, after every log record: never ``entropy_at_box_maximum`` (it
     fired at step 3006 before the rule waited for 8 log points and for the entropy to stop falling). The stuck actor
     of the offline SAC study still fires, from step 800 of its 3000."""
-    run = load_run(DATA / "dsrl_na_liftpeg_leaving_box")
-    records = [json.loads(line) for line in (DATA / "dsrl_na_liftpeg_leaving_box" / "metrics.jsonl").open()]
-    ctx = run.context()
+    records, ctx = _records("dsrl_na_liftpeg_leaving_box"), load_run(DATA / "dsrl_na_liftpeg_leaving_box").context()
     for n in range(1, len(records) + 1):
         assert "entropy_at_box_maximum" not in _rules(records[:n], ctx), records[n - 1]["step"]
-    stuck = [json.loads(line) for line in (DATA / "sac_offline_uniform_box" / "metrics.jsonl").open()]
+    stuck = _records("sac_offline_uniform_box")
     ctx = {**load_run(DATA / "sac_offline_uniform_box").context(), "action_dim": CUBE_ACTION_DIM}
     first = next(r["step"] for n, r in enumerate(stuck, 1) if "entropy_at_box_maximum" in _rules(stuck[:n], ctx))
     assert first == 800
+
+
+def _records(name: str) -> list[dict]:
+    """The log records of fixture ``name``, in order (what the live hook is fed one at a time)."""
+    return [json.loads(line) for line in (DATA / name / "metrics.jsonl").open()]
 
 
 def _rules(records: list[dict], ctx: dict) -> set[str]:
