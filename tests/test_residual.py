@@ -65,13 +65,6 @@ def test_compose_and_delta_by_hand():
         residual_bound(0.5, "action_std", low, high)
     with pytest.raises(ConfigError, match="residual_scale"):
         residual_bound(0.0, "half_range", low, high)
-    # a floor of 0.1 x the half-range (0.1, 0.1, 0.2) lifts only the dimensions below it
-    np.testing.assert_allclose(
-        residual_bound(0.5, "action_std", low, high, acts, floor=0.1), [0.25, 0.1, 0.5], atol=1e-6
-    )
-    np.testing.assert_allclose(residual_bound(0.2, "half_range", low, high, floor=0.3), [0.3, 0.3, 0.6], atol=1e-6)
-    with pytest.raises(ConfigError, match="residual_floor"):
-        residual_bound(0.5, "half_range", low, high, floor=-0.1)
 
 
 def test_zero_residual_executes_the_base_policys_chunks_bit_for_bit():

@@ -53,20 +53,16 @@ def delta_of(actions: np.ndarray, a_base: np.ndarray, bound: np.ndarray) -> np.n
 
 
 def residual_bound(
-    scale: float, unit: str, low: np.ndarray, high: np.ndarray, actions: np.ndarray | None = None, floor: float = 0.0
+    scale: float, unit: str, low: np.ndarray, high: np.ndarray, actions: np.ndarray | None = None
 ) -> np.ndarray:
-    """The per-dimension bound ``max(scale * unit, floor * half-range)``: ``unit`` 'action_std' is the standard
-    deviation of ``actions`` (the dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range),
-    'half_range' is ``(high - low) / 2``. ``floor`` (a fraction of the half-range, 0 = none) keeps the dimensions the
-    demonstrations barely use correctable: a std-sized bound on an axis the demos hardly turn about can add up to
-    less over a whole episode than the error the task leaves on it."""
+    """The per-dimension bound ``scale * unit``: ``unit`` 'action_std' is the standard deviation of ``actions`` (the
+    dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
+    ``(high - low) / 2``."""
     if not 0.0 < float(scale) <= 2.0:
         raise ConfigError(f"residual_scale must be in (0, 2] (a multiple of the residual unit), got {scale}")
-    if not 0.0 <= float(floor) <= 1.0:
-        raise ConfigError(f"residual_floor must be in [0, 1] (a fraction of the action half-range), got {floor}")
     half = (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2.0
     if unit == "half_range":
-        return (np.maximum(float(scale), float(floor)) * half).astype(np.float32)
+        return (float(scale) * half).astype(np.float32)
     if unit != "action_std":
         raise ConfigError(f"residual_unit: {unit!r} is not 'action_std' or 'half_range'")
     if actions is None or len(actions) < 2:
@@ -75,7 +71,7 @@ def residual_bound(
             "correction); set dataset, or residual_unit: half_range"
         )
     std = np.asarray(actions, np.float64).std(axis=0)
-    return np.maximum(float(scale) * np.maximum(std, 0.01 * half), float(floor) * half).astype(np.float32)
+    return (float(scale) * np.maximum(std, 0.01 * half)).astype(np.float32)
 
 
 class ResidualActionWrapper(gymnasium.Wrapper):

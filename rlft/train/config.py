@@ -209,9 +209,6 @@ class TrainConfig(Generic[A]):
     residual_unit: Literal["action_std", "half_range"] = "action_std"
     """With base_mode 'residual': 'action_std' sizes the correction by the dataset's per-dimension action standard
     deviation (commensurate with the actions the task uses), 'half_range' by the action box's half-range."""
-    residual_floor: float = 0.0
-    """With base_mode 'residual': the smallest correction per action dimension, as a fraction of the action box's
-    half-range (0 = none): with 'action_std', a dimension the demonstrations barely move gets at least this bound."""
     action_magnitude: float = 1.5
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
