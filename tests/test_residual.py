@@ -216,6 +216,7 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
     assert b.action.shape == (64, 1, A) and b.action.abs().max() <= 1.0
     summary = tr.run()
     assert summary["steps"] == 60
+    assert (tr.replay.chunk[: tr.replay.size] != 0).any()  # no ramp: the residual explores from the first step
     rows = [json.loads(x) for x in (tmp_path / "residual" / "metrics.jsonl").read_text().splitlines()]
     assert any("critic/critic_loss" in r for r in rows)
     assert not any("actor/actor_loss" in r for r in rows if r["step"] <= 30)  # critic warm-up: the actor waits
@@ -285,3 +286,30 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), residual_scale=0.3), quiet=True)
     with pytest.raises(ConfigError, match="base_mode"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), base_mode="noise"), quiet=True)
+
+
+def test_progressive_exploration_runs_the_base_alone_early(tmp_path, demos):
+    """Policy Decorator's schedule: at env step t < ramp each row keeps its residual with probability t / ramp and
+    runs the base alone (delta = 0) otherwise; from the ramp's end on the chunk is left alone. In a run whose ramp
+    outlasts it, every stored exploration action is the base's own (delta = 0)."""
+    from rlft.train.adapters import ResidualAdapter
+    from rlft.train.runner import Trainer
+
+    adapter = ResidualAdapter(flow_base(), np.full(A, 0.1, np.float32), ramp_steps=1000)
+    chunk = torch.rand(4000, 1, A) + 0.5  # no zero entries
+    assert torch.equal(adapter.exploring(chunk, 0), torch.zeros_like(chunk))
+    assert torch.equal(adapter.exploring(chunk, 1000), chunk)
+    torch.manual_seed(0)
+    out = adapter.exploring(chunk, 250)
+    kept = (out != 0).all(dim=(1, 2))
+    assert torch.equal(out[kept], chunk[kept]) and (out[~kept] == 0).all()  # whole rows, kept or zeroed
+    assert 0.22 < kept.float().mean() < 0.28
+    with pytest.raises(ConfigError, match="residual_ramp_steps"):
+        _stage(tmp_path, tmp_path / "base.safetensors", demos, residual_ramp_steps=-1)
+
+    flow_base().save(tmp_path / "base.safetensors")
+    tr = Trainer(
+        _stage(tmp_path, tmp_path / "base.safetensors", demos, steps=30, residual_ramp_steps=10**6), quiet=True
+    )
+    tr.run()
+    assert tr.replay.size == 30 and (tr.replay.chunk[: tr.replay.size] == 0).all()

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import torch
 
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError
@@ -74,6 +75,10 @@ class ChunkAdapter:
 
     def exec_chunk(self, info: dict):
         return None
+
+    def exploring(self, chunk: torch.Tensor, env_step: int) -> torch.Tensor:
+        """The actor's exploration chunk(s) [B, H, A] as executed and stored at env step ``env_step``."""
+        return chunk
 
 
 def input_dim(policy: Policy) -> int:
@@ -138,9 +143,18 @@ class ResidualAdapter(ChunkAdapter):
 
     data_obs_horizon = 1  # the relabelled observations already hold the stacked history
 
-    def __init__(self, base: Policy, bound):
+    def __init__(self, base: Policy, bound, ramp_steps: int = 0):
         super().__init__(base.obs_dim + base.action_dim, base.action_dim, 1)
-        self.base, self.bound = base, np.asarray(bound, np.float32)
+        self.base, self.bound, self.ramp_steps = base, np.asarray(bound, np.float32), int(ramp_steps)
+
+    def exploring(self, chunk: torch.Tensor, env_step: int) -> torch.Tensor:
+        """Progressive exploration (Policy Decorator, Yuan et al., 2024): before ``ramp_steps`` env steps, each
+        row's residual acts with probability ``env_step / ramp_steps``; the other rows run the base action alone and
+        are stored as ``delta = 0``, what was executed. Uses torch's global RNG (seeded by the run)."""
+        if env_step >= self.ramp_steps:
+            return chunk
+        keep = torch.rand(chunk.shape[0]) < env_step / self.ramp_steps
+        return torch.where(keep.view(-1, *([1] * (chunk.dim() - 1))).to(chunk.device), chunk, torch.zeros_like(chunk))
 
     def fresh_actor(self, policy_cfg) -> Policy:
         from rlft.policies.residual import zero_output
@@ -201,7 +215,7 @@ def make_adapter(
             f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
             f"{cfg.init_policy} was trained with {settings['residual_bound']}"
         )
-    return ResidualAdapter(base, bound)
+    return ResidualAdapter(base, bound, cfg.residual_ramp_steps)
 
 
 def split_composite(policy: Policy) -> tuple[Policy | None, Policy, str | None, dict]:

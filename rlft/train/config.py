@@ -209,6 +209,11 @@ class TrainConfig(Generic[A]):
     residual_unit: Literal["action_std", "half_range"] = "action_std"
     """With base_mode 'residual': 'action_std' sizes the correction by the dataset's per-dimension action standard
     deviation (commensurate with the actions the task uses), 'half_range' by the action box's half-range."""
+    residual_ramp_steps: int = 0
+    """With base_mode 'residual': progressive exploration (Policy Decorator, Yuan et al., 2024). Before this many env
+    steps, each exploration step uses the residual with probability ``env_step / residual_ramp_steps`` and otherwise
+    runs the base action alone (stored as delta = 0), so early data stays close to the base policy's. 0 = the
+    residual acts on every step from the start."""
     action_magnitude: float = 1.5
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
@@ -235,6 +240,8 @@ class TrainConfig(Generic[A]):
             )
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
+        if self.residual_ramp_steps < 0:
+            raise ConfigError(f"residual_ramp_steps must be >= 0 env steps, got {self.residual_ramp_steps}")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise ConfigError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
         if self.num_envs > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:

@@ -552,7 +552,7 @@ class Trainer:
         """One macro-step of the exploring policy: into the replay, the reward range and the episode's record; returns
         the next observation (a new episode's first after an episode end)."""
         lp = self._loop
-        chunk = self.algo.explore(obs).cpu()
+        chunk = self.adapter.exploring(self.algo.explore(obs).cpu()[None], self.step)[0]
         next_obs, R, term, trunc, info = env.step(chunk.numpy())
         decoded = self.adapter.exec_chunk(info)  # the executed env chunk when the action is latent noise
         self.replay.add(
@@ -632,7 +632,7 @@ class Trainer:
     def _vector_step(self, envs, obs: np.ndarray) -> np.ndarray:
         """One macro-step of every env: ``num_envs`` transitions into the replay, episode records, resets."""
         lp, v = self._loop, self._vec
-        chunk = self.algo.explore(obs).cpu().numpy()
+        chunk = self.adapter.exploring(self.algo.explore(obs).cpu(), self.step).numpy()
         next_obs, R, term, trunc, info = envs.step(chunk)
         decoded = self.adapter.exec_chunk(info)
         next_obs = np.asarray(next_obs, np.float32)
