@@ -304,8 +304,13 @@ def test_progressive_exploration_runs_the_base_alone_early(tmp_path, demos):
     kept = (out != 0).all(dim=(1, 2))
     assert torch.equal(out[kept], chunk[kept]) and (out[~kept] == 0).all()  # whole rows, kept or zeroed
     assert 0.22 < kept.float().mean() < 0.28
-    with pytest.raises(ConfigError, match="residual_ramp_steps"):
-        _stage(tmp_path, tmp_path / "base.safetensors", demos, residual_ramp_steps=-1)
+    for bad in (
+        {"residual_ramp_steps": -1},
+        {"residual_ramp_steps": 1.5},
+        {"residual_ramp_steps": 9, "base_mode": "noise"},
+    ):
+        with pytest.raises(ConfigError, match="residual_ramp_steps"):
+            _stage(tmp_path, tmp_path / "base.safetensors", demos, **bad)
 
     flow_base().save(tmp_path / "base.safetensors")
     tr = Trainer(

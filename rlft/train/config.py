@@ -232,6 +232,16 @@ class TrainConfig(Generic[A]):
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     """Outputs, seeding and logging."""
 
+    def _check_ramp(self) -> None:
+        r = self.residual_ramp_steps
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"residual_ramp_steps must be an integer >= 0 env steps, got {r!r}")
+        if r > 0 and (self.base_mode != "residual" or getattr(self.algo_cfg, "rollout_steps", 0) > 0):
+            raise ConfigError(
+                "residual_ramp_steps: progressive exploration needs base_mode: residual and an off-policy algorithm "
+                f"(got base_mode {self.base_mode!r}, algo {self.algo!r})"
+            )
+
     def __post_init__(self) -> None:
         self.algo = getattr(type(self.algo_cfg), "algo_name", self.algo)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -240,8 +250,7 @@ class TrainConfig(Generic[A]):
             )
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
-        if self.residual_ramp_steps < 0:
-            raise ConfigError(f"residual_ramp_steps must be >= 0 env steps, got {self.residual_ramp_steps}")
+        self._check_ramp()
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise ConfigError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
         if self.num_envs > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:
