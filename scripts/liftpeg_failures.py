@@ -5,7 +5,7 @@
 
 ``DEPLOYED_DIR`` is a policy exported by ``rlft export`` (run open loop by ``rlft.deploy.PolicyRunner``, as
 ``rlft eval --deployed`` runs it, on the same episode seeds). ManiSkill's success test for the task
-(``LiftPegUpright-v1.evaluate``): the peg's long axis within 0.08 rad of vertical and its centre within 5 mm of
+(``LiftPegUpright-v1.evaluate``): the peg's tilt (below) under 0.08 rad and its centre within 5 mm of
 half its length (0.12 m) above the table, i.e. standing on the table. The state observation carries the peg's pose
 (its last 7 dims: position, quaternion w-x-y-z). "Tilt" below is ManiSkill's uprightness error
 ``| |euler_XYZ[2]| - pi/2 |`` of the peg's orientation. Each failed episode falls into one class:
@@ -13,11 +13,12 @@ half its length (0.12 m) above the table, i.e. standing on the table. The state 
 * ``near_miss``: standing on the table (centre within 5 mm of 0.12 m) but with a tilt of 0.08 rad or more;
 * ``held_tilted``: still lifted at the end (centre > 0.15 m) and tilted;
 * ``held_upright``: still lifted at the end, upright, not put down;
-* ``not_lifted``: lying on the table at the end (centre < 0.05 m);
+* ``lying``: lying on the table at the end (centre < 0.05 m);
 * ``other``: anything else.
 
 For every episode the script also records the tilt when the peg is first lifted above 0.2 m, which tells grasps
-apart: the rotation a policy learnt from demonstrations is sized for the grasp the demonstrations made.
+apart (``None``: never lifted that high; a ``lying`` episode with ``None`` was never lifted above 0.2 m, one with a
+value was dropped).
 Prints a JSON summary (docs/results.md, "Where the LiftPegUpright offline policy fails").
 """
 
@@ -48,7 +49,7 @@ def classify(end_z: float, end_tilt: float, success: bool) -> str:
         return "near_miss" if end_tilt >= UPRIGHT_TOL else "other"
     if end_z > 0.15:
         return "held_tilted" if end_tilt >= UPRIGHT_TOL else "held_upright"
-    return "not_lifted" if end_z < 0.05 else "other"
+    return "lying" if end_z < 0.05 else "other"
 
 
 def run_episode(runner, env, seed: int) -> dict:
@@ -76,7 +77,7 @@ def run_episode(runner, env, seed: int) -> dict:
 
 def summarize(episodes: list[dict]) -> dict:
     out: dict = {"num_episodes": len(episodes)}
-    for c in ("success", "near_miss", "held_tilted", "held_upright", "not_lifted", "other"):
+    for c in ("success", "near_miss", "held_tilted", "held_upright", "lying", "other"):
         group = [e for e in episodes if e["class"] == c]
         lifts = [e["tilt_at_lift"] for e in group if e["tilt_at_lift"] is not None]
         out[c] = {"count": len(group)}

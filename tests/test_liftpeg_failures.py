@@ -44,15 +44,15 @@ def test_classify_and_summarize():
     assert lf.classify(0.123, 0.10, False) == "near_miss"  # standing (within 5 mm of 0.12 m), tilted
     assert lf.classify(0.21, 1.1, False) == "held_tilted"
     assert lf.classify(0.21, 0.05, False) == "held_upright"
-    assert lf.classify(0.025, math.pi / 2, False) == "not_lifted"
+    assert lf.classify(0.025, math.pi / 2, False) == "lying"
     assert lf.classify(0.10, 0.3, False) == "other"
     eps = [
         {"class": "success", "end_tilt": 0.05, "tilt_at_lift": 0.6},
         {"class": "success", "end_tilt": 0.05, "tilt_at_lift": 0.7},
         {"class": "near_miss", "end_tilt": 0.1, "tilt_at_lift": 0.65},
-        {"class": "not_lifted", "end_tilt": 1.5708, "tilt_at_lift": None},
+        {"class": "lying", "end_tilt": 1.5708, "tilt_at_lift": None},
     ]
     s = lf.summarize(eps)
     assert s["num_episodes"] == 4 and s["success"]["count"] == 2 and s["held_tilted"] == {"count": 0}
     assert s["success"]["tilt_at_lift_q10_median_q90"] == [0.61, 0.65, 0.69]
-    assert s["near_miss"]["end_tilt"] == [0.1] and s["not_lifted"]["tilt_at_lift"] == [None]
+    assert s["near_miss"]["end_tilt"] == [0.1] and s["lying"]["tilt_at_lift"] == [None]
