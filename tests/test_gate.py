@@ -58,6 +58,10 @@ def test_gate_on_measured_stage_results():
     g = gate(_rows(("bc", 70, 100), ("offline", 42, 100), ("online", 94, 100)))
     assert g["deployed"] == "online" and [(r["stage"], r["from"]) for r in g["regressions"]] == [("offline", "bc")]
     assert g["regressions"][0]["interval"] == pytest.approx((-0.40, -0.14), abs=0.006)  # as the pipeline printed
+    # 2026-12-05 (docs/notebook/benchmarks.md §19), LiftPegUpright with the residual bound 0.5 x std + EMA, seed 0:
+    # BC 0.64, IQL 0.69, residual 0.91: online ships, no regression
+    g = gate(_rows(("bc", 64, 100), ("offline", 69, 100), ("online", 91, 100)))
+    assert g["deployed"] == "online" and g["regressions"] == []
     # a tie goes to the later (more trained) stage; an unevaluated stage takes no part
     g = gate(_rows(("bc", 30, 100), ("offline", 30, 100)) + [{"stage": "x", "episodes": 0}])
     assert g["deployed"] == "offline" and "x" not in g["intervals"]
