@@ -234,8 +234,7 @@ class TrainConfig(Generic[A]):
 
     def _check_ramp(self) -> None:
         r = self.residual_ramp_steps
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ConfigError(f"residual_ramp_steps must be an integer >= 0 env steps, got {r!r}")
+        _check_int("residual_ramp_steps", r, 0, " env steps")
         if r > 0 and (self.base_mode != "residual" or getattr(self.algo_cfg, "rollout_steps", 0) > 0):
             raise ConfigError(
                 "residual_ramp_steps: progressive exploration needs base_mode: residual and an off-policy algorithm "
@@ -244,15 +243,11 @@ class TrainConfig(Generic[A]):
 
     def __post_init__(self) -> None:
         self.algo = getattr(type(self.algo_cfg), "algo_name", self.algo)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(
-                f"steps must be an integer >= 1 (gradient steps offline, env steps online), got {self.steps!r}"
-            )
+        _check_int("steps", self.steps, 1, " (gradient steps offline, env steps online)")
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
         self._check_ramp()
-        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
-            raise ConfigError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
+        _check_int("num_envs", self.num_envs, 1)
         if self.num_envs > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:
             raise ConfigError(
                 f"num_envs: {self.algo} collects on-policy rollouts (algo_cfg.rollout_steps > 0), whose advantages "
@@ -262,6 +257,12 @@ class TrainConfig(Generic[A]):
             raise ConfigError(f"policy_ema must be in [0, 1) (0 = off), got {self.policy_ema}")
         if not self.action_magnitude > 0:
             raise ConfigError(f"action_magnitude must be > 0, got {self.action_magnitude}")
+
+
+def _check_int(name: str, value, minimum: int, unit: str = "") -> None:
+    """One ConfigError naming ``name`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}{unit}, got {value!r}")
 
 
 def train_config_type(algo: str) -> type:
