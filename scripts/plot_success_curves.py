@@ -1,0 +1,78 @@
+"""Evaluation success against env steps for several methods, each over several seeds, in one figure.
+
+    python scripts/plot_success_curves.py --out curves.png --title "LiftPegUpright-v1" \\
+        --method "residual SAC" RUN_S0 RUN_S1 RUN_S2 --method "online IQL" RUN_S0 RUN_S1 RUN_S2 \\
+        [--start 0.69 0.77 0.78] [--metric eval/success_once]
+
+Every ``RUN`` is an ``rlft train`` run directory (its ``metrics.jsonl``). Each method is drawn as the mean over its
+runs of their k-th evaluations (runs of one method evaluate every N env steps; the mean stops at the shortest run),
+with every run as a thin line of the same colour. ``--start`` adds the
+starting policy's success per seed (e.g. the offline stage's) at step 0 of every method's runs, in the order the runs
+are given. Docs: docs/results.md, "Four online methods from the pipeline's offline policies".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def curve(run: Path, metric: str, start: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """One run's (steps, values) of ``metric``, with ``start`` prepended at step 0 when given."""
+    from rlft.report.runs import Metrics, read_metrics_file
+
+    steps, values = Metrics(read_metrics_file(run / "metrics.jsonl")).series(metric)
+    if start is not None:
+        steps, values = np.r_[0, steps], np.r_[start, values]
+    return steps, values
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over runs of their k-th evaluations, k up to the shortest run: (mean step, mean value). Runs of one
+    method evaluate every N env steps; with chunked actions their steps differ by less than a chunk."""
+    n = min(len(s) for s, _ in curves)
+    return np.mean([s[:n] for s, _ in curves], axis=0), np.mean([v[:n] for _, v in curves], axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--method", nargs="+", action="append", required=True, metavar=("LABEL", "RUN"))
+    ap.add_argument("--start", nargs="*", type=float, default=None)
+    ap.add_argument("--metric", default="eval/success_once")
+    ap.add_argument("--title", default="")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, *runs) in enumerate(args.method):
+        if not runs:
+            raise SystemExit(f"--method {label!r}: give at least one run directory after the label")
+        starts = args.start if args.start else [None] * len(runs)
+        if len(starts) != len(runs):
+            raise SystemExit(f"--start has {len(starts)} values but method {label!r} has {len(runs)} runs")
+        curves = [curve(Path(r), args.metric, s) for r, s in zip(runs, starts)]
+        color = f"C{i}"
+        for steps, values in curves:
+            ax.plot(steps, values, color=color, alpha=0.3, lw=1)
+        steps, mean = mean_curve(curves)
+        ax.plot(steps, mean, color=color, lw=2.2, marker="o", label=f"{label} (mean of {len(runs)})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(args.metric)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(args.title)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
