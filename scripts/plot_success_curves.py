@@ -20,10 +20,16 @@ import numpy as np
 
 
 def curve(run: Path, metric: str, start: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """One run's (steps, values) of ``metric``, with ``start`` prepended at step 0 when given."""
-    from rlft.report.runs import Metrics, read_metrics_file
+    """One run's (steps, values) of ``metric``, with ``start`` prepended at step 0 when given. A missing or corrupt
+    ``metrics.jsonl``, or a run that never logged ``metric``, exits with one message naming the run."""
+    from rlft.report.runs import Metrics, ReportError, read_metrics_file
 
-    steps, values = Metrics(read_metrics_file(run / "metrics.jsonl")).series(metric)
+    try:
+        steps, values = Metrics(read_metrics_file(run / "metrics.jsonl")).series(metric)
+    except ReportError as e:
+        raise SystemExit(str(e)) from None
+    if len(steps) == 0:
+        raise SystemExit(f"{run}: no {metric!r} in its metrics.jsonl (was the run evaluated?)")
     if start is not None:
         steps, values = np.r_[0, steps], np.r_[start, values]
     return steps, values
@@ -45,24 +51,30 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    for label, *runs in args.method:  # every argument is checked before anything is read or drawn
+        if not runs:
+            raise SystemExit(f"--method {label!r}: give at least one run directory after the label")
+        if args.start and len(args.start) != len(runs):
+            raise SystemExit(f"--start has {len(args.start)} values but method {label!r} has {len(runs)} runs")
+    methods = [
+        (label, [curve(Path(r), args.metric, s) for r, s in zip(runs, args.start or [None] * len(runs))])
+        for label, *runs in args.method
+    ]
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rlft.utils import atomic_path
+
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (label, *runs) in enumerate(args.method):
-        if not runs:
-            raise SystemExit(f"--method {label!r}: give at least one run directory after the label")
-        starts = args.start if args.start else [None] * len(runs)
-        if len(starts) != len(runs):
-            raise SystemExit(f"--start has {len(starts)} values but method {label!r} has {len(runs)} runs")
-        curves = [curve(Path(r), args.metric, s) for r, s in zip(runs, starts)]
+    for i, (label, curves) in enumerate(methods):
         color = f"C{i}"
         for steps, values in curves:
             ax.plot(steps, values, color=color, alpha=0.3, lw=1)
         steps, mean = mean_curve(curves)
-        ax.plot(steps, mean, color=color, lw=2.2, marker="o", label=f"{label} (mean of {len(runs)})")
+        ax.plot(steps, mean, color=color, lw=2.2, marker="o", label=f"{label} (mean of {len(curves)})")
     ax.set_xlabel("env steps")
     ax.set_ylabel(args.metric)
     ax.set_ylim(-0.02, 1.02)
@@ -70,7 +82,8 @@ def main() -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(args.title)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
+    with atomic_path(args.out) as tmp:  # no half-written figure if drawing fails
+        fig.savefig(tmp, format="png", dpi=100)
     print(f"wrote {args.out}")
 
 

@@ -48,3 +48,15 @@ def test_the_figure_is_written_and_a_start_count_mismatch_is_refused(tmp_path, m
     monkeypatch.setattr("sys.argv", argv + ["--start", "0.5"])
     with pytest.raises(SystemExit, match="--start has 1 values"):
         psc.main()
+
+
+def test_a_run_without_metrics_or_without_the_metric_gets_one_message_and_no_figure(tmp_path, monkeypatch):
+    run = _run(tmp_path, "r", [])  # trained but never evaluated
+    out = tmp_path / "curves.png"
+    monkeypatch.setattr("sys.argv", ["x", "--out", str(out), "--method", "A", str(run)])
+    with pytest.raises(SystemExit, match="no 'eval/success_once' in its metrics.jsonl"):
+        psc.main()
+    monkeypatch.setattr("sys.argv", ["x", "--out", str(out), "--method", "A", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="no metrics file"):
+        psc.main()
+    assert list(tmp_path.glob("curves*")) == []
