@@ -280,6 +280,81 @@ def test_replay_state_dict_round_trip_and_errors():
         _rb().add(np.full((1, 2), np.nan), np.zeros((1, 2, 1)), [0], np.zeros((1, 2)), [0], [1], [1])
 
 
+def _nrb(capacity: int, n_step: int = 3) -> ReplayBuffer:
+    return ReplayBuffer(
+        capacity, obs_dim=2, act_horizon=2, action_dim=1, normalizer=identity_normalizer(), n_step=n_step
+    )
+
+
+def _add_rows(rb: ReplayBuffer, rows: list[tuple]) -> None:
+    """rows of (stream, reward, terminated, done); obs = (reward, 0), next_obs = (reward, 1), discount 0.5."""
+    r = np.array([row[1] for row in rows], np.float32)
+    rb.add(
+        np.stack([r, 0 * r], 1),
+        np.zeros((len(rows), 2, 1), np.float32),
+        r,
+        np.stack([r, 1 + 0 * r], 1),
+        np.array([row[2] for row in rows], np.float32),
+        np.full(len(rows), 0.5, np.float32),
+        np.full(len(rows), 2),
+        stream=[row[0] for row in rows],
+        done=[row[3] for row in rows],
+    )
+
+
+def test_replay_n_step_targets_follow_each_envs_episode():
+    rb = _nrb(capacity=10)
+    _add_rows(rb, [(0, 1, 0, 0), (1, 10, 0, 0)])  # slots 0, 1
+    _add_rows(rb, [(0, 2, 0, 1), (1, 20, 0, 0)])  # slots 2, 3: stream 0's episode is cut by a time limit
+    _add_rows(rb, [(0, 3, 0, 0), (1, 30, 1, 1)])  # slots 4, 5: stream 0 starts anew, stream 1 terminates
+    _add_rows(rb, [(1, 40, 0, 0)])  # slot 6: stream 1 starts anew
+    _add_rows(rb, [(0, 4, 0, 0)])  # slot 7
+    b = rb.n_step_batch(torch.arange(8))
+    # 1 + .5*2 (the time limit ends the chain); 10 + .5*20 + .25*30; 2; 20 + .5*30 (termination ends it); 3 + .5*4
+    torch.testing.assert_close(b.reward, torch.tensor([2.0, 27.5, 2.0, 35.0, 5.0, 30.0, 40.0, 4.0]))
+    torch.testing.assert_close(b.discount, torch.tensor([0.25, 0.125, 0.5, 0.25, 0.25, 0.5, 0.5, 0.5]))
+    torch.testing.assert_close(b.terminated, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(b.next_obs[:, 0], torch.tensor([2.0, 30.0, 2.0, 30.0, 4.0, 30.0, 40.0, 4.0]))
+    torch.testing.assert_close(b.obs[:, 0], torch.tensor([1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 40.0, 4.0]))
+    one = rb.get(torch.arange(8))
+    torch.testing.assert_close(b.action, one.action)
+    torch.testing.assert_close(b.valid_mask, one.valid_mask)
+    _add_rows(rb, [(0, 5, 0, 0)])  # stream 0's open chain grows: 3 + .5*4 + .25*5
+    torch.testing.assert_close(rb.n_step_batch(torch.tensor([4])).reward, torch.tensor([6.25]))
+    drawn = rb.sample(64, torch.Generator().manual_seed(0))
+    assert set(drawn.reward.tolist()) <= {2.0, 27.5, 35.0, 6.25, 30.0, 40.0, 6.5, 5.0}
+
+
+def test_replay_n_step_links_survive_wrap_around_and_state_round_trip():
+    rb = _nrb(capacity=3)
+    for r in range(1, 6):
+        _add_rows(rb, [(0, r, 0, 0)])  # slots hold 4, 5, 3: the chain 3 -> 4 -> 5 wraps around
+    torch.testing.assert_close(rb.n_step_batch(torch.tensor([2, 0, 1])).reward, torch.tensor([6.25, 6.5, 5.0]))
+    same, small = _nrb(capacity=3), _nrb(capacity=2)
+    same.load_state_dict(rb.state_dict())
+    small.load_state_dict(rb.state_dict())  # keeps 4 and 5, still linked
+    for other in (same, small):
+        other_b, b = other.n_step_batch(other._chronological()), rb.n_step_batch(rb._chronological())
+        torch.testing.assert_close(other_b.reward, b.reward[-len(other) :])
+    for buf in (rb, same, small):  # the open episode goes on after a resume
+        _add_rows(buf, [(0, 6, 0, 0)])
+    torch.testing.assert_close(same.n_step_batch(same._chronological()).reward, torch.tensor([8.0, 8.0, 6.0]))
+    torch.testing.assert_close(rb.n_step_batch(rb._chronological()).reward, torch.tensor([8.0, 8.0, 6.0]))
+    torch.testing.assert_close(small.n_step_batch(small._chronological()).reward, torch.tensor([8.0, 6.0]))
+    state = rb.state_dict()
+    del state["succ_offset"], state["open_streams"]  # a checkpoint from before n-step targets: nothing linked
+    old = _nrb(capacity=3)
+    old.load_state_dict(state)
+    torch.testing.assert_close(old.n_step_batch(old._chronological()).reward, torch.tensor([4.0, 5.0, 6.0]))
+    rb.end_episodes()  # several envs resumed: every env starts a new episode
+    _add_rows(rb, [(0, 7, 0, 0)])
+    assert rb.n_step_batch(rb._chronological()).reward[-2:].tolist() == [6.0, 7.0]
+    with pytest.raises(ConfigError, match="n_step"):
+        _nrb(capacity=3, n_step=0)
+    with pytest.raises(TrainingError, match="distinct streams"):
+        _add_rows(rb, [(0, 1, 0, 0), (0, 2, 0, 0)])
+
+
 # ---------------- mixer ----------------
 
 

@@ -284,7 +284,9 @@ ONLINE = [
     "0",
     "--replay-capacity",
     "60",
-]  # a replay that wraps around
+    "--n-step",
+    "3",
+]  # a replay that wraps around, with n-step targets (their links must survive the checkpoints too)
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from rlft.errors import ConfigError
 from rlft.train.config import train_config_from_dict
@@ -58,6 +59,26 @@ def test_two_envs_fill_the_replay_and_update_per_collected_step(tmp_path, demos)
     stored = tr.replay.state_dict()
     assert np.isfinite(stored["obs"][:rows]).all() and set(np.unique(stored["k"][:rows])) == {5}
     assert 0.0 <= summary["final"]["eval/success_once"] <= 1.0
+
+
+def test_n_step_links_follow_each_envs_own_trajectory(tmp_path, demos):
+    """With two envs the rows of the replay interleave; every n-step link must join a row to the row of the same env
+    that starts where it ended (its next observation), and no link may cross an episode's end."""
+    tr = Trainer(_cfg(tmp_path, demos, n_step=3), quiet=True)
+    tr.run()
+    rb, n = tr.replay, len(tr.replay)
+    linked = torch.nonzero(rb.succ[:n] >= 0).flatten()
+    assert n - len(linked) == tr._loop["episode"] + len(rb._open)  # unlinked: each episode's last row, the open ones
+    torch.testing.assert_close(rb.obs[rb.succ[linked]], rb.next_obs[linked])
+    b, one = rb.n_step_batch(linked), rb.get(linked)
+    assert (b.discount < one.discount).all() and (b.reward <= one.reward + 1e-6).all()  # rewards here are <= 0
+
+
+def test_n_step_is_refused_where_it_cannot_apply(tmp_path, demos):
+    with pytest.raises(ConfigError, match="n_step must be an integer >= 1"):
+        _cfg(tmp_path, demos, n_step=0)
+    with pytest.raises(ConfigError, match="n_step: dsrl_ppo learns from on-policy rollouts"):
+        _cfg(tmp_path, demos, num_envs=1, n_step=3, algo="dsrl_ppo", algo_cfg={"rollout_steps": 64})
 
 
 def test_num_envs_must_be_positive(tmp_path, demos):

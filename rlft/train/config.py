@@ -218,6 +218,10 @@ class TrainConfig(Generic[A]):
     """With a base policy: the latent noise action is bounded to [-action_magnitude, action_magnitude] (DSRL: 1.5)."""
     replay_capacity: int = 200_000
     """Online: replay buffer capacity in macro-steps."""
+    n_step: int = 1
+    """Online: TD targets over up to this many consecutive macro-steps of an episode from the replay (n-step returns;
+    ``rlft.data.replay``), uncorrected for the later steps' actions: faster value propagation at some off-policy
+    bias. 1 = one macro-step. Offline rows mixed into a batch keep one-macro-step targets."""
     num_envs: int = 1
     """Online: envs stepped in parallel, each in its own process (gymnasium ``AsyncVectorEnv``; state observations).
     Every collected macro-step counts toward ``steps`` and gets ``utd_ratio`` updates, as with one env."""
@@ -247,6 +251,12 @@ class TrainConfig(Generic[A]):
         if self.replay_capacity < 1:
             raise ConfigError(f"replay_capacity must be >= 1, got {self.replay_capacity}")
         self._check_ramp()
+        _check_int("n_step", self.n_step, 1, " macro-steps")
+        if self.n_step > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:
+            raise ConfigError(
+                f"n_step: {self.algo} learns from on-policy rollouts (algo_cfg.rollout_steps > 0), not from replay "
+                "samples; n_step applies to off-policy algorithms only, use n_step: 1"
+            )
         _check_int("num_envs", self.num_envs, 1)
         if self.num_envs > 1 and getattr(self.algo_cfg, "rollout_steps", 0) > 0:
             raise ConfigError(

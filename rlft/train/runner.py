@@ -490,6 +490,7 @@ class Trainer:
                 "so this run will differ from an uninterrupted one",
                 highlight=False,
             )
+            self.replay.end_episodes()
             return self._new_episode(env)
         return obs
 
@@ -566,6 +567,7 @@ class Trainer:
             exec_chunk=None if decoded is None else np.asarray(decoded)[None],
             images=_frames(obs),
             next_images=_frames(next_obs),
+            done=np.array([term or trunc]),
         )
         self.step += int(info["k"])
         rs = self._widen_reward_range(info["env_rewards"])
@@ -617,6 +619,7 @@ class Trainer:
         # the single-env episode fields stay empty (the checkpoint layout is shared with num_envs 1)
         self._loop.update(seed=0, chunks=[], ret=0.0, success=False, length=0, obs=np.zeros(0, np.float32))
         self._vec = {"ret": np.zeros(n), "success": np.zeros(n, bool)}
+        self.replay.end_episodes()  # every env starts a new episode: nothing links to the entries before
         return self._reset_envs(envs, np.ones(n, bool), None)
 
     def _reset_envs(self, envs, mask: np.ndarray, obs: np.ndarray | None) -> np.ndarray:
@@ -645,6 +648,7 @@ class Trainer:
             np.asarray(info["discount"], np.float64),
             np.asarray(info["k"]),
             exec_chunk=None if decoded is None else np.stack(list(decoded)),
+            done=np.asarray(term, bool) | np.asarray(trunc, bool),
         )
         self.step += int(np.sum(info["k"]))
         for i in range(len(obs)):

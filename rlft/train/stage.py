@@ -194,6 +194,7 @@ def build_replay(
         device=device,
         image_shapes=info.get("image_shapes"),
         **adapter.replay_fields(),
+        n_step=cfg.n_step,
     )
 
 
