@@ -64,6 +64,23 @@ def test_sac_actor_warmup_freezes_actor_and_explore_scale_shrinks_noise():
     torch.testing.assert_close(sac.explore(obs), sac.policy.act(obs, deterministic=True))
 
 
+@pytest.mark.parametrize("name", ["cql", "calql"])
+def test_cql_actor_warmup_freezes_actor_and_temperature(name):
+    algo = _algo(name, actor_warmup_updates=2, cql_num_samples=2, critic_hidden_dims=(16,))
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in algo.policy.state_dict().items()}
+    critic_before = {k: v.clone() for k, v in algo.critic.state_dict().items()}
+    alpha = float(algo.temperature.alpha)
+    for _ in range(2):
+        m = algo.update(batch)
+        assert "actor/actor_loss" not in m and "critic/cql_penalty" in m
+    assert all(torch.equal(before[k], v) for k, v in algo.policy.state_dict().items())
+    assert float(algo.temperature.alpha) == alpha
+    assert not all(torch.equal(critic_before[k], v) for k, v in algo.critic.state_dict().items())
+    assert "actor/actor_loss" in algo.update(batch)
+    assert not all(torch.equal(before[k], v) for k, v in algo.policy.state_dict().items())
+
+
 def test_sac_bc_anchor_uses_offline_rows_only():
     sac = _algo("sac", num_critics=2, bc_coef=1.0, actor_update_every=1)
     batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(3))

@@ -131,6 +131,9 @@ class CQLConfig(CriticConfig):
     """Adam learning rate of log(alpha')."""
     actor_lr: float = 1e-4
     """Adam learning rate of the policy (CQL: 1e-4)."""
+    actor_warmup_updates: int = 0
+    """Critic-only updates at the start: the actor and temperature stay frozen while the critics learn (online from
+    a pretrained or residual policy, so that a fresh critic does not drag it)."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
     init_temperature: float = 0.1
@@ -151,6 +154,8 @@ class CQLConfig(CriticConfig):
         where = self.algo_name
         if self.cql_alpha < 0:
             raise ConfigError(f"{where}.cql_alpha must be >= 0, got {self.cql_alpha}")
+        if self.actor_warmup_updates < 0:
+            raise ConfigError(f"{where}.actor_warmup_updates must be >= 0, got {self.actor_warmup_updates}")
         if self.cql_num_samples < 1:
             raise ConfigError(f"{where}.cql_num_samples must be >= 1, got {self.cql_num_samples}")
         if self.cql_temperature <= 0:
@@ -223,6 +228,14 @@ class CQL(Algorithm):
             self.policy_q_lower_bound(batch),
         )
 
+    def _actor_step(self, batch: ChunkBatch, alpha) -> dict[str, object]:
+        """SAC's actor and temperature steps, with the min over the critics."""
+        action, log_prob = self.policy.rsample_log_prob(batch.obs)
+        q_pi = self.critic(batch.obs, action).min(dim=0, keepdim=True).values
+        actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
+        optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
+        return {**prefixed("actor", actor_info), **prefixed("alpha", self.temperature.step(log_prob))}
+
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg = self.cfg
         alpha = self.temperature.alpha
@@ -257,13 +270,7 @@ class CQL(Algorithm):
         # effective weight on the gap (a tensor on the batch's device with Lagrange, else a plain number)
         metrics["critic/cql_alpha"] = cfg.cql_alpha * alpha_prime.detach() if alpha_prime is not None else cfg.cql_alpha
 
-        # ---- actor and temperature (SAC, min over critics) ----
-        action, log_prob = self.policy.rsample_log_prob(batch.obs)
-        q_pi = self.critic(batch.obs, action).min(dim=0, keepdim=True).values
-        actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
-        optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
-        metrics.update(prefixed("actor", actor_info))
-        metrics.update(prefixed("alpha", self.temperature.step(log_prob)))
-
+        if self.num_updates >= cfg.actor_warmup_updates:
+            metrics.update(self._actor_step(batch, alpha))
         self.num_updates += 1
         return metrics_to_floats(metrics)
