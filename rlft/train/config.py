@@ -121,6 +121,11 @@ class RunConfig:
     """Seed of torch/numpy/env resets for training."""
     threads: int = 1
     """torch intra-op threads (1 is fastest for small nets on a shared 2-core CPU; docs/notebook/benchmarks.md §3)."""
+    flush_denormal: bool = True
+    """Flush denormal floats (magnitudes below ~1.2e-38 in float32) to zero in CPU math (``torch.set_flush_denormal``,
+    process-wide). On x86 CPUs a denormal operand makes a matrix product up to ~100x slower; they appear where a
+    softmax or logsumexp spans a wide range (e.g. CQL's penalty once its gap grows). False keeps IEEE gradual
+    underflow."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto'."""
     log_every: int = 1000

@@ -123,6 +123,7 @@ class Trainer:
         self.cfg = cfg
         self.quiet = quiet
         set_threads(cfg.run.threads)
+        torch.set_flush_denormal(cfg.run.flush_denormal)  # a no-op (False) where the CPU cannot
         self.gen = seed_everything(cfg.run.seed)
         self.device = resolve_device(cfg.run.device)
         self.run_dir = Path(run_dir) if run_dir else _run_dir(cfg)
