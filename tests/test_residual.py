@@ -318,3 +318,30 @@ def test_progressive_exploration_runs_the_base_alone_early(tmp_path, demos):
     )
     tr.run()
     assert tr.replay.size == 30 and (tr.replay.chunk[: tr.replay.size] == 0).all()
+
+
+def test_shipped_conservative_residual_config_trains_a_composite(tmp_path, demos):
+    """configs/online_residual_conservative.yaml, shrunk to a CI size: CQL's penalised critic on the residual env, the
+    actor frozen through the critic-only warm-up, and a composite policy saved that starts from the base."""
+    from rlft.config import read_yaml
+    from rlft.train.config import train_config_from_dict
+    from rlft.train.runner import Trainer
+
+    base = flow_base()
+    base.save(tmp_path / "base.safetensors")
+    d = read_yaml("configs/online_residual_conservative.yaml")
+    d.update(steps=60, base_policy=str(tmp_path / "base.safetensors"), dataset=str(demos), policy_ema=0.0)
+    d["env"] = {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 25}
+    d["eval"] = {"num_episodes": 2, "parallel_envs": 2}
+    d["run"] = {"out_dir": str(tmp_path), "name": "cons", "log_every": 10, "tensorboard": False}
+    d["algo_cfg"].update(batch_size=16, warmup_steps=20, actor_warmup_updates=30, critic_hidden_dims=[32])
+    d["algo_cfg"]["policy"]["hidden_dims"] = [32]
+    summary = Trainer(train_config_from_dict(d, "test"), quiet=True).run()
+    assert summary["steps"] == 60
+    rows = [json.loads(x) for x in (tmp_path / "cons" / "metrics.jsonl").read_text().splitlines()]
+    assert any("critic/cql_penalty" in r for r in rows)
+    assert not any("actor/actor_loss" in r for r in rows if r["step"] <= 30)
+    assert any("actor/actor_loss" in r for r in rows if r["step"] > 50)
+    loaded = load_policy(tmp_path / "cons" / "checkpoints" / "policy_final.safetensors")
+    assert isinstance(loaded, ResidualPolicy)
+    torch.testing.assert_close(loaded.base.act(torch.zeros(1, O)), base.act(torch.zeros(1, O)))
