@@ -523,11 +523,13 @@ def test_a_moved_run_directory_resumes(tmp_path, dataset):
 
 def test_trainer_flushes_denormals_unless_told_not_to(tmp_path, dataset):
     """A denormal operand makes CPU float math ~100x slower; the trainer flushes them to zero by default."""
-    tiny = torch.tensor([1e-39])  # a float32 denormal
+    def tiny() -> float:  # a product whose float32 result, 1e-39, is denormal
+        return (torch.tensor([1e-30]) * 1e-9).item()
+
     try:
         _trainer(tmp_path, dataset, "flush")
-        assert (tiny * 1.0).item() == 0.0
+        assert tiny() == 0.0
         _trainer(tmp_path, dataset, "keep", flush_denormal=False)
-        assert (tiny * 1.0).item() > 0.0
+        assert tiny() > 0.0
     finally:
         torch.set_flush_denormal(False)
