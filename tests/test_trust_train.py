@@ -523,6 +523,7 @@ def test_a_moved_run_directory_resumes(tmp_path, dataset):
 
 def test_trainer_flushes_denormals_unless_told_not_to(tmp_path, dataset):
     """A denormal operand makes CPU float math ~100x slower; the trainer flushes them to zero by default."""
+
     def tiny() -> float:  # a product whose float32 result, 1e-39, is denormal
         return (torch.tensor([1e-30]) * 1e-9).item()
 
