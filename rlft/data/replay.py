@@ -129,7 +129,7 @@ class ReplayBuffer:
         ``images`` / ``next_images`` {camera: [N, To, H, W, C] uint8}, required iff it was built with image_shapes.
         ``stream`` [N] the env each row came from (default 0 .. N-1) and ``done`` [N] whether its episode ended there
         (terminated or truncated; default ``terminated``) link each row to its env's previous one for n-step
-        targets."""
+        targets (read only when ``n_step`` > 1)."""
         N = int(np.shape(reward)[0]) if not torch.is_tensor(reward) else int(reward.shape[0])
         if N == 0:
             return
@@ -178,7 +178,10 @@ class ReplayBuffer:
             raise TrainingError(f"replay buffer add: k must be in [1, {self.act_horizon}], got {vals['k'].tolist()}")
 
     def _streams(self, stream, done, terminated: torch.Tensor, N: int) -> tuple[list[int], list[bool]]:
-        """``stream`` and ``done`` of an ``add`` as Python lists (checked: one per row, distinct streams)."""
+        """``stream`` and ``done`` of an ``add`` as Python lists (checked: one per row, distinct streams); empty with
+        ``n_step`` 1, whose entries are never linked (nothing added to the env loop's path)."""
+        if self.n_step == 1:
+            return [], []
         streams = list(range(N)) if stream is None else [int(x) for x in np.asarray(stream).reshape(-1)]
         dones = terminated.bool().tolist()
         if done is not None:
@@ -189,6 +192,8 @@ class ReplayBuffer:
 
     def _link(self, idx: torch.Tensor, streams: list[int], dones: list[bool]) -> None:
         """Point each stream's open entry at the slot its new row goes to (``succ``); the new rows start unlinked."""
+        if self.n_step == 1:
+            return
         slots = idx.tolist()
         taken = set(slots)
         self._open = {s: j for s, j in self._open.items() if j not in taken}  # overwritten before it was followed
@@ -267,14 +272,13 @@ class ReplayBuffer:
             reward = reward + torch.where(go, discount * self.reward.index_select(0, nxt), 0.0)
             discount = torch.where(go, discount * self.discount.index_select(0, nxt), discount)
             last = nxt
-        end = self.get(last)
         return dataclasses.replace(
             first,
             reward=reward,
             discount=discount,
-            next_obs=end.next_obs,
-            terminated=end.terminated,
-            next_images=end.next_images,
+            next_obs=self.normalizer.normalize_obs(self.next_obs.index_select(0, last)),
+            terminated=self.terminated.index_select(0, last),
+            next_images={c: v.index_select(0, last) for c, v in self.next_images.items()} or None,
         )
 
     def ordered(self) -> ChunkBatch:

@@ -640,6 +640,7 @@ class Trainer:
         next_obs, R, term, trunc, info = envs.step(chunk)
         decoded = self.adapter.exec_chunk(info)
         next_obs = np.asarray(next_obs, np.float32)
+        done = np.asarray(term, bool) | np.asarray(trunc, bool)
         self.replay.add(
             obs,
             chunk,
@@ -649,13 +650,12 @@ class Trainer:
             np.asarray(info["discount"], np.float64),
             np.asarray(info["k"]),
             exec_chunk=None if decoded is None else np.stack(list(decoded)),
-            done=np.asarray(term, bool) | np.asarray(trunc, bool),
+            done=done,
         )
         self.step += int(np.sum(info["k"]))
         for i in range(len(obs)):
             v["ret"][i] += float(np.sum(self._widen_reward_range(info["env_rewards"][i])))
             v["success"][i] |= bool(info["success"][i])
-        done = np.asarray(term, bool) | np.asarray(trunc, bool)
         for i in np.flatnonzero(done):
             lp["recent"] = (lp["recent"] + [(float(v["success"][i]), float(v["ret"][i]))])[-20:]
             lp["episode"] += 1
