@@ -182,7 +182,7 @@ def _stage(tmp_path, base_path, dataset, **over):
             "num_critics": 4,
             "critic_subset": 2,
             "critic_hidden_dims": [32],
-            "actor_warmup_updates": 30,
+            "actor_warmup_steps": 15,
             "policy": {"kind": "gaussian", "hidden_dims": [32]},
         },
     }
@@ -334,7 +334,7 @@ def test_shipped_conservative_residual_config_trains_a_composite(tmp_path, demos
     d["env"] = {"env_id": SINGLE, "act_horizon": H, "max_episode_steps": 25}
     d["eval"] = {"num_episodes": 2, "parallel_envs": 2}
     d["run"] = {"out_dir": str(tmp_path), "name": "cons", "log_every": 10, "tensorboard": False}
-    d["algo_cfg"].update(batch_size=16, warmup_steps=20, actor_warmup_updates=30, critic_hidden_dims=[32])
+    d["algo_cfg"].update(batch_size=16, warmup_steps=20, actor_warmup_steps=30, critic_hidden_dims=[32])
     d["algo_cfg"]["policy"]["hidden_dims"] = [32]
     summary = Trainer(train_config_from_dict(d, "test"), quiet=True).run()
     assert summary["steps"] == 60

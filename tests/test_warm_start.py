@@ -50,34 +50,55 @@ def test_sac_warm_starts_critics_from_iql_but_not_the_policy():
     assert all(torch.equal(policy_before[k], v) for k, v in sac.policy.state_dict().items())
 
 
+def _online_update(algo, batch, env_step):
+    """The updates the online loop runs after collecting ``env_step`` env steps (one replay row stands in)."""
+    return [algo.update(b) for b in algo.online_batches([batch], lambda: batch, env_step)]
+
+
 def test_sac_actor_warmup_freezes_actor_and_explore_scale_shrinks_noise():
-    sac = _algo("sac", num_critics=2, actor_warmup_updates=2, explore_noise_scale=0.0, actor_update_every=1)
+    sac = _algo("sac", num_critics=2, utd_ratio=1, warmup_steps=1, actor_warmup_steps=2, explore_noise_scale=0.0)
     batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
     before = {k: v.clone() for k, v in sac.policy.state_dict().items()}
-    m = sac.update(batch)
-    assert "actor/actor_loss" not in m and "critic/critic_loss" in m
+    assert _online_update(sac, batch, 0) == []  # before warmup_steps: no update at all
+    for step in (1, 2):
+        (m,) = _online_update(sac, batch, step)
+        assert "actor/actor_loss" not in m and "critic/critic_loss" in m
     assert all(torch.equal(before[k], v) for k, v in sac.policy.state_dict().items())
-    sac.update(batch)
-    assert "actor/actor_loss" in sac.update(batch)
+    assert "actor/actor_loss" in _online_update(sac, batch, 3)[0]
     obs = torch.randn(O)
     # scale 0 -> the tanh of the mean, i.e. the deterministic action
     torch.testing.assert_close(sac.explore(obs), sac.policy.act(obs, deterministic=True))
 
 
+@pytest.mark.parametrize("utd", [1, 3])
+def test_sac_actor_warmup_counts_env_steps_whatever_the_update_rate(utd):
+    sac = _algo("sac", num_critics=2, utd_ratio=utd, warmup_steps=5, actor_warmup_steps=4, actor_update_every=1)
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
+    moved = [any("actor/actor_loss" in m for m in _online_update(sac, batch, step)) for step in range(12)]
+    assert moved == [False] * 9 + [True] * 3  # the actor's first update at env step 5 + 4, at UTD 1 as at UTD 3
+    assert sac.num_updates == 7 * utd
+
+
+def test_sac_offline_updates_have_no_actor_warmup():
+    sac = _algo("sac", num_critics=2, actor_warmup_steps=100, actor_update_every=1)
+    batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
+    assert "actor/actor_loss" in sac.update(batch)
+
+
 @pytest.mark.parametrize("name", ["cql", "calql"])
 def test_cql_actor_warmup_freezes_actor_and_temperature(name):
-    algo = _algo(name, actor_warmup_updates=2, cql_num_samples=2, critic_hidden_dims=(16,))
+    algo = _algo(name, warmup_steps=0, actor_warmup_steps=2, cql_num_samples=2, critic_hidden_dims=(16,))
     batch = ChunkBatch.random(16, O, H, A, generator=torch.Generator().manual_seed(2))
     before = {k: v.clone() for k, v in algo.policy.state_dict().items()}
     critic_before = {k: v.clone() for k, v in algo.critic.state_dict().items()}
     alpha = float(algo.temperature.alpha)
-    for _ in range(2):
-        m = algo.update(batch)
-        assert "actor/actor_loss" not in m and "critic/cql_penalty" in m
+    for step in range(2):
+        for m in _online_update(algo, batch, step):
+            assert "actor/actor_loss" not in m and "critic/cql_penalty" in m
     assert all(torch.equal(before[k], v) for k, v in algo.policy.state_dict().items())
     assert float(algo.temperature.alpha) == alpha
     assert not all(torch.equal(critic_before[k], v) for k, v in algo.critic.state_dict().items())
-    assert "actor/actor_loss" in algo.update(batch)
+    assert "actor/actor_loss" in _online_update(algo, batch, 2)[0]
     assert not all(torch.equal(before[k], v) for k, v in algo.policy.state_dict().items())
 
 

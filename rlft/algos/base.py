@@ -214,6 +214,7 @@ class Algorithm:
             policy if policy is not None else build_policy(cfg.policy, obs_dim, action_dim, act_horizon)
         ).to(self.device)
         self.num_updates = 0
+        self.env_step: int | None = None  # env steps collected at the latest online_batches call; None offline
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         raise NotImplementedError
@@ -246,6 +247,7 @@ class Algorithm:
         (``rollout_steps > 0``, e.g. PPO): one batch of the whole rollout in collection order once it holds
         ``rollout_steps`` macro-steps, which are then discarded."""
         cfg = self.cfg
+        self.env_step = int(env_step)
         if cfg.rollout_steps > 0:
             if len(replay) >= cfg.rollout_steps:
                 yield replay.ordered()
@@ -253,6 +255,12 @@ class Algorithm:
         elif env_step >= cfg.warmup_steps and len(replay) > 0:
             for _ in range(cfg.utd_ratio):
                 yield sample()
+
+    def actor_frozen(self, actor_warmup_steps: int) -> bool:
+        """True while an online run is in its critic-only warm-up: fewer than ``warmup_steps + actor_warmup_steps``
+        env steps collected (updates start at ``warmup_steps``). Counted in env steps, so the warm-up lasts as long
+        whatever ``utd_ratio``; offline training (``env_step`` None) has none."""
+        return self.env_step is not None and self.env_step < self.cfg.warmup_steps + actor_warmup_steps
 
     @property
     def encoder_rule(self) -> str:

@@ -131,9 +131,10 @@ class CQLConfig(CriticConfig):
     """Adam learning rate of log(alpha')."""
     actor_lr: float = 1e-4
     """Adam learning rate of the policy (CQL: 1e-4)."""
-    actor_warmup_updates: int = 0
-    """Critic-only updates at the start: the actor and temperature stay frozen while the critics learn (online from
-    a pretrained or residual policy, so that a fresh critic does not drag it)."""
+    actor_warmup_steps: int = 0
+    """Online: env steps, counted from the first update (``warmup_steps``), of critic-only updates: the actor and
+    temperature stay frozen while the critics learn (from a pretrained or residual policy, so that a fresh critic does
+    not drag it). In env steps, so it lasts as long at any utd_ratio."""
     temperature_lr: float = 3e-4
     """Adam learning rate of log(alpha)."""
     init_temperature: float = 0.1
@@ -154,8 +155,8 @@ class CQLConfig(CriticConfig):
         where = self.algo_name
         if self.cql_alpha < 0:
             raise ConfigError(f"{where}.cql_alpha must be >= 0, got {self.cql_alpha}")
-        if self.actor_warmup_updates < 0:
-            raise ConfigError(f"{where}.actor_warmup_updates must be >= 0, got {self.actor_warmup_updates}")
+        if self.actor_warmup_steps < 0:
+            raise ConfigError(f"{where}.actor_warmup_steps must be >= 0, got {self.actor_warmup_steps}")
         if self.cql_num_samples < 1:
             raise ConfigError(f"{where}.cql_num_samples must be >= 1, got {self.cql_num_samples}")
         if self.cql_temperature <= 0:
@@ -270,7 +271,7 @@ class CQL(Algorithm):
         # effective weight on the gap (a tensor on the batch's device with Lagrange, else a plain number)
         metrics["critic/cql_alpha"] = cfg.cql_alpha * alpha_prime.detach() if alpha_prime is not None else cfg.cql_alpha
 
-        if self.num_updates >= cfg.actor_warmup_updates:
+        if not self.actor_frozen(cfg.actor_warmup_steps):
             metrics.update(self._actor_step(batch, alpha))
         self.num_updates += 1
         return metrics_to_floats(metrics)

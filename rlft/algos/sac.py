@@ -88,9 +88,10 @@ class SACConfig(CriticConfig):
     actor_update_every: int | None = None
     """Update the actor and the temperature on every k-th update only (the critic on every update). None = utd_ratio:
     one actor step per environment macro-step, as RLPD does after its utd_ratio critic steps."""
-    actor_warmup_updates: int = 0
-    """Critic-only updates at the start (the actor and temperature stay frozen while a fresh or warm-started critic
-    adapts to the online data; without it a pretrained actor can be dragged by a random critic)."""
+    actor_warmup_steps: int = 0
+    """Online: env steps, counted from the first update (``warmup_steps``), of critic-only updates: the actor and the
+    temperature stay frozen while a fresh or warm-started critic adapts to the online data (without it a pretrained
+    actor can be dragged by a random critic). In env steps, so it lasts as long at any utd_ratio."""
     bc_coef: float = 0.0
     """Weight of an added policy.bc_loss on the offline rows of the batch (``batch.is_offline``) in the actor loss
     (0 = off): an anchor to the demonstrations that never imitates the policy's own exploratory actions."""
@@ -103,6 +104,8 @@ class SACConfig(CriticConfig):
             )
         if self.init_temperature <= 0:
             raise ConfigError(f"sac.init_temperature must be > 0, got {self.init_temperature}")
+        if self.actor_warmup_steps < 0:
+            raise ConfigError(f"sac.actor_warmup_steps must be >= 0, got {self.actor_warmup_steps}")
         if self.actor_update_every is not None and self.actor_update_every < 1:
             raise ConfigError(f"sac.actor_update_every must be >= 1, got {self.actor_update_every}")
 
@@ -171,7 +174,7 @@ class SAC(Algorithm):
         metrics.update(prefixed("critic", critic_info))
 
         # ---- actor and temperature (every actor_update_every updates) ----
-        if self.num_updates >= cfg.actor_warmup_updates and self.num_updates % self.actor_update_every == 0:
+        if not self.actor_frozen(cfg.actor_warmup_steps) and self.num_updates % self.actor_update_every == 0:
             obs = batch.obs.detach()  # camera features: only the critic's loss trains the encoder (DrQ)
             action, log_prob = self.policy.rsample_log_prob(obs)
             q_pi = self.critic(obs, action)
