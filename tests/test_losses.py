@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlft.algos.losses import (
+    action_anchor_loss,
     expectile_loss,
     iql_value_loss,
     iql_weights,
@@ -20,6 +21,7 @@ from rlft.algos.losses import (
     temperature_loss,
 )
 from rlft.data.batch import ChunkBatch
+from rlft.errors import ConfigError
 
 torch.set_num_threads(1)  # small ops: more threads only add OpenMP overhead on a shared 2-core machine
 T = torch.tensor
@@ -114,6 +116,14 @@ def test_sac_actor_loss_uses_mean_over_members():
     assert info["entropy"].item() == pytest.approx(0.0)
 
 
+def test_action_anchor_loss_is_the_mean_squared_step_norm():
+    mean_action = T([[[0.5, -0.5], [1.0, 0.0]], [[0.0, 0.0], [0.2, 0.0]]])  # [B=2, H=2, A=2]
+    loss, info = action_anchor_loss(mean_action)
+    # per step: 0.25 + 0.25 = 0.5, 1.0, 0.0, 0.04 -> mean over (b, h) = 1.54 / 4
+    assert loss.item() == pytest.approx(1.54 / 4)
+    assert info["action_anchor"].item() == pytest.approx(1.54 / 4)
+
+
 @pytest.mark.parametrize("entropy, target, alpha_should", [(-10.0, -5.0, "rise"), (0.0, -5.0, "fall")])
 def test_temperature_loss_sign(entropy, target, alpha_should):
     log_alpha = torch.zeros((), requires_grad=True)
@@ -197,6 +207,31 @@ def test_sac_finds_the_bandit_optimum():
     a = sac.policy.sample(torch.randn(256, 3, generator=gen))  # the policy starts near a = 0
     assert abs(a.mean().item() - 0.5) < 0.2, a.mean().item()  # (a tiny critic after 300 steps: not exact)
     assert m["critic/td_error"] < 0.2
+
+
+def test_sac_action_anchor_moves_the_optimum_towards_zero():
+    # Q(a) = -sum_h (a_h - 0.5)^2 and the anchor adds lam * mean_h a_h^2 to the actor loss, so per step the actor
+    # maximises -(a - 0.5)^2 - lam * a^2 / H: a* = 1 / (2 + 2 * lam / H) = 0.25 for lam = 2, H = 2 (0.5 without it).
+    from rlft.algos import ALGORITHMS
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    sac = _small(
+        ALGORITHMS["sac"],
+        actor_update_every=1,
+        critic_lr=3e-3,
+        actor_lr=3e-3,
+        learn_temperature=False,
+        init_temperature=1e-3,
+        action_anchor=2.0,
+    )
+    for _ in range(300):
+        m = sac.update(_bandit_batch(128, 0.5, gen))
+    a = sac.policy.sample(torch.randn(256, 3, generator=gen), deterministic=True)
+    assert abs(a.mean().item() - 0.25) < 0.08, a.mean().item()
+    assert m["actor/action_anchor"] == pytest.approx(a.pow(2).mean().item(), abs=0.05)
+    with pytest.raises(ConfigError, match="action_anchor"):
+        _small(ALGORITHMS["sac"], action_anchor=-1.0)
 
 
 def test_iql_prefers_the_better_dataset_action():

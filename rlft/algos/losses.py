@@ -124,6 +124,18 @@ def sac_actor_loss(
     return loss, info
 
 
+def action_anchor_loss(mean_action: torch.Tensor) -> tuple[torch.Tensor, Info]:
+    """Pull of the actor's deterministic action towards zero: ``L = mean_{b,h} sum_j a_bhj^2``, ``a = tanh(mu(s))``.
+
+    ``mean_action`` [B, H, A], in the actor's normalised action space. Under ``base_mode: residual`` the actor's action
+    is the correction delta of ``a_env = a_base + bound * delta``, so ``L = mean ||(a_env - a_base) / bound||^2``: TD3+BC's
+    behaviour anchor (Fujimoto & Gu, 2021) with the frozen base policy as the behaviour policy. It acts on the mean
+    only; the exploration width stays with the entropy term. info: ``action_anchor`` (the loss).
+    """
+    loss = mean_action.pow(2).sum(dim=-1).mean()
+    return loss, {"action_anchor": loss.detach()}
+
+
 def temperature_loss(
     log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
 ) -> tuple[torch.Tensor, Info]:

@@ -7,8 +7,9 @@ One update:
                ``I`` a random subset of ``critic_subset`` of the ``num_critics`` target critics (RLPD: 2 of 10; with
                ``critic_subset == num_critics`` it is the plain min of SAC). ``bootstrap = gamma^k (1 - terminated)``
                carries the chunk discount (``ChunkBatch.bootstrap``); gamma is therefore not a field here.
-* actor:       ``L_pi = E[alpha * log pi(a|s) - mean_i Q_i(s, a)] + bc_coef * bc_loss(s, a_data)``, ``a ~ pi(s)``
-               reparameterised (only the policy's parameters receive this gradient).
+* actor:       ``L_pi = E[alpha * log pi(a|s) - mean_i Q_i(s, a)] + bc_coef * bc_loss(s, a_data)
+               + action_anchor * E||tanh(mu(s))||^2``, ``a ~ pi(s)`` reparameterised (only the policy's parameters
+               receive this gradient; the last term is ``losses.action_anchor_loss``).
 * temperature: ``L_alpha = -log_alpha * E[log pi(a|s) + H_target]`` (alpha rises while the entropy is below target).
 
 The critic steps on every update; the actor and temperature on every ``actor_update_every``-th (default: once per
@@ -42,7 +43,14 @@ import torch
 
 from rlft.algos import register
 from rlft.algos.base import AlgoConfig, Algorithm, CriticConfig, optimizer_step
-from rlft.algos.losses import metrics_to_floats, prefixed, sac_actor_loss, sac_critic_target, td_loss
+from rlft.algos.losses import (
+    action_anchor_loss,
+    metrics_to_floats,
+    prefixed,
+    sac_actor_loss,
+    sac_critic_target,
+    td_loss,
+)
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
@@ -95,6 +103,11 @@ class SACConfig(CriticConfig):
     bc_coef: float = 0.0
     """Weight of an added policy.bc_loss on the offline rows of the batch (``batch.is_offline``) in the actor loss
     (0 = off): an anchor to the demonstrations that never imitates the policy's own exploratory actions."""
+    action_anchor: float = 0.0
+    """Weight of the squared deterministic action, per step summed over action dimensions, in the actor loss (0 = off;
+    ``losses.action_anchor_loss``). Under ``base_mode: residual`` it anchors the composite policy to its base: a
+    correction must raise Q by more than ``action_anchor * ||delta||^2`` to be kept. Without a base policy it pulls
+    actions towards the middle of the action box, which is rarely wanted."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,6 +119,8 @@ class SACConfig(CriticConfig):
             raise ConfigError(f"sac.init_temperature must be > 0, got {self.init_temperature}")
         if self.actor_warmup_steps < 0:
             raise ConfigError(f"sac.actor_warmup_steps must be >= 0, got {self.actor_warmup_steps}")
+        if self.action_anchor < 0:
+            raise ConfigError(f"sac.action_anchor must be >= 0, got {self.action_anchor}")
         if self.actor_update_every is not None and self.actor_update_every < 1:
             raise ConfigError(f"sac.actor_update_every must be >= 1, got {self.actor_update_every}")
 
@@ -179,15 +194,8 @@ class SAC(Algorithm):
             action, log_prob = self.policy.rsample_log_prob(obs)
             q_pi = self.critic(obs, action)
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
-            if cfg.bc_coef > 0:  # BC anchor on the offline rows only (never imitate the policy's own exploration)
-                bc, _ = self.policy.bc_loss(
-                    obs,
-                    batch.action,
-                    batch.valid_mask,
-                    weights=batch.is_offline / batch.is_offline.mean().clamp_min(1e-6),
-                )
-                actor_loss = actor_loss + cfg.bc_coef * bc
-                metrics["actor/bc_loss"] = bc.detach()
+            if cfg.bc_coef > 0 or cfg.action_anchor > 0:
+                actor_loss = actor_loss + self._anchors(obs, batch, metrics)
                 actor_info["actor_loss"] = actor_loss.detach()
             optimizer_step(actor_loss, self.actor_optim, self.actor_params)  # no gradient into the critics
             metrics.update(prefixed("actor", actor_info))
@@ -196,6 +204,21 @@ class SAC(Algorithm):
 
         self.num_updates += 1
         return metrics_to_floats(metrics)
+
+    def _anchors(self, obs: torch.Tensor, batch: ChunkBatch, metrics: dict[str, object]) -> torch.Tensor:
+        """The actor loss's optional anchors: BC on the offline rows (``bc_coef``; never imitating the policy's own
+        exploration) and the pull of the deterministic action towards zero (``action_anchor``)."""
+        cfg, total = self.cfg, torch.zeros((), device=obs.device)
+        if cfg.bc_coef > 0:
+            weights = batch.is_offline / batch.is_offline.mean().clamp_min(1e-6)
+            bc, _ = self.policy.bc_loss(obs, batch.action, batch.valid_mask, weights=weights)
+            total = total + cfg.bc_coef * bc
+            metrics["actor/bc_loss"] = bc.detach()
+        if cfg.action_anchor > 0:
+            anchor, info = action_anchor_loss(self.policy.sample(obs, deterministic=True))
+            total = total + cfg.action_anchor * anchor
+            metrics.update(prefixed("actor", info))
+        return total
 
     # ---- persistence: add the subset generator ----
     def state_dict(self) -> dict[str, Any]:
