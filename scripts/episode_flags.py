@@ -79,6 +79,14 @@ def episode_flags(policy, env_id: str, seeds: list[int], obs_horizon: int = 1, m
         evaluator.close()
 
 
+def parse_dims(text: str) -> list[int]:
+    """``--residual-dims`` as a list of ints ("0,1,2" -> [0, 1, 2]); anything else exits with one message."""
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise SystemExit(f"--residual-dims {text!r}: expected comma-separated action dimensions, e.g. 0,1,2") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("policy", help="a policy checkpoint (.safetensors), as rlft eval takes")
@@ -89,18 +97,23 @@ def main() -> None:
     ap.add_argument("--residual-dims", default=None, help="comma-separated action dimensions, e.g. 0,1,2")
     args = ap.parse_args()
 
+    from rlft.errors import RlftError
     from rlft.policies.base import load_policy
+    from rlft.rollout import summarize
 
-    policy = load_policy(args.policy)
-    if args.residual_dims is not None:
-        keep_residual_dims(policy, [int(d) for d in args.residual_dims.split(",") if d.strip()])
-    seeds = [args.seed + i for i in range(args.num_episodes)]
-    results, episodes = episode_flags(policy, args.env_id, seeds, args.obs_horizon)
+    try:  # a bad checkpoint, env id or observation history: the library's one-line message, as the CLI prints it
+        policy = load_policy(args.policy)
+        if args.residual_dims is not None:
+            keep_residual_dims(policy, parse_dims(args.residual_dims))
+        seeds = [args.seed + i for i in range(args.num_episodes)]
+        results, episodes = episode_flags(policy, args.env_id, seeds, args.obs_horizon)
+    except RlftError as e:
+        raise SystemExit(f"error: {e}") from None
     out = {
         "policy": args.policy,
         "residual_dims": args.residual_dims,
         "num_episodes": len(results),
-        "success_once": float(np.mean([r.success_once for r in results])),
+        "success_once": summarize(results)["eval/success_once"],
         "ever": flag_rates(episodes),
     }
     print(json.dumps(out, indent=1))

@@ -25,6 +25,12 @@ def test_flag_rates_by_hand():
     assert ef.flag_rates(episodes) == {"is_grasped": pytest.approx(2 / 3, abs=1e-4), "success": 0.0}
 
 
+def test_bad_dimension_list_is_one_message():
+    assert ef.parse_dims("0, 1,2") == [0, 1, 2]
+    with pytest.raises(SystemExit, match="comma-separated action dimensions"):
+        ef.parse_dims("x,y")
+
+
 def _policy(obs_dim: int, action_dim: int, kind: str, horizon: int, seed: int):
     torch.manual_seed(seed)
     cfg = (
