@@ -95,8 +95,9 @@ def test_demo_replays_in_our_env(demos):
     env = make_env(ENV)
     try:
         ep = episodes[0]
+        for e, m in zip(episodes, meta["episodes"]):  # first observations: exactly the env's own at reset
+            assert np.array_equal(env.reset(seed=m["episode_seed"])[0], e.obs[0])
         obs, _ = env.reset(seed=meta["episodes"][0]["episode_seed"])
-        assert np.allclose(obs, ep.obs[0], atol=1e-5)
         for t in range(20):
             obs, *_ = env.step(ep.actions[t])
         assert np.allclose(obs, ep.obs[20], atol=1e-2)
@@ -152,3 +153,58 @@ def test_async_vector_env_two_processes():
         venv.close()
     with pytest.raises(EnvError, match="GPU"):
         make_vector_env("cube-single-singletask-v0", 2, backend="gpu")
+
+
+def _grasp_cube(env) -> bool:
+    """Put PickCube's cube between the open fingers and close them; return ManiSkill's own is_grasping."""
+    base = env.unwrapped
+    a = np.zeros(7, np.float32)
+    a[-1] = 1.0
+    for _ in range(3):
+        env.step(a)
+    base.cube.set_pose(base.agent.tcp.pose)
+    a[-1] = -1.0
+    for _ in range(10):
+        env.step(a)
+    return bool(base.agent.is_grasping(base.cube)[0])
+
+
+def test_reset_does_not_carry_the_last_episodes_contacts():
+    """PickCube-v1 observes is_grasped, a contact reading. After an episode that ended holding the cube, a reset to
+    the same seed gives the same observation and the same trajectory as in a fresh env (ManiSkill's CPU reset alone
+    reports the previous episode's last contacts: is_grasped 1)."""
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(15, 7)).astype(np.float32)
+
+    def rollout(env):
+        obs = [env.reset(seed=3)[0]]
+        obs += [env.step(a)[0] for a in actions]
+        return np.stack(obs)
+
+    fresh, used = make_env("PickCube-v1"), make_env("PickCube-v1")
+    try:
+        expected = rollout(fresh)
+        used.reset(seed=11)
+        assert _grasp_cube(used)  # the episode ends holding the cube
+        got = rollout(used)
+        np.testing.assert_array_equal(got, expected)
+        assert got[0, 18] == 0.0  # is_grasped at reset
+    finally:
+        fresh.close()
+        used.close()
+
+
+def test_first_observation_replaced_only_where_contacts_differ():
+    from rlft.data.episodes import Episode
+    from rlft.envs.maniskill_demos import with_reset_obs
+
+    obs = np.array([[0.5, 1.0, 2.0], [0.6, 0.0, 2.1]], np.float32)
+    ep = Episode(obs, np.zeros((1, 2), np.float32), np.zeros(1, np.float32), *(np.zeros(1, bool),) * 3)
+    fixed = with_reset_obs(ep, np.array([0.5, 0.0, 2.0]), seed=7)  # a stale contact flag 1 -> 0
+    np.testing.assert_array_equal(fixed.obs[0], [0.5, 0.0, 2.0])
+    np.testing.assert_array_equal(fixed.obs[1], obs[1])
+    np.testing.assert_array_equal(ep.obs[0], obs[0])  # the input episode is not modified
+    with pytest.raises(EnvError, match=r"seed 7: .*entries \[0\]"):  # a pose differs: not the same state
+        with_reset_obs(ep, np.array([0.4, 0.0, 2.0]), seed=7)
+    with pytest.raises(EnvError, match="shape"):
+        with_reset_obs(ep, np.zeros(4), seed=7)

@@ -29,8 +29,8 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
 
     from tqdm import tqdm
 
-    from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode
-    from rlft.envs.maniskill_env import DEFAULT_REWARD_MODE, REWARD_OFFSETS
+    from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode, with_reset_obs
+    from rlft.envs.maniskill_env import DEFAULT_REWARD_MODE, REWARD_OFFSETS, make_maniskill_env
 
     tqdm.set_lock(threading.RLock())  # ManiSkill's progress bars: no multiprocessing semaphore to leak at pool exit
 
@@ -41,6 +41,12 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
             env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit, keep_failures=keep_failures
         )
         converted = converted_episodes(path) if path is not None else {}
+    if converted:
+        env = make_maniskill_env(env_id, max_episode_steps=limit)
+        try:  # first observations as rlft's env gives them at reset (ManiSkill's replay carries stale contacts)
+            converted = {s: with_reset_obs(ep, env.reset(seed=s)[0], s) for s, ep in converted.items()}
+        finally:
+            env.close()
     out = []
     for (index, seed), st in zip(attempts, stats):
         ep, why = None, "plan failed" if not st["plan_success"] else "replay failed"

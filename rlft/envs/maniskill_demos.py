@@ -8,7 +8,10 @@
    to ``-o state -c pd_ee_delta_pose --record-rewards`` -> ``mp_<tag>.state.pd_ee_delta_pose.physx_cpu.h5/.json``.
 
 The converted file is ManiSkill's trajectory format, which ``rlft.data.h5io.read_episodes`` reads unchanged.
-``to_rlft_episode`` then cuts each episode at its first ``terminated`` step (ManiSkill terminates at success, so the
+``with_reset_obs`` replaces each episode's first observation with the one rlft's env gives at reset for the same seed
+(ManiSkill's replay runs the episodes back to back in one env, so its first observations carry the previous
+episode's last contacts; see ``maniskill_env.FreshResetContacts``). ``to_rlft_episode`` then cuts each episode at its
+first ``terminated`` step (ManiSkill terminates at success, so the
 episode ends where the env used for training and evaluation ends it); the planner keeps moving after success (it
 lowers the peg and opens the gripper), and those steps are not part of the task MDP.
 
@@ -20,6 +23,7 @@ finished and then reported as too long, not silently cut.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -213,6 +217,29 @@ def converted_episodes(path: str | Path) -> dict[int, Episode]:
     if sorted(ids) != list(range(len(episodes))):
         raise EnvError(f"{path}: sidecar lists episodes {ids} for {len(episodes)} trajectories")
     return {seed: episodes[i] for i, seed in zip(ids, seeds)}
+
+
+def with_reset_obs(ep: Episode, reset_obs: np.ndarray, seed: int, atol: float = 1e-4) -> Episode:
+    """``ep`` with its first observation replaced by ``reset_obs``, the observation rlft's env returns at reset for
+    the same seed (the same initial state, with that state's own contacts).
+
+    Both describe one simulator state, so they may differ only in contact flags: an entry may differ beyond ``atol``
+    only where ``reset_obs`` holds 0 or 1. Anything else means the replay did not start from the seed's reset state,
+    and is refused."""
+    first = np.asarray(ep.obs[0])
+    reset_obs = np.asarray(reset_obs, dtype=first.dtype)
+    if reset_obs.shape != first.shape:
+        raise EnvError(f"seed {seed}: reset observation has shape {reset_obs.shape}, the replay's {first.shape}")
+    off = np.flatnonzero(np.abs(reset_obs - first) > atol)
+    not_flags = [int(i) for i in off if reset_obs[i] not in (0.0, 1.0)]
+    if not_flags:
+        raise EnvError(
+            f"seed {seed}: the replayed episode does not start from the seed's reset state (observation entries "
+            f"{not_flags} differ: {first[not_flags]} against {reset_obs[not_flags]})"
+        )
+    obs = np.array(ep.obs, copy=True)
+    obs[0] = reset_obs
+    return dataclasses.replace(ep, obs=obs)
 
 
 def to_rlft_episode(ep: Episode, max_episode_steps: int, reward_offset: float = 0.0) -> tuple[Episode | None, str]:

@@ -127,6 +127,32 @@ def _check_assets(env_id: str, registry) -> None:
             )
 
 
+class FreshResetContacts(gymnasium.Wrapper):
+    """Makes a CPU ManiSkill env's reset observation and info a function of the reset seed (or state) alone.
+
+    PhysX reports the contacts of the last simulation step until the next one, and ManiSkill's ``reset`` poses the
+    scene without stepping it. So every contact-derived value in the reset observation and info is the previous
+    episode's last one: PickCube-v1's ``is_grasped`` (an observation entry) reads 1 after an episode that ended
+    holding the cube, 0 in a fresh env. The same policy on the same seeds then scores differently in an env that
+    ran other episodes before, and motion-planned demos replayed back to back start with the stale flag. After
+    ManiSkill's reset this wrapper runs one physics step at the reset configuration (which refreshes the contact
+    list), restores the simulator state it had saved, and recomputes the info and observation. The episode then
+    starts from exactly ManiSkill's reset state, with the contacts of that state. Cost: one physics step per reset.
+    """
+
+    def reset(self, **kwargs):
+        _, info = self.env.reset(**kwargs)
+        base = self.env.unwrapped
+        state = base.get_state_dict()
+        base.scene.px.step()
+        base.set_state_dict(state)
+        fresh = base.get_info()
+        fresh["reconfigure"] = info.get("reconfigure", False)
+        obs = base.get_obs(fresh)
+        base._last_obs = obs
+        return obs, fresh
+
+
 def make_maniskill_env(
     env_id: str,
     max_episode_steps: int | None = None,
@@ -177,7 +203,7 @@ def make_maniskill_env(
             "`apt-get install libvulkan1 mesa-vulkan-drivers libvulkan-dev gcc` (rlft builds a small Vulkan "
             "layer, see rlft/envs/vk_layer)"
         ) from e
-    env = CPUGymWrapper(env)  # numpy in/out, no batch dimension
+    env = CPUGymWrapper(FreshResetContacts(env))  # numpy in/out, no batch dimension
     offset = REWARD_OFFSETS.get(reward_mode, 0.0)
     if offset:
         env = gymnasium.wrappers.TransformReward(env, lambda r: float(r) + offset)  # success is the best state
