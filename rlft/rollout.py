@@ -6,7 +6,9 @@
 
 Episodes run in lock step over ``n_parallel`` environments in one process so the policy is queried in batches
 (one forward for all live episodes per macro-step); ``num_workers > 1`` splits the seeds over processes.
-The set of episode seeds is fixed (``seed + i``), so evaluations of different checkpoints are paired.
+The set of episode seeds is fixed (``seed + i``), so evaluations of different checkpoints are paired. Each episode is a
+function of its seed alone, not of what the env ran before: the envs are built with their family's ``eval_kwargs``
+(ManiSkill rebuilds its scene at every reset).
 ``rollout_episodes`` runs the same loop and also keeps every inner env step as an ``Episode`` (what ``rlft collect
 --mode policy`` writes: the rollouts of a trained policy, e.g. to distil a steered DSRL policy into a plain one).
 Videos are recorded by ``rlft.video`` (frames drawn below the chunk executor).
@@ -24,7 +26,7 @@ import torch
 
 from rlft.data.episodes import Episode
 from rlft.data.obs import Obs, stack_obs
-from rlft.envs import make_env
+from rlft.envs import env_family, make_env
 from rlft.policies.base import Policy
 from rlft.video import VIDEO_HELP, FrameRecorder, VideoSpec, save_videos
 
@@ -122,7 +124,9 @@ class Evaluator:
         n_parallel: int = 4,
         video: VideoSpec | None = None,
     ):
-        kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        kwargs = dict(env_family(env_id).eval_kwargs)  # episodes that do not depend on the ones before
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = max_episode_steps
         self.recorders: list[FrameRecorder | None] = []
         self.steps: list[StepRecorder] = []
         for _ in range(n_parallel):

@@ -208,3 +208,34 @@ def test_first_observation_replaced_only_where_contacts_differ():
         with_reset_obs(ep, np.array([0.4, 0.0, 2.0]), seed=7)
     with pytest.raises(EnvError, match="shape"):
         with_reset_obs(ep, np.zeros(4), seed=7)
+
+
+def test_evaluation_does_not_depend_on_earlier_episodes():
+    """Evaluation envs rebuild ManiSkill's scene at every reset (PhysX otherwise keeps contact pairs, and their cached
+    impulses, across a reset that only moves the bodies; without it, seed 2 below ends elsewhere the second time on
+    this project's machines). A scripted gripper sweeps the cube on eight seeds, twice in one env: every episode
+    repeats to the last bit."""
+    from rlft.envs import env_family
+    from rlft.rollout import Evaluator
+
+    sweep = np.zeros((60, 7), np.float32)  # pd_ee_delta_pose: down, then across the cube, gripper closed
+    sweep[:, -1] = -1.0
+    sweep[:15, 2], sweep[15:35, 0], sweep[35:, 1], sweep[15:, 2] = -1.0, 0.6, -0.6, -0.15
+
+    def episode(env, seed):
+        obs = [env.reset(seed=seed)[0]]
+        obs += [env.step(a)[0] for a in sweep]
+        return np.stack(obs)
+
+    kwargs = env_family("PickCube-v1").eval_kwargs
+    env = make_env("PickCube-v1", **kwargs)
+    try:
+        first = [episode(env, s) for s in range(8)]
+        again = [episode(env, s) for s in range(8)]
+    finally:
+        env.close()
+    assert max(float(np.abs(e[-1, 29:32] - e[0, 29:32]).max()) for e in first) > 0.02  # the sweeps move the cube
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    ev = Evaluator("PickCube-v1", n_parallel=1)  # the evaluator builds its envs with those kwargs
+    assert ev.steps[0].unwrapped.reconfiguration_freq == kwargs["reconfiguration_freq"] == 1

@@ -35,6 +35,9 @@ class EnvFamily:
     example: str  # one id shown in error messages
     prepare: Callable[[], None] | None = None  # once per process before spawning env workers (they inherit its env)
     make_gpu_vector: Callable[..., Any] | None = None  # (env_id, num_envs, **kwargs) -> GPU-parallel vector env
+    eval_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Constructor kwargs for evaluation envs that make each episode a function of its seed alone, whatever the
+    env ran before (so one policy on one set of seeds gets one score)."""
 
 
 ENV_FAMILIES: list[EnvFamily] = [
@@ -53,6 +56,9 @@ ENV_FAMILIES: list[EnvFamily] = [
         example="LiftPegUpright-v1",
         prepare=maniskill_env.prepare_workers,
         make_gpu_vector=maniskill_env.make_maniskill_gpu_vector_env,
+        # PhysX keeps contact pairs (and their cached impulses) of bodies that a reset only moves, so an episode's
+        # physics depends on the one before it; ManiSkill rebuilding the scene at every reset removes that.
+        eval_kwargs={"reconfiguration_freq": 1},
     ),
 ]
 
