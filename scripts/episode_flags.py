@@ -13,7 +13,7 @@ episode seeds ``seed + i``, 4 envs in lock step); ``success`` below is its ``suc
 and executes the base policy's action on the others (their bound set to float32's smallest normal number, 1.2e-38,
 which leaves every base action of magnitude above 1e-30 unchanged to the last bit; the residual wrapper refuses a
 zero bound): which corrections do the damage.
-Prints one JSON object (docs/results.md, "PickCube: the residual breaks the grasp").
+Prints one JSON object (docs/results.md, "PickCube: the residual's position corrections break the grasp").
 """
 
 from __future__ import annotations

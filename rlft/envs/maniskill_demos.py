@@ -8,12 +8,12 @@
    to ``-o state -c pd_ee_delta_pose --record-rewards`` -> ``mp_<tag>.state.pd_ee_delta_pose.physx_cpu.h5/.json``.
 
 The converted file is ManiSkill's trajectory format, which ``rlft.data.h5io.read_episodes`` reads unchanged.
-``with_reset_obs`` replaces each episode's first observation with the one rlft's env gives at reset for the same seed
-(ManiSkill's replay runs the episodes back to back in one env, so its first observations carry the previous
-episode's last contacts; see ``maniskill_env.FreshResetContacts``). ``to_rlft_episode`` then cuts each episode at its
-first ``terminated`` step (ManiSkill terminates at success, so the
-episode ends where the env used for training and evaluation ends it); the planner keeps moving after success (it
-lowers the peg and opens the gripper), and those steps are not part of the task MDP.
+``rlft collect`` then has ``with_reset_obs`` replace each episode's first observation with the one rlft's env gives
+at reset for the same seed (ManiSkill's replay runs the episodes back to back in one env, so its first observations
+carry the previous episode's last contacts; see ``maniskill_env.FreshResetContacts``), and ``to_rlft_episode`` cut
+each episode at its first ``terminated`` step (ManiSkill terminates at success, so the episode ends where the env used
+for training and evaluation ends it); the planner keeps moving after success (it lowers the peg and opens the
+gripper), and those steps are not part of the task MDP.
 
 Only successful plans are converted (``keep_failures`` keeps the others too), as ManiSkill's
 ``--only-count-success``. Planning uses a generous time limit (``PLAN_LIMIT_FACTOR`` x rlft's) so a slow plan is
