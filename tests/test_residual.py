@@ -65,6 +65,14 @@ def test_compose_and_delta_by_hand():
         residual_bound(0.5, "action_std", low, high)
     with pytest.raises(ConfigError, match="residual_scale"):
         residual_bound(0.0, "half_range", low, high)
+    # per-dimension multipliers on top of the scale: 0.5 x (0.2, 1, 0.5) x std
+    np.testing.assert_allclose(
+        residual_bound(0.5, "action_std", low, high, acts, (0.2, 1.0, 0.5)), [0.05, 0.005, 0.25], atol=1e-6
+    )
+    np.testing.assert_allclose(residual_bound(0.2, "half_range", low, high, dim_scale=(1, 1, 0.5)), [0.2, 0.2, 0.2])
+    for bad in ((0.5, 1.0), (0.5, 1.0, 0.0), (0.5, 1.0, 1.5)):  # wrong length, zero, above 1
+        with pytest.raises(ConfigError, match=r"residual_dim_scale: expected 3 multipliers in \(0, 1\]"):
+            residual_bound(0.5, "action_std", low, high, acts, bad)
 
 
 def test_zero_residual_executes_the_base_policys_chunks_bit_for_bit():
@@ -282,10 +290,26 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
         quiet=True,
     )
     torch.testing.assert_close(tr2.algo.policy.act(torch.zeros(1, O + A)), loaded.act(torch.zeros(1, O + A)))
-    with pytest.raises(ConfigError, match="residual_scale/residual_unit"):
+    with pytest.raises(ConfigError, match="residual_scale/residual_dim_scale/residual_unit"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), residual_scale=0.3), quiet=True)
     with pytest.raises(ConfigError, match="base_mode"):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), base_mode="noise"), quiet=True)
+
+
+def test_per_dimension_residual_bound_reaches_the_stage_from_yaml(tmp_path, demos):
+    """``residual_dim_scale`` from a stage's YAML sizes the stage's bound per dimension: residual_scale x multiplier x
+    the dataset's action std, as the composite policy then carries it."""
+    from rlft.data.h5io import read_episodes
+    from rlft.train.runner import Trainer
+
+    base = flow_base()
+    base.save(tmp_path / "base.safetensors")
+    mult = [0.2] * 3 + [1.0] * (A - 3)
+    tr = Trainer(_stage(tmp_path, tmp_path / "base.safetensors", demos, residual_dim_scale=mult), quiet=True)
+    std = np.concatenate([e.actions for e in read_episodes(demos)[0]]).astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(tr.adapter.bound, 0.2 * np.asarray(mult) * std, rtol=1e-5)
+    with pytest.raises(ConfigError, match="residual_dim_scale"):
+        Trainer(_stage(tmp_path, tmp_path / "base.safetensors", demos, residual_dim_scale=[0.5]), quiet=True)
 
 
 def test_progressive_exploration_runs_the_base_alone_early(tmp_path, demos):

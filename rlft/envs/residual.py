@@ -9,7 +9,8 @@ adds a bounded correction:
     every step:     a_t = clip(a^base_t + bound * delta_t, low, high),   delta_t in [-1, 1]^A
 
 with ``bound`` the largest correction per action dimension, in env units (``residual_bound``: ``residual_scale``
-times the demonstrations' per-dimension action standard deviation by default, or times the action box's half-range).
+times the demonstrations' per-dimension action standard deviation by default, or times the action box's half-range,
+optionally times a per-dimension multiplier).
 The unit matters: a manipulation controller's actions often use a small part of the box (ManiSkill's
 ``pd_ee_delta_pose`` demos move the end effector by ~1 % of the box per step), and a correction sized to the box
 would be as large as the whole action. The loop is closed at the step: the residual can correct the drift of an
@@ -53,16 +54,23 @@ def delta_of(actions: np.ndarray, a_base: np.ndarray, bound: np.ndarray) -> np.n
 
 
 def residual_bound(
-    scale: float, unit: str, low: np.ndarray, high: np.ndarray, actions: np.ndarray | None = None
+    scale: float,
+    unit: str,
+    low: np.ndarray,
+    high: np.ndarray,
+    actions: np.ndarray | None = None,
+    dim_scale: Sequence[float] = (),
 ) -> np.ndarray:
-    """The per-dimension bound ``scale * unit``: ``unit`` 'action_std' is the standard deviation of ``actions`` (the
-    dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
-    ``(high - low) / 2``."""
+    """The per-dimension bound ``scale * dim_scale * unit``: ``unit`` 'action_std' is the standard deviation of
+    ``actions`` (the dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
+    ``(high - low) / 2``. ``dim_scale`` (one positive multiplier per action dimension; empty = 1 everywhere) sizes
+    groups of dimensions differently, e.g. smaller position than rotation corrections."""
     if not 0.0 < float(scale) <= 2.0:
         raise ConfigError(f"residual_scale must be in (0, 2] (a multiple of the residual unit), got {scale}")
     half = (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2.0
+    mult = _dim_multipliers(dim_scale, half.shape[0])
     if unit == "half_range":
-        return (float(scale) * half).astype(np.float32)
+        return (float(scale) * mult * half).astype(np.float32)
     if unit != "action_std":
         raise ConfigError(f"residual_unit: {unit!r} is not 'action_std' or 'half_range'")
     if actions is None or len(actions) < 2:
@@ -71,7 +79,20 @@ def residual_bound(
             "correction); set dataset, or residual_unit: half_range"
         )
     std = np.asarray(actions, np.float64).std(axis=0)
-    return (float(scale) * np.maximum(std, 0.01 * half)).astype(np.float32)
+    return (float(scale) * mult * np.maximum(std, 0.01 * half)).astype(np.float32)
+
+
+def _dim_multipliers(dim_scale: Sequence[float], action_dim: int) -> np.ndarray:
+    """``dim_scale`` as an [A] array (ones when empty), refused unless it has one value in (0, 1] per dimension."""
+    if len(dim_scale) == 0:
+        return np.ones(action_dim, np.float64)
+    mult = np.asarray(dim_scale, np.float64)
+    if mult.shape != (action_dim,) or not np.all((mult > 0) & (mult <= 1)):
+        raise ConfigError(
+            f"residual_dim_scale: expected {action_dim} multipliers in (0, 1], one per action dimension, "
+            f"got {list(dim_scale)}"
+        )
+    return mult
 
 
 class ResidualActionWrapper(gymnasium.Wrapper):

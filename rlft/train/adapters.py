@@ -191,7 +191,7 @@ def make_adapter(
 ) -> ChunkAdapter:
     """The adapter for a stage (``cfg`` a ``TrainConfig``; ``info`` the env's ``env_info``): no base policy ->
     chunks; with one, ``cfg.base_mode`` 'noise' (DSRL) or 'residual'. The residual's bound [A] is
-    ``cfg.residual_scale`` x ``cfg.residual_unit`` (``rlft.envs.residual.residual_bound``; 'action_std' measures the
+    ``cfg.residual_scale`` x ``cfg.residual_dim_scale`` x ``cfg.residual_unit`` (``rlft.envs.residual.residual_bound``; 'action_std' measures the
     dataset's episodes, ``episodes()`` reads them); a continued residual composite (``settings`` from ``split_composite``) must keep its
     bound."""
     if base is None:
@@ -209,10 +209,12 @@ def make_adapter(
 
     data = episodes()
     actions = None if data is None else np.concatenate([e.actions for e in data])
-    bound = residual_bound(cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"], actions)
+    bound = residual_bound(
+        cfg.residual_scale, cfg.residual_unit, info["action_low"], info["action_high"], actions, cfg.residual_dim_scale
+    )
     if "residual_bound" in settings and not np.allclose(settings["residual_bound"], bound, rtol=1e-4):
         raise ConfigError(
-            f"residual_scale/residual_unit: they give the bound {bound.tolist()}, but "
+            f"residual_scale/residual_dim_scale/residual_unit: they give the bound {bound.tolist()}, but "
             f"{cfg.init_policy} was trained with {settings['residual_bound']}"
         )
     return ResidualAdapter(base, bound, cfg.residual_ramp_steps)
