@@ -297,8 +297,9 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
 
 
 def test_per_dimension_residual_bound_reaches_the_stage_from_yaml(tmp_path, demos):
-    """``residual_dim_scale`` from a stage's YAML sizes the stage's bound per dimension: residual_scale x multiplier x
-    the dataset's action std, as the composite policy then carries it."""
+    """``residual_dim_scale`` in a stage's config mapping (what its YAML loads to) sizes the stage's bound per
+    dimension: residual_scale x multiplier x the dataset's action std; a multiplier list of the wrong length is
+    refused naming the field."""
     from rlft.data.h5io import read_episodes
     from rlft.train.runner import Trainer
 

@@ -191,9 +191,9 @@ def make_adapter(
 ) -> ChunkAdapter:
     """The adapter for a stage (``cfg`` a ``TrainConfig``; ``info`` the env's ``env_info``): no base policy ->
     chunks; with one, ``cfg.base_mode`` 'noise' (DSRL) or 'residual'. The residual's bound [A] is
-    ``cfg.residual_scale`` x ``cfg.residual_dim_scale`` x ``cfg.residual_unit`` (``rlft.envs.residual.residual_bound``; 'action_std' measures the
-    dataset's episodes, ``episodes()`` reads them); a continued residual composite (``settings`` from ``split_composite``) must keep its
-    bound."""
+    ``cfg.residual_scale`` x ``cfg.residual_dim_scale`` x ``cfg.residual_unit``
+    (``rlft.envs.residual.residual_bound``; 'action_std' measures the dataset's episodes, ``episodes()`` reads them);
+    a continued residual composite (``settings`` from ``split_composite``) must keep its bound."""
     if base is None:
         return ChunkAdapter(info["obs_dim"], info["action_dim"], cfg.env.act_horizon, info.get("image_shapes"))
     if info.get("image_shapes"):
