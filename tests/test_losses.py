@@ -234,6 +234,33 @@ def test_sac_action_anchor_moves_the_optimum_towards_zero():
         _small(ALGORITHMS["sac"], action_anchor=-1.0)
 
 
+@pytest.mark.parametrize("agg", ["mean", "min"])
+def test_sac_actor_objective_aggregates_the_critics_as_configured(agg):
+    # one update, replayed by hand: the actor's Q is the mean (RLPD) or the min (SAC) over the two critics of the
+    # critics after their step, at the action the pre-update policy samples after the target's next-state sample
+    import copy
+
+    from rlft.algos import ALGORITHMS
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    sac = _small(ALGORITHMS["sac"], num_critics=2, critic_subset=2, actor_update_every=1, actor_q_agg=agg)
+    for _ in range(20):  # critics that disagree somewhat
+        sac.update(_bandit_batch(64, 0.5, gen))
+    batch = _bandit_batch(64, 0.5, gen)
+    policy_before = copy.deepcopy(sac.policy)
+    torch.manual_seed(1)
+    m = sac.update(batch)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        policy_before.rsample_log_prob(batch.next_obs)  # the target's draw comes first
+        action, _ = policy_before.rsample_log_prob(batch.obs)
+        q = sac.critic(batch.obs, action)  # [2, B]
+    expected = q.min(dim=0).values if agg == "min" else q.mean(dim=0)
+    assert m["actor/actor_q"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert (q[0] - q[1]).abs().mean() > 1e-3  # the two aggregations differ on this batch
+
+
 def test_iql_prefers_the_better_dataset_action():
     # data: half the chunks take a = +0.5 (reward 0), half a = -0.5 (reward -1); BC would average them to ~0
     from rlft.algos import ALGORITHMS

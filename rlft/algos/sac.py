@@ -7,9 +7,11 @@ One update:
                ``I`` a random subset of ``critic_subset`` of the ``num_critics`` target critics (RLPD: 2 of 10; with
                ``critic_subset == num_critics`` it is the plain min of SAC). ``bootstrap = gamma^k (1 - terminated)``
                carries the chunk discount (``ChunkBatch.bootstrap``); gamma is therefore not a field here.
-* actor:       ``L_pi = E[alpha * log pi(a|s) - mean_i Q_i(s, a)] + bc_coef * bc_loss(s, a_data)
+* actor:       ``L_pi = E[alpha * log pi(a|s) - agg_i Q_i(s, a)] + bc_coef * bc_loss(s, a_data)
                + action_anchor * E||tanh(mu(s))||^2``, ``a ~ pi(s)`` reparameterised (only the policy's parameters
-               receive this gradient; the last term is ``losses.action_anchor_loss``).
+               receive this gradient; the last term is ``losses.action_anchor_loss``). ``agg`` (``actor_q_agg``) is
+               the mean over all critics (RLPD) or their min (SAC, Haarnoja et al., 2018: the actor then climbs only
+               where the critics agree, ``min = mean - |Q_1 - Q_2| / 2`` for two).
 * temperature: ``L_alpha = -log_alpha * E[log pi(a|s) + H_target]`` (alpha rises while the entropy is below target).
 
 The critic steps on every update; the actor and temperature on every ``actor_update_every``-th (default: once per
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -54,7 +56,7 @@ from rlft.algos.losses import (
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import soft_update
+from rlft.nets.ensemble import aggregate_q, soft_update
 
 
 @dataclasses.dataclass
@@ -103,6 +105,9 @@ class SACConfig(CriticConfig):
     bc_coef: float = 0.0
     """Weight of an added policy.bc_loss on the offline rows of the batch (``batch.is_offline``) in the actor loss
     (0 = off): an anchor to the demonstrations that never imitates the policy's own exploratory actions."""
+    actor_q_agg: Literal["mean", "min"] = "mean"
+    """How the actor's objective combines the critics' values of its actions: 'mean' over all critics (RLPD) or
+    'min' (the original SAC's choice for two critics), which discounts actions the critics disagree on."""
     action_anchor: float = 0.0
     """Weight of the squared deterministic action, per step summed over action dimensions, in the actor loss (0 = off;
     ``losses.action_anchor_loss``). Under ``base_mode: residual`` it anchors the composite policy to its base: a
@@ -192,7 +197,7 @@ class SAC(Algorithm):
         if not self.actor_frozen(cfg.actor_warmup_steps) and self.num_updates % self.actor_update_every == 0:
             obs = batch.obs.detach()  # camera features: only the critic's loss trains the encoder (DrQ)
             action, log_prob = self.policy.rsample_log_prob(obs)
-            q_pi = self.critic(obs, action)
+            q_pi = aggregate_q(self.critic(obs, action), cfg.actor_q_agg).unsqueeze(0)  # [1, B]
             actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
             if cfg.bc_coef > 0 or cfg.action_anchor > 0:
                 actor_loss = actor_loss + self._anchors(obs, batch, metrics)
