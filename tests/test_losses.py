@@ -116,6 +116,16 @@ def test_sac_actor_loss_uses_mean_over_members():
     assert info["entropy"].item() == pytest.approx(0.0)
 
 
+def test_sac_actor_loss_with_min_over_members():
+    q_pi = T([[1.0, 5.0], [3.0, 4.0]])  # min over members = [1, 4]
+    loss, info = sac_actor_loss(q_pi, T([1.0, -1.0]), 0.5, agg="min")
+    # mean(0.5 * [1, -1] - [1, 4]) = mean([-0.5, -4.5]) = -2.5
+    assert loss.item() == pytest.approx(-2.5)
+    assert info["actor_q"].item() == pytest.approx(2.5)
+    with pytest.raises(ConfigError, match="q_agg"):
+        sac_actor_loss(q_pi, T([1.0, -1.0]), 0.5, agg="max")
+
+
 def test_action_anchor_loss_is_the_mean_squared_step_norm():
     mean_action = T([[[0.5, -0.5], [1.0, 0.0]], [[0.0, 0.0], [0.2, 0.0]]])  # [B=2, H=2, A=2]
     loss, info = action_anchor_loss(mean_action)

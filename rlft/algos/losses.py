@@ -15,6 +15,8 @@ from typing import Mapping
 
 import torch
 
+from rlft.nets.ensemble import aggregate_q
+
 Info = dict[str, torch.Tensor]
 
 
@@ -110,17 +112,19 @@ def sac_critic_target(
 
 
 def sac_actor_loss(
-    q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor | float
+    q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor | float, agg: str = "mean"
 ) -> tuple[torch.Tensor, Info]:
-    """SAC actor loss ``L_pi = mean_b (alpha * log pi(a_b|s_b) - mean_i Q_i(s_b, a_b))``, ``a_b ~ pi(.|s_b)`` (rsample).
+    """SAC actor loss ``L_pi = mean_b (alpha * log pi(a_b|s_b) - agg_i Q_i(s_b, a_b))``, ``a_b ~ pi(.|s_b)`` (rsample).
 
-    ``q_pi`` [N, B] (the mean over members, as RLPD, not the min); ``log_prob`` [B]; ``alpha`` detached.
-    info: ``actor_loss``, ``actor_q`` (mean Q of the policy's actions), ``entropy`` (-mean log pi, nats per chunk).
+    ``q_pi`` [N, B]; ``agg`` the aggregation over members: 'mean' (RLPD) or 'min' (SAC, Haarnoja et al., 2018; for two
+    critics ``min = mean - |Q_1 - Q_2| / 2``, so the actor discounts actions they disagree on); ``log_prob`` [B];
+    ``alpha`` detached. info: ``actor_loss``, ``actor_q`` (batch mean of the aggregated Q of the policy's actions),
+    ``entropy`` (-mean log pi, nats per chunk).
     """
-    q_mean = q_pi.mean(dim=0)
-    loss = (alpha * log_prob - q_mean).mean()
+    q_agg = aggregate_q(q_pi, agg)
+    loss = (alpha * log_prob - q_agg).mean()
     with torch.no_grad():
-        info = {"actor_loss": loss.detach(), "actor_q": q_mean.mean(), "entropy": -log_prob.mean()}
+        info = {"actor_loss": loss.detach(), "actor_q": q_agg.mean(), "entropy": -log_prob.mean()}
     return loss, info
 
 

@@ -56,7 +56,7 @@ from rlft.algos.losses import (
 from rlft.algos.temperature import Temperature
 from rlft.data.batch import ChunkBatch
 from rlft.errors import ConfigError
-from rlft.nets.ensemble import aggregate_q, soft_update
+from rlft.nets.ensemble import soft_update
 
 
 @dataclasses.dataclass
@@ -197,8 +197,8 @@ class SAC(Algorithm):
         if not self.actor_frozen(cfg.actor_warmup_steps) and self.num_updates % self.actor_update_every == 0:
             obs = batch.obs.detach()  # camera features: only the critic's loss trains the encoder (DrQ)
             action, log_prob = self.policy.rsample_log_prob(obs)
-            q_pi = aggregate_q(self.critic(obs, action), cfg.actor_q_agg).unsqueeze(0)  # [1, B]
-            actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha)
+            q_pi = self.critic(obs, action)
+            actor_loss, actor_info = sac_actor_loss(q_pi, log_prob, alpha, cfg.actor_q_agg)
             if cfg.bc_coef > 0 or cfg.action_anchor > 0:
                 actor_loss = actor_loss + self._anchors(obs, batch, metrics)
                 actor_info["actor_loss"] = actor_loss.detach()
