@@ -70,6 +70,28 @@ def test_reader_reads_maniskill_replay_output_unchanged(tmp_path):
         read_episodes(tmp_path / "mp_t.h5")
 
 
+def test_failed_conversion_does_not_leak_into_the_next_episode(tmp_path):
+    """ManiSkill's replay (3.0.1), saving successes only, wrote a failed conversion's steps in front of the next saved
+    episode, which then started from the wrong seed's state (this pair: seed 1571595088's plan does not survive the
+    conversion to pd_ee_delta_pose on PushCube-v1). rlft converts every plan and filters with ``to_rlft_episode``."""
+    from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode, with_reset_obs
+    from rlft.envs.maniskill_env import make_maniskill_env
+
+    failing, good = 1571595088, 1458324992
+    path, stats = plan_and_convert("PushCube-v1", [failing, good], tmp_path, tag="pair")
+    assert [s["plan_success"] for s in stats] == [True, True]
+    converted = converted_episodes(path)
+    assert sorted(converted) == sorted([failing, good])
+    assert to_rlft_episode(converted[failing], 100)[1] == "timeout"  # dropped by rlft collect (only_success)
+    assert len(converted[good]) == stats[1]["plan_steps"]  # its own steps only
+    env = make_maniskill_env("PushCube-v1", max_episode_steps=100)
+    try:
+        with_reset_obs(converted[good], env.reset(seed=good)[0], good)  # raises if it starts from another state
+    finally:
+        env.close()
+    assert to_rlft_episode(converted[good], 100)[1] == "ok"
+
+
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ms") / "lift.h5"

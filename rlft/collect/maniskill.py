@@ -50,7 +50,9 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
     out = []
     for (index, seed), st in zip(attempts, stats):
         ep, why = None, "plan failed" if not st["plan_success"] else "replay failed"
-        if seed in converted:
+        if seed in converted and (keep_failures or converted[seed].success[-1]):
+            # ManiSkill's own rule for a conversion (--only-count-success: success at its last step); every plan is
+            # converted (rlft.envs.maniskill_demos says why), so the rule is applied here
             ep, why = to_rlft_episode(converted[seed], limit, REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0))
         st["status"] = why
         out.append((index, seed, ep, st["plan_seconds"] + st["convert_seconds"], st))

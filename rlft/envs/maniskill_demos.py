@@ -15,8 +15,12 @@ each episode at its first ``terminated`` step (ManiSkill terminates at success, 
 for training and evaluation ends it); the planner keeps moving after success (it lowers the peg and opens the
 gripper), and those steps are not part of the task MDP.
 
-Only successful plans are converted (``keep_failures`` keeps the others too), as ManiSkill's
-``--only-count-success``. Planning uses a generous time limit (``PLAN_LIMIT_FACTOR`` x rlft's) so a slow plan is
+Only plans the planner completed successfully are recorded (``keep_failures`` records the others too). Every
+recorded plan is converted, failed conversions included, and ``rlft collect`` drops the conversions that fail, as
+``--only-count-success`` would: ManiSkill's replay, asked to save successful conversions only, keeps a failed
+conversion's steps in its recorder and writes them in front of the next episode it saves (mani_skill 3.0.1:
+``replay_trajectory`` skips ``flush_trajectory(save=False)`` on failure), so that episode would start from another
+seed's state. Planning uses a generous time limit (``PLAN_LIMIT_FACTOR`` x rlft's) so a slow plan is
 finished and then reported as too long, not silently cut.
 """
 
@@ -91,7 +95,7 @@ def plan_and_convert(
         )
         if n_saved == 0:
             return None, stats
-        dt = _replay_to_state(raw_path, control_mode, reward_mode, keep_failures)
+        dt = _replay_to_state(raw_path, control_mode, reward_mode)
     for s in stats:
         s["convert_seconds"] = dt / len(stats)
     out = raw_path.with_name(f"{raw_path.stem}.state.{control_mode}.physx_cpu.h5")
@@ -168,8 +172,9 @@ def _plan_one(rec: Any, solve: Callable, seed: int, keep_failures: bool) -> tupl
     return stats, save
 
 
-def _replay_to_state(raw_path: Path, control_mode: str, reward_mode: str, keep_failures: bool) -> float:
-    """Convert the recorded plans with ManiSkill's replay (state obs, ``control_mode``, rewards); return seconds."""
+def _replay_to_state(raw_path: Path, control_mode: str, reward_mode: str) -> float:
+    """Convert the recorded plans with ManiSkill's replay (state obs, ``control_mode``, rewards); return seconds.
+    Every episode is saved, failed conversions too (``allow_failure``): the module docstring says why."""
     from mani_skill.trajectory import replay_trajectory
 
     t0 = time.perf_counter()
@@ -181,7 +186,7 @@ def _replay_to_state(raw_path: Path, control_mode: str, reward_mode: str, keep_f
         record_rewards=True,
         reward_mode=reward_mode,
         use_first_env_state=True,
-        allow_failure=keep_failures,
+        allow_failure=True,
         num_envs=1,
         sim_backend="physx_cpu",
         render_mode="rgb_array",
