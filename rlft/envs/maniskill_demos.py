@@ -65,6 +65,8 @@ def plan_and_convert(
     quiet: bool = True,
 ) -> tuple[Path | None, list[dict[str, Any]]]:
     """Motion-plan one episode per seed, then convert with ManiSkill's replay; return (converted .h5 or None, stats).
+    The file holds every recorded plan's conversion, failed ones too: a caller that wants ManiSkill's
+    ``--only-count-success`` keeps the episodes with ``success[-1]`` (as ``rlft collect`` does).
 
     ``stats[i]`` for ``seeds[i]``: ``seed``, ``plan_success`` (the planner's final step succeeded), ``plan_steps``,
     ``plan_seconds``, ``convert_seconds`` (the batch's conversion time split evenly).
