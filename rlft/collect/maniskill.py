@@ -41,6 +41,9 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
             env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit, keep_failures=keep_failures
         )
         converted = converted_episodes(path) if path is not None else {}
+    # ManiSkill's own rule for a conversion (--only-count-success: success at its last step); every plan is converted
+    # (rlft.envs.maniskill_demos says why), so the rule is applied here, before the episodes are used
+    converted = {s: ep for s, ep in converted.items() if keep_failures or ep.success[-1]}
     if converted:
         env = make_maniskill_env(env_id, max_episode_steps=limit)
         try:  # first observations as rlft's env gives them at reset (ManiSkill's replay carries stale contacts)
@@ -50,9 +53,7 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
     out = []
     for (index, seed), st in zip(attempts, stats):
         ep, why = None, "plan failed" if not st["plan_success"] else "replay failed"
-        if seed in converted and (keep_failures or converted[seed].success[-1]):
-            # ManiSkill's own rule for a conversion (--only-count-success: success at its last step); every plan is
-            # converted (rlft.envs.maniskill_demos says why), so the rule is applied here
+        if seed in converted:
             ep, why = to_rlft_episode(converted[seed], limit, REWARD_OFFSETS.get(DEFAULT_REWARD_MODE, 0.0))
         st["status"] = why
         out.append((index, seed, ep, st["plan_seconds"] + st["convert_seconds"], st))
