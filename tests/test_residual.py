@@ -296,6 +296,40 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
         Trainer(_stage(tmp_path, None, demos, base_policy=None, init_policy=str(path), base_mode="noise"), quiet=True)
 
 
+def test_residual_stage_trains_an_awac_actor(tmp_path, demos):
+    """The residual action space is not SAC's: AWAC (advantage-weighted likelihood of the executed deltas) trains the
+    residual from a zero start, on online and relabelled offline rows, and saves a composite over the frozen base."""
+    from rlft.train.runner import Trainer
+
+    base = flow_base()
+    base.save(tmp_path / "base.safetensors")
+    cfg = _stage(
+        tmp_path,
+        tmp_path / "base.safetensors",
+        demos,
+        algo="awac",
+        algo_cfg={
+            "batch_size": 16,
+            "utd_ratio": 2,
+            "warmup_steps": 20,
+            "offline_ratio": 0.5,
+            "num_critics": 2,
+            "critic_hidden_dims": [32],
+            "lam": 0.1,
+            "policy": {"kind": "gaussian", "hidden_dims": [32]},
+        },
+    )
+    tr = Trainer(cfg, quiet=True)
+    obs = torch.randn(4, O + A)
+    assert tr.algo.policy.act(obs).abs().max() == 0  # the first policy is the base
+    tr.run()
+    rows = [json.loads(x) for x in (tmp_path / "residual" / "metrics.jsonl").read_text().splitlines()]
+    assert any("actor/awr_weights_max" in r for r in rows)
+    loaded = load_policy(tmp_path / "residual" / "checkpoints" / "policy_final.safetensors")
+    assert isinstance(loaded, ResidualPolicy) and loaded.residual.act(obs).abs().max() > 0  # the actor moved
+    torch.testing.assert_close(loaded.base.act(torch.zeros(1, O)), base.act(torch.zeros(1, O)))  # base frozen
+
+
 def test_per_dimension_residual_bound_reaches_the_stage_from_yaml(tmp_path, demos):
     """``residual_dim_scale`` in a stage's config mapping (what its YAML loads to) sizes the stage's bound per
     dimension: residual_scale x multiplier x the dataset's action std; a multiplier list of the wrong length is
