@@ -27,6 +27,7 @@ from rlft.errors import ConfigError
 from rlft.policies import build_policy, load_policy
 from rlft.policies.config import PolicyConfig
 from rlft.policies.residual import ResidualPolicy, zero_output
+from rlft.train.logger import read_metrics
 
 torch.set_num_threads(1)
 SINGLE = "cube-single-singletask-v0"
@@ -225,7 +226,7 @@ def test_residual_sac_stage_end_to_end(tmp_path, demos):
     summary = tr.run()
     assert summary["steps"] == 60
     assert (tr.replay.chunk[: tr.replay.size] != 0).any()  # no ramp: the residual explores from the first step
-    rows = [json.loads(x) for x in (tmp_path / "residual" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "residual")
     assert any("critic/critic_loss" in r for r in rows)
     assert not any("actor/actor_loss" in r for r in rows if r["step"] <= 30)  # critic warm-up: the actor waits
     path = tmp_path / "residual" / "checkpoints" / "policy_final.safetensors"
@@ -323,7 +324,7 @@ def test_residual_stage_trains_an_awac_actor(tmp_path, demos):
     obs = torch.randn(4, O + A)
     assert tr.algo.policy.act(obs).abs().max() == 0  # the first policy is the base
     tr.run()
-    rows = [json.loads(x) for x in (tmp_path / "residual" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "residual")
     assert any("actor/awr_weights_max" in r for r in rows)
     loaded = load_policy(tmp_path / "residual" / "checkpoints" / "policy_final.safetensors")
     assert isinstance(loaded, ResidualPolicy) and loaded.residual.act(obs).abs().max() > 0  # the actor moved
@@ -397,7 +398,7 @@ def test_shipped_conservative_residual_config_trains_a_composite(tmp_path, demos
     d["algo_cfg"]["policy"]["hidden_dims"] = [32]
     summary = Trainer(train_config_from_dict(d, "test"), quiet=True).run()
     assert summary["steps"] == 60
-    rows = [json.loads(x) for x in (tmp_path / "cons" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "cons")
     assert any("critic/cql_penalty" in r for r in rows)
     assert not any("actor/actor_loss" in r for r in rows if r["step"] <= 40)  # frozen until env step 20 + 30
     assert any("actor/actor_loss" in r for r in rows if r["step"] > 50)
