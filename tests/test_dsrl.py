@@ -612,13 +612,13 @@ def test_pipeline_ends_with_dsrl_and_distils_the_steered_policy(tmp_path):
         f"  - {{name: bc, config: {cfg_dir}/bc.yaml, overrides: {{steps: 5}}}}\n"
         f"  - {{name: stage2, config: {cfg_dir}/stage2_online.yaml, base_from_previous: true,\n"
         "     overrides: {steps: 60, algo_cfg: {warmup_steps: 30, utd_ratio: 1, batch_size: 8}}}\n"
-        f"  - {{name: distil, config: {cfg_dir}/bc.yaml, distil_episodes: 2, distil_only_success: false,\n"
+        f"  - {{name: distil, config: {cfg_dir}/bc.yaml, rollout_episodes: 2, rollout_only_success: false,\n"
         "     overrides: {steps: 5}}\n"
     )
     assert main(["pipeline", "--config", str(cfg), "--out-dir", str(tmp_path), "--name", "d", "--quiet"]) == 0
     res = json.loads((tmp_path / "d" / "pipeline_summary.json").read_text())
     assert [r["stage"] for r in res["stages"]] == ["collect", "bc", "stage2", "distil data", "distil"]
-    assert res["stages"][3]["algo"] == "rollouts of stage2"
+    assert res["stages"][3]["algo"].startswith("rollouts of stage2: 2 of 2 kept")
     eps, meta = read_episodes(tmp_path / "d" / "data" / "distil-rollouts.h5")
     assert len(eps) == 2 and meta["source"]["policy_class"] == "SteeredFlowPolicy"
     assert meta["source"]["policy"].endswith("stage2/checkpoints/policy_final.safetensors")

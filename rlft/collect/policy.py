@@ -39,7 +39,7 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
         family.prepare()  # once here: the spawned workers inherit it (ManiSkill's Vulkan environment)
     console = Console(stderr=True, quiet=not cfg.progress)
     t0 = time.time()
-    kept, attempts = _rollout_rounds(
+    kept, attempts, lengths = _rollout_rounds(
         cfg, policy, extra.get("gamma", 0.99), obs_horizon, n_workers, max_attempts, keep_failures, console
     )
     elapsed = time.time() - t0
@@ -53,13 +53,14 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     info["obs_dim"] = int(episodes[0].obs.shape[1])
     attempted = sorted(attempts)[: max(order) + 1]
     source = _policy_source(cfg, policy, attempts, attempted, keep_failures)
+    source["env_steps"] = sum(lengths[i] for i in attempted)
     episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
     write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
     n_tr = sum(len(e) for e in episodes)
     console.print(
         f"[bold green]wrote[/] {out}: {len(episodes)} rollouts, {n_tr} transitions, mean length "
         f"{n_tr / len(episodes):.1f}; attempt success {source['success_rate']:.2f} "
-        f"({len(attempted)} attempts), {elapsed:.1f}s wall with {n_workers} worker(s)"
+        f"({len(attempted)} attempts, {source['env_steps']} env steps), {elapsed:.1f}s wall with {n_workers} worker(s)"
     )
     return out
 
@@ -133,12 +134,14 @@ def _rollout_rounds(
     max_attempts: int,
     keep_failures: bool,
     console: Console,
-) -> tuple[dict[int, tuple[int, Episode]], dict[int, bool]]:
-    """Roll out attempts in rounds until enough are kept; return (kept: index -> (seed, episode), index -> success)."""
+) -> tuple[dict[int, tuple[int, Episode]], dict[int, bool], dict[int, int]]:
+    """Roll out attempts in rounds until enough are kept; return (kept: index -> (seed, episode), index -> success,
+    index -> episode length in env steps)."""
     from rlft.rollout import rollout_episodes
 
     kept: dict[int, tuple[int, Episode]] = {}
     attempts: dict[int, bool] = {}
+    lengths: dict[int, int] = {}
     with console.status(f"collect rollouts of {cfg.policy}") as status:
         while len(kept) < cfg.num_episodes and len(attempts) < max_attempts:
             start = len(attempts)  # a round asks for what is missing, at least 4 per worker
@@ -155,11 +158,11 @@ def _rollout_rounds(
                 n_workers,
             ):
                 i = seed_of[res.seed]
-                attempts[i] = res.success_once
+                attempts[i], lengths[i] = res.success_once, res.length
                 if keep_failures or res.success_once:
                     kept[i] = (res.seed, ep)
             status.update(
                 f"collect rollouts: {min(len(kept), cfg.num_episodes)}/{cfg.num_episodes} kept, success "
                 f"{sum(attempts.values())}/{len(attempts)} attempts"
             )
-    return kept, attempts
+    return kept, attempts, lengths

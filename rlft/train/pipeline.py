@@ -37,7 +37,7 @@ from rich.table import Table
 
 from rlft.collect import CollectConfig, run_collect
 from rlft.config import read_yaml, save_yaml, to_dict
-from rlft.data.h5io import merge_datasets
+from rlft.data.h5io import merge_datasets, sidecar_path
 from rlft.errors import ConfigError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
 from rlft.train.runner import run_train
@@ -68,12 +68,20 @@ class StageSpec:
     base_from_previous: bool = False
     """Steer the previous stage's policy instead of continuing it (DSRL): this stage's ``base_policy`` is the previous
     stage's handed-off policy and it starts a fresh latent actor (no ``init_policy``)."""
-    distil_episodes: int = 0
-    """Distillation: > 0 rolls the previous stage's policy out (deterministic actions) until this many episodes are
-    kept (``rlft collect --mode policy``) and trains this stage on those rollouts instead of the pipeline's dataset,
-    from a fresh policy of ``policy_kind`` (e.g. a ``bc`` stage after DSRL: a standalone flow policy)."""
-    distil_only_success: bool = True
-    """Distillation: keep only the successful rollouts (False: every rollout)."""
+    rollout_episodes: int = 0
+    """> 0: before this stage, roll the previous stage's policy out (deterministic actions) until this many episodes
+    are kept (``rlft collect --mode policy``; reset seeds from ``seed + 1000 x stage index``, so they differ from the
+    demos' and from every other stage's). The stage starts a fresh policy of ``policy_kind`` and trains on those
+    rollouts alone (distillation, e.g. a ``bc`` stage after DSRL: a standalone flow policy), or, with
+    ``rollouts_into_dataset``, on the dataset they join."""
+    rollout_only_success: bool = True
+    """Keep only the successful rollouts (False: every rollout)."""
+    rollouts_into_dataset: bool = False
+    """Self-imitation: append the kept rollouts to the pipeline's dataset, for this stage and every later one, instead
+    of training on them alone. With successful rollouts only, the policy imitates its own successes next to the demos
+    (filtered behaviour cloning of the policy's own data: Oh et al. 2018, "Self-Imitation Learning"; the
+    self-improvement loop of Bousmalis et al. 2023, "RoboCat"); repeated, each round adds the successes of a better
+    policy."""
 
 
 @dataclasses.dataclass
@@ -155,7 +163,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 def _parse_stages(cfg: PipelineConfig) -> list[dict]:
     """Every stage's YAML merged with its overrides and parsed now, so a typo fails before minutes of collection."""
     first = cfg.stages[0] if cfg.stages else None
-    for flag in ("inherit_critic", "base_from_previous", "distil_episodes"):
+    for flag in ("inherit_critic", "base_from_previous", "rollout_episodes"):
         if first is not None and getattr(first, flag):
             raise ConfigError(f"stages[0].{flag}: the first stage ({first.name}) has no previous stage")
     stage_dicts = []
@@ -169,9 +177,9 @@ def _parse_stages(cfg: PipelineConfig) -> list[dict]:
 def _handoff(st: StageSpec, prev_policy: str | None, prev_state: str | None) -> dict:
     """What a stage takes from the one before, by kind: a continued stage starts from its policy (and, with
     ``inherit_critic``, its critics); a steering stage (``base_from_previous``: DSRL, residual RL) trains a fresh actor
-    through it as the frozen base policy; a distillation stage (``distil_episodes``) and the first stage start
-    fresh."""
-    fresh = prev_policy is None or st.base_from_previous or st.distil_episodes > 0
+    through it as the frozen base policy; a stage trained on rollouts (``rollout_episodes``: distillation,
+    self-imitation) and the first stage start fresh."""
+    fresh = prev_policy is None or st.base_from_previous or st.rollout_episodes > 0
     return {
         "init_policy": None if fresh else prev_policy,
         **({"base_policy": prev_policy} if st.base_from_previous else {}),
@@ -179,30 +187,43 @@ def _handoff(st: StageSpec, prev_policy: str | None, prev_state: str | None) -> 
     }
 
 
-def _distil_data(
-    cfg: PipelineConfig, st: StageSpec, prev: StageSpec, prev_policy: str, run_dir: Path
-) -> tuple[str, dict]:
-    """A distillation stage's data: rollouts of the previous stage's policy (``rlft collect --mode policy``)."""
+def _rollout_data(
+    cfg: PipelineConfig, index: int, prev_policy: str, run_dir: Path, dataset: str
+) -> tuple[str, str, dict]:
+    """Stage ``index``'s rollouts of the previous stage's policy (``rlft collect --mode policy``). Returns (this
+    stage's data, the pipeline's dataset from now on, the table row); with ``rollouts_into_dataset`` both are the
+    dataset grown by the rollouts, otherwise the rollouts alone and the unchanged dataset."""
+    st, prev = cfg.stages[index], cfg.stages[index - 1]
     tc = time.time()
-    n = max(1, round(st.distil_episodes * cfg.budget_scale))
+    n = max(1, round(st.rollout_episodes * cfg.budget_scale))
     console.rule(escape(f"stage {st.name}: {n} rollouts of {prev.name}'s policy"))
-    path = str(
-        run_collect(
-            CollectConfig(
-                env_id=cfg.env.env_id,
-                mode="policy",
-                policy=prev_policy,
-                num_episodes=n,
-                seed=cfg.seed,
-                max_episode_steps=cfg.env.max_episode_steps,
-                only_success=st.distil_only_success,
-                num_workers=cfg.eval.num_workers,
-                out=str(run_dir / "data" / f"{st.name}-rollouts.h5"),
-                progress=not cfg.quiet,
-            )
+    data_dir = run_dir / "data"
+    rollouts = run_collect(
+        CollectConfig(
+            env_id=cfg.env.env_id,
+            mode="policy",
+            policy=prev_policy,
+            num_episodes=n,
+            seed=cfg.seed + 1000 * index,
+            max_episode_steps=cfg.env.max_episode_steps,
+            only_success=st.rollout_only_success,
+            num_workers=cfg.eval.num_workers,
+            out=str(data_dir / f"{st.name}-rollouts.h5"),
+            progress=not cfg.quiet,
         )
     )
-    return path, {"stage": f"{st.name} data", "algo": f"rollouts of {prev.name}", "wall_s": time.time() - tc}
+    src = json.loads(sidecar_path(rollouts).read_text())["source"]
+    row = {
+        "stage": f"{st.name} data",
+        "algo": f"rollouts of {prev.name}: {n} of {src['num_attempts']} kept, {src['env_steps']} env steps",
+        "wall_s": time.time() - tc,
+        "env_steps": src["env_steps"],
+        "attempt_success": src["success_rate"],
+    }
+    if not st.rollouts_into_dataset:
+        return str(rollouts), dataset, row
+    grown = str(merge_datasets([Path(dataset), rollouts], data_dir / f"{st.name}-dataset.h5"))
+    return grown, grown, row
 
 
 def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handoff: dict, run_dir: Path):
@@ -278,8 +299,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     prev_policy, prev_state = None, None
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
         data = dataset
-        if st.distil_episodes > 0:
-            data, row = _distil_data(cfg, st, cfg.stages[i - 1], prev_policy, run_dir)
+        if st.rollout_episodes > 0:
+            data, dataset, row = _rollout_data(cfg, i, prev_policy, run_dir, dataset)
             rows.append(row)
         tcfg = _stage_config(cfg, st, d, data, _handoff(st, prev_policy, prev_state), run_dir)
         console.rule(escape(f"stage {st.name}: {tcfg.algo} ({tcfg.mode}, {tcfg.steps} steps)"))
