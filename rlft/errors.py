@@ -27,3 +27,7 @@ class EnvError(RlftError):
 
 class TrainingError(RlftError):
     """Training diverged (e.g. a loss became NaN); the message names the metric and step."""
+
+
+class NoSuccessError(RlftError):
+    """A collection that keeps successful episodes only found none in all its attempts."""

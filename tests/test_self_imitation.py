@@ -76,3 +76,27 @@ def test_rollouts_alone_leave_the_dataset_to_later_stages(tmp_path):
     assert _stage_dataset(run, "si_offline").endswith("source0-demos.h5")
     assert not (run / "data" / "si_bc-dataset.h5").exists()
     assert res["dataset"].endswith("source0-demos.h5")
+
+
+def test_a_policy_without_successes_stops_the_pipeline_at_that_stage(tmp_path):
+    import pytest
+
+    from rlft.errors import NoSuccessError
+    from rlft.train.pipeline import load_pipeline_config, run_pipeline
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"env: {{env_id: {SINGLE}, act_horizon: 4, max_episode_steps: 10}}\n"
+        "collect: {mode: demos, num_episodes: 2, num_workers: 1}\n"
+        "eval: {num_episodes: 0, num_workers: 1}\n"
+        "policy_kind: flow\n"
+        f"out_dir: {tmp_path}\nname: p\nquiet: true\n"
+        "stages:\n"
+        f"  - {{name: bc, config: {CFG_DIR}/bc.yaml, overrides: {{steps: 2}}}}\n"
+        f"  - {{name: si_bc, config: {CFG_DIR}/bc.yaml, rollout_episodes: 1, rollouts_into_dataset: true}}\n"
+    )
+    with pytest.raises(NoSuccessError, match=r"stages\[1\] \(si_bc\), rollouts of bc's policy: .* 13 attempts"):
+        run_pipeline(load_pipeline_config(cfg))
+    run = tmp_path / "p"
+    assert not (run / "data" / "si_bc-rollouts.h5").exists() and not (run / "si_bc").exists()
+    assert not (run / "pipeline_summary.json").exists()

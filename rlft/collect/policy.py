@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
 from rlft.data.episodes import Episode
-from rlft.errors import ConfigError, RlftError
+from rlft.errors import ConfigError, NoSuccessError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,7 +44,7 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     )
     elapsed = time.time() - t0
     if not kept:
-        raise RlftError(
+        raise NoSuccessError(
             f"collect: no successful rollout of {cfg.policy} in {len(attempts)} attempts on "
             f"{cfg.env_id}; set only_success=false to keep failures"
         )

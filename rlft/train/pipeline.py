@@ -38,7 +38,7 @@ from rich.table import Table
 from rlft.collect import CollectConfig, run_collect
 from rlft.config import read_yaml, save_yaml, to_dict
 from rlft.data.h5io import merge_datasets, sidecar_path
-from rlft.errors import ConfigError
+from rlft.errors import ConfigError, NoSuccessError
 from rlft.train.config import EnvConfig, EvalConfig, train_config_from_dict
 from rlft.train.runner import run_train
 from rlft.train.trials import RayOptions
@@ -198,20 +198,10 @@ def _rollout_data(
     n = max(1, round(st.rollout_episodes * cfg.budget_scale))
     console.rule(escape(f"stage {st.name}: {n} rollouts of {prev.name}'s policy"))
     data_dir = run_dir / "data"
-    rollouts = run_collect(
-        CollectConfig(
-            env_id=cfg.env.env_id,
-            mode="policy",
-            policy=prev_policy,
-            num_episodes=n,
-            seed=cfg.seed + 1000 * index,
-            max_episode_steps=cfg.env.max_episode_steps,
-            only_success=st.rollout_only_success,
-            num_workers=cfg.eval.num_workers,
-            out=str(data_dir / f"{st.name}-rollouts.h5"),
-            progress=not cfg.quiet,
-        )
-    )
+    try:
+        rollouts = _collect_rollouts(cfg, st, index, prev_policy, n, data_dir)
+    except NoSuccessError as e:
+        raise NoSuccessError(f"stages[{index}] ({st.name}), rollouts of {prev.name}'s policy: {e}") from None
     src = json.loads(sidecar_path(rollouts).read_text())["source"]
     row = {
         "stage": f"{st.name} data",
@@ -224,6 +214,24 @@ def _rollout_data(
         return str(rollouts), dataset, row
     grown = str(merge_datasets([Path(dataset), rollouts], data_dir / f"{st.name}-dataset.h5"))
     return grown, grown, row
+
+
+def _collect_rollouts(cfg: PipelineConfig, st: StageSpec, index: int, policy: str, n: int, data_dir: Path) -> Path:
+    """``rlft collect --mode policy`` for stage ``index``: its reset seeds from ``seed + 1000 x index``."""
+    return run_collect(
+        CollectConfig(
+            env_id=cfg.env.env_id,
+            mode="policy",
+            policy=policy,
+            num_episodes=n,
+            seed=cfg.seed + 1000 * index,
+            max_episode_steps=cfg.env.max_episode_steps,
+            only_success=st.rollout_only_success,
+            num_workers=cfg.eval.num_workers,
+            out=str(data_dir / f"{st.name}-rollouts.h5"),
+            progress=not cfg.quiet,
+        )
+    )
 
 
 def _stage_config(cfg: PipelineConfig, st: StageSpec, d: dict, data: str, handoff: dict, run_dir: Path):
