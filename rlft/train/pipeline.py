@@ -202,10 +202,12 @@ def _rollout_data(
         rollouts = _collect_rollouts(cfg, st, index, prev_policy, n, data_dir)
     except NoSuccessError as e:
         raise NoSuccessError(f"stages[{index}] ({st.name}), rollouts of {prev.name}'s policy: {e}") from None
-    src = json.loads(sidecar_path(rollouts).read_text())["source"]
+    meta = json.loads(sidecar_path(rollouts).read_text())
+    src = meta["source"]
     row = {
         "stage": f"{st.name} data",
-        "algo": f"rollouts of {prev.name}: {n} of {src['num_attempts']} kept, {src['env_steps']} env steps",
+        "algo": f"rollouts of {prev.name}: {len(meta['episodes'])} of {src['num_attempts']} kept, "
+        f"{src['env_steps']} env steps",
         "wall_s": time.time() - tc,
         "env_steps": src["env_steps"],
         "attempt_success": src["success_rate"],
