@@ -30,4 +30,8 @@ class TrainingError(RlftError):
 
 
 class NoSuccessError(RlftError):
-    """A collection that keeps successful episodes only found none in all its attempts."""
+    """A collection that keeps successful episodes only found none in all its ``attempts``."""
+
+    def __init__(self, message: str, attempts: int = 0):
+        super().__init__(message)
+        self.attempts = attempts

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
 from rlft.data.episodes import Episode
-from rlft.errors import ConfigError, RlftError
+from rlft.errors import ConfigError, NoSuccessError
 from rlft.utils import exit_with_parent
 
 if TYPE_CHECKING:
@@ -84,7 +84,9 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
     kept, statuses, plan_ok, ep_seconds = _run_batches(cfg, jobs, n_workers, keep_failures, console)
     elapsed = time.time() - t0
     if not kept:
-        raise RlftError(f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}")
+        raise NoSuccessError(
+            f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}", len(statuses)
+        )
     order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
     attempted = sorted(statuses)[: max(order) + 1] if order else []
     info = {

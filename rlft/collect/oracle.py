@@ -29,7 +29,7 @@ from rlft.collect.common import (
 )
 from rlft.config import check_choices
 from rlft.data.episodes import Episode
-from rlft.errors import ConfigError, RlftError
+from rlft.errors import ConfigError, NoSuccessError
 from rlft.utils import exit_with_parent
 
 if TYPE_CHECKING:
@@ -194,9 +194,10 @@ def run_collect_oracle(cfg: CollectConfig) -> Path:
     kept, attempts, steps, ep_seconds = _collect_attempts(cfg, r, n_workers, max_attempts, keep_failures, console)
     elapsed = time.time() - t0
     if not kept:
-        raise RlftError(
+        raise NoSuccessError(
             f"collect: no successful episode in {len(attempts)} attempts on {r.env_id} "
-            f"(action_noise={r.action_noise}); lower the noise or set only_success=false"
+            f"(action_noise={r.action_noise}); lower the noise or set only_success=false",
+            len(attempts),
         )
     order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "episodes")
 

@@ -46,14 +46,15 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
     if not kept:
         raise NoSuccessError(
             f"collect: no successful rollout of {cfg.policy} in {len(attempts)} attempts on "
-            f"{cfg.env_id}; set only_success=false to keep failures"
+            f"{cfg.env_id}; set only_success=false to keep failures",
+            len(attempts),
         )
     order, episodes = first_kept(kept, cfg.num_episodes, len(attempts), console, "rollouts")
     info.pop("obs_horizon", None)  # stored observations are unstacked
     info["obs_dim"] = int(episodes[0].obs.shape[1])
-    attempted = sorted(attempts)[: max(order) + 1]
+    attempted = attempts_counted(attempts, order, cfg.num_episodes)
     source = _policy_source(cfg, policy, attempts, attempted, keep_failures)
-    source["env_steps"] = sum(lengths[i] for i in attempted)
+    source["env_steps"] = sum(lengths.values())
     episode_info = [{"episode_seed": kept[i][0], "attempt_index": i} for i in order]
     write_episodes(out, episodes, info, extra=source, episode_info=episode_info)
     n_tr = sum(len(e) for e in episodes)
@@ -63,6 +64,15 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
         f"({len(attempted)} attempts, {source['env_steps']} env steps), {elapsed:.1f}s wall with {n_workers} worker(s)"
     )
     return out
+
+
+def attempts_counted(attempts: dict[int, bool], order: list[int], num_episodes: int) -> list[int]:
+    """The attempts a collection's success rate counts: those up to its last kept episode when it kept all
+    ``num_episodes`` it asked for (the attempts after it ran only because rounds run in parallel), every attempt
+    when it ran out of attempts first."""
+    if len(order) < num_episodes:
+        return sorted(attempts)
+    return sorted(attempts)[: max(order) + 1]
 
 
 def _policy_source(

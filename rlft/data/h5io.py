@@ -412,12 +412,33 @@ def load_dataset(path: str | os.PathLike, **kwargs: Any) -> tuple[list[Episode],
 
 
 def merge_datasets(paths: list[Path], out: Path) -> Path:
-    """Concatenate the episodes of several dataset files into ``out`` (atomically); the sidecar lists the sources."""
-    episodes, metas, env_info = [], [], None
-    for p in paths:
+    """Concatenate the episodes of several dataset files of one environment into ``out`` (atomically); the sidecar
+    lists the sources, and each episode keeps its reset seed (``episode_seed``, where its source recorded one) and
+    says which source it came from (``source_index``)."""
+    episodes, metas, infos, env_info = [], [], [], None
+    for k, p in enumerate(paths):
         eps, meta = read_episodes(p)
+        env_info = _check_mergeable(p, meta.get("env_info", {}), env_info, paths[0])
+        entries = meta.get("episodes") or [{} for _ in eps]
         episodes += eps
-        env_info = env_info if env_info is not None else meta.get("env_info", {})
+        infos += [{**{key: e[key] for key in ("episode_seed",) if key in e}, "source_index": k} for e in entries]
         metas.append({"path": str(p), "episodes": len(eps), "source": meta.get("source")})
-    write_episodes(out, episodes, env_info, extra={"merged_from": metas})
+    write_episodes(out, episodes, env_info, extra={"merged_from": metas}, episode_info=infos)
     return out
+
+
+def _check_mergeable(path: Path, info: dict[str, Any], first: dict[str, Any] | None, first_path: Path) -> dict:
+    """The merged file's env_info (the first file's); refuses a file of another env or control mode."""
+    if first is None:
+        return info
+    for key, a, b in (
+        ("env_id", info.get("env_id"), first.get("env_id")),
+        (
+            "control_mode",
+            info.get("env_kwargs", {}).get("control_mode"),
+            first.get("env_kwargs", {}).get("control_mode"),
+        ),
+    ):
+        if a is not None and b is not None and a != b:
+            raise DatasetError(f"{path}: {key} {a!r}, but {first_path} has {b!r}; merge datasets of one environment")
+    return first

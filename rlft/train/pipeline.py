@@ -12,7 +12,10 @@ The pipeline YAML names the stage configs (ordinary ``rlft train`` YAMLs) and wh
 For every stage the pipeline sets ``env``, ``run.seed``, ``run.out_dir``/``run.name`` (inside the pipeline's run
 directory), ``dataset`` (the collected file) and ``init_policy`` (the previous stage's ``policy_<handoff>``); the
 stage's ``overrides`` are merged into its YAML before strict parsing. A stage with ``base_from_previous`` (DSRL's
-stage 1) gets the previous stage's policy as ``base_policy`` instead, and a fresh latent actor. The result is a table
+stage 1) gets the previous stage's policy as ``base_policy`` instead, and a fresh latent actor. A stage with
+``rollout_episodes`` first rolls the previous stage's policy out and trains a fresh policy on those rollouts
+(distillation) or, with ``rollouts_into_dataset``, on the dataset they join (self-imitation; every later stage
+trains on the grown dataset). The result is a table
 of success after each stage, also written to ``results.md`` and ``pipeline_summary.json``.
 
 Deploy gate (``rlft.train.gate``): every stage is evaluated on the same fixed seeds; the stage with the highest
@@ -58,6 +61,13 @@ class StageSpec:
         from rlft.config import check_dir_name
 
         check_dir_name(self.name, "stages[].name")
+        if self.rollout_episodes < 0:
+            raise ConfigError(f"stages[{self.name}].rollout_episodes: >= 0, got {self.rollout_episodes}")
+        if self.rollout_episodes == 0 and (self.rollouts_into_dataset or not self.rollout_only_success):
+            raise ConfigError(
+                f"stages[{self.name}]: rollouts_into_dataset and rollout_only_success act on the stage's rollouts; "
+                "set rollout_episodes > 0"
+            )
 
     config: str
     """Path of the stage's ``rlft train`` YAML (relative paths are resolved against the pipeline YAML's folder)."""
@@ -166,6 +176,12 @@ def _parse_stages(cfg: PipelineConfig) -> list[dict]:
     for flag in ("inherit_critic", "base_from_previous", "rollout_episodes"):
         if first is not None and getattr(first, flag):
             raise ConfigError(f"stages[0].{flag}: the first stage ({first.name}) has no previous stage")
+    joining = [st.name for st in cfg.stages if st.rollouts_into_dataset]
+    if joining and cfg.dataset and Path(cfg.dataset).suffix != ".h5":
+        raise ConfigError(
+            f"dataset: stage {joining[0]} appends its rollouts to the dataset, which must then be an rlft .h5 file; "
+            f"{cfg.dataset} is not"
+        )
     stage_dicts = []
     for st in cfg.stages:
         d = _deep_merge(read_yaml(st.config), st.overrides)
@@ -201,16 +217,20 @@ def _rollout_data(
     try:
         rollouts = _collect_rollouts(cfg, st, index, prev_policy, n, data_dir)
     except NoSuccessError as e:
-        raise NoSuccessError(f"stages[{index}] ({st.name}), rollouts of {prev.name}'s policy: {e}") from None
+        raise NoSuccessError(
+            f"stages[{index}] ({st.name}): no successful rollout of {prev.name}'s policy in {e.attempts} attempts "
+            f"on {cfg.env.env_id}: nothing to learn from (rollout_only_success: false keeps failures too)",
+            e.attempts,
+        ) from None
     meta = json.loads(sidecar_path(rollouts).read_text())
-    src = meta["source"]
     row = {
         "stage": f"{st.name} data",
-        "algo": f"rollouts of {prev.name}: {len(meta['episodes'])} of {src['num_attempts']} kept, "
-        f"{src['env_steps']} env steps",
+        "algo": f"rollouts of {prev.name}",
         "wall_s": time.time() - tc,
-        "env_steps": src["env_steps"],
-        "attempt_success": src["success_rate"],
+        "kept": len(meta["episodes"]),
+        "attempts": meta["source"]["num_attempts"],
+        "attempt_success": meta["source"]["success_rate"],
+        "env_steps": meta["source"]["env_steps"],
     }
     if not st.rollouts_into_dataset:
         return str(rollouts), dataset, row
@@ -286,6 +306,7 @@ def _stage_row(st: StageSpec, tcfg, summary: dict) -> dict:
         "wall_s": summary["wall_s"],
         "run_dir": summary["run_dir"],
         "policy": str(Path(summary["run_dir"]) / "checkpoints" / "policy_final.safetensors"),
+        "dataset": tcfg.dataset,
     }
 
 
@@ -306,6 +327,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             [cfg.collect, *cfg.also_collect], cfg.env.env_id, cfg.seed, run_dir / "data", cfg.budget_scale
         )
         rows.append({"stage": "collect", "algo": f"expert ({label})", "wall_s": time.time() - tc})
+    first_dataset = dataset
     prev_policy, prev_state = None, None
     for i, (st, d) in enumerate(zip(cfg.stages, stage_dicts)):
         data = dataset
@@ -318,11 +340,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         rows.append(_stage_row(st, tcfg, summary))
         prev_policy = str(Path(summary["run_dir"]) / "checkpoints" / f"policy_{cfg.handoff}.safetensors")
         prev_state = str(Path(summary["run_dir"]) / "checkpoints" / "state.pt")
-    return _finish(cfg, run_dir, rows, dataset, prev_policy, time.time() - t0)
+    return _finish(cfg, run_dir, rows, (first_dataset, dataset), prev_policy, time.time() - t0)
 
 
 def _finish(
-    cfg: PipelineConfig, run_dir: Path, rows: list[dict], dataset: str, final_policy: str | None, wall_s: float
+    cfg: PipelineConfig,
+    run_dir: Path,
+    rows: list[dict],
+    datasets: tuple[str, str],
+    final_policy: str | None,
+    wall_s: float,
 ) -> dict:
     """The deploy gate, then pipeline_summary.json, results.md and the printed table."""
     import resource
@@ -336,7 +363,8 @@ def _finish(
         "run_dir": str(run_dir),
         "env_id": cfg.env.env_id,
         "seed": cfg.seed,
-        "dataset": dataset,
+        "dataset": datasets[0],
+        "final_dataset": datasets[1],
         "stages": rows,
         "wall_s": wall_s,
         "final_policy": final_policy,
@@ -446,7 +474,7 @@ def results_markdown(result: dict) -> str:
                 f"{r['success_at_end']:.2f} | {r['return']:.1f} | {r['wall_s']:.0f} | {_mark(r)} |"
             )
         else:
-            lines.append(f"| {r['stage']} | {r['algo']} | | | | | {r['wall_s']:.0f} | |")
+            lines.append(f"| {r['stage']} | {_algo_label(r)} | | | | | {r['wall_s']:.0f} | |")
     for reg in result.get("regressions", []):
         lo, hi = reg["interval"]
         lines.append(
@@ -479,7 +507,7 @@ def print_results(result: dict) -> None:
                 _mark(r),
             )
         else:
-            t.add_row(escape(r["stage"]), escape(r["algo"]), "", "", "", "", f"{r['wall_s']:.0f}", "")
+            t.add_row(escape(r["stage"]), escape(_algo_label(r)), "", "", "", "", f"{r['wall_s']:.0f}", "")
     console.print(t)
     _print_regressions(result)
     if result.get("deployed_policy"):
@@ -487,6 +515,13 @@ def print_results(result: dict) -> None:
             f"deployed: stage [bold]{escape(result['deployed'])}[/bold] -> {escape(str(result['deployed_policy']))}"
         )
     console.print(f"total {result['wall_s']:.0f} s; everything is in [bold]{escape(str(result['run_dir']))}[/bold]")
+
+
+def _algo_label(r: dict) -> str:
+    """A table row's algo cell; a rollouts row adds what it kept and the env steps it took."""
+    if "env_steps" not in r:
+        return r["algo"]
+    return f"{r['algo']}: {r['kept']} of {r['attempts']} kept, {r['env_steps']} env steps"
 
 
 def _interval(r: dict) -> str:
