@@ -62,6 +62,15 @@ def test_gate_on_measured_stage_results():
     # BC 0.64, IQL 0.69, residual 0.91: online ships, no regression
     g = gate(_rows(("bc", 64, 100), ("offline", 69, 100), ("online", 91, 100)))
     assert g["deployed"] == "online" and g["regressions"] == []
+    # 2026-12-07 (docs/notebook/benchmarks.md §35), PickCube with two self-imitation rounds, seed 0: BC 0.12, IQL 0.30,
+    # round 1 BC 0.42 / IQL 0.61, round 2 BC 0.31 / IQL 0.67: round 2's IQL ships; round 2's BC stage, below round
+    # 1's IQL stage beyond the interval, is reported (as the pipeline printed) and never deployed
+    g = gate(
+        _rows(("bc", 12, 100), ("offline", 30, 100), ("si1_bc", 42, 100), ("si1", 61, 100))
+        + _rows(("si2_bc", 31, 100), ("si2", 67, 100))
+    )
+    assert g["deployed"] == "si2" and [(r["stage"], r["from"]) for r in g["regressions"]] == [("si2_bc", "si1")]
+    assert g["regressions"][0]["interval"] == pytest.approx((-0.42, -0.16), abs=0.006)
     # a tie goes to the later (more trained) stage; an unevaluated stage takes no part
     g = gate(_rows(("bc", 30, 100), ("offline", 30, 100)) + [{"stage": "x", "episodes": 0}])
     assert g["deployed"] == "offline" and "x" not in g["intervals"]
