@@ -119,7 +119,7 @@ def test_a_policy_without_successes_stops_the_pipeline_at_that_stage(tmp_path):
 
 
 def test_the_attempts_a_collection_counts():
-    from rlft.collect.policy import attempts_counted
+    from rlft.collect.common import attempts_counted
 
     attempts = dict.fromkeys(range(8), False) | {1: True, 4: True, 5: True}
     # enough kept: the attempts up to the last kept one (6 and 7 ran in the same parallel round)

@@ -97,3 +97,12 @@ def first_kept(kept: dict[int, tuple[int, Episode]], n: int, n_attempts: int, co
             f"(asked for {n}); writing those"
         )
     return order, [kept[i][1] for i in order]
+
+
+def attempts_counted(attempts: dict, order: list[int], num_episodes: int) -> list[int]:
+    """The attempts a collection's success rate counts: those up to its last kept episode when it kept all
+    ``num_episodes`` it asked for (the attempts after it ran only because rounds run in parallel), every attempt
+    when it ran out of attempts first."""
+    if len(order) < num_episodes:
+        return sorted(attempts)
+    return sorted(attempts)[: max(order) + 1]

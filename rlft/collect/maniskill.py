@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
+from rlft.collect.common import CollectConfig, attempts_counted, checked_out, episode_seed, first_kept
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, NoSuccessError
 from rlft.utils import exit_with_parent
@@ -88,7 +88,7 @@ def run_collect_maniskill(cfg: CollectConfig) -> Path:
             f"collect: no successful motion-planned episode in {len(statuses)} attempts on {cfg.env_id}", len(statuses)
         )
     order, episodes = first_kept(kept, cfg.num_episodes, len(statuses), console, "episodes")
-    attempted = sorted(statuses)[: max(order) + 1] if order else []
+    attempted = attempts_counted(statuses, order, cfg.num_episodes)
     info = {
         **info,
         "env_kwargs": {

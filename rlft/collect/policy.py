@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlft.collect.common import CollectConfig, checked_out, episode_seed, first_kept
+from rlft.collect.common import CollectConfig, attempts_counted, checked_out, episode_seed, first_kept
 from rlft.data.episodes import Episode
 from rlft.errors import ConfigError, NoSuccessError
 
@@ -64,15 +64,6 @@ def run_collect_policy(cfg: CollectConfig) -> Path:
         f"({len(attempted)} attempts, {source['env_steps']} env steps), {elapsed:.1f}s wall with {n_workers} worker(s)"
     )
     return out
-
-
-def attempts_counted(attempts: dict[int, bool], order: list[int], num_episodes: int) -> list[int]:
-    """The attempts a collection's success rate counts: those up to its last kept episode when it kept all
-    ``num_episodes`` it asked for (the attempts after it ran only because rounds run in parallel), every attempt
-    when it ran out of attempts first."""
-    if len(order) < num_episodes:
-        return sorted(attempts)
-    return sorted(attempts)[: max(order) + 1]
 
 
 def _policy_source(

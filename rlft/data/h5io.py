@@ -421,7 +421,9 @@ def merge_datasets(paths: list[Path], out: Path) -> Path:
         env_info = _check_mergeable(p, meta.get("env_info", {}), env_info, paths[0])
         entries = meta.get("episodes") or [{} for _ in eps]
         episodes += eps
-        infos += [{**{key: e[key] for key in ("episode_seed",) if key in e}, "source_index": k} for e in entries]
+        infos += [
+            {"source_index": k, **({"episode_seed": e["episode_seed"]} if "episode_seed" in e else {})} for e in entries
+        ]
         metas.append({"path": str(p), "episodes": len(eps), "source": meta.get("source")})
     write_episodes(out, episodes, env_info, extra={"merged_from": metas}, episode_info=infos)
     return out
