@@ -100,6 +100,19 @@ def demos(tmp_path_factory) -> Path:
     return out
 
 
+def test_collect_leaves_no_planner_files_behind(tmp_path, monkeypatch):
+    """Two workers, one demo wanted: the pool is terminated while a worker is still planning, and its files (and every
+    other temporary file of the collection) are gone afterwards."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the spawned workers' default temporary directory
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # and this process's
+    out = tmp_path / "push.h5"
+    rc = main(["collect", "--env-id", "PushCube-v1", "--num-episodes", "1", "--num-workers", "2", "--out", str(out)])
+    assert rc == 0 and len(read_episodes(out)[0]) == 1
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
 def test_collect_writes_our_format(demos):
     episodes, meta = read_episodes(demos)
     assert len(episodes) == 3 and meta["env_info"]["env_id"] == ENV

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[str, Any]]]:
     """Worker: motion-plan and convert a batch of attempts; one result per attempt, in index order."""
-    import tempfile
     import threading
 
     from tqdm import tqdm
@@ -34,9 +34,11 @@ def _ms_batch(job: tuple) -> list[tuple[int, int, Episode | None, float, dict[st
 
     tqdm.set_lock(threading.RLock())  # ManiSkill's progress bars: no multiprocessing semaphore to leak at pool exit
 
-    env_id, attempts, limit, keep_failures = job
+    env_id, attempts, limit, keep_failures, root = job
     seeds = [s for _, s in attempts]
-    with tempfile.TemporaryDirectory(prefix="rlft-mp-") as tmp:
+    # under the collection's own directory: a worker terminated mid-batch (enough demos arrived) cannot clean up
+    # after itself, the collecting process removes the whole directory once its pool is gone
+    with tempfile.TemporaryDirectory(prefix="rlft-mp-", dir=root) as tmp:
         path, stats = plan_and_convert(
             env_id, seeds, tmp, tag=str(attempts[0][0]), max_episode_steps=limit, keep_failures=keep_failures
         )
@@ -142,7 +144,8 @@ def _probe_env_info(cfg: CollectConfig) -> dict[str, Any]:
 def _attempt_jobs(
     cfg: CollectConfig, limit: int, keep_failures: bool, max_attempts: int, batch: int
 ) -> Iterator[tuple]:
-    """Lazily yield the ``_ms_batch`` jobs: ``batch`` consecutive attempts (index, env seed) each, in index order."""
+    """Lazily yield ``_ms_batch``'s jobs less their last field (the temporary directory ``_run_batches`` adds):
+    ``batch`` consecutive attempts (index, env seed) each, in index order."""
     return (
         (
             cfg.env_id,
@@ -165,6 +168,9 @@ def _run_batches(
     plan_ok: dict[int, bool] = {}
     ep_seconds = 0.0
     with contextlib.ExitStack() as stack:
+        # entered before the pool, so left after it: the terminated workers' planner files go with it
+        root = stack.enter_context(tempfile.TemporaryDirectory(prefix="rlft-collect-"))
+        jobs = ((*job, root) for job in jobs)
         status = stack.enter_context(
             console.status(f"collect demos {cfg.env_id} (motion planning, {n_workers} worker(s))")
         )
