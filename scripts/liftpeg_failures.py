@@ -98,16 +98,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write every episode's record to this JSON file")
     args = ap.parse_args()
 
-    from rlft.deploy.evaluate import check_env, deployed_runner
-    from rlft.envs import make_env
+    from rlft.deploy.evaluate import deployed_episodes
 
-    runner = deployed_runner(args.deployed)
-    env = make_env("LiftPegUpright-v1")
-    try:
-        check_env(runner, env, "LiftPegUpright-v1", args.deployed)
-        episodes = [run_episode(runner, env, args.seed + i) for i in range(args.num_episodes)]
-    finally:
-        env.close()
+    episodes = deployed_episodes(args.deployed, args.num_episodes, args.seed, "LiftPegUpright-v1", episode=run_episode)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(episodes, f, indent=1)

@@ -76,25 +76,20 @@ def run_episode(runner, env, seed: int) -> dict:
     }
 
 
+def _mm_quantiles(values: list[float]) -> list[float]:
+    """10 %, 50 % and 90 % quantiles of lengths in metres, in millimetres to 0.1 mm."""
+    return [round(1000 * float(v), 1) for v in np.quantile(values, [0.1, 0.5, 0.9])]
+
+
 def summarize(episodes: list[dict]) -> dict:
     out: dict = {"num_episodes": len(episodes)}
     for c in ("success", "never_grasped", "not_lined_up", "lined_up"):
         group = [e for e in episodes if e["class"] == c]
         out[c] = {"count": len(group)}
-        margins = [e["yz_margin"] for e in group if e["yz_margin"] is not None]
-        if margins:
-            out[c]["yz_margin_mm_q10_median_q90"] = [
-                round(1000 * float(v), 1) for v in np.quantile(margins, [0.1, 0.5, 0.9])
-            ]
-        depths = [e["max_x"] for e in group if e["max_x"] is not None]
-        if depths:
-            out[c]["max_x_mm_q10_median_q90"] = [
-                round(1000 * float(v), 1) for v in np.quantile(depths, [0.1, 0.5, 0.9])
-            ]
-        if group:
-            for key in ("min_dist", "end_dist"):
-                q = np.quantile([e[key] for e in group], [0.1, 0.5, 0.9])
-                out[c][f"{key}_mm_q10_median_q90"] = [round(1000 * float(v), 1) for v in q]
+        for key in ("yz_margin", "max_x", "min_dist", "end_dist"):
+            values = [e[key] for e in group if e[key] is not None]
+            if values:
+                out[c][f"{key}_mm_q10_median_q90"] = _mm_quantiles(values)
     return out
 
 
@@ -107,17 +102,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write every episode's record to this JSON file")
     args = ap.parse_args()
 
-    from rlft.deploy.evaluate import check_env, deployed_runner
-    from rlft.envs import make_env
+    from rlft.deploy.evaluate import deployed_episodes
 
-    runner = deployed_runner(args.deployed)
-    kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
-    env = make_env("PegInsertionSide-v1", **kwargs)
-    try:
-        check_env(runner, env, "PegInsertionSide-v1", args.deployed)
-        episodes = [run_episode(runner, env, args.seed + i) for i in range(args.num_episodes)]
-    finally:
-        env.close()
+    episodes = deployed_episodes(
+        args.deployed, args.num_episodes, args.seed, "PegInsertionSide-v1", args.max_episode_steps, episode=run_episode
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(episodes, f, indent=1)

@@ -15,7 +15,7 @@ import torch
 
 from rlft.cli import main
 from rlft.deploy import PolicyRunner
-from rlft.deploy.evaluate import evaluate_deployed
+from rlft.deploy.evaluate import deployed_episodes, evaluate_deployed, run_episode
 from rlft.deploy.export import _to_onnx, check_parity, export_policy, float32_error, programs
 from rlft.errors import CheckpointError, ConfigError
 from rlft.nets.encoders import EncoderSpec
@@ -233,3 +233,8 @@ def test_export_and_eval_deployed_cli(tmp_path):
     ]
     summary, _ = evaluate_deployed(tmp_path / "dep", 1, 5, max_episode_steps=10)
     assert summary["eval/num_episodes"] == 1.0
+    # a probe of its own per episode (the failure analyses in scripts/): the same seeds, the episodes' own records
+    probed = deployed_episodes(
+        tmp_path / "dep", 2, 100000, max_episode_steps=25, episode=lambda r, env, s: (s, run_episode(r, env, s).length)
+    )
+    assert probed == [(e["seed"], e["length"]) for e in dep]

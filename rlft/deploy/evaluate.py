@@ -5,6 +5,7 @@ env (no rlft observation-history or chunk wrappers: the runner keeps both itself
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from rlft.data.obs import Obs
 from rlft.deploy.runner import PolicyRunner
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rollout import EpisodeResult, summarize
+
+T = TypeVar("T")
 
 
 def deployed_runner(out_dir: str | Path, **options) -> PolicyRunner:
@@ -50,6 +53,22 @@ def evaluate_deployed(
 ) -> tuple[dict[str, float], list[EpisodeResult]]:
     """Evaluate the artifact in ``out_dir`` on episodes ``seed .. seed + num_episodes - 1`` (``options``: the
     runner's execution mode); returns the summary (``eval/*``, as ``rlft eval``) and the per-episode results."""
+    results = deployed_episodes(out_dir, num_episodes, seed, env_id, max_episode_steps, run_episode, **options)
+    return summarize(results), results
+
+
+def deployed_episodes(
+    out_dir: str | Path,
+    num_episodes: int,
+    seed: int,
+    env_id: str | None = None,
+    max_episode_steps: int | None = None,
+    episode: Callable[[PolicyRunner, Any, int], T] = run_episode,
+    **options,
+) -> list[T]:
+    """``episode(runner, env, seed + i)`` for i < ``num_episodes``: the artifact in ``out_dir`` run on the env it
+    was exported for (or ``env_id``), after ``check_env``; ``episode`` may record more than ``run_episode`` does (the
+    failure analyses in ``scripts/`` record the task's state step by step)."""
     from rlft.envs import make_env
 
     runner = deployed_runner(out_dir, **options)
@@ -59,10 +78,9 @@ def evaluate_deployed(
     env = make_env(env_id, **({} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}))
     try:
         check_env(runner, env, env_id, out_dir)
-        results = [run_episode(runner, env, seed + i) for i in range(num_episodes)]
+        return [episode(runner, env, seed + i) for i in range(num_episodes)]
     finally:
         env.close()
-    return summarize(results), results
 
 
 def check_env(runner: PolicyRunner, env, env_id: str, out_dir) -> None:
