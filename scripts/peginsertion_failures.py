@@ -28,12 +28,12 @@ import json
 
 import numpy as np
 
-MOUTH, DEPTH = -0.1, -0.015  # "near the hole" and ManiSkill's insertion depth test, metres in the hole's frame
+MOUTH = -0.1  # "near the hole": within 10 cm of its mouth along the hole's axis, metres in the hole's frame
 
 
 def head_in_hole(base) -> tuple[np.ndarray, float]:
     """The peg head's position in the hole's frame and the hole's radius, for env 0 of ManiSkill's env ``base``."""
-    success, pos = base.has_peg_inserted()
+    _, pos = base.has_peg_inserted()
     return pos[0].cpu().numpy().astype(float), float(base.box_hole_radii[0])
 
 
