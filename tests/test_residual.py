@@ -23,7 +23,7 @@ from rlft.envs.residual import (
     residual_episodes,
     stacked_obs,
 )
-from rlft.errors import ConfigError
+from rlft.errors import CheckpointError, ConfigError
 from rlft.policies import build_policy, load_policy
 from rlft.policies.config import PolicyConfig
 from rlft.policies.residual import ResidualPolicy, zero_output
@@ -71,9 +71,15 @@ def test_compose_and_delta_by_hand():
         residual_bound(0.5, "action_std", low, high, acts, (0.2, 1.0, 0.5)), [0.05, 0.005, 0.25], atol=1e-6
     )
     np.testing.assert_allclose(residual_bound(0.2, "half_range", low, high, dim_scale=(1, 1, 0.5)), [0.2, 0.2, 0.2])
-    for bad in ((0.5, 1.0), (0.5, 1.0, 0.0), (0.5, 1.0, 1.5)):  # wrong length, zero, above 1
-        with pytest.raises(ConfigError, match=r"residual_dim_scale: expected 3 multipliers in \(0, 1\]"):
+    for bad in ((0.5, 1.0), (0.0, 0.0, 0.0), (0.5, 1.0, 1.5), (0.5, -0.1, 1.0)):  # length, all 0, above 1, below 0
+        with pytest.raises(ConfigError, match=r"residual_dim_scale: expected 3 multipliers in \[0, 1\]"):
             residual_bound(0.5, "action_std", low, high, acts, bad)
+    # a 0 multiplier freezes that dimension: its bound is 0, and a data action's delta there is 0, not 0 / 0
+    frozen = residual_bound(0.2, "half_range", low, high, dim_scale=(1, 1, 0))
+    np.testing.assert_allclose(frozen, [0.2, 0.2, 0.0])
+    d = delta_of(np.array([0.6, -0.9, 1.0]), a_base, frozen)
+    np.testing.assert_allclose(d, [0.5, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(compose_action(a_base, np.array([1.0, 1.0, 1.0]), frozen, low, high), [0.7, -0.7, 0.0])
 
 
 def test_zero_residual_executes_the_base_policys_chunks_bit_for_bit():
@@ -114,6 +120,14 @@ def test_residual_moves_the_action_by_scale_times_delta_and_stays_in_the_box():
         env.step(np.zeros(A + 1, np.float32))
     with pytest.raises(ConfigError, match="bound"):
         ResidualActionWrapper(make_env(SINGLE), base, 0.0)
+    # a zero bound on one dimension (residual_dim_scale 0, e.g. the gripper) executes the base action there exactly
+    bound = np.full(A, 0.25, np.float32)
+    bound[-1] = 0.0
+    env = ResidualActionWrapper(make_env(SINGLE), base, bound)
+    obs, _ = env.reset(seed=0)
+    _, _, _, _, info = env.step(np.ones(A, np.float32))
+    assert info["executed_action"][-1] == obs[O:][-1]
+    np.testing.assert_allclose(info["executed_action"][:-1], np.clip(obs[O:-1] + 0.25, -1, 1), atol=1e-6)
 
 
 def test_offline_rows_are_relabelled_on_the_wrappers_schedule():
@@ -167,6 +181,11 @@ def test_composite_starts_as_the_base_and_round_trips(tmp_path):
     s1, _ = evaluate_policy(pol, SINGLE, 2, 0, max_episode_steps=12, parallel_envs=2)
     s2, _ = evaluate_policy(loaded, SINGLE, 2, 0, max_episode_steps=12, parallel_envs=2)
     assert s1 == s2 and s1["eval/episode_length"] == 12
+    # a frozen dimension (bound 0) survives the round trip; a bound of all zeros is refused naming the bound
+    ResidualPolicy.compose(base, res, [0.1] * (A - 1) + [0.0]).save(tmp_path / "f.safetensors")
+    assert load_policy(tmp_path / "f.safetensors").bound == pytest.approx([0.1] * (A - 1) + [0.0])
+    with pytest.raises(CheckpointError, match="bound"):
+        ResidualPolicy.compose(base, res, [0.0] * A)
 
 
 def _stage(tmp_path, base_path, dataset, **over):

@@ -49,8 +49,13 @@ def compose_action(
 
 def delta_of(actions: np.ndarray, a_base: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """The residual that best explains ``actions`` given the base actions: ``clip((a - a_base) / bound, -1, 1)``
-    (the inverse of ``compose_action`` wherever it is not clipped)."""
-    return np.clip((np.asarray(actions, np.float32) - a_base) / bound, -1.0, 1.0).astype(np.float32)
+    (the inverse of ``compose_action`` wherever it is not clipped); 0 on a dimension whose bound is 0, which the
+    residual cannot move."""
+    bound = np.asarray(bound, np.float32)
+    free = bound > 0
+    diff = np.asarray(actions, np.float32) - a_base
+    delta = np.where(free, diff / np.where(free, bound, 1.0), 0.0)
+    return np.clip(delta, -1.0, 1.0).astype(np.float32)
 
 
 def residual_bound(
@@ -63,8 +68,9 @@ def residual_bound(
 ) -> np.ndarray:
     """The per-dimension bound ``scale * dim_scale * unit``: ``unit`` 'action_std' is the standard deviation of
     ``actions`` (the dataset's, [N, A]; dimensions that never move fall back to 1 % of the half-range), 'half_range' is
-    ``(high - low) / 2``. ``dim_scale`` (one positive multiplier per action dimension; empty = 1 everywhere) sizes
-    groups of dimensions differently, e.g. smaller position than rotation corrections."""
+    ``(high - low) / 2``. ``dim_scale`` (one multiplier in [0, 1] per action dimension; empty = 1 everywhere) sizes
+    groups of dimensions differently, e.g. smaller position than rotation corrections; 0 keeps a dimension (a
+    gripper, say) exactly the base policy's."""
     if not 0.0 < float(scale) <= 2.0:
         raise ConfigError(f"residual_scale must be in (0, 2] (a multiple of the residual unit), got {scale}")
     half = (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2.0
@@ -83,14 +89,15 @@ def residual_bound(
 
 
 def _dim_multipliers(dim_scale: Sequence[float], action_dim: int) -> np.ndarray:
-    """``dim_scale`` as an [A] array (ones when empty), refused unless it has one value in (0, 1] per dimension."""
+    """``dim_scale`` as an [A] array (ones when empty), refused unless it has one value in [0, 1] per dimension and
+    at least one above 0 (a residual that can move nothing is a config mistake)."""
     if len(dim_scale) == 0:
         return np.ones(action_dim, np.float64)
     mult = np.asarray(dim_scale, np.float64)
-    if mult.shape != (action_dim,) or not np.all((mult > 0) & (mult <= 1)):
+    if mult.shape != (action_dim,) or not np.all((mult >= 0) & (mult <= 1)) or not np.any(mult > 0):
         raise ConfigError(
-            f"residual_dim_scale: expected {action_dim} multipliers in (0, 1], one per action dimension, "
-            f"got {list(dim_scale)}"
+            f"residual_dim_scale: expected {action_dim} multipliers in [0, 1], one per action dimension and "
+            f"not all 0, got {list(dim_scale)}"
         )
     return mult
 
@@ -118,8 +125,10 @@ class ResidualActionWrapper(gymnasium.Wrapper):
         A = base.action_dim
         self.base = base
         self.bound = np.broadcast_to(np.asarray(bound, np.float32), (A,)).copy()
-        if not (np.all(np.isfinite(self.bound)) and np.all(self.bound > 0)):
-            raise ConfigError(f"residual wrapper: the residual bound must be > 0 per dimension, got {self.bound}")
+        if not (np.all(np.isfinite(self.bound)) and np.all(self.bound >= 0) and np.any(self.bound > 0)):
+            raise ConfigError(
+                f"residual wrapper: the residual bound must be >= 0 per dimension and > 0 on one, got {self.bound}"
+            )
         self.low, self.high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         self._action_space = Box(-1.0, 1.0, shape=(A,), dtype=np.float32)
         self._observation_space = Box(

@@ -79,8 +79,10 @@ class ResidualPolicy(Policy):
                 f"{(r.obs_dim, r.action_dim, r.act_horizon)}; the base policy needs "
                 f"{(b.obs_dim + b.action_dim, b.action_dim, 1)} (its observation plus its action, one step)"
             )
-        if len(self.bound) != b.action_dim or not all(x > 0 for x in self.bound):
-            raise CheckpointError(f"residual policy: bound {self.bound} must hold {b.action_dim} positive values")
+        if len(self.bound) != b.action_dim or not all(x >= 0 for x in self.bound) or max(self.bound) <= 0:
+            raise CheckpointError(
+                f"residual policy: bound {self.bound} must hold {b.action_dim} values >= 0, at least one positive"
+            )
 
     @classmethod
     def compose(cls, base: Policy, residual: Policy, bound) -> "ResidualPolicy":

@@ -212,9 +212,10 @@ class TrainConfig(Generic[A]):
     residual_scale: float = 0.5
     """With base_mode 'residual': the largest correction per action dimension, in units of ``residual_unit``."""
     residual_dim_scale: tuple[float, ...] = ()
-    """With base_mode 'residual': one multiplier in (0, 1] per action dimension on top of ``residual_scale``, to
+    """With base_mode 'residual': one multiplier in [0, 1] per action dimension on top of ``residual_scale``, to
     size groups of dimensions differently (e.g. ``[0.2, 0.2, 0.2, 1, 1, 1, 1]`` for smaller position than rotation
-    and gripper corrections under an end-effector delta-pose controller). Empty = the same scale on every dimension."""
+    and gripper corrections under an end-effector delta-pose controller; a 0 leaves that dimension, e.g. the
+    gripper, exactly the base policy's). Empty = the same scale on every dimension."""
     residual_unit: Literal["action_std", "half_range"] = "action_std"
     """With base_mode 'residual': 'action_std' sizes the correction by the dataset's per-dimension action standard
     deviation (commensurate with the actions the task uses), 'half_range' by the action box's half-range."""
