@@ -72,21 +72,29 @@ def test_reader_reads_maniskill_replay_output_unchanged(tmp_path):
 
 def test_failed_conversion_does_not_leak_into_the_next_episode(tmp_path):
     """ManiSkill's replay (3.0.1), saving successes only, wrote a failed conversion's steps in front of the next saved
-    episode, which then started from the wrong seed's state (this pair: seed 1571595088's plan does not survive the
-    conversion to pd_ee_delta_pose on PushCube-v1). rlft converts every plan and filters with ``to_rlft_episode``."""
+    episode, which then started from the wrong seed's state. rlft converts every successful plan and filters with
+    ``to_rlft_episode``: every plan has its own converted episode, of its own steps, from its own seed's reset state.
+
+    SAPIEN's physics is not bit-identical across CPUs: on the Intel Xeon VMs this pair was found on, seed 1571595088's
+    plan succeeds and its conversion to pd_ee_delta_pose on PushCube-v1 times out (the case that leaked); on an AMD
+    EPYC VM its plan already fails. The invariants are checked on every machine, the failed conversion where it
+    happens."""
     from rlft.envs.maniskill_demos import converted_episodes, plan_and_convert, to_rlft_episode, with_reset_obs
     from rlft.envs.maniskill_env import make_maniskill_env
 
     failing, good = 1571595088, 1458324992
     path, stats = plan_and_convert("PushCube-v1", [failing, good], tmp_path, tag="pair")
-    assert [s["plan_success"] for s in stats] == [True, True]
+    planned = {s["seed"]: s for s in stats if s["plan_success"]}
+    assert good in planned
     converted = converted_episodes(path)
-    assert sorted(converted) == sorted([failing, good])
-    assert to_rlft_episode(converted[failing], 100)[1] == "timeout"  # dropped by rlft collect (only_success)
-    assert len(converted[good]) == stats[1]["plan_steps"]  # its own steps only
+    assert sorted(converted) == sorted(planned)  # a failed conversion is kept (and dropped by rlft, not by the replay)
+    if failing in planned:
+        assert to_rlft_episode(converted[failing], 100)[1] == "timeout"  # dropped by rlft collect (only_success)
+    assert len(converted[good]) == planned[good]["plan_steps"]  # its own steps only
     env = make_maniskill_env("PushCube-v1", max_episode_steps=100)
     try:
-        with_reset_obs(converted[good], env.reset(seed=good)[0], good)  # raises if it starts from another state
+        for seed, ep in converted.items():
+            with_reset_obs(ep, env.reset(seed=seed)[0], seed)  # raises if it starts from another seed's state
     finally:
         env.close()
     assert to_rlft_episode(converted[good], 100)[1] == "ok"
